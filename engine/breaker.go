@@ -1,0 +1,190 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// breaker is a named circuit breaker shared by every step that names it.
+type breaker struct {
+	name   string
+	policy saga.BreakerPolicy
+	cb     *gobreaker.CircuitBreaker[json.RawMessage]
+
+	mu        sync.Mutex
+	state     gobreaker.State
+	openUntil time.Time
+}
+
+// BreakerState describes a circuit breaker.
+type BreakerState struct {
+	Name string
+	// State is "closed", "half-open" or "open".
+	State string
+	// OpenUntil is when an open breaker lets trial requests through.
+	OpenUntil time.Time
+}
+
+// breakerFor returns the breaker named by p, creating it (and restoring its
+// stored open state) on first use. A name reused with other settings is an
+// error.
+func (e *Engine) breakerFor(p saga.BreakerPolicy) (*breaker, error) {
+	p = p.WithDefaults()
+	if b, ok := e.breakers[p.Name]; ok {
+		if b.policy != p {
+			return nil, errors.Mark(errors.Newf("engine: breaker %q is already registered with other settings (%+v, not %+v)",
+				p.Name, b.policy, p), saga.ErrInvalidDefinition)
+		}
+		return b, nil
+	}
+	b := &breaker{name: p.Name, policy: p, state: gobreaker.StateClosed}
+	st := gobreaker.Settings{
+		Name:        p.Name,
+		MaxRequests: p.HalfOpenRequests,
+		Timeout:     p.OpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= p.Failures },
+		// A participant that answers with a permanent error is up.
+		IsSuccessful: func(err error) bool { return err == nil || saga.IsPermanent(err) },
+		// Our own cancellations (shutdown, abort) say nothing about the participant.
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled) || errors.Is(err, errShutdown)
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) { e.breakerChanged(b, from, to) },
+	}
+	var stored []byte
+	_ = e.db.View(func(tx *storage.Tx) error { stored = tx.BreakerGet(p.Name); return nil })
+	b.cb = restoreBreaker(st, stored, b)
+	e.breakers[p.Name] = b
+	return b, nil
+}
+
+// restoreBreaker builds the breaker and, when its stored state is open, puts
+// it back in that state with its original expiry. gobreaker's distributed
+// breaker knows how to inject a SharedState; it is used once, here, over an
+// in-memory store, and the plain breaker it wraps serves every call after.
+func restoreBreaker(st gobreaker.Settings, stored []byte, b *breaker) *gobreaker.CircuitBreaker[json.RawMessage] {
+	var shared gobreaker.SharedState
+	if stored == nil || json.Unmarshal(stored, &shared) != nil || shared.State != gobreaker.StateOpen ||
+		!shared.Expiry.After(time.Now()) {
+		return gobreaker.NewCircuitBreaker[json.RawMessage](st)
+	}
+	// With Interval zero gobreaker keeps one counting bucket; a state
+	// without it would make the restored breaker index an empty slice.
+	shared.Buckets = []gobreaker.Counts{{}}
+	shared.Counts = gobreaker.Counts{}
+	data, err := json.Marshal(shared)
+	if err != nil {
+		return gobreaker.NewCircuitBreaker[json.RawMessage](st)
+	}
+	store := &memStore{data: map[string][]byte{"gobreaker:state:" + st.Name: data}}
+	dcb, err := gobreaker.NewDistributedCircuitBreaker[json.RawMessage](store, st)
+	if err != nil {
+		return gobreaker.NewCircuitBreaker[json.RawMessage](st)
+	}
+	if _, err := dcb.State(); err != nil {
+		return gobreaker.NewCircuitBreaker[json.RawMessage](st)
+	}
+	b.state, b.openUntil = gobreaker.StateOpen, shared.Expiry
+	return dcb.CircuitBreaker
+}
+
+// memStore is the SharedDataStore used to restore a breaker.
+type memStore struct{ data map[string][]byte }
+
+func (m *memStore) Lock(string) error   { return nil }
+func (m *memStore) Unlock(string) error { return nil }
+func (m *memStore) GetData(name string) ([]byte, error) {
+	if v, ok := m.data[name]; ok {
+		return v, nil
+	}
+	return nil, gobreaker.ErrNoSharedState
+}
+func (m *memStore) SetData(name string, v []byte) error { m.data[name] = v; return nil }
+
+// breakerChanged runs inside gobreaker's lock: it must not call the breaker.
+func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
+	now := time.Now()
+	b.mu.Lock()
+	b.state = to
+	if to == gobreaker.StateOpen {
+		b.openUntil = now.Add(b.policy.OpenFor)
+	} else {
+		b.openUntil = time.Time{}
+	}
+	until := b.openUntil
+	b.mu.Unlock()
+	e.log.Warn("circuit breaker changed state", "breaker", b.name, "from", from.String(), "to", to.String(),
+		"open_until", until)
+	if h := e.opts.Hooks.BreakerStateChanged; h != nil {
+		h(b.name, from.String(), to.String())
+	}
+	// Persist asynchronously: this runs on a step's goroutine under the
+	// breaker's lock. Each write stores the breaker's state as of its
+	// commit, so the last commit always holds the latest state.
+	e.bg.Add(1)
+	go func() {
+		defer e.bg.Done()
+		err := e.db.Update(func(tx *storage.Tx) error {
+			b.mu.Lock()
+			shared := gobreaker.SharedState{State: b.state, Expiry: b.openUntil, Start: now, Buckets: []gobreaker.Counts{{}}}
+			b.mu.Unlock()
+			data, err := json.Marshal(shared)
+			if err != nil {
+				return err
+			}
+			return tx.BreakerPut(b.name, data)
+		})
+		if err != nil && !errors.Is(err, storage.ErrClosed) {
+			e.log.Error("persist circuit breaker state", "breaker", b.name, "err", err)
+		}
+	}()
+}
+
+// blocked reports whether the breaker refuses calls now, and until when.
+func (b *breaker) blocked(now time.Time) (bool, time.Time) {
+	switch b.cb.State() {
+	case gobreaker.StateOpen:
+		b.mu.Lock()
+		until := b.openUntil
+		b.mu.Unlock()
+		if until.Before(now) {
+			until = now.Add(b.policy.OpenFor)
+		}
+		return true, until
+	case gobreaker.StateHalfOpen:
+		// Let trial requests through; gobreaker refuses the surplus with
+		// ErrTooManyRequests, which execute reports as blocked.
+		return false, time.Time{}
+	}
+	return false, time.Time{}
+}
+
+// Breakers returns the state of every circuit breaker, by name.
+func (e *Engine) Breakers() []BreakerState {
+	e.mu.Lock()
+	bs := make([]*breaker, 0, len(e.breakers))
+	for _, b := range e.breakers {
+		bs = append(bs, b)
+	}
+	e.mu.Unlock()
+	out := make([]BreakerState, 0, len(bs))
+	for _, b := range bs {
+		st := b.cb.State()
+		b.mu.Lock()
+		until := b.openUntil
+		b.mu.Unlock()
+		if st != gobreaker.StateOpen {
+			until = time.Time{}
+		}
+		out = append(out, BreakerState{Name: b.name, State: st.String(), OpenUntil: until})
+	}
+	return out
+}

@@ -1,0 +1,581 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// A driver owns one saga while it is active: it alone writes the saga's
+// record. Each loop applies the last attempt's outcome, decides what comes
+// next, commits both in ONE write, and only then starts the next side
+// effect.
+type driver struct {
+	e     *Engine
+	def   *saga.Definition
+	rec   *storage.Saga
+	isNew bool // the record is not stored yet (Start's fast path)
+	slot  bool // holds a concurrency slot
+	abort atomic.Bool
+	rs    *recoveryStats // set for sagas resumed by recovery
+
+	next     effect
+	out      *outcome
+	logs     []storage.LogEntry
+	from     saga.Status // status at the last commit
+	clrAbort bool        // delete the abort request in the next commit
+	finished bool
+	hooks    []AttemptInfo
+}
+
+type effectKind int
+
+const (
+	effWait    effectKind = iota // nothing to do before rec.WakeAt (or ever)
+	effAttempt                   // run step's phase function
+)
+
+type effect struct {
+	kind  effectKind
+	step  int
+	phase saga.Phase
+}
+
+type outcome struct {
+	step    int
+	phase   saga.Phase
+	attempt int
+	data    json.RawMessage
+	err     error
+	dur     time.Duration
+	// blocked: the circuit breaker refused the call; nothing was attempted.
+	blocked      bool
+	blockedUntil time.Time
+}
+
+// create stores a new saga; with plan it also plans (and records) its
+// first attempt. It returns the id of an existing saga when the
+// idempotency key is taken.
+func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
+	d.log(now, storage.LogEntry{Event: storage.EventStarted, Status: saga.StatusRunning})
+	if plan {
+		d.next = d.advance(now)
+	}
+	enc, logs, err := d.encode()
+	if err != nil {
+		return dup, err
+	}
+	key, id := d.rec.IdempotencyKey, d.rec.ID
+	err = d.e.db.Update(func(tx *storage.Tx) error {
+		dup = ulid.ULID{}
+		if key != "" {
+			if old, ok := tx.IdemGet(key); ok {
+				dup = old
+				return nil
+			}
+			if err := tx.IdemPut(key, id); err != nil {
+				return err
+			}
+		}
+		if err := tx.SagaPut(enc); err != nil {
+			return err
+		}
+		return tx.LogAppend(id, logs...)
+	})
+	if err == nil && dup == (ulid.ULID{}) {
+		d.committed()
+	}
+	return dup, err
+}
+
+// load reads the saga for a dispatch and prepares it to be driven. It
+// returns false when there is nothing to drive (finished, or parked).
+func (d *driver) load(now time.Time) (bool, error) {
+	id := d.rec.ID
+	var aborted bool
+	err := d.e.db.View(func(tx *storage.Tx) error {
+		var err error
+		d.rec, err = tx.SagaGet(id)
+		aborted = tx.AbortGet(id)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	r := d.rec
+	d.from = r.Status
+	if r.Status.Finished() {
+		return false, nil
+	}
+	if aborted {
+		d.abort.Store(true)
+	}
+	d.def = d.e.definition(r.Definition, r.Fingerprint)
+	if d.def == nil || len(d.def.Steps) != len(r.Steps) {
+		reason := "definition " + r.Definition + " version " + r.Fingerprint + " is not registered"
+		if d.rs != nil {
+			d.rs.parked.Add(1)
+		}
+		d.e.log.Warn("saga parked: its definition is not registered; register it to resume",
+			"saga", r.ID.String(), "definition", r.Definition, "fingerprint", r.Fingerprint)
+		if r.Parked == reason && r.WakeAt.IsZero() {
+			return false, nil
+		}
+		r.Parked, r.WakeAt = reason, time.Time{}
+		d.log(now, storage.LogEntry{Event: storage.EventParked, Note: reason})
+		return false, d.commit()
+	}
+	if r.Parked != "" {
+		r.Parked = ""
+		d.log(now, storage.LogEntry{Event: storage.EventResumed, Note: "definition registered"})
+	}
+	for i := range r.Steps {
+		s := &r.Steps[i]
+		if !s.InFlight {
+			continue
+		}
+		// Started, no outcome: the process died mid-attempt. Run it again,
+		// under the same attempt number and idempotency key.
+		s.InFlight = false
+		s.Attempts--
+		if d.rs != nil {
+			d.rs.inDoubt.Add(1)
+		}
+		d.log(now, storage.LogEntry{Event: storage.EventInDoubt, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts + 1,
+			Note: "attempt started before a restart has no recorded outcome; running it again with the same idempotency key"})
+	}
+	return true, nil
+}
+
+// run drives the saga until it waits, finishes, or the engine stops.
+func (d *driver) run() {
+	defer d.e.release(d)
+	for d.next.kind == effAttempt {
+		d.attempt()
+		if d.out.err != nil && context.Cause(d.e.attempts) != nil {
+			// Cut off by shutdown: leave the attempt in flight for recovery.
+			return
+		}
+		d.next = d.advance(time.Now())
+		if err := d.commit(); err != nil {
+			d.e.log.Error("saga transition not committed; the saga resumes after a restart",
+				"saga", d.rec.ID.String(), "err", err)
+			return
+		}
+	}
+}
+
+// attempt runs the function planned in d.next and stores its outcome.
+func (d *driver) attempt() {
+	r, n := d.rec, d.next
+	st, s := &d.def.Steps[n.step], &r.Steps[n.step]
+	f := st.Action
+	switch n.phase {
+	case saga.PhaseFallback:
+		f = st.Fallback
+	case saga.PhaseCompensation:
+		f = st.Compensation
+	}
+	timeout := st.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(d.e.attempts, timeout)
+	defer cancel()
+	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() {
+		var cancelD context.CancelFunc
+		ctx, cancelD = context.WithDeadline(ctx, r.Deadline)
+		defer cancelD()
+	}
+	call := &saga.Call{
+		SagaID:         r.ID.String(),
+		Definition:     r.Definition,
+		Step:           st.Name,
+		Phase:          n.phase,
+		Attempt:        s.Attempts,
+		IdempotencyKey: r.ID.String() + "/" + st.Name + "/" + string(n.phase),
+		Input:          r.Input,
+		Data:           maps.Clone(r.Data),
+	}
+	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
+	start := time.Now()
+	if b := d.breaker(n); b != nil {
+		o.data, o.err = b.cb.Execute(func() (json.RawMessage, error) { return safeCall(ctx, f, call) })
+		if errors.Is(o.err, gobreaker.ErrOpenState) || errors.Is(o.err, gobreaker.ErrTooManyRequests) {
+			o.blocked = true
+			if blocked, until := b.blocked(start); blocked {
+				o.blockedUntil = until
+			} else {
+				// Half-open and its trial slots taken: look again shortly.
+				o.blockedUntil = start.Add(min(b.policy.OpenFor/10+time.Millisecond, time.Second))
+			}
+		}
+	} else {
+		o.data, o.err = safeCall(ctx, f, call)
+	}
+	o.dur = time.Since(start)
+	if o.err == nil && len(o.data) > 0 && !json.Valid(o.data) {
+		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, n.phase))
+	}
+	d.out = o
+}
+
+// breaker returns the breaker guarding an effect, or nil. Fallbacks call
+// another participant and are not guarded by the step's breaker.
+func (d *driver) breaker(n effect) *breaker {
+	name := d.def.Steps[n.step].Breaker.Name
+	if name == "" || n.phase == saga.PhaseFallback {
+		return nil
+	}
+	d.e.mu.Lock()
+	defer d.e.mu.Unlock()
+	return d.e.breakers[name]
+}
+
+// advance applies the pending outcome, then moves the saga as far as it can
+// go without a side effect, and returns what to do after the commit.
+func (d *driver) advance(now time.Time) effect {
+	r := d.rec
+	r.UpdatedAt = now
+	if o := d.out; o != nil {
+		d.out = nil
+		d.apply(o, now)
+	}
+	stopping := !d.e.isRunning()
+	for {
+		switch r.Status {
+		case saga.StatusRunning:
+			past := d.pastPivot()
+			if d.abort.Load() && !past {
+				d.clrAbort = true
+				d.compensate(now, ErrAborted)
+				continue
+			}
+			if !r.Deadline.IsZero() && !now.Before(r.Deadline) && !past {
+				d.compensate(now, errors.Wrapf(ErrDeadline, "deadline %s", r.Deadline.UTC().Format(time.RFC3339Nano)))
+				continue
+			}
+			if r.WakeAt.After(now) {
+				if !r.Deadline.IsZero() && r.WakeAt.After(r.Deadline) && !past {
+					r.WakeAt = r.Deadline
+				}
+				return effect{kind: effWait}
+			}
+			i := 0
+			for i < len(r.Steps) && r.Steps[i].Status == saga.StepSucceeded {
+				i++
+			}
+			if i == len(r.Steps) {
+				d.finish(now, saga.StatusCompleted)
+				return effect{kind: effWait}
+			}
+			if stopping {
+				r.WakeAt = now
+				return effect{kind: effWait}
+			}
+			return d.begin(now, i)
+		case saga.StatusCompensating:
+			if r.WakeAt.After(now) {
+				return effect{kind: effWait}
+			}
+			i := len(r.Steps) - 1
+			for i >= 0 && r.Steps[i].Status != saga.StepSucceeded && r.Steps[i].Status != saga.StepCompensating {
+				i--
+			}
+			if i < 0 {
+				d.finish(now, saga.StatusCompensated)
+				return effect{kind: effWait}
+			}
+			if s := &r.Steps[i]; s.Status == saga.StepSucceeded && d.def.Steps[i].Compensation == nil {
+				s.Status = saga.StepSkipped
+				continue
+			}
+			if stopping {
+				r.WakeAt = now
+				return effect{kind: effWait}
+			}
+			return d.begin(now, i)
+		default:
+			r.WakeAt = time.Time{}
+			return effect{kind: effWait}
+		}
+	}
+}
+
+// begin plans the next attempt of step i and records it as started.
+func (d *driver) begin(now time.Time, i int) effect {
+	r, s := d.rec, &d.rec.Steps[i]
+	switch s.Status {
+	case saga.StepPending:
+		s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepRunning, saga.PhaseAction, 0, now
+	case saga.StepSucceeded: // compensating: start the compensation
+		s.ActionAttempts = actionAttempts(s)
+		s.Status, s.Phase, s.Attempts, s.PhaseStarted, s.Error = saga.StepCompensating, saga.PhaseCompensation, 0, now, ""
+	}
+	n := effect{kind: effAttempt, step: i, phase: s.Phase}
+	if b := d.breaker(n); b != nil {
+		if blocked, until := b.blocked(now); blocked {
+			if d.blockedBy(now, i, b.name, until) {
+				return d.begin(now, i) // moved on to the fallback
+			}
+			return effect{kind: effWait}
+		}
+	}
+	s.Attempts++
+	s.InFlight = true
+	r.WakeAt = time.Time{}
+	d.log(now, storage.LogEntry{Event: storage.EventAttemptStarted, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts})
+	return effect{kind: effAttempt, step: i, phase: s.Phase}
+}
+
+// blockedBy handles a call refused by an open breaker: the action goes to
+// its fallback at once (true); otherwise the step waits for the breaker to
+// half-open without using up an attempt.
+func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) bool {
+	r, s, st := d.rec, &d.rec.Steps[i], &d.def.Steps[i]
+	if s.Phase == saga.PhaseAction && st.Fallback != nil {
+		d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase,
+			Note: "circuit breaker " + name + " is open: running the fallback"})
+		s.Error = errors.Wrapf(ErrBreakerOpen, "breaker %s", name).Error()
+		d.toFallback(now, s)
+		return true
+	}
+	if !r.Deadline.IsZero() && s.Phase == saga.PhaseAction && until.After(r.Deadline) {
+		until = r.Deadline
+	}
+	r.WakeAt = until
+	d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase,
+		Note: "circuit breaker " + name + " is open: waiting until " + until.UTC().Format(time.RFC3339Nano)})
+	return false
+}
+
+func (d *driver) toFallback(now time.Time, s *storage.Step) {
+	s.ActionAttempts = s.Attempts
+	s.Phase, s.Attempts, s.PhaseStarted = saga.PhaseFallback, 0, now
+}
+
+// apply records an attempt's outcome in the saga.
+func (d *driver) apply(o *outcome, now time.Time) {
+	r, s, st := d.rec, &d.rec.Steps[o.step], &d.def.Steps[o.step]
+	s.InFlight = false
+	if o.blocked {
+		s.Attempts-- // refused by the breaker: nothing was attempted
+		d.blockedBy(now, o.step, st.Breaker.Name, o.blockedUntil)
+		return
+	}
+	info := AttemptInfo{Definition: r.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur, Err: o.err}
+	entry := storage.LogEntry{Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur}
+	if o.err == nil {
+		entry.Event = storage.EventAttemptSucceeded
+		d.log(now, entry)
+		d.hooks = append(d.hooks, info)
+		s.Error = ""
+		switch o.phase {
+		case saga.PhaseCompensation:
+			s.Status = saga.StepCompensated
+		default:
+			s.Status = saga.StepSucceeded
+			s.FallbackUsed = o.phase == saga.PhaseFallback
+			if len(o.data) > 0 {
+				if r.Data == nil {
+					r.Data = make(map[string]json.RawMessage, len(r.Steps))
+				}
+				r.Data[s.Name] = o.data
+			}
+		}
+		return
+	}
+	s.Error = o.err.Error()
+	entry.Event, entry.Error = storage.EventAttemptFailed, s.Error
+	policy := st.Retry.WithDefaults(3)
+	if o.phase == saga.PhaseCompensation {
+		policy = st.CompensationRetry.WithDefaults(10)
+	}
+	if o.phase != saga.PhaseFallback && !saga.IsPermanent(o.err) {
+		delay := retryDelay(policy, s.Attempts)
+		if ra, ok := saga.RetryAfterDelay(o.err); ok && ra > delay {
+			delay = ra
+		}
+		if next := now.Add(delay); !exhausted(policy, s.Attempts, s.PhaseStarted, next) {
+			r.WakeAt = next
+			entry.Note = "retry at " + next.UTC().Format(time.RFC3339Nano)
+			d.log(now, entry)
+			info.Retry = true
+			d.hooks = append(d.hooks, info)
+			return
+		}
+	}
+	entry.Note = "failed for good"
+	d.log(now, entry)
+	d.hooks = append(d.hooks, info)
+	switch {
+	case o.phase == saga.PhaseAction && st.Fallback != nil:
+		d.toFallback(now, s)
+	case o.phase == saga.PhaseCompensation:
+		r.WakeAt = time.Time{}
+		d.fail(now, errors.Wrapf(o.err, "compensation of step %q failed after %d attempts", s.Name, s.Attempts))
+	default:
+		s.ActionAttempts = actionAttempts(s)
+		s.Status = saga.StepFailed
+		if d.pastPivot() {
+			d.fail(now, errors.Wrapf(o.err, "step %q after the pivot failed for good", s.Name))
+			return
+		}
+		d.compensate(now, errors.Wrapf(o.err, "step %q failed", s.Name))
+	}
+}
+
+// pastPivot reports whether the saga's pivot step has succeeded.
+func (d *driver) pastPivot() bool {
+	p := d.def.PivotIndex()
+	return p >= 0 && d.rec.Steps[p].Status == saga.StepSucceeded
+}
+
+// compensate turns the saga around: it stops going forward and undoes its
+// succeeded steps, last first.
+func (d *driver) compensate(now time.Time, cause error) {
+	r := d.rec
+	r.Status, r.WakeAt = saga.StatusCompensating, time.Time{}
+	d.setError(cause)
+	for i := range r.Steps {
+		s := &r.Steps[i]
+		switch s.Status {
+		case saga.StepPending:
+			s.Status = saga.StepSkipped
+		case saga.StepRunning: // waiting for a retry when the saga was aborted or timed out
+			s.ActionAttempts = actionAttempts(s)
+			s.Status = saga.StepFailed
+		}
+	}
+	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: r.Status, Error: r.Error})
+}
+
+// fail ends the saga in the failed status: an operator must act.
+func (d *driver) fail(now time.Time, cause error) {
+	d.setError(cause)
+	d.finish(now, saga.StatusFailed)
+}
+
+func (d *driver) finish(now time.Time, st saga.Status) {
+	d.rec.Status, d.rec.WakeAt = st, time.Time{}
+	d.finished = true
+	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: st, Error: d.rec.Error})
+}
+
+func (d *driver) setError(cause error) {
+	d.rec.Error = cause.Error()
+	enc := errors.EncodeError(context.Background(), cause)
+	if b, err := enc.Marshal(); err == nil {
+		d.rec.ErrorEnc = b
+	}
+}
+
+// retryFailed restarts a failed saga at the compensation (or, past the
+// pivot, the step) that failed, with a fresh attempt budget.
+func (d *driver) retryFailed(now time.Time) error {
+	r := d.rec
+	for i := range r.Steps {
+		s := &r.Steps[i]
+		switch {
+		case s.Status == saga.StepCompensating:
+			r.Status = saga.StatusCompensating
+			s.Attempts, s.PhaseStarted = 0, now
+		case s.Status == saga.StepFailed && d.pastPivot():
+			r.Status = saga.StatusRunning
+			s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepRunning, saga.PhaseAction, 0, now
+		default:
+			continue
+		}
+		r.WakeAt, r.UpdatedAt = now, now
+		d.log(now, storage.LogEntry{Event: storage.EventRetryRequested, Step: s.Name, Status: r.Status,
+			Note: "an operator asked to retry " + s.Name})
+		return nil
+	}
+	return errors.Wrapf(ErrConflict, "saga %s: no failed step or compensation to retry", r.ID)
+}
+
+func (d *driver) log(now time.Time, e storage.LogEntry) {
+	e.At = now
+	d.logs = append(d.logs, e)
+}
+
+// encode prepares the record and pending log entries for a commit.
+func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, error) {
+	r := d.rec
+	logs := make([]storage.EncodedLog, len(d.logs))
+	for i := range d.logs {
+		r.LogSeq++
+		d.logs[i].Seq = r.LogSeq
+		var err error
+		if logs[i], err = storage.EncodeLog(&d.logs[i]); err != nil {
+			return nil, nil, err
+		}
+	}
+	enc, err := storage.EncodeSaga(r)
+	return enc, logs, err
+}
+
+// commit writes the saga and its new log entries in one transaction.
+func (d *driver) commit() error {
+	enc, logs, err := d.encode()
+	if err != nil {
+		return err
+	}
+	id, clr := d.rec.ID, d.clrAbort
+	err = d.e.db.Update(func(tx *storage.Tx) error {
+		if err := tx.SagaPut(enc); err != nil {
+			return err
+		}
+		if clr {
+			if err := tx.AbortDelete(id); err != nil {
+				return err
+			}
+		}
+		return tx.LogAppend(id, logs...)
+	})
+	if err != nil {
+		return err
+	}
+	d.committed()
+	return nil
+}
+
+// committed runs what follows a durable transition: hooks and waiters.
+func (d *driver) committed() {
+	r := d.rec
+	d.logs = d.logs[:0]
+	d.isNew, d.clrAbort = false, false
+	if d.from != r.Status {
+		if d.from != "" {
+			d.e.statusHook(r.Definition, d.from, r.Status)
+		}
+		d.from = r.Status
+	}
+	if h := d.e.opts.Hooks.AttemptFinished; h != nil {
+		for _, a := range d.hooks {
+			h(a)
+		}
+	}
+	d.hooks = d.hooks[:0]
+	if d.finished {
+		d.finished = false
+		d.e.notifyFinished(r.ID)
+	}
+}
+
+// actionAttempts returns how many times a step's action was attempted.
+func actionAttempts(s *storage.Step) int {
+	if s.Phase == saga.PhaseAction {
+		return s.Attempts
+	}
+	return s.ActionAttempts
+}

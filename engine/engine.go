@@ -1,0 +1,665 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// Options configures an Engine. The zero value is a sensible default.
+type Options struct {
+	// Concurrency caps how many sagas run steps at once, new and recovered
+	// alike. Sagas waiting for a retry do not count. Zero: 1024.
+	Concurrency int
+	// Logger receives the engine's logs. Nil: slog.Default().
+	Logger *slog.Logger
+	// ShutdownGrace is how long running attempts may go on after Run's
+	// context ends or Close is called, before their contexts are cancelled.
+	// Attempts cut off are not recorded; the next Run re-runs them. Zero: 10s.
+	ShutdownGrace time.Duration
+	// Retention prunes completed and compensated sagas (and their logs) once
+	// they have been finished this long. Failed sagas are never pruned.
+	// Zero: keep everything.
+	Retention time.Duration
+	// Hooks are called after the changes they report are committed.
+	Hooks Hooks
+	// Storage configures the database file (lock timeout, ...).
+	Storage storage.Options
+}
+
+// Hooks let the embedding program observe the engine (metrics, tracing).
+// Hooks run on the engine's goroutines: keep them fast and non-blocking.
+type Hooks struct {
+	// SagaStatusChanged is called when a saga enters a status; from is empty
+	// for a new saga.
+	SagaStatusChanged func(definition string, from, to saga.Status)
+	// AttemptFinished is called when an attempt's outcome is committed.
+	AttemptFinished func(AttemptInfo)
+	// BreakerStateChanged is called when a circuit breaker changes state
+	// ("closed", "half-open", "open").
+	BreakerStateChanged func(name, from, to string)
+}
+
+// AttemptInfo describes a finished attempt, for Hooks.AttemptFinished.
+type AttemptInfo struct {
+	Definition string
+	Step       string
+	Phase      saga.Phase
+	Attempt    int
+	Duration   time.Duration
+	// Err is the attempt's error, nil on success.
+	Err error
+	// Retry is true when another attempt of the same phase was scheduled.
+	Retry bool
+}
+
+// Engine runs sagas durably on a bbolt file. Its methods are safe for
+// concurrent use.
+type Engine struct {
+	db   *storage.DB
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	defs     map[string]*versions
+	breakers map[string]*breaker
+	active   map[ulid.ULID]*driver
+	waiters  map[ulid.ULID][]chan struct{}
+	running  bool // Run is between recovery and shutdown: new sagas start at once
+	runCalled bool
+
+	closed   atomic.Bool
+	sem      chan struct{}   // concurrency slots
+	nudge    chan struct{}   // wake the scheduler for a time earlier than planned
+	planned  atomic.Int64    // unix nanos the scheduler plans to wake at
+	attempts context.Context // parent of attempt contexts, cancelled at hard stop
+	cancelAt context.CancelFunc
+	stopRun  chan struct{} // closed by Close to end Run
+	runDone  chan struct{} // closed when Run has returned
+	drivers  sync.WaitGroup
+	bg       sync.WaitGroup // background writes (breaker state)
+}
+
+// versions holds the registered versions of one definition, by fingerprint.
+type versions struct {
+	latest *saga.Definition
+	byFP   map[string]*saga.Definition
+}
+
+// Open opens (or creates) the engine's database at path. It fails with a
+// clear error if the file is locked by another process, corrupt, or not a
+// sagad database (see the storage package's errors).
+func Open(path string, opts Options) (*Engine, error) {
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 1024
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	db, err := storage.Open(path, &opts.Storage)
+	if err != nil {
+		return nil, errors.Wrap(err, "engine: open")
+	}
+	actx, cancel := context.WithCancelCause(context.Background())
+	e := &Engine{
+		db:       db,
+		opts:     opts,
+		log:      opts.Logger,
+		defs:     make(map[string]*versions),
+		breakers: make(map[string]*breaker),
+		active:   make(map[ulid.ULID]*driver),
+		waiters:  make(map[ulid.ULID][]chan struct{}),
+		sem:      make(chan struct{}, opts.Concurrency),
+		nudge:    make(chan struct{}, 1),
+		attempts: actx,
+		cancelAt: func() { cancel(errShutdown) },
+		stopRun:  make(chan struct{}),
+		runDone:  make(chan struct{}),
+	}
+	return e, nil
+}
+
+// DB returns the engine's database, for tools that read it (check, backup).
+func (e *Engine) DB() *storage.DB { return e.db }
+
+// Register validates a definition and makes it available to Start. Register
+// may be called before or during Run. Registering a definition whose
+// fingerprint differs from the one already registered under its name adds a
+// new version: new sagas use the latest one, existing sagas keep the
+// version they started with. Sagas parked because their definition was
+// missing are resumed when it is registered.
+func (e *Engine) Register(def *saga.Definition) error {
+	if err := def.Validate(); err != nil {
+		return errors.Wrap(err, "engine: register")
+	}
+	fp := def.Fingerprint()
+	e.mu.Lock()
+	for _, s := range def.Steps {
+		if s.Breaker.Name == "" {
+			continue
+		}
+		if _, err := e.breakerFor(s.Breaker); err != nil {
+			e.mu.Unlock()
+			return errors.Wrapf(err, "engine: register %q: step %q", def.Name, s.Name)
+		}
+	}
+	v := e.defs[def.Name]
+	if v == nil {
+		v = &versions{byFP: make(map[string]*saga.Definition)}
+		e.defs[def.Name] = v
+	}
+	v.latest = def
+	v.byFP[fp] = def
+	running := e.running
+	e.mu.Unlock()
+	if running {
+		e.resumeParked(def.Name, fp)
+	}
+	return nil
+}
+
+// definition returns the registered definition with that name and
+// fingerprint (fp empty: the latest).
+func (e *Engine) definition(name, fp string) *saga.Definition {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := e.defs[name]
+	if v == nil {
+		return nil
+	}
+	if fp == "" {
+		return v.latest
+	}
+	return v.byFP[fp]
+}
+
+// Definitions returns the latest registered version of every definition.
+func (e *Engine) Definitions() []*saga.Definition {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*saga.Definition, 0, len(e.defs))
+	for _, v := range e.defs {
+		out = append(out, v.latest)
+	}
+	return out
+}
+
+// StartOption configures Start.
+type StartOption func(*startOptions)
+
+type startOptions struct {
+	idemKey string
+}
+
+// WithIdempotencyKey makes Start idempotent: if a saga was already started
+// with key, Start returns that saga (Started.Duplicate is true) and starts
+// nothing. Keys are global to the engine and kept until the saga is pruned.
+func WithIdempotencyKey(key string) StartOption {
+	return func(o *startOptions) { o.idemKey = key }
+}
+
+// Started is what Start returns.
+type Started struct {
+	// ID is the saga's id.
+	ID string
+	// Duplicate is true when the idempotency key named an existing saga,
+	// whose id is ID; nothing new was started.
+	Duplicate bool
+}
+
+// Start starts a saga of the named definition with input (any value that
+// encodes as JSON; json.RawMessage is stored as is). It returns once the
+// saga is durably recorded; the saga then runs in the background. Before
+// Run, or while every concurrency slot is busy, the saga is recorded as due
+// and starts as soon as a slot frees.
+func (e *Engine) Start(ctx context.Context, definition string, input any, opts ...StartOption) (Started, error) {
+	if e.closed.Load() {
+		return Started{}, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return Started{}, errors.Wrap(err, "engine: start")
+	}
+	var so startOptions
+	for _, o := range opts {
+		o(&so)
+	}
+	def := e.definition(definition, "")
+	if def == nil {
+		return Started{}, errors.Wrapf(ErrUnknownDefinition, "engine: start %q", definition)
+	}
+	raw, err := encodeInput(input)
+	if err != nil {
+		return Started{}, errors.Wrapf(err, "engine: start %q", definition)
+	}
+	if so.idemKey != "" {
+		var existing ulid.ULID
+		var found bool
+		_ = e.db.View(func(tx *storage.Tx) error { existing, found = tx.IdemGet(so.idemKey); return nil })
+		if found {
+			return Started{ID: existing.String(), Duplicate: true}, nil
+		}
+	}
+	now := time.Now()
+	rec := newRecord(def, raw, so.idemKey, now)
+	d := &driver{e: e, def: def, rec: rec, isNew: true}
+
+	// Fast path: a free slot and a running engine start the saga in the
+	// same commit that creates it. Otherwise the saga is created due now
+	// and the scheduler dispatches it.
+	fast := false
+	e.mu.Lock()
+	if e.running {
+		select {
+		case e.sem <- struct{}{}:
+			fast = true
+			e.active[rec.ID] = d
+			e.drivers.Add(1)
+		default:
+		}
+	}
+	e.mu.Unlock()
+	if !fast {
+		rec.WakeAt = now
+	}
+	dup, err := d.create(now, fast)
+	if err != nil || dup != (ulid.ULID{}) {
+		if fast {
+			e.release(d)
+		}
+		if err != nil {
+			return Started{}, errors.Wrapf(err, "engine: start %q", definition)
+		}
+		return Started{ID: dup.String(), Duplicate: true}, nil
+	}
+	e.statusHook(def.Name, "", saga.StatusRunning)
+	if fast {
+		go d.run()
+	} else {
+		e.wakeAt(now)
+	}
+	return Started{ID: rec.ID.String()}, nil
+}
+
+func encodeInput(input any) (json.RawMessage, error) {
+	switch v := input.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		if !json.Valid(v) {
+			return nil, errors.Wrap(ErrInvalidInput, "input is not valid JSON")
+		}
+		return v, nil
+	}
+	raw, err := json.Marshal(input)
+	if err != nil {
+		return nil, errors.Mark(errors.Wrap(err, "encode input"), ErrInvalidInput)
+	}
+	return raw, nil
+}
+
+func newRecord(def *saga.Definition, input json.RawMessage, idemKey string, now time.Time) *storage.Saga {
+	rec := &storage.Saga{
+		ID:             ulid.Make(),
+		Definition:     def.Name,
+		Fingerprint:    def.Fingerprint(),
+		Status:         saga.StatusRunning,
+		Input:          input,
+		IdempotencyKey: idemKey,
+		CreatedAt:      now,
+		UpdatedAt:      now,
+		Steps:          make([]storage.Step, len(def.Steps)),
+	}
+	for i, s := range def.Steps {
+		rec.Steps[i] = storage.Step{Name: s.Name, Status: saga.StepPending}
+	}
+	if def.Timeout > 0 {
+		rec.Deadline = now.Add(def.Timeout)
+	}
+	return rec
+}
+
+// parseID parses a saga id.
+func parseID(id string) (ulid.ULID, error) {
+	u, err := ulid.ParseStrict(id)
+	if err != nil {
+		return u, errors.Wrapf(ErrInvalidID, "%q", id)
+	}
+	return u, nil
+}
+
+// Get returns a saga's current state.
+func (e *Engine) Get(ctx context.Context, id string) (*Saga, error) {
+	u, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	var rec *storage.Saga
+	err = e.db.View(func(tx *storage.Tx) error {
+		var err error
+		rec, err = tx.SagaGet(u)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+		}
+		return nil, errors.Wrapf(err, "engine: get saga %s", id)
+	}
+	return sagaView(rec), nil
+}
+
+// Wait blocks until the saga is finished (completed, compensated or failed)
+// or ctx ends, and returns its state.
+func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
+	u, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan struct{})
+	e.mu.Lock()
+	e.waiters[u] = append(e.waiters[u], ch)
+	e.mu.Unlock()
+	defer e.unwait(u, ch)
+	for {
+		s, err := e.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if s.Status.Finished() {
+			return s, nil
+		}
+		select {
+		case <-ch:
+			// Re-register before reading, so no finish is missed.
+			ch = make(chan struct{})
+			e.mu.Lock()
+			e.waiters[u] = append(e.waiters[u], ch)
+			e.mu.Unlock()
+		case <-ctx.Done():
+			return s, errors.Wrapf(ctx.Err(), "engine: wait for saga %s", id)
+		}
+	}
+}
+
+func (e *Engine) unwait(id ulid.ULID, ch chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ws := e.waiters[id]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(e.waiters, id)
+	} else {
+		e.waiters[id] = ws
+	}
+}
+
+// notifyFinished wakes the saga's waiters.
+func (e *Engine) notifyFinished(id ulid.ULID) {
+	e.mu.Lock()
+	ws := e.waiters[id]
+	delete(e.waiters, id)
+	e.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+}
+
+// ListOptions filters List.
+type ListOptions struct {
+	// Status keeps sagas in this status only.
+	Status saga.Status
+	// Definition keeps sagas of this definition only.
+	Definition string
+	// Cursor continues a listing: pass the previous page's NextCursor.
+	Cursor string
+	// Limit caps the page. Zero: 100; at most 1000.
+	Limit int
+}
+
+// Page is one page of List.
+type Page struct {
+	Sagas []*Saga
+	// NextCursor continues the listing; empty on the last page.
+	NextCursor string
+}
+
+// List returns sagas, newest first, a page at a time. Listing by status
+// reads the status index only.
+func (e *Engine) List(ctx context.Context, o ListOptions) (*Page, error) {
+	if o.Status != "" && !o.Status.Valid() {
+		return nil, errors.Newf("engine: list: unknown status %q", o.Status)
+	}
+	if o.Limit <= 0 {
+		o.Limit = 100
+	}
+	o.Limit = min(o.Limit, 1000)
+	so := storage.ListOptions{Status: o.Status, Definition: o.Definition, Limit: o.Limit}
+	if o.Cursor != "" {
+		u, err := parseID(o.Cursor)
+		if err != nil {
+			return nil, errors.Wrap(err, "engine: list: cursor")
+		}
+		so.Before = u
+	}
+	var recs []*storage.Saga
+	var more bool
+	err := e.db.View(func(tx *storage.Tx) error {
+		var err error
+		recs, more, err = tx.SagaList(so)
+		return err
+	})
+	if err != nil {
+		return nil, errors.Wrap(err, "engine: list")
+	}
+	p := &Page{Sagas: make([]*Saga, len(recs))}
+	for i, r := range recs {
+		p.Sagas[i] = sagaView(r)
+	}
+	if more && len(recs) > 0 {
+		p.NextCursor = recs[len(recs)-1].ID.String()
+	}
+	return p, nil
+}
+
+// Log returns every entry of a saga's step log, in order.
+func (e *Engine) Log(ctx context.Context, id string) ([]storage.LogEntry, error) {
+	u, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	var out []storage.LogEntry
+	err = e.db.View(func(tx *storage.Tx) error {
+		if !tx.SagaExists(u) {
+			return errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+		}
+		var err error
+		out, err = tx.LogList(u)
+		return err
+	})
+	return out, err
+}
+
+// Abort asks a running saga to stop going forward and compensate. The
+// request is durable when Abort returns; the saga acts on it at its next
+// transition (an attempt in flight finishes first). Aborting a saga that is
+// already compensating does nothing. Aborting a finished saga, or one past
+// its pivot, fails with ErrConflict.
+func (e *Engine) Abort(ctx context.Context, id string) error {
+	u, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	s, err := e.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch s.Status {
+	case saga.StatusCompensating:
+		return nil
+	case saga.StatusRunning:
+	default:
+		return errors.Wrapf(ErrConflict, "engine: abort saga %s: it is %s", id, s.Status)
+	}
+	if def := e.definition(s.Definition, s.Fingerprint); def != nil {
+		if p := def.PivotIndex(); p >= 0 && s.Steps[p].Status == saga.StepSucceeded {
+			return errors.Wrapf(ErrConflict, "engine: abort saga %s: it is past its pivot step %q and can only go forward",
+				id, def.Steps[p].Name)
+		}
+	}
+	now := time.Now()
+	if err := e.db.Update(func(tx *storage.Tx) error { return tx.AbortPut(u, now) }); err != nil {
+		return errors.Wrapf(err, "engine: abort saga %s", id)
+	}
+	e.mu.Lock()
+	d := e.active[u]
+	e.mu.Unlock()
+	if d != nil {
+		d.abort.Store(true)
+	}
+	// A saga waiting for a retry is woken to act on the abort now.
+	e.dispatchNow(u)
+	return nil
+}
+
+// Retry restarts a saga an operator wants moved: a failed saga retries the
+// compensation (or, past its pivot, the step) that failed, with a fresh
+// attempt budget; a parked saga is resumed if its definition is now
+// registered. Any other state fails with ErrConflict.
+func (e *Engine) Retry(ctx context.Context, id string) error {
+	u, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	s, err := e.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if s.Status != saga.StatusFailed && s.Parked == "" {
+		return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed or parked", id, s.Status)
+	}
+	if e.definition(s.Definition, s.Fingerprint) == nil {
+		return errors.WithHint(errors.Wrapf(ErrUnknownDefinition, "engine: retry saga %s: definition %q version %s",
+			id, s.Definition, s.Fingerprint), "register the definition the saga started with, then retry")
+	}
+	if s.Status == saga.StatusFailed {
+		return e.claimAndDrive(u, func(d *driver) error { return d.retryFailed(time.Now()) })
+	}
+	e.dispatchNow(u)
+	return nil
+}
+
+// Run recovers every unfinished saga, then runs new and due sagas until ctx
+// ends or Close is called. It then stops starting attempts, gives running
+// ones Options.ShutdownGrace to finish, and returns; whatever is left is
+// recovered by the next Run. Run may be called once.
+func (e *Engine) Run(ctx context.Context) error {
+	e.mu.Lock()
+	if e.runCalled {
+		e.mu.Unlock()
+		return ErrRunning
+	}
+	if e.closed.Load() {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.runCalled = true
+	e.running = true
+	e.mu.Unlock()
+	defer close(e.runDone)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-e.stopRun:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	if err := e.recover(ctx); err != nil {
+		e.shutdown()
+		return err
+	}
+	var bg sync.WaitGroup
+	if e.opts.Retention > 0 {
+		bg.Add(1)
+		go func() { defer bg.Done(); e.pruneLoop(ctx) }()
+	}
+	e.schedule(ctx)
+	bg.Wait()
+	e.shutdown()
+	return nil
+}
+
+// shutdown stops new attempts, waits ShutdownGrace for running ones, then
+// cancels them and waits for every driver to exit.
+func (e *Engine) shutdown() {
+	e.mu.Lock()
+	e.running = false
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.drivers.Wait(); close(done) }()
+	t := time.NewTimer(e.opts.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		e.log.Warn("shutdown grace over: cancelling running attempts; recovery will re-run them")
+		e.cancelAt()
+		<-done
+	}
+}
+
+// Close stops Run (see Run for how), waits for it, and closes the database.
+func (e *Engine) Close() error {
+	if !e.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(e.stopRun)
+	e.mu.Lock()
+	ran := e.runCalled
+	e.mu.Unlock()
+	if ran {
+		<-e.runDone
+	}
+	e.cancelAt()
+	e.drivers.Wait()
+	e.bg.Wait()
+	return e.db.Close()
+}
+
+func (e *Engine) statusHook(def string, from, to saga.Status) {
+	if h := e.opts.Hooks.SagaStatusChanged; h != nil {
+		h(def, from, to)
+	}
+}
+
+// safeCall runs a step function, turning a panic into a permanent error so
+// one bad step cannot take the engine down.
+func safeCall(ctx context.Context, f saga.Func, c *saga.Call) (out json.RawMessage, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = saga.Permanent(errors.Newf("step %q %s panicked: %v\n%s", c.Step, c.Phase, r, debug.Stack()))
+		}
+	}()
+	return f(ctx, c)
+}

@@ -1,0 +1,155 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/recovery"
+	"github.com/sagad/sagad/saga"
+)
+
+// bundle is a per-test engine on a temporary file, running until the test
+// ends, when the file is closed and checked for consistency.
+type bundle struct {
+	eng  *engine.Engine
+	path string
+	ctx  context.Context
+}
+
+type setupOpts struct {
+	opts    engine.Options
+	defs    []*saga.Definition
+	noRun   bool
+	path    string
+}
+
+func setup(t *testing.T, so setupOpts) *bundle {
+	t.Helper()
+	path := so.path
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "sagad.db")
+	}
+	o := so.opts
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	o.Storage.NoSync = true // tests check logic; crash tests use fsync
+	eng, err := engine.Open(path, o)
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	for _, d := range so.defs {
+		if err := eng.Register(d); err != nil {
+			t.Fatalf("register %s: %v", d.Name, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	if !so.noRun {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := eng.Run(ctx); err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if err := eng.Close(); err != nil {
+			t.Errorf("close engine: %v", err)
+		}
+		if err := recovery.CheckFile(path); err != nil {
+			t.Errorf("consistency check after test: %v", err)
+		}
+	})
+	return &bundle{eng: eng, path: path, ctx: ctx}
+}
+
+// run starts a saga and waits for it to finish.
+func (b *bundle) run(t *testing.T, def string, input any, opts ...engine.StartOption) *engine.Saga {
+	t.Helper()
+	st, err := b.eng.Start(context.Background(), def, input, opts...)
+	if err != nil {
+		t.Fatalf("start %s: %v", def, err)
+	}
+	return b.wait(t, st.ID)
+}
+
+func (b *bundle) wait(t *testing.T, id string) *engine.Saga {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := b.eng.Wait(ctx, id)
+	if err != nil {
+		t.Fatalf("wait for saga %s: %v", id, err)
+	}
+	return s
+}
+
+// recorder records the order of step calls.
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+	keys  map[string][]string
+}
+
+func (r *recorder) add(name string, c *saga.Call) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, name)
+	if r.keys == nil {
+		r.keys = map[string][]string{}
+	}
+	r.keys[name] = append(r.keys[name], c.IdempotencyKey)
+}
+
+func (r *recorder) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.calls...)
+}
+
+// ok returns a step function that records its call and succeeds with out.
+func (r *recorder) ok(name string, out any) saga.Func {
+	return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		r.add(name, c)
+		if out == nil {
+			return nil, nil
+		}
+		return json.Marshal(out)
+	}
+}
+
+// fail returns a step function that records its call and fails with err.
+func (r *recorder) fail(name string, err error) saga.Func {
+	return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		r.add(name, c)
+		return nil, err
+	}
+}
+
+// fastRetry is a retry policy for tests: n attempts, 1ms apart, no jitter.
+func fastRetry(n int) saga.RetryPolicy {
+	return saga.RetryPolicy{MaxAttempts: n, InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, Jitter: -1}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,340 @@
+package engine
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// The scheduler is one goroutine that sleeps until the earliest wake time in
+// the due index, dispatches the sagas that are due, and sleeps again. A saga
+// waiting for a retry costs its stored record and nothing in memory.
+
+func (e *Engine) isRunning() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.running
+}
+
+// wakeAt tells the scheduler a saga is due at t.
+func (e *Engine) wakeAt(t time.Time) {
+	if planned := e.planned.Load(); planned != 0 && t.UnixNano() >= planned {
+		return
+	}
+	select {
+	case e.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// schedule runs until ctx ends.
+func (e *Engine) schedule(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	const batch = 1024
+	for {
+		now := time.Now()
+		var due []ulid.ULID
+		var next time.Time
+		_ = e.db.View(func(tx *storage.Tx) error {
+			tx.DueScan(now, func(id ulid.ULID, _ time.Time) bool {
+				if !e.claimed(id) {
+					due = append(due, id)
+				}
+				return len(due) < batch
+			})
+			next, _ = tx.DueAfter(now)
+			return nil
+		})
+		if len(due) == batch {
+			next = now
+		}
+		for _, id := range due {
+			if !e.dispatch(ctx, id, nil) {
+				return
+			}
+		}
+		var wait time.Duration
+		if next.IsZero() {
+			wait = time.Hour
+			e.planned.Store(now.Add(wait).UnixNano())
+		} else {
+			wait = time.Until(next)
+			e.planned.Store(next.UnixNano())
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.nudge:
+		case <-timer.C:
+		}
+	}
+}
+
+func (e *Engine) claimed(id ulid.ULID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.active[id]
+	return ok
+}
+
+// dispatch takes a concurrency slot (waiting for one), claims the saga and
+// drives it in a new goroutine. It returns false when ctx ended first.
+func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) bool {
+	select {
+	case e.sem <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	d := &driver{e: e, rec: &storage.Saga{ID: id}, slot: true, rs: rs}
+	e.mu.Lock()
+	if _, busy := e.active[id]; busy || !e.running {
+		e.mu.Unlock()
+		<-e.sem
+		return true
+	}
+	e.active[id] = d
+	e.drivers.Add(1)
+	e.mu.Unlock()
+	go func() {
+		ok, err := d.load(time.Now())
+		if err != nil {
+			e.log.Error("load saga", "saga", id.String(), "err", err)
+		}
+		if !ok {
+			e.release(d)
+			return
+		}
+		d.next = d.advance(time.Now())
+		if err := d.commit(); err != nil {
+			e.log.Error("saga transition not committed; the saga resumes after a restart", "saga", id.String(), "err", err)
+			e.release(d)
+			return
+		}
+		d.run()
+	}()
+	return true
+}
+
+// dispatchNow drives a saga as soon as a slot frees, if the engine runs.
+func (e *Engine) dispatchNow(id ulid.ULID) {
+	if !e.isRunning() {
+		return
+	}
+	e.drivers.Add(1)
+	go func() {
+		defer e.drivers.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-e.stopRun:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		e.dispatch(ctx, id, nil)
+	}()
+}
+
+// release ends a driver's claim on its saga.
+func (e *Engine) release(d *driver) {
+	wake := d.rec.WakeAt
+	e.mu.Lock()
+	delete(e.active, d.rec.ID)
+	e.mu.Unlock()
+	if d.slot {
+		<-e.sem
+	}
+	e.drivers.Done()
+	if !wake.IsZero() {
+		e.wakeAt(wake)
+	}
+}
+
+// claimAndDrive changes a saga that no driver holds (fn), records the
+// change, and hands the saga to the scheduler.
+func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
+	d := &driver{e: e, rec: &storage.Saga{ID: id}}
+	e.mu.Lock()
+	if _, busy := e.active[id]; busy {
+		e.mu.Unlock()
+		return errors.Wrapf(ErrConflict, "engine: saga %s is being driven; try again", id)
+	}
+	e.active[id] = d
+	e.drivers.Add(1)
+	e.mu.Unlock()
+	defer e.release(d)
+	err := e.db.View(func(tx *storage.Tx) error {
+		var err error
+		d.rec, err = tx.SagaGet(id)
+		return err
+	})
+	if err != nil {
+		return errors.Wrapf(err, "engine: saga %s", id)
+	}
+	d.from = d.rec.Status
+	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)
+	if d.def == nil {
+		return errors.Wrapf(ErrUnknownDefinition, "engine: saga %s: definition %q version %s", id, d.rec.Definition, d.rec.Fingerprint)
+	}
+	if err := fn(d); err != nil {
+		return err
+	}
+	return errors.Wrapf(d.commit(), "engine: saga %s", id)
+}
+
+// recoveryStats counts what recovery found, for its summary.
+type recoveryStats struct {
+	inDoubt atomic.Int64
+	parked  atomic.Int64
+}
+
+// recover dispatches every unfinished saga that is not waiting for a
+// retry; those waiting are in the due index and the scheduler wakes them.
+// It reads the status index, never the finished sagas.
+func (e *Engine) recover(ctx context.Context) error {
+	start := time.Now()
+	counts := map[saga.Status]int{}
+	var ids []ulid.ULID
+	waiting := 0
+	err := e.db.View(func(tx *storage.Tx) error {
+		for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating} {
+			var err error
+			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
+				wake, ok := tx.SagaWake(id)
+				if !ok {
+					err = errors.Newf("status index names missing saga %s", id)
+					return false
+				}
+				if !wake.IsZero() {
+					waiting++
+					return true
+				}
+				counts[st]++
+				ids = append(ids, id)
+				return true
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return errors.Wrap(err, "engine: recovery")
+	}
+	rs := &recoveryStats{}
+	for _, id := range ids {
+		if !e.dispatch(ctx, id, rs) {
+			break
+		}
+	}
+	e.log.Info("recovery: resumed unfinished sagas",
+		"running", counts[saga.StatusRunning], "compensating", counts[saga.StatusCompensating],
+		"waiting_for_retry", waiting, "in_doubt", rs.inDoubt.Load(), "parked", rs.parked.Load(),
+		"took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// resumeParked dispatches the parked sagas of a definition version.
+func (e *Engine) resumeParked(name, fp string) {
+	var ids []ulid.ULID
+	_ = e.db.View(func(tx *storage.Tx) error {
+		for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating} {
+			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
+				if r, err := tx.SagaGet(id); err == nil && r.Parked != "" && r.Definition == name && r.Fingerprint == fp {
+					ids = append(ids, id)
+				}
+				return true
+			})
+		}
+		return nil
+	})
+	for _, id := range ids {
+		e.dispatchNow(id)
+	}
+}
+
+// pruneLoop prunes finished sagas past the retention period.
+func (e *Engine) pruneLoop(ctx context.Context) {
+	every := min(max(e.opts.Retention/10, time.Second), time.Hour)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := e.Prune(ctx, time.Now().Add(-e.opts.Retention)); err != nil {
+			e.log.Error("prune finished sagas", "err", err)
+		} else if n > 0 {
+			e.log.Info("pruned finished sagas", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Prune deletes completed and compensated sagas (records, logs, index
+// entries, idempotency keys) that finished before the given time. Failed
+// sagas are kept. It returns how many sagas it deleted.
+func (e *Engine) Prune(ctx context.Context, before time.Time) (int, error) {
+	total := 0
+	for _, st := range []saga.Status{saga.StatusCompleted, saga.StatusCompensated} {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			var batch []ulid.ULID
+			err := e.db.View(func(tx *storage.Tx) error {
+				tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
+					// Ids sort by creation time and a saga finishes after it
+					// starts: nothing created after the cut-off can be due.
+					if ulid.Time(id.Time()).After(before) {
+						return false
+					}
+					if r, err := tx.SagaGet(id); err == nil && r.UpdatedAt.Before(before) {
+						batch = append(batch, id)
+					}
+					return len(batch) < 500
+				})
+				return nil
+			})
+			if err != nil || len(batch) == 0 {
+				if err != nil {
+					return total, errors.Wrap(err, "engine: prune")
+				}
+				break
+			}
+			err = e.db.Update(func(tx *storage.Tx) error {
+				for _, id := range batch {
+					if err := tx.SagaDelete(id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return total, errors.Wrap(err, "engine: prune")
+			}
+			total += len(batch)
+			if len(batch) < 500 {
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,92 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/cockroachdb/errors/errorspb"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// Saga is a saga instance as the engine reports it.
+type Saga struct {
+	ID          string
+	Definition  string
+	Fingerprint string
+	Status      saga.Status
+	// Input is the saga's input; Data the outputs of its succeeded steps.
+	Input json.RawMessage
+	Data  map[string]json.RawMessage
+	// Err is why the saga compensated or failed (nil otherwise), with its
+	// marks: errors.Is(s.Err, saga.ErrPermanent), ErrDeadline, ErrAborted.
+	Err            error
+	IdempotencyKey string
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	// Deadline is when the saga must have finished going forward (zero: none).
+	Deadline time.Time
+	// WakeAt is when the saga's next attempt is due (zero: now, or never).
+	WakeAt time.Time
+	// Parked says why the engine does not drive the saga (its definition
+	// version is not registered); empty when it is not parked.
+	Parked string
+	Steps  []Step
+}
+
+// Step is the state of one step of a saga.
+type Step struct {
+	Name   string
+	Status saga.StepStatus
+	// Phase is the function last attempted (action, fallback, compensation).
+	Phase saga.Phase
+	// Attempts counts the action's attempts; CompensationAttempts the
+	// compensation's.
+	Attempts             int
+	CompensationAttempts int
+	// FallbackUsed is true when the step succeeded through its fallback.
+	FallbackUsed bool
+	// InFlight is true while an attempt is running (or was, when the process
+	// died).
+	InFlight bool
+	// Error is the step's last error.
+	Error string
+}
+
+func sagaView(r *storage.Saga) *Saga {
+	s := &Saga{
+		ID: r.ID.String(), Definition: r.Definition, Fingerprint: r.Fingerprint, Status: r.Status,
+		Input: r.Input, Data: r.Data, IdempotencyKey: r.IdempotencyKey, CreatedAt: r.CreatedAt,
+		UpdatedAt: r.UpdatedAt, Deadline: r.Deadline, WakeAt: r.WakeAt, Parked: r.Parked,
+		Steps: make([]Step, len(r.Steps)),
+	}
+	if r.Error != "" {
+		s.Err = decodeError(r.ErrorEnc, r.Error)
+	}
+	for i, st := range r.Steps {
+		v := Step{Name: st.Name, Status: st.Status, Phase: st.Phase, Attempts: actionAttempts(&st),
+			FallbackUsed: st.FallbackUsed, InFlight: st.InFlight, Error: st.Error}
+		if st.Phase == saga.PhaseCompensation {
+			v.CompensationAttempts = st.Attempts
+		}
+		s.Steps[i] = v
+	}
+	return s
+}
+
+// decodeError restores a stored error with its marks, or falls back to its
+// message.
+func decodeError(enc []byte, msg string) error {
+	if len(enc) > 0 {
+		var e errorspb.EncodedError
+		if e.Unmarshal(enc) == nil {
+			if err := errors.DecodeError(context.Background(), e); err != nil {
+				return err
+			}
+		}
+	}
+	return errors.Newf("%s", msg)
+}

@@ -1,0 +1,268 @@
+package saga
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"math"
+	"regexp"
+	"time"
+
+	"github.com/cockroachdb/errors"
+)
+
+// Definition is a named, ordered list of steps. Register it with the engine
+// before starting sagas of that name.
+type Definition struct {
+	// Name identifies the definition; sagas are started by name. It matches
+	// [A-Za-z0-9][A-Za-z0-9._-]{0,127}.
+	Name string
+	// Steps run in order. At least one.
+	Steps []Step
+	// Timeout is the saga's deadline, measured from Start. A saga still
+	// running at its deadline is compensated, not abandoned. Zero: none.
+	Timeout time.Duration
+	// Events turns on lifecycle events for this definition's sagas.
+	Events Events
+}
+
+// Events configures the integration events a definition emits on its own.
+type Events struct {
+	// Lifecycle writes an outbox event for every saga status change (started,
+	// completed, compensated, failed) and every step that succeeded or was
+	// compensated, in the same transaction as the change it describes.
+	Lifecycle bool
+	// Exchange is the exchange lifecycle events are published to. Empty: the
+	// relay's default exchange.
+	Exchange string
+}
+
+// Step is one unit of a saga: an action and, optionally, how to undo it.
+type Step struct {
+	// Name is unique within the definition; it matches the same pattern as
+	// Definition.Name. It keys the step's output in Call.Data.
+	Name string
+	// Action does the step's work. Required.
+	Action Func
+	// Compensation undoes a succeeded Action. Optional: a step without one is
+	// skipped during compensation.
+	Compensation Func
+	// Fallback runs once when Action has failed for good (attempts or time
+	// exhausted, a permanent error, or the circuit breaker open). If it
+	// succeeds, the step counts as succeeded and the saga goes on.
+	Fallback Func
+	// Retry is the Action's retry policy. The zero value retries 3 times in
+	// all (see RetryPolicy for the defaults).
+	Retry RetryPolicy
+	// CompensationRetry is the Compensation's retry policy. Its zero value
+	// allows 10 attempts; when they are used up the saga ends failed.
+	CompensationRetry RetryPolicy
+	// Timeout bounds each attempt of Action, Fallback and Compensation (a
+	// context deadline). Zero: 30 seconds. A timed-out attempt is retried.
+	Timeout time.Duration
+	// Breaker names the circuit breaker that guards this step's participant.
+	// Steps (of any definition) that name the same breaker share it. The zero
+	// value means no breaker.
+	Breaker BreakerPolicy
+	// Pivot marks the point of no return. Every step before the pivot must
+	// have a compensation. Once the pivot has succeeded the saga can only go
+	// forward: later steps are retried and never compensated, and a later step
+	// that fails for good ends the saga failed.
+	Pivot bool
+}
+
+// RetryPolicy says how often and how fast an attempt is repeated. Intervals
+// grow exponentially with jitter, as computed by
+// github.com/cenkalti/backoff/v4. Zero fields take the documented defaults.
+type RetryPolicy struct {
+	// MaxAttempts is the total number of attempts, the first included.
+	// Zero: 3 for actions, 10 for compensations. Negative: unlimited.
+	MaxAttempts int
+	// InitialInterval is the wait before the second attempt. Zero: 100ms.
+	InitialInterval time.Duration
+	// MaxInterval caps the wait between attempts. Zero: 30s.
+	MaxInterval time.Duration
+	// Multiplier grows the interval after every attempt. Zero: 2.
+	Multiplier float64
+	// Jitter randomises each interval by ±Jitter (a fraction of it).
+	// Zero: 0.5. Negative: no jitter.
+	Jitter float64
+	// MaxElapsed gives up on new attempts once this much time has passed
+	// since the first attempt of the phase. Zero: no limit.
+	MaxElapsed time.Duration
+}
+
+// WithDefaults returns p with zero fields set to their defaults; attempts is
+// the default for MaxAttempts.
+func (p RetryPolicy) WithDefaults(attempts int) RetryPolicy {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = attempts
+	}
+	if p.InitialInterval == 0 {
+		p.InitialInterval = 100 * time.Millisecond
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = 30 * time.Second
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = 2
+	}
+	switch {
+	case p.Jitter == 0:
+		p.Jitter = 0.5
+	case p.Jitter < 0:
+		p.Jitter = 0
+	}
+	return p
+}
+
+func (p RetryPolicy) validate() error {
+	switch {
+	case p.InitialInterval < 0:
+		return errors.Newf("initial interval %s is negative", p.InitialInterval)
+	case p.MaxInterval < 0:
+		return errors.Newf("max interval %s is negative", p.MaxInterval)
+	case p.MaxInterval != 0 && p.MaxInterval < p.InitialInterval:
+		return errors.Newf("max interval %s is below initial interval %s", p.MaxInterval, p.InitialInterval)
+	case p.Multiplier != 0 && (p.Multiplier < 1 || math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0)):
+		return errors.Newf("multiplier %v is not a finite number >= 1", p.Multiplier)
+	case p.Jitter >= 1 || math.IsNaN(p.Jitter):
+		return errors.Newf("jitter %v is not below 1", p.Jitter)
+	case p.MaxElapsed < 0:
+		return errors.Newf("max elapsed %s is negative", p.MaxElapsed)
+	}
+	return nil
+}
+
+// BreakerPolicy configures a named circuit breaker
+// (github.com/sony/gobreaker/v2). While the breaker is open, attempts fail
+// fast without calling the participant: a step with a fallback goes to it at
+// once, a step without one waits for the breaker to half-open without using
+// up its attempts.
+type BreakerPolicy struct {
+	// Name identifies the breaker; empty means no breaker. Every step naming
+	// it must give the same settings.
+	Name string
+	// Failures is the number of consecutive failed attempts that opens the
+	// breaker. Zero: 5.
+	Failures uint32
+	// OpenFor is how long the breaker stays open before it lets trial
+	// requests through (half-open). Zero: 30s.
+	OpenFor time.Duration
+	// HalfOpenRequests is how many trial requests the half-open breaker lets
+	// through; that many successes close it. Zero: 1.
+	HalfOpenRequests uint32
+}
+
+// WithDefaults returns b with zero fields set to their defaults.
+func (b BreakerPolicy) WithDefaults() BreakerPolicy {
+	if b.Failures == 0 {
+		b.Failures = 5
+	}
+	if b.OpenFor == 0 {
+		b.OpenFor = 30 * time.Second
+	}
+	if b.HalfOpenRequests == 0 {
+		b.HalfOpenRequests = 1
+	}
+	return b
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Validate reports the first problem with d, naming the field at fault, as
+// an error marked with ErrInvalidDefinition.
+func (d *Definition) Validate() error {
+	if err := d.validate(); err != nil {
+		return errors.Mark(err, ErrInvalidDefinition)
+	}
+	return nil
+}
+
+func (d *Definition) validate() error {
+	if d == nil {
+		return errors.New("saga: definition is nil")
+	}
+	if !namePattern.MatchString(d.Name) {
+		return errors.Newf("saga: definition name %q: must match %s", d.Name, namePattern)
+	}
+	if len(d.Steps) == 0 {
+		return errors.Newf("saga: definition %q: steps: at least one step is required", d.Name)
+	}
+	if d.Timeout < 0 {
+		return errors.Newf("saga: definition %q: timeout %s is negative", d.Name, d.Timeout)
+	}
+	seen := make(map[string]int, len(d.Steps))
+	pivot := -1
+	for i, s := range d.Steps {
+		field := func(f string) string {
+			return "saga: definition " + quote(d.Name) + ": steps[" + itoa(i) + "] (" + quote(s.Name) + "): " + f
+		}
+		if !namePattern.MatchString(s.Name) {
+			return errors.Newf("%s must match %s", field("name"), namePattern)
+		}
+		if j, dup := seen[s.Name]; dup {
+			return errors.Newf("%s duplicates steps[%d]", field("name"), j)
+		}
+		seen[s.Name] = i
+		if s.Action == nil {
+			return errors.Newf("%s is required", field("action"))
+		}
+		if s.Timeout < 0 {
+			return errors.Newf("%s %s is negative", field("timeout"), s.Timeout)
+		}
+		if err := s.Retry.validate(); err != nil {
+			return errors.Wrap(err, field("retry"))
+		}
+		if err := s.CompensationRetry.validate(); err != nil {
+			return errors.Wrap(err, field("compensation retry"))
+		}
+		if s.Breaker.Name != "" && !namePattern.MatchString(s.Breaker.Name) {
+			return errors.Newf("%s %q must match %s", field("breaker name"), s.Breaker.Name, namePattern)
+		}
+		if s.Breaker.Name == "" && s.Breaker != (BreakerPolicy{}) {
+			return errors.Newf("%s has settings but no name", field("breaker"))
+		}
+		if s.Breaker.OpenFor < 0 {
+			return errors.Newf("%s %s is negative", field("breaker open_for"), s.Breaker.OpenFor)
+		}
+		if s.Pivot {
+			if pivot >= 0 {
+				return errors.Newf("%s: steps[%d] (%q) is already the pivot", field("pivot"), pivot, d.Steps[pivot].Name)
+			}
+			pivot = i
+		}
+		if pivot >= 0 && i > pivot && s.Compensation != nil {
+			return errors.Newf("%s: a step after the pivot %q is never compensated", field("compensation"), d.Steps[pivot].Name)
+		}
+	}
+	for i := 0; i < pivot; i++ {
+		if d.Steps[i].Compensation == nil {
+			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: is required before the pivot %q",
+				d.Name, i, d.Steps[i].Name, d.Steps[pivot].Name)
+		}
+	}
+	return nil
+}
+
+// PivotIndex returns the index of the pivot step, or -1 when there is none.
+func (d *Definition) PivotIndex() int {
+	for i, s := range d.Steps {
+		if s.Pivot {
+			return i
+		}
+	}
+	return -1
+}
+
+// Fingerprint identifies the definition's shape: its name and its step names
+// in order. Every saga records the fingerprint it started with and is only
+// ever driven by a definition with the same fingerprint.
+func (d *Definition) Fingerprint() string {
+	h := sha256.New()
+	h.Write([]byte(d.Name))
+	for _, s := range d.Steps {
+		h.Write([]byte{0})
+		h.Write([]byte(s.Name))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}

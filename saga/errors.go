@@ -1,0 +1,59 @@
+package saga
+
+import (
+	"time"
+
+	"github.com/cockroachdb/errors"
+)
+
+// ErrPermanent marks an error that retrying cannot fix. Wrap an error with
+// Permanent to return it; test for it with IsPermanent.
+var ErrPermanent = errors.New("saga: permanent failure")
+
+// ErrInvalidDefinition is the mark on every error Validate returns.
+var ErrInvalidDefinition = errors.New("saga: invalid definition")
+
+// Permanent marks err as permanent: the engine does not retry the attempt
+// that returned it and goes to the step's fallback, or to compensation. The
+// returned error keeps err's message and its own marks. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errors.Mark(err, ErrPermanent)
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent. The mark survives storage in the engine's database.
+func IsPermanent(err error) bool {
+	return errors.Is(err, ErrPermanent)
+}
+
+// RetryAfter wraps err with the earliest time the participant wants the next
+// attempt (an HTTP Retry-After, a rate limit's reset). The engine waits at
+// least d before the next attempt, even when the backoff policy would retry
+// sooner. RetryAfter(nil, d) is nil.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return &retryAfterError{cause: err, after: d}
+}
+
+// RetryAfterDelay returns the delay carried by an error built with RetryAfter,
+// and false when err carries none.
+func RetryAfterDelay(err error) (time.Duration, bool) {
+	var ra *retryAfterError
+	if errors.As(err, &ra) {
+		return ra.after, true
+	}
+	return 0, false
+}
+
+type retryAfterError struct {
+	cause error
+	after time.Duration
+}
+
+func (e *retryAfterError) Error() string { return e.cause.Error() }
+func (e *retryAfterError) Unwrap() error { return e.cause }

@@ -1,0 +1,187 @@
+package storage
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/saga"
+)
+
+// Saga is the stored state of one saga instance.
+type Saga struct {
+	ID          ulid.ULID   `json:"id"`
+	Definition  string      `json:"definition"`
+	Fingerprint string      `json:"fingerprint"`
+	Status      saga.Status `json:"status"`
+	// Input is the saga's input; Data the outputs of succeeded steps by name.
+	Input json.RawMessage            `json:"input,omitempty"`
+	Data  map[string]json.RawMessage `json:"data,omitempty"`
+	Steps []Step                     `json:"steps"`
+	// IdempotencyKey is the key the saga was started with, if any.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Error is why the saga compensated or failed. ErrorEnc keeps the same
+	// error with its marks (github.com/cockroachdb/errors EncodeError).
+	Error     string    `json:"error,omitempty"`
+	ErrorEnc  []byte    `json:"error_enc,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Deadline is when the saga must stop going forward; zero for none.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// WakeAt is when the saga's next attempt is due; zero when it is due now
+	// or finished. It is mirrored in the due index.
+	WakeAt time.Time `json:"wake_at,omitzero"`
+	// Parked says why the engine will not drive the saga (its definition is
+	// missing or has another fingerprint); empty when it is not parked.
+	Parked string `json:"parked,omitempty"`
+	// LogSeq is the sequence number of the saga's last log entry.
+	LogSeq uint32 `json:"log_seq"`
+}
+
+// Step is the stored state of one step of a saga.
+type Step struct {
+	Name   string          `json:"name"`
+	Status saga.StepStatus `json:"status"`
+	// Phase is the function being attempted: action, fallback or compensation.
+	Phase saga.Phase `json:"phase,omitempty"`
+	// InFlight is true from the moment an attempt is recorded as started until
+	// its outcome is recorded. A step found in flight at start-up is in doubt.
+	InFlight bool `json:"in_flight,omitempty"`
+	// Attempts counts attempts of the current phase.
+	Attempts int `json:"attempts,omitempty"`
+	// PhaseStarted is when the first attempt of the current phase started.
+	PhaseStarted time.Time `json:"phase_started,omitzero"`
+	// ActionAttempts keeps the action's attempt count once the step moved on
+	// to its fallback or compensation.
+	ActionAttempts int `json:"action_attempts,omitempty"`
+	// FallbackUsed is true when the step succeeded through its fallback.
+	FallbackUsed bool `json:"fallback_used,omitempty"`
+	// Error is the last error of the step.
+	Error string `json:"error,omitempty"`
+}
+
+// LogEntry is one record in a saga's append-only step log.
+type LogEntry struct {
+	Seq uint32    `json:"seq"`
+	At  time.Time `json:"at"`
+	// Event says what happened (see the Event constants).
+	Event   Event      `json:"event"`
+	Step    string     `json:"step,omitempty"`
+	Phase   saga.Phase `json:"phase,omitempty"`
+	Attempt int        `json:"attempt,omitempty"`
+	// Status is the saga's status after the event.
+	Status   saga.Status   `json:"status,omitempty"`
+	Duration time.Duration `json:"duration,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Note     string        `json:"note,omitempty"`
+}
+
+// Event names a kind of log entry.
+type Event string
+
+// Log events.
+const (
+	EventStarted          Event = "saga_started"
+	EventAttemptStarted   Event = "attempt_started"
+	EventAttemptSucceeded Event = "attempt_succeeded"
+	EventAttemptFailed    Event = "attempt_failed"
+	EventInDoubt          Event = "attempt_in_doubt"
+	EventBreakerOpen      Event = "breaker_open"
+	EventStatus           Event = "status_changed"
+	EventAbortRequested   Event = "abort_requested"
+	EventParked           Event = "parked"
+	EventResumed          Event = "resumed"
+	EventRetryRequested   Event = "retry_requested"
+)
+
+// statusCodes maps statuses to the one-byte codes used in keys and headers.
+var statusCodes = map[saga.Status]byte{
+	saga.StatusRunning:      1,
+	saga.StatusCompensating: 2,
+	saga.StatusCompleted:    3,
+	saga.StatusCompensated:  4,
+	saga.StatusFailed:       5,
+}
+
+// headerLen is the fixed prefix of a stored saga: status code and wake time,
+// so index maintenance reads the old values without decoding JSON.
+const headerLen = 9
+
+// Encoded is a saga record encoded for storage. Encode outside the write
+// transaction (EncodeSaga) to keep the committer's work short.
+type Encoded struct {
+	ID     ulid.ULID
+	status byte
+	wake   int64
+	value  []byte
+}
+
+// EncodeSaga encodes s for SagaPut.
+func EncodeSaga(s *Saga) (*Encoded, error) {
+	code, ok := statusCodes[s.Status]
+	if !ok {
+		return nil, errors.Newf("storage: saga %s: unknown status %q", s.ID, s.Status)
+	}
+	var wake int64
+	if !s.WakeAt.IsZero() {
+		wake = s.WakeAt.UnixNano()
+	}
+	buf := make([]byte, headerLen, 512)
+	buf[0] = code
+	binary.BigEndian.PutUint64(buf[1:], uint64(wake))
+	js, err := json.Marshal(s)
+	if err != nil {
+		return nil, errors.Wrapf(err, "storage: encode saga %s", s.ID)
+	}
+	return &Encoded{ID: s.ID, status: code, wake: wake, value: append(buf, js...)}, nil
+}
+
+func decodeSaga(id []byte, v []byte) (*Saga, error) {
+	if len(v) < headerLen {
+		return nil, errors.Mark(errors.Newf("storage: saga %x: record is %d bytes", id, len(v)), ErrCorrupt)
+	}
+	s := new(Saga)
+	if err := json.Unmarshal(v[headerLen:], s); err != nil {
+		return nil, errors.Mark(errors.Wrapf(err, "storage: saga %x: decode", id), ErrCorrupt)
+	}
+	return s, nil
+}
+
+// EncodedLog is a log entry encoded for LogAppend.
+type EncodedLog struct {
+	seq   uint32
+	value []byte
+}
+
+// EncodeLog encodes e for LogAppend.
+func EncodeLog(e *LogEntry) (EncodedLog, error) {
+	js, err := json.Marshal(e)
+	if err != nil {
+		return EncodedLog{}, errors.Wrap(err, "storage: encode log entry")
+	}
+	return EncodedLog{seq: e.Seq, value: js}, nil
+}
+
+func logKey(id ulid.ULID, seq uint32) []byte {
+	k := make([]byte, 20)
+	copy(k, id[:])
+	binary.BigEndian.PutUint32(k[16:], seq)
+	return k
+}
+
+func statusKey(code byte, id ulid.ULID) []byte {
+	k := make([]byte, 17)
+	k[0] = code
+	copy(k[1:], id[:])
+	return k
+}
+
+func dueKey(wake int64, id ulid.ULID) []byte {
+	k := make([]byte, 24)
+	binary.BigEndian.PutUint64(k, uint64(wake))
+	copy(k[8:], id[:])
+	return k
+}
