@@ -207,6 +207,10 @@ func (d *driver) attempt() {
 		Data:           maps.Clone(r.Data),
 	}
 	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
+	if testHook != nil {
+		testHook("before_attempt", r.ID.String(), st.Name, n.phase)
+		defer testHook("after_attempt", r.ID.String(), st.Name, n.phase)
+	}
 	start := time.Now()
 	if b := d.breaker(n); b != nil {
 		o.data, o.err = b.cb.Execute(func() (json.RawMessage, error) { return safeCall(ctx, f, call) })
@@ -228,6 +232,12 @@ func (d *driver) attempt() {
 	}
 	d.out = o
 }
+
+// testHook, when set by a test, is called with "before_attempt" once an
+// attempt is recorded as started and just before its function runs, and with
+// "after_attempt" once the function returned and before its outcome is
+// committed. Crash tests use it to kill the process at those instants.
+var testHook func(point, sagaID, step string, phase saga.Phase)
 
 // breaker returns the breaker guarding an effect, or nil. Fallbacks call
 // another participant and are not guarded by the step's breaker.

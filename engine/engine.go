@@ -70,12 +70,12 @@ type Engine struct {
 	opts Options
 	log  *slog.Logger
 
-	mu       sync.Mutex
-	defs     map[string]*versions
-	breakers map[string]*breaker
-	active   map[ulid.ULID]*driver
-	waiters  map[ulid.ULID][]chan struct{}
-	running  bool // Run is between recovery and shutdown: new sagas start at once
+	mu        sync.Mutex
+	defs      map[string]*versions
+	breakers  map[string]*breaker
+	active    map[ulid.ULID]*driver
+	waiters   map[ulid.ULID][]chan struct{}
+	running   bool // Run is between recovery and shutdown: new sagas start at once
 	runCalled bool
 
 	closed   atomic.Bool

@@ -24,10 +24,10 @@ type bundle struct {
 }
 
 type setupOpts struct {
-	opts    engine.Options
-	defs    []*saga.Definition
-	noRun   bool
-	path    string
+	opts  engine.Options
+	defs  []*saga.Definition
+	noRun bool
+	path  string
 }
 
 func setup(t *testing.T, so setupOpts) *bundle {

@@ -1,0 +1,7 @@
+package engine
+
+import "github.com/sagad/sagad/saga"
+
+// SetTestHook installs the attempt hook (see testHook). Not safe to call
+// while sagas run.
+func SetTestHook(h func(point, sagaID, step string, phase saga.Phase)) { testHook = h }
