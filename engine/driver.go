@@ -33,7 +33,7 @@ type driver struct {
 	logs     []storage.LogEntry
 	from     saga.Status // status at the last commit
 	clrAbort bool        // delete the abort request in the next commit
-	finished bool
+	finished bool        // the saga reached a final status: release notifies waiters
 	hooks    []AttemptInfo
 }
 
@@ -86,10 +86,7 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 				return err
 			}
 		}
-		if err := tx.SagaPut(enc); err != nil {
-			return err
-		}
-		return tx.LogAppend(id, logs...)
+		return tx.SagaPut(enc, logs...)
 	})
 	if err == nil && dup == (ulid.ULID{}) {
 		d.committed()
@@ -388,7 +385,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		entry.Event = storage.EventAttemptSucceeded
 		d.log(now, entry)
 		d.hooks = append(d.hooks, info)
-		s.Error = ""
+		s.Error, s.PhaseStarted = "", time.Time{}
 		switch o.phase {
 		case saga.PhaseCompensation:
 			s.Status = saga.StepCompensated
@@ -525,10 +522,7 @@ func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, error) {
 	for i := range d.logs {
 		r.LogSeq++
 		d.logs[i].Seq = r.LogSeq
-		var err error
-		if logs[i], err = storage.EncodeLog(&d.logs[i]); err != nil {
-			return nil, nil, err
-		}
+		logs[i] = storage.EncodeLog(&d.logs[i])
 	}
 	enc, err := storage.EncodeSaga(r)
 	return enc, logs, err
@@ -542,17 +536,15 @@ func (d *driver) commit() error {
 	}
 	id, clr := d.rec.ID, d.clrAbort
 	err = d.e.db.Update(func(tx *storage.Tx) error {
-		if err := tx.SagaPut(enc); err != nil {
-			return err
-		}
 		if clr {
 			if err := tx.AbortDelete(id); err != nil {
 				return err
 			}
 		}
-		return tx.LogAppend(id, logs...)
+		return tx.SagaPut(enc, logs...)
 	})
 	if err != nil {
+		d.finished = false // a waiter must never see a final state that is not durable
 		return err
 	}
 	d.committed()
@@ -576,10 +568,6 @@ func (d *driver) committed() {
 		}
 	}
 	d.hooks = d.hooks[:0]
-	if d.finished {
-		d.finished = false
-		d.e.notifyFinished(r.ID)
-	}
 }
 
 // actionAttempts returns how many times a step's action was attempted.

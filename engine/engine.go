@@ -74,7 +74,7 @@ type Engine struct {
 	defs      map[string]*versions
 	breakers  map[string]*breaker
 	active    map[ulid.ULID]*driver
-	waiters   map[ulid.ULID][]chan struct{}
+	waiters   map[ulid.ULID][]chan *Saga
 	running   bool // Run is between recovery and shutdown: new sagas start at once
 	runCalled bool
 
@@ -121,7 +121,7 @@ func Open(path string, opts Options) (*Engine, error) {
 		defs:     make(map[string]*versions),
 		breakers: make(map[string]*breaker),
 		active:   make(map[ulid.ULID]*driver),
-		waiters:  make(map[ulid.ULID][]chan struct{}),
+		waiters:  make(map[ulid.ULID][]chan *Saga),
 		sem:      make(chan struct{}, opts.Concurrency),
 		nudge:    make(chan struct{}, 1),
 		attempts: actx,
@@ -264,7 +264,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	if e.running {
 		select {
 		case e.sem <- struct{}{}:
-			fast = true
+			fast, d.slot = true, true
 			e.active[rec.ID] = d
 			e.drivers.Add(1)
 		default:
@@ -368,33 +368,32 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan struct{})
+	// Register first, then look: a saga finishing in between still
+	// reaches the waiter.
+	ch := make(chan *Saga, 1)
 	e.mu.Lock()
 	e.waiters[u] = append(e.waiters[u], ch)
 	e.mu.Unlock()
 	defer e.unwait(u, ch)
-	for {
-		s, err := e.Get(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if s.Status.Finished() {
-			return s, nil
-		}
-		select {
-		case <-ch:
-			// Re-register before reading, so no finish is missed.
-			ch = make(chan struct{})
-			e.mu.Lock()
-			e.waiters[u] = append(e.waiters[u], ch)
-			e.mu.Unlock()
-		case <-ctx.Done():
-			return s, errors.Wrapf(ctx.Err(), "engine: wait for saga %s", id)
-		}
+	var status saga.Status
+	var found bool
+	_ = e.db.View(func(tx *storage.Tx) error { status, found = tx.SagaStatus(u); return nil })
+	if !found {
+		return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+	}
+	if status.Finished() {
+		return e.Get(ctx, id)
+	}
+	select {
+	case s := <-ch:
+		return s, nil
+	case <-ctx.Done():
+		s, _ := e.Get(context.Background(), id)
+		return s, errors.Wrapf(ctx.Err(), "engine: wait for saga %s", id)
 	}
 }
 
-func (e *Engine) unwait(id ulid.ULID, ch chan struct{}) {
+func (e *Engine) unwait(id ulid.ULID, ch chan *Saga) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ws := e.waiters[id]
@@ -411,14 +410,15 @@ func (e *Engine) unwait(id ulid.ULID, ch chan struct{}) {
 	}
 }
 
-// notifyFinished wakes the saga's waiters.
-func (e *Engine) notifyFinished(id ulid.ULID) {
+// notifyFinished hands a finished saga to its waiters. The record is no
+// longer changed by its driver, so the views may share its maps.
+func (e *Engine) notifyFinished(r *storage.Saga) {
 	e.mu.Lock()
-	ws := e.waiters[id]
-	delete(e.waiters, id)
+	ws := e.waiters[r.ID]
+	delete(e.waiters, r.ID)
 	e.mu.Unlock()
 	for _, ch := range ws {
-		close(ch)
+		ch <- sagaView(r)
 	}
 }
 

@@ -18,9 +18,10 @@ import (
 // bundle is a per-test engine on a temporary file, running until the test
 // ends, when the file is closed and checked for consistency.
 type bundle struct {
-	eng  *engine.Engine
-	path string
-	ctx  context.Context
+	eng    *engine.Engine
+	path   string
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 type setupOpts struct {
@@ -152,4 +153,39 @@ func equal(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// setupNoCleanup opens an engine on path, registers def, runs it if run is
+// set, and does not close it at the end: the test closes it (b.close) and
+// reopens the file.
+func setupNoCleanup(t *testing.T, path string, def *saga.Definition, run bool, hooks ...engine.Hooks) *bundle {
+	t.Helper()
+	o := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	o.Storage.NoSync = true
+	if len(hooks) > 0 {
+		o.Hooks = hooks[0]
+	}
+	eng, err := engine.Open(path, o)
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	if err := eng.Register(def); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &bundle{eng: eng, path: path, ctx: ctx, cancel: cancel}
+	if run {
+		go func() { _ = eng.Run(ctx) }()
+	}
+	return b
+}
+
+func (b *bundle) close(t *testing.T) {
+	t.Helper()
+	if b.cancel != nil {
+		b.cancel()
+	}
+	if err := b.eng.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
 }

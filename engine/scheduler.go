@@ -39,6 +39,9 @@ func (e *Engine) schedule(ctx context.Context) {
 	defer timer.Stop()
 	const batch = 1024
 	for {
+		// While scanning, planned is 0 so that every wakeAt nudges: a saga
+		// released mid-scan may have been skipped as claimed.
+		e.planned.Store(0)
 		now := time.Now()
 		var due []ulid.ULID
 		var next time.Time
@@ -150,7 +153,8 @@ func (e *Engine) dispatchNow(id ulid.ULID) {
 	}()
 }
 
-// release ends a driver's claim on its saga.
+// release ends a driver's claim on its saga, then wakes whoever waits for
+// it: after release, so a waiter may act on the saga at once (Retry).
 func (e *Engine) release(d *driver) {
 	wake := d.rec.WakeAt
 	e.mu.Lock()
@@ -158,6 +162,9 @@ func (e *Engine) release(d *driver) {
 	e.mu.Unlock()
 	if d.slot {
 		<-e.sem
+	}
+	if d.finished {
+		e.notifyFinished(d.rec)
 	}
 	e.drivers.Done()
 	if !wake.IsZero() {

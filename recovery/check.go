@@ -45,23 +45,26 @@ func Check(db *storage.DB) ([]Problem, error) {
 			add("bucket-missing", "a required bucket is missing")
 			return nil
 		}
+		logs := tx.Bucket([]byte("log"))
 		err := sagas.ForEach(func(k, v []byte) error {
-			if len(k) != 16 || len(v) < 9 {
+			h, ok := storage.DecodeHeader(v)
+			if len(k) != 16 || !ok {
 				add("saga-malformed", "saga key %x: key %d bytes, value %d bytes", k, len(k), len(v))
 				return nil
 			}
-			if status.Get(append([]byte{v[0]}, k...)) == nil {
-				add("saga-not-indexed", "saga %x (status code %d) is missing from the status index", k, v[0])
+			if status.Get(append([]byte{h.Status}, k...)) == nil {
+				add("saga-not-indexed", "saga %x (status code %d) is missing from the status index", k, h.Status)
 			}
-			if wake := binary.BigEndian.Uint64(v[1:9]); wake != 0 {
-				if due.Get(append(binary.BigEndian.AppendUint64(nil, wake), k...)) == nil {
+			if h.Wake != 0 {
+				if due.Get(append(binary.BigEndian.AppendUint64(nil, uint64(h.Wake)), k...)) == nil {
 					add("saga-not-due", "saga %x has a wake time but is missing from the due index", k)
 				}
 			}
+			checkLog(logs, k, h.LogHead, add)
 			var rec struct {
 				IdempotencyKey string `json:"idempotency_key"`
 			}
-			if err := json.Unmarshal(v[9:], &rec); err != nil {
+			if err := json.Unmarshal(v[headerLen:], &rec); err != nil {
 				add("saga-malformed", "saga %x: %v", k, err)
 			} else if rec.IdempotencyKey != "" && !bytes.Equal(idem.Get([]byte(rec.IdempotencyKey)), k) {
 				add("idem-missing", "saga %x: idempotency key %q does not name it", k, rec.IdempotencyKey)
@@ -76,12 +79,14 @@ func Check(db *storage.DB) ([]Problem, error) {
 				add("index-malformed", "status index key %x", k)
 				return nil
 			}
-			v := sagas.Get(k[1:])
+			h, ok := storage.DecodeHeader(sagas.Get(k[1:]))
 			switch {
-			case v == nil:
+			case sagas.Get(k[1:]) == nil:
 				add("index-missing-saga", "status index entry names saga %x, which does not exist", k[1:])
-			case v[0] != k[0]:
-				add("index-wrong-status", "status index files saga %x under code %d, its record says %d", k[1:], k[0], v[0])
+			case !ok:
+				// Reported as saga-malformed above.
+			case h.Status != k[0]:
+				add("index-wrong-status", "status index files saga %x under code %d, its record says %d", k[1:], k[0], h.Status)
 			}
 			return nil
 		})
@@ -93,8 +98,8 @@ func Check(db *storage.DB) ([]Problem, error) {
 				add("due-malformed", "due index key %x", k)
 				return nil
 			}
-			v := sagas.Get(k[8:])
-			if v == nil || !bytes.Equal(v[1:9], k[:8]) {
+			h, ok := storage.DecodeHeader(sagas.Get(k[8:]))
+			if !ok || h.Wake != int64(binary.BigEndian.Uint64(k[:8])) {
 				add("due-stale", "due index entry for saga %x does not match its record", k[8:])
 			}
 			return nil
@@ -110,6 +115,34 @@ func Check(db *storage.DB) ([]Problem, error) {
 		})
 	})
 	return problems, errors.Wrap(err, "recovery: check")
+}
+
+// headerLen is the length of a stored saga's header (storage.DecodeHeader).
+const headerLen = 17
+
+// checkLog walks a saga's log chain from its head: every entry must exist,
+// belong to the saga and point to an older entry.
+func checkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) {
+	if logs == nil {
+		return
+	}
+	for n := 0; head != 0; n++ {
+		v := logs.Get(binary.BigEndian.AppendUint64(nil, head))
+		switch {
+		case v == nil:
+			add("log-missing", "saga %x: log entry %d is missing", id, head)
+			return
+		case len(v) < 24 || !bytes.Equal(v[8:24], id):
+			add("log-foreign", "saga %x: log entry %d belongs to another saga", id, head)
+			return
+		}
+		next := binary.BigEndian.Uint64(v)
+		if next >= head {
+			add("log-cycle", "saga %x: log entry %d points forward to %d", id, head, next)
+			return
+		}
+		head = next
+	}
 }
 
 // CheckFile opens the database at path, checks it and closes it. It returns

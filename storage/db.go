@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -21,7 +22,7 @@ const magic = "sagad"
 var (
 	bucketMeta     = []byte("meta")
 	bucketSagas    = []byte("sagas")    // id -> header + JSON Saga
-	bucketLog      = []byte("log")      // id + seq -> JSON LogEntry
+	bucketLog      = []byte("log")      // sequence -> previous sequence + saga id + JSON LogEntry
 	bucketStatus   = []byte("status")   // status code + id -> nil
 	bucketDue      = []byte("due")      // wake unix nanos + id -> nil
 	bucketIdem     = []byte("idem")     // idempotency key -> id
@@ -74,6 +75,8 @@ type DB struct {
 
 	mu     sync.RWMutex // guards closed against Update
 	closed bool
+
+	commits, writes, commitNanos atomic.Int64
 }
 
 type request struct {
@@ -103,6 +106,9 @@ func Open(path string, opts *Options) (*DB, error) {
 		NoSync:         o.NoSync,
 		NoFreelistSync: true,
 		FreelistType:   bbolt.FreelistMapType,
+	}
+	if err := precheck(path); err != nil {
+		return nil, err
 	}
 	b, err := bbolt.Open(path, 0o600, bo)
 	if err != nil {
@@ -225,6 +231,13 @@ func (db *DB) View(fn func(*Tx) error) error {
 // fn may run more than once if another writer in its group fails, so it must
 // only write values it computed before the call.
 func (db *DB) Update(fn func(*Tx) error) error {
+	if db.mode != CommitGroup {
+		db.mu.RLock()
+		defer db.mu.RUnlock()
+		if db.closed {
+			return ErrClosed
+		}
+	}
 	switch db.mode {
 	case CommitEach:
 		return db.bolt.Update(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
@@ -279,7 +292,27 @@ func (db *DB) committer() {
 // commit runs batch in one transaction. If one request fails, the
 // transaction is rolled back, that request gets its error and the others are
 // committed again without it.
+// Stats counts the committer's work since Open.
+type Stats struct {
+	// Commits is the number of bbolt write transactions committed.
+	Commits int64
+	// Writes is the number of Update calls they carried; Writes/Commits is
+	// the average group size.
+	Writes int64
+	// CommitTime is the total time spent committing, fsync included.
+	CommitTime time.Duration
+}
+
+// Stats returns the committer's counters.
+func (db *DB) Stats() Stats {
+	return Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load())}
+}
+
 func (db *DB) commit(batch []*request) {
+	t0 := time.Now()
+	db.commits.Add(1)
+	db.writes.Add(int64(len(batch)))
+	defer func() { db.commitNanos.Add(int64(time.Since(t0))) }()
 	for len(batch) > 0 {
 		failed := -1
 		var ferr error

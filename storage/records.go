@@ -13,7 +13,8 @@ import (
 
 // Saga is the stored state of one saga instance.
 type Saga struct {
-	ID          ulid.ULID   `json:"id"`
+	// ID is the saga's key; it is not repeated in the stored value.
+	ID          ulid.ULID   `json:"-"`
 	Definition  string      `json:"definition"`
 	Fingerprint string      `json:"fingerprint"`
 	Status      saga.Status `json:"status"`
@@ -106,9 +107,32 @@ var statusCodes = map[saga.Status]byte{
 	saga.StatusFailed:       5,
 }
 
-// headerLen is the fixed prefix of a stored saga: status code and wake time,
-// so index maintenance reads the old values without decoding JSON.
-const headerLen = 9
+// headerLen is the fixed prefix of a stored saga: status code (1 byte),
+// wake time (8, unix nanos) and the key of its newest log entry (8), so
+// index and log maintenance read the old values without decoding JSON.
+const headerLen = 17
+
+// Header is the fixed prefix of a stored saga record.
+type Header struct {
+	Status byte
+	// Wake is the wake time in unix nanoseconds; 0 for none.
+	Wake int64
+	// LogHead is the key of the saga's newest log entry; 0 for none.
+	LogHead uint64
+}
+
+// DecodeHeader parses the header of a stored saga value. It returns false
+// when the value is too short to hold one.
+func DecodeHeader(v []byte) (Header, bool) {
+	if len(v) < headerLen {
+		return Header{}, false
+	}
+	return Header{Status: v[0], Wake: int64(binary.BigEndian.Uint64(v[1:])), LogHead: binary.BigEndian.Uint64(v[9:])}, true
+}
+
+// logHeaderLen is the fixed prefix of a stored log entry: the key of the
+// saga's previous entry (8 bytes, 0 for none) and the saga's id (16).
+const logHeaderLen = 24
 
 // Encoded is a saga record encoded for storage. Encode outside the write
 // transaction (EncodeSaga) to keep the committer's work short.
@@ -132,11 +156,7 @@ func EncodeSaga(s *Saga) (*Encoded, error) {
 	buf := make([]byte, headerLen, 512)
 	buf[0] = code
 	binary.BigEndian.PutUint64(buf[1:], uint64(wake))
-	js, err := json.Marshal(s)
-	if err != nil {
-		return nil, errors.Wrapf(err, "storage: encode saga %s", s.ID)
-	}
-	return &Encoded{ID: s.ID, status: code, wake: wake, value: append(buf, js...)}, nil
+	return &Encoded{ID: s.ID, status: code, wake: wake, value: appendSaga(buf, s)}, nil
 }
 
 func decodeSaga(id []byte, v []byte) (*Saga, error) {
@@ -147,29 +167,18 @@ func decodeSaga(id []byte, v []byte) (*Saga, error) {
 	if err := json.Unmarshal(v[headerLen:], s); err != nil {
 		return nil, errors.Mark(errors.Wrapf(err, "storage: saga %x: decode", id), ErrCorrupt)
 	}
+	copy(s.ID[:], id) // the key, not stored again in the value
 	return s, nil
 }
 
-// EncodedLog is a log entry encoded for LogAppend.
+// EncodedLog is a log entry encoded for SagaPut.
 type EncodedLog struct {
-	seq   uint32
-	value []byte
+	value []byte // logHeaderLen bytes, filled in by SagaPut, then JSON
 }
 
-// EncodeLog encodes e for LogAppend.
-func EncodeLog(e *LogEntry) (EncodedLog, error) {
-	js, err := json.Marshal(e)
-	if err != nil {
-		return EncodedLog{}, errors.Wrap(err, "storage: encode log entry")
-	}
-	return EncodedLog{seq: e.Seq, value: js}, nil
-}
-
-func logKey(id ulid.ULID, seq uint32) []byte {
-	k := make([]byte, 20)
-	copy(k, id[:])
-	binary.BigEndian.PutUint32(k[16:], seq)
-	return k
+// EncodeLog encodes e for SagaPut.
+func EncodeLog(e *LogEntry) EncodedLog {
+	return EncodedLog{value: appendLog(make([]byte, logHeaderLen, 192), e)}
 }
 
 func statusKey(code byte, id ulid.ULID) []byte {

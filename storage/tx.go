@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -16,6 +17,19 @@ import (
 // Tx is a read or write transaction. Byte slices it returns are copies.
 type Tx struct {
 	tx *bbolt.Tx
+}
+
+// fillPercent is how full bbolt packs the pages it splits. Keys in every
+// bucket written on the hot path mostly arrive in increasing order (ULIDs
+// and wake times sort by time), so the default of 0.5 would leave every
+// page half empty and double the pages each commit writes and syncs.
+const fillPercent = 0.95
+
+// bucket returns a bucket handle for writing, packed densely.
+func (t *Tx) bucket(name []byte) *bbolt.Bucket {
+	b := t.tx.Bucket(name)
+	b.FillPercent = fillPercent
+	return b
 }
 
 // Bolt returns the underlying bbolt transaction.
@@ -35,21 +49,25 @@ func (t *Tx) SagaExists(id ulid.ULID) bool {
 	return t.tx.Bucket(bucketSagas).Get(id[:]) != nil
 }
 
-// SagaPut stores an encoded saga and keeps the status and due indexes in
-// step with it.
-func (t *Tx) SagaPut(e *Encoded) error {
-	sagas := t.tx.Bucket(bucketSagas)
-	oldStatus, oldWake := byte(0), int64(0)
-	if old := sagas.Get(e.ID[:]); old != nil {
-		if len(old) < headerLen {
-			return errors.Mark(errors.Newf("storage: saga %s: stored record is %d bytes", e.ID, len(old)), ErrCorrupt)
+// SagaPut stores an encoded saga, appends logs to its step log, and keeps
+// the status and due indexes in step with it.
+//
+// The log bucket is keyed by one sequence for all sagas, so a commit only
+// appends at its tail; each entry points at the saga's previous entry and
+// the record's header at its newest one.
+func (t *Tx) SagaPut(e *Encoded, logs ...EncodedLog) error {
+	sagas := t.bucket(bucketSagas)
+	var old Header
+	if v := sagas.Get(e.ID[:]); v != nil {
+		var ok bool
+		if old, ok = DecodeHeader(v); !ok {
+			return errors.Mark(errors.Newf("storage: saga %s: stored record is %d bytes", e.ID, len(v)), ErrCorrupt)
 		}
-		oldStatus, oldWake = old[0], int64(binary.BigEndian.Uint64(old[1:]))
 	}
-	if oldStatus != e.status {
-		idx := t.tx.Bucket(bucketStatus)
-		if oldStatus != 0 {
-			if err := idx.Delete(statusKey(oldStatus, e.ID)); err != nil {
+	if old.Status != e.status {
+		idx := t.bucket(bucketStatus)
+		if old.Status != 0 {
+			if err := idx.Delete(statusKey(old.Status, e.ID)); err != nil {
 				return errors.Wrapf(err, "storage: saga %s: status index", e.ID)
 			}
 		}
@@ -57,10 +75,10 @@ func (t *Tx) SagaPut(e *Encoded) error {
 			return errors.Wrapf(err, "storage: saga %s: status index", e.ID)
 		}
 	}
-	if oldWake != e.wake {
-		due := t.tx.Bucket(bucketDue)
-		if oldWake != 0 {
-			if err := due.Delete(dueKey(oldWake, e.ID)); err != nil {
+	if old.Wake != e.wake {
+		due := t.bucket(bucketDue)
+		if old.Wake != 0 {
+			if err := due.Delete(dueKey(old.Wake, e.ID)); err != nil {
 				return errors.Wrapf(err, "storage: saga %s: due index", e.ID)
 			}
 		}
@@ -70,7 +88,48 @@ func (t *Tx) SagaPut(e *Encoded) error {
 			}
 		}
 	}
+	head := old.LogHead
+	if len(logs) > 0 {
+		lb := t.bucket(bucketLog)
+		for _, l := range logs {
+			seq, err := lb.NextSequence()
+			if err != nil {
+				return errors.Wrapf(err, "storage: saga %s: log sequence", e.ID)
+			}
+			// bbolt holds Put values until commit: give each its own copy.
+			v := slices.Clone(l.value)
+			binary.BigEndian.PutUint64(v, head)
+			copy(v[8:logHeaderLen], e.ID[:])
+			if err := lb.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+				return errors.Wrapf(err, "storage: saga %s: append log", e.ID)
+			}
+			head = seq
+		}
+	}
+	binary.BigEndian.PutUint64(e.value[9:headerLen], head)
 	return errors.Wrapf(sagas.Put(e.ID[:], e.value), "storage: saga %s: put", e.ID)
+}
+
+// logWalk calls fn with the key and value of each of a saga's log entries,
+// newest first.
+func (t *Tx) logWalk(id ulid.ULID, head uint64, fn func(key, v []byte) error) error {
+	lb := t.tx.Bucket(bucketLog)
+	for seen := 0; head != 0; seen++ {
+		k := binary.BigEndian.AppendUint64(nil, head)
+		v := lb.Get(k)
+		if len(v) < logHeaderLen || !bytes.Equal(v[8:logHeaderLen], id[:]) {
+			return errors.Mark(errors.Newf("storage: saga %s: log entry %d is missing or belongs to another saga", id, head), ErrCorrupt)
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+		next := binary.BigEndian.Uint64(v)
+		if next >= head {
+			return errors.Mark(errors.Newf("storage: saga %s: log entry %d points forward to %d", id, head, next), ErrCorrupt)
+		}
+		head = next
+	}
+	return nil
 }
 
 // SagaDelete removes a saga, its log, its index entries, its idempotency key
@@ -85,11 +144,12 @@ func (t *Tx) SagaDelete(id ulid.ULID) error {
 	if err != nil {
 		return err
 	}
-	if err := t.tx.Bucket(bucketStatus).Delete(statusKey(v[0], id)); err != nil {
+	h, _ := DecodeHeader(v)
+	if err := t.tx.Bucket(bucketStatus).Delete(statusKey(h.Status, id)); err != nil {
 		return err
 	}
-	if wake := int64(binary.BigEndian.Uint64(v[1:])); wake != 0 {
-		if err := t.tx.Bucket(bucketDue).Delete(dueKey(wake, id)); err != nil {
+	if h.Wake != 0 {
+		if err := t.tx.Bucket(bucketDue).Delete(dueKey(h.Wake, id)); err != nil {
 			return err
 		}
 	}
@@ -101,9 +161,13 @@ func (t *Tx) SagaDelete(id ulid.ULID) error {
 	if err := t.tx.Bucket(bucketAborts).Delete(id[:]); err != nil {
 		return err
 	}
-	c := t.tx.Bucket(bucketLog).Cursor()
-	for k, _ := c.Seek(id[:]); k != nil && bytes.HasPrefix(k, id[:]); k, _ = c.Seek(id[:]) {
-		if err := c.Delete(); err != nil {
+	var keys [][]byte
+	if err := t.logWalk(id, h.LogHead, func(k, _ []byte) error { keys = append(keys, k); return nil }); err != nil {
+		return err
+	}
+	lb := t.tx.Bucket(bucketLog)
+	for _, k := range keys {
+		if err := lb.Delete(k); err != nil {
 			return err
 		}
 	}
@@ -199,29 +263,23 @@ func (t *Tx) SagaList(o ListOptions) (out []*Saga, more bool, err error) {
 	return out, false, nil
 }
 
-// LogAppend appends entries to a saga's log.
-func (t *Tx) LogAppend(id ulid.ULID, entries ...EncodedLog) error {
-	b := t.tx.Bucket(bucketLog)
-	for _, e := range entries {
-		if err := b.Put(logKey(id, e.seq), e.value); err != nil {
-			return errors.Wrapf(err, "storage: saga %s: append log", id)
-		}
-	}
-	return nil
-}
-
-// LogList returns a saga's log in order.
+// LogList returns a saga's log in order, oldest first.
 func (t *Tx) LogList(id ulid.ULID) ([]LogEntry, error) {
+	h, ok := DecodeHeader(t.tx.Bucket(bucketSagas).Get(id[:]))
+	if !ok {
+		return nil, errors.Wrapf(ErrNotFound, "storage: saga %s", id)
+	}
 	var out []LogEntry
-	c := t.tx.Bucket(bucketLog).Cursor()
-	for k, v := c.Seek(id[:]); k != nil && bytes.HasPrefix(k, id[:]); k, v = c.Next() {
+	err := t.logWalk(id, h.LogHead, func(k, v []byte) error {
 		var e LogEntry
-		if err := json.Unmarshal(v, &e); err != nil {
-			return nil, errors.Mark(errors.Wrapf(err, "storage: saga %s: log entry %x", id, k[16:]), ErrCorrupt)
+		if err := json.Unmarshal(v[logHeaderLen:], &e); err != nil {
+			return errors.Mark(errors.Wrapf(err, "storage: saga %s: log entry %x", id, k), ErrCorrupt)
 		}
 		out = append(out, e)
-	}
-	return out, nil
+		return nil
+	})
+	slices.Reverse(out)
+	return out, err
 }
 
 // IdemGet returns the saga started with an idempotency key.
@@ -299,12 +357,12 @@ func (t *Tx) BreakerGet(name string) []byte {
 // SagaWake returns a saga's wake time from its record's header, without
 // decoding the record.
 func (t *Tx) SagaWake(id ulid.ULID) (time.Time, bool) {
-	v := t.tx.Bucket(bucketSagas).Get(id[:])
-	if len(v) < headerLen {
+	h, ok := DecodeHeader(t.tx.Bucket(bucketSagas).Get(id[:]))
+	if !ok {
 		return time.Time{}, false
 	}
-	if w := int64(binary.BigEndian.Uint64(v[1:])); w != 0 {
-		return time.Unix(0, w), true
+	if h.Wake != 0 {
+		return time.Unix(0, h.Wake), true
 	}
 	return time.Time{}, true
 }
@@ -316,4 +374,19 @@ func (t *Tx) DueAfter(now time.Time) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), true
+}
+
+// SagaStatus returns a saga's status from its record's header, without
+// decoding the record.
+func (t *Tx) SagaStatus(id ulid.ULID) (saga.Status, bool) {
+	v := t.tx.Bucket(bucketSagas).Get(id[:])
+	if len(v) < headerLen {
+		return "", false
+	}
+	for s, c := range statusCodes {
+		if c == v[0] {
+			return s, true
+		}
+	}
+	return "", false
 }

@@ -1,0 +1,84 @@
+package storage
+
+import (
+	"encoding/binary"
+	"hash/fnv"
+	"io"
+	"os"
+
+	"github.com/cockroachdb/errors"
+)
+
+// bbolt's on-disk meta page (go.etcd.io/bbolt/internal/common.Meta), as
+// written on little-endian machines: after a 16-byte page header come
+// magic, version, page size, flags (4 bytes each), the root bucket (16),
+// the freelist page (8), the high-water page id (8), the txid (8) and an
+// FNV-64a checksum of everything before it.
+const (
+	boltMagic      = 0xED0CDAED
+	boltPageHeader = 16
+	boltMetaSum    = 56 // bytes covered by the checksum
+)
+
+// precheck refuses a file that bbolt would crash on rather than report: a
+// file shorter than its own meta page says it is (a truncated copy, a disk
+// that filled up) makes bbolt read past its memory map. It reads both meta
+// pages and keeps the newest valid one; a file with no valid meta page is
+// left to bbolt, which reports it as invalid.
+func precheck(path string) error {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return errors.Wrapf(err, "storage: open %s", path)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return errors.Wrapf(err, "storage: stat %s", path)
+	}
+	var best struct {
+		txid, pages uint64
+		pageSize    uint32
+		ok          bool
+	}
+	for _, off := range []int64{0, -1} {
+		if off < 0 {
+			if !best.ok {
+				// The second meta page sits one page in; without a valid
+				// first page, try the common page size.
+				off = 4096
+			} else {
+				off = int64(best.pageSize)
+			}
+		}
+		buf := make([]byte, boltPageHeader+boltMetaSum+8)
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			continue
+		}
+		m := buf[boltPageHeader:]
+		if binary.LittleEndian.Uint32(m) != boltMagic {
+			continue
+		}
+		h := fnv.New64a()
+		h.Write(m[:boltMetaSum])
+		if h.Sum64() != binary.LittleEndian.Uint64(m[boltMetaSum:]) {
+			continue
+		}
+		txid := binary.LittleEndian.Uint64(m[48:])
+		if !best.ok || txid > best.txid {
+			best.txid, best.pages, best.pageSize, best.ok = txid, binary.LittleEndian.Uint64(m[40:]),
+				binary.LittleEndian.Uint32(m[8:]), true
+		}
+	}
+	if !best.ok {
+		return nil
+	}
+	if need := int64(best.pages) * int64(best.pageSize); st.Size() < need {
+		return errors.WithHint(errors.Mark(errors.Newf("storage: %s is truncated: %d bytes, but its meta page records %d pages of %d bytes (%d bytes)",
+			path, st.Size(), best.pages, best.pageSize, need), ErrCorrupt),
+			"restore the file from a backup; sagad never writes to a file it cannot read")
+	}
+	return nil
+}
