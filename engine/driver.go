@@ -186,7 +186,7 @@ func (d *driver) attempt() {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(d.e.attempts, timeout)
+	ctx, cancel := context.WithTimeout(d.e.shards[r.ID[15]%byte(len(d.e.shards))], timeout)
 	defer cancel()
 	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() {
 		var cancelD context.CancelFunc

@@ -82,7 +82,10 @@ type Engine struct {
 	sem      chan struct{}   // concurrency slots
 	nudge    chan struct{}   // wake the scheduler for a time earlier than planned
 	planned  atomic.Int64    // unix nanos the scheduler plans to wake at
-	attempts context.Context // parent of attempt contexts, cancelled at hard stop
+	attempts context.Context // cancelled at hard stop; ancestor of every attempt's context
+	// shards are children of attempts that attempt contexts hang off, so
+	// that thousands of attempts do not contend on one parent's lock.
+	shards   [64]context.Context
 	cancelAt context.CancelFunc
 	stopRun  chan struct{} // closed by Close to end Run
 	runDone  chan struct{} // closed when Run has returned
@@ -125,9 +128,18 @@ func Open(path string, opts Options) (*Engine, error) {
 		sem:      make(chan struct{}, opts.Concurrency),
 		nudge:    make(chan struct{}, 1),
 		attempts: actx,
-		cancelAt: func() { cancel(errShutdown) },
 		stopRun:  make(chan struct{}),
 		runDone:  make(chan struct{}),
+	}
+	var cancels [len(e.shards)]context.CancelFunc
+	for i := range e.shards {
+		e.shards[i], cancels[i] = context.WithCancel(actx)
+	}
+	e.cancelAt = func() {
+		cancel(errShutdown)
+		for _, c := range cancels {
+			c()
+		}
 	}
 	return e, nil
 }
@@ -371,13 +383,17 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
 	// Register first, then look: a saga finishing in between still
 	// reaches the waiter.
 	ch := make(chan *Saga, 1)
+	// A saga a driver holds is not finished yet (drivers notify after they
+	// let go), so only a saga nobody holds needs a look at the database.
 	e.mu.Lock()
 	e.waiters[u] = append(e.waiters[u], ch)
+	_, held := e.active[u]
 	e.mu.Unlock()
 	defer e.unwait(u, ch)
-	var status saga.Status
-	var found bool
-	_ = e.db.View(func(tx *storage.Tx) error { status, found = tx.SagaStatus(u); return nil })
+	status, found := saga.StatusRunning, true
+	if !held {
+		_ = e.db.View(func(tx *storage.Tx) error { status, found = tx.SagaStatus(u); return nil })
+	}
 	if !found {
 		return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
 	}

@@ -53,8 +53,9 @@ func (t *Tx) SagaExists(id ulid.ULID) bool {
 // the status and due indexes in step with it.
 //
 // The log bucket is keyed by one sequence for all sagas, so a commit only
-// appends at its tail; each entry points at the saga's previous entry and
-// the record's header at its newest one.
+// appends at its tail. Each log record holds the entries of one SagaPut and
+// points at the saga's previous record; the saga's header points at its
+// newest.
 func (t *Tx) SagaPut(e *Encoded, logs ...EncodedLog) error {
 	sagas := t.bucket(bucketSagas)
 	var old Header
@@ -90,21 +91,30 @@ func (t *Tx) SagaPut(e *Encoded, logs ...EncodedLog) error {
 	}
 	head := old.LogHead
 	if len(logs) > 0 {
-		lb := t.bucket(bucketLog)
+		// One value holds all the entries of this write, one JSON object a
+		// line: a transition costs one log Put, not one per entry.
+		n := logHeaderLen
 		for _, l := range logs {
-			seq, err := lb.NextSequence()
-			if err != nil {
-				return errors.Wrapf(err, "storage: saga %s: log sequence", e.ID)
-			}
-			// bbolt holds Put values until commit: give each its own copy.
-			v := slices.Clone(l.value)
-			binary.BigEndian.PutUint64(v, head)
-			copy(v[8:logHeaderLen], e.ID[:])
-			if err := lb.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
-				return errors.Wrapf(err, "storage: saga %s: append log", e.ID)
-			}
-			head = seq
+			n += len(l.value) - logHeaderLen + 1
 		}
+		v := make([]byte, logHeaderLen, n)
+		binary.BigEndian.PutUint64(v, head)
+		copy(v[8:logHeaderLen], e.ID[:])
+		for i, l := range logs {
+			if i > 0 {
+				v = append(v, '\n')
+			}
+			v = append(v, l.value[logHeaderLen:]...)
+		}
+		lb := t.bucket(bucketLog)
+		seq, err := lb.NextSequence()
+		if err != nil {
+			return errors.Wrapf(err, "storage: saga %s: log sequence", e.ID)
+		}
+		if err := lb.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+			return errors.Wrapf(err, "storage: saga %s: append log", e.ID)
+		}
+		head = seq
 	}
 	binary.BigEndian.PutUint64(e.value[9:headerLen], head)
 	return errors.Wrapf(sagas.Put(e.ID[:], e.value), "storage: saga %s: put", e.ID)
@@ -271,11 +281,14 @@ func (t *Tx) LogList(id ulid.ULID) ([]LogEntry, error) {
 	}
 	var out []LogEntry
 	err := t.logWalk(id, h.LogHead, func(k, v []byte) error {
-		var e LogEntry
-		if err := json.Unmarshal(v[logHeaderLen:], &e); err != nil {
-			return errors.Mark(errors.Wrapf(err, "storage: saga %s: log entry %x", id, k), ErrCorrupt)
+		lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
+		for i := len(lines) - 1; i >= 0; i-- { // newest first, reversed below
+			var e LogEntry
+			if err := json.Unmarshal(lines[i], &e); err != nil {
+				return errors.Mark(errors.Wrapf(err, "storage: saga %s: log record %x", id, k), ErrCorrupt)
+			}
+			out = append(out, e)
 		}
-		out = append(out, e)
 		return nil
 	})
 	slices.Reverse(out)
