@@ -360,8 +360,8 @@ func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) b
 		until = r.Deadline
 	}
 	r.WakeAt = until
-	d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase,
-		Note: "circuit breaker " + name + " is open: waiting until " + until.UTC().Format(time.RFC3339Nano)})
+	d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase, Next: until,
+		Note: "circuit breaker " + name + " is open: waiting for it to half-open"})
 	return false
 }
 
@@ -413,8 +413,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 			delay = ra
 		}
 		if next := now.Add(delay); !exhausted(policy, s.Attempts, s.PhaseStarted, next) {
-			r.WakeAt = next
-			entry.Note = "retry at " + next.UTC().Format(time.RFC3339Nano)
+			r.WakeAt, entry.Next = next, next
 			d.log(now, entry)
 			info.Retry = true
 			d.hooks = append(d.hooks, info)

@@ -645,7 +645,9 @@ func (e *Engine) shutdown() {
 	}
 }
 
-// Close stops Run (see Run for how), waits for it, and closes the database.
+// Close stops Run (see Run for how), waits for it to return, and closes the
+// database. Calling Close alone is enough to shut an engine down; cancelling
+// Run's context first is not needed.
 func (e *Engine) Close() error {
 	if !e.closed.CompareAndSwap(false, true) {
 		return nil

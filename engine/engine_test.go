@@ -1,9 +1,12 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -886,4 +889,89 @@ func TestConcurrencyLimit(t *testing.T) {
 	if p := peak.Load(); p > limit {
 		t.Fatalf("%d steps ran at once, limit %d", p, limit)
 	}
+}
+
+func TestCloseIsGraceful(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/sagad.db"
+	var mu sync.Mutex
+	var calls []saga.Call
+	entered := make(chan struct{}, 1)
+	def := &saga.Definition{Name: "slow", Steps: []saga.Step{{Name: "s", Timeout: time.Hour,
+		Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			mu.Lock()
+			calls = append(calls, *c)
+			first := len(calls) == 1
+			mu.Unlock()
+			if first {
+				entered <- struct{}{}
+				<-ctx.Done() // outlives the shutdown grace
+				return nil, ctx.Err()
+			}
+			return nil, nil
+		}}}}
+	o := engine.Options{ShutdownGrace: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	o.Storage.NoSync = true
+	eng, err := engine.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Register(def); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+	st, err := eng.Start(context.Background(), "slow", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatalf("Run returned %v after its context ended, want nil", err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.Start(context.Background(), "slow", nil); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("Start after Close: %v, want ErrClosed", err)
+	}
+
+	// The cut-off attempt was not recorded as failed: it is in doubt, and
+	// the next Run re-runs it with the same key and attempt number.
+	var logs bytes.Buffer
+	o.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}, opts: o})
+	s := b.wait(t, st.ID)
+	if s.Status != saga.StatusCompleted || s.Steps[0].Attempts != 1 {
+		t.Fatalf("status %s, attempts %d: want completed with the in-doubt attempt re-run as attempt 1", s.Status, s.Steps[0].Attempts)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[0].IdempotencyKey != calls[1].IdempotencyKey || calls[1].Attempt != 1 {
+		t.Fatalf("calls %+v: want the attempt re-run once with the same key and attempt number", calls)
+	}
+	log, _ := b.eng.Log(context.Background(), st.ID)
+	for _, e := range log {
+		if e.Event == storage.EventAttemptFailed {
+			t.Fatalf("log has a failed attempt %+v: an attempt cut off by shutdown must stay in doubt", e)
+		}
+	}
+	b.close(t)
+	if !strings.Contains(logs.String(), "recovery: resumed unfinished sagas") || !strings.Contains(logs.String(), "in_doubt=1") {
+		t.Fatalf("recovery summary missing or wrong in the log:\n%s", logs.String())
+	}
+}
+
+// syncWriter makes a writer safe for the engine's concurrent logging.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,8 +113,14 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 	e.active[id] = d
 	e.drivers.Add(1)
 	e.mu.Unlock()
+	if rs != nil {
+		rs.loaded.Add(1)
+	}
 	go func() {
 		ok, err := d.load(time.Now())
+		if rs != nil {
+			rs.loaded.Done()
+		}
 		if err != nil {
 			e.log.Error("load saga", "saga", id.String(), "err", err)
 		}
@@ -208,6 +215,7 @@ func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
 type recoveryStats struct {
 	inDoubt atomic.Int64
 	parked  atomic.Int64
+	loaded  sync.WaitGroup // one per dispatched saga, done once it is loaded
 }
 
 // recover dispatches every unfinished saga that is not waiting for a
@@ -250,6 +258,8 @@ func (e *Engine) recover(ctx context.Context) error {
 			break
 		}
 	}
+	rs.loaded.Wait() // the drivers count what they find in doubt or parked as they load
+
 	e.log.Info("recovery: resumed unfinished sagas",
 		"running", counts[saga.StatusRunning], "compensating", counts[saga.StatusCompensating],
 		"waiting_for_retry", waiting, "in_doubt", rs.inDoubt.Load(), "parked", rs.parked.Load(),

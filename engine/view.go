@@ -90,3 +90,12 @@ func decodeError(enc []byte, msg string) error {
 	}
 	return errors.Newf("%s", msg)
 }
+
+// Output unmarshals the output of one of the saga's succeeded steps into v.
+func (s *Saga) Output(step string, v any) error {
+	raw, ok := s.Data[step]
+	if !ok || len(raw) == 0 {
+		return errors.Newf("engine: saga %s: no output from step %q", s.ID, step)
+	}
+	return errors.Wrapf(json.Unmarshal(raw, v), "engine: saga %s: decode output of %q", s.ID, step)
+}

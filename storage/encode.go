@@ -103,6 +103,7 @@ func appendLog(b []byte, e *LogEntry) []byte {
 	b = appendStr(b, "status", string(e.Status), true)
 	b = appendInt(b, "duration", int64(e.Duration))
 	b = appendStr(b, "error", e.Error, true)
+	b = appendTime(b, "next", e.Next, true)
 	b = appendStr(b, "note", e.Note, true)
 	return append(b, '}')
 }

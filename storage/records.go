@@ -77,7 +77,10 @@ type LogEntry struct {
 	Status   saga.Status   `json:"status,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
 	Error    string        `json:"error,omitempty"`
-	Note     string        `json:"note,omitempty"`
+	// Next is when the next attempt is due, on a failed attempt that will be
+	// retried and on a wait for an open circuit breaker.
+	Next time.Time `json:"next,omitzero"`
+	Note string    `json:"note,omitempty"`
 }
 
 // Event names a kind of log entry.

@@ -1,0 +1,291 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/steps"
+)
+
+// Order is the input of the order sagas in these examples.
+type Order struct {
+	ID   string `json:"id"`
+	Item string `json:"item"`
+	Qty  int    `json:"qty"`
+}
+
+// An order saga of three steps: reserve stock, charge the card, ship. Each
+// step is a typed Go function; its output is stored and passed to later
+// steps.
+func Example() {
+	dir, err := os.MkdirTemp("", "sagad-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+
+	eng, err := engine.Open(filepath.Join(dir, "sagad.db"), engine.Options{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		panic(err)
+	}
+
+	type Reservation struct {
+		ID string `json:"id"`
+	}
+	type Charge struct {
+		ID string `json:"id"`
+	}
+	type Shipment struct {
+		Carrier  string `json:"carrier"`
+		Tracking string `json:"tracking"`
+	}
+	err = eng.Register(&saga.Definition{
+		Name: "order",
+		Steps: []saga.Step{
+			{
+				Name: "reserve",
+				Action: steps.Typed(func(ctx context.Context, c *saga.Call, o Order) (Reservation, error) {
+					return Reservation{ID: "res-" + o.ID}, nil
+				}),
+				Compensation: steps.Noop, // release the reservation
+			},
+			{
+				Name: "charge",
+				Action: steps.Typed(func(ctx context.Context, c *saga.Call, o Order) (Charge, error) {
+					// c.IdempotencyKey is stable across retries: pass it to
+					// the payment provider so a retry cannot charge twice.
+					return Charge{ID: "ch-" + o.ID}, nil
+				}),
+				Compensation: steps.Noop, // refund
+			},
+			{
+				Name: "ship",
+				Action: steps.Typed(func(ctx context.Context, c *saga.Call, o Order) (Shipment, error) {
+					var r Reservation
+					if err := c.Output("reserve", &r); err != nil {
+						return Shipment{}, err
+					}
+					return Shipment{Carrier: "acme", Tracking: "TRK-" + r.ID}, nil
+				}),
+			},
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+
+	// Run recovers unfinished sagas, then runs new ones until ctx ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+
+	started, err := eng.Start(ctx, "order", Order{ID: "1001", Item: "book", Qty: 2},
+		engine.WithIdempotencyKey("order-1001"))
+	if err != nil {
+		panic(err)
+	}
+	s, err := eng.Wait(ctx, started.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("status:", s.Status)
+	fmt.Println("ship:", string(s.Data["ship"]))
+	for _, st := range s.Steps {
+		fmt.Printf("%s: %s after %d attempt(s)\n", st.Name, st.Status, st.Attempts)
+	}
+
+	cancel()
+	if err := <-runDone; err != nil {
+		panic(err)
+	}
+	if err := eng.Close(); err != nil {
+		panic(err)
+	}
+	// Output:
+	// status: completed
+	// ship: {"carrier":"acme","tracking":"TRK-res-1001"}
+	// reserve: succeeded after 1 attempt(s)
+	// charge: succeeded after 1 attempt(s)
+	// ship: succeeded after 1 attempt(s)
+}
+
+// A declined card is a permanent error: the charge is not retried, and the
+// steps that succeeded before it are compensated, last first.
+func ExampleEngine_Start_compensation() {
+	var undone []string
+	undo := func(what string) saga.Func {
+		return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			undone = append(undone, what)
+			return nil, nil
+		}
+	}
+	eng, stop := runExampleEngine(&saga.Definition{
+		Name: "order",
+		Steps: []saga.Step{
+			{Name: "reserve", Action: steps.Noop, Compensation: undo("release stock")},
+			{Name: "courier", Action: steps.Noop, Compensation: undo("cancel courier")},
+			{
+				Name: "charge",
+				Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+					return nil, saga.Permanent(errors.New("card declined"))
+				},
+				Compensation: undo("refund"), // not run: the charge never succeeded
+			},
+			{Name: "ship", Action: steps.Noop},
+		},
+	})
+	defer stop()
+
+	ctx := context.Background()
+	started, err := eng.Start(ctx, "order", Order{ID: "1002", Item: "book", Qty: 1})
+	if err != nil {
+		panic(err)
+	}
+	s, err := eng.Wait(ctx, started.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("status:", s.Status)
+	fmt.Println("reason:", s.Err)
+	fmt.Println("permanent:", saga.IsPermanent(s.Err))
+	fmt.Println("compensations:", strings.Join(undone, ", "))
+	for _, st := range s.Steps {
+		fmt.Printf("%s: %s\n", st.Name, st.Status)
+	}
+	// Output:
+	// status: compensated
+	// reason: step "charge" failed: card declined
+	// permanent: true
+	// compensations: cancel courier, release stock
+	// reserve: compensated
+	// courier: compensated
+	// charge: failed
+	// ship: skipped
+}
+
+// Starting twice with the same idempotency key starts one saga: the second
+// Start returns the first saga's id and says it is a duplicate. Use the
+// key a client sends with its request (an order number, a request id).
+func ExampleWithIdempotencyKey() {
+	eng, stop := runExampleEngine(&saga.Definition{
+		Name:  "order",
+		Steps: []saga.Step{{Name: "reserve", Action: steps.Noop}},
+	})
+	defer stop()
+
+	ctx := context.Background()
+	order := Order{ID: "1003", Item: "book", Qty: 1}
+	first, err := eng.Start(ctx, "order", order, engine.WithIdempotencyKey("order-1003"))
+	if err != nil {
+		panic(err)
+	}
+	second, err := eng.Start(ctx, "order", order, engine.WithIdempotencyKey("order-1003"))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("same saga:", first.ID == second.ID)
+	fmt.Println("duplicate:", first.Duplicate, second.Duplicate)
+	// Output:
+	// same saga: true
+	// duplicate: false true
+}
+
+// Abort makes a running saga compensate. An attempt in flight is not
+// interrupted: it finishes, then the saga undoes what succeeded.
+func ExampleEngine_Abort() {
+	reserving := make(chan struct{}) // closed when reserve has started
+	release := make(chan struct{})   // closed to let reserve finish
+	var undone []string
+	eng, stop := runExampleEngine(&saga.Definition{
+		Name: "order",
+		Steps: []saga.Step{
+			{
+				Name: "reserve",
+				Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+					close(reserving)
+					<-release
+					return nil, nil
+				},
+				Compensation: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+					undone = append(undone, "release stock")
+					return nil, nil
+				},
+			},
+			{Name: "charge", Action: steps.Noop},
+			{Name: "ship", Action: steps.Noop},
+		},
+	})
+	defer stop()
+
+	ctx := context.Background()
+	started, err := eng.Start(ctx, "order", Order{ID: "1004", Item: "book", Qty: 1})
+	if err != nil {
+		panic(err)
+	}
+	<-reserving
+	if err := eng.Abort(ctx, started.ID); err != nil {
+		panic(err)
+	}
+	close(release)
+
+	s, err := eng.Wait(ctx, started.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("status:", s.Status)
+	fmt.Println("aborted:", errors.Is(s.Err, engine.ErrAborted))
+	fmt.Println("compensations:", strings.Join(undone, ", "))
+	for _, st := range s.Steps {
+		fmt.Printf("%s: %s\n", st.Name, st.Status)
+	}
+	// Output:
+	// status: compensated
+	// aborted: true
+	// compensations: release stock
+	// reserve: compensated
+	// charge: skipped
+	// ship: skipped
+}
+
+// runExampleEngine opens an engine on a temporary file, registers def and
+// runs the engine, as Example does step by step. stop shuts it down.
+func runExampleEngine(def *saga.Definition) (eng *engine.Engine, stop func()) {
+	dir, err := os.MkdirTemp("", "sagad-example")
+	if err != nil {
+		panic(err)
+	}
+	eng, err = engine.Open(filepath.Join(dir, "sagad.db"), engine.Options{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		panic(err)
+	}
+	if err := eng.Register(def); err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+	return eng, func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			panic(err)
+		}
+		if err := eng.Close(); err != nil {
+			panic(err)
+		}
+		os.RemoveAll(dir)
+	}
+}
