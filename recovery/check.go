@@ -3,7 +3,6 @@ package recovery
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -61,10 +60,8 @@ func Check(db *storage.DB) ([]Problem, error) {
 				}
 			}
 			checkLog(logs, k, h.LogHead, add)
-			var rec struct {
-				IdempotencyKey string `json:"idempotency_key"`
-			}
-			if err := json.Unmarshal(v[headerLen:], &rec); err != nil {
+			rec, err := storage.DecodeSaga(k, v)
+			if err != nil {
 				add("saga-malformed", "saga %x: %v", k, err)
 			} else if rec.IdempotencyKey != "" && !bytes.Equal(idem.Get([]byte(rec.IdempotencyKey)), k) {
 				add("idem-missing", "saga %x: idempotency key %q does not name it", k, rec.IdempotencyKey)
@@ -116,9 +113,6 @@ func Check(db *storage.DB) ([]Problem, error) {
 	})
 	return problems, errors.Wrap(err, "recovery: check")
 }
-
-// headerLen is the length of a stored saga's header (storage.DecodeHeader).
-const headerLen = 17
 
 // checkLog walks a saga's log chain from its head: every entry must exist,
 // belong to the saga and point to an older entry.

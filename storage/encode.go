@@ -1,101 +1,279 @@
 package storage
 
 import (
-	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"math"
 	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/saga"
 )
 
-// The hot path encodes a saga record and its log entries on every
-// transition. These appenders write the same JSON that encoding/json would
-// for the struct tags in records.go (encoding/json still decodes it, and
-// FuzzEncodeSaga holds the two together) at a fraction of the cost of
-// reflection.
+// A saga record is rewritten on every transition, and the pages holding the
+// records of running sagas are what most commits write and sync. Records are
+// therefore stored compactly: after the fixed header (records.go) comes a
+// format byte and the fields below, with varints for numbers, one byte for
+// enums and unix nanoseconds for times. The saga's input and its steps'
+// outputs stay the JSON they are. Status and wake time live in the header
+// only. Log entries, read by people, are JSON (appendLog).
+const recordFormat = 1
 
+var (
+	stepStatusCodes = map[saga.StepStatus]byte{saga.StepPending: 1, saga.StepRunning: 2, saga.StepSucceeded: 3,
+		saga.StepFailed: 4, saga.StepCompensating: 5, saga.StepCompensated: 6, saga.StepSkipped: 7}
+	phaseCodes                      = map[saga.Phase]byte{"": 0, saga.PhaseAction: 1, saga.PhaseFallback: 2, saga.PhaseCompensation: 3}
+	stepStatusOf, phaseOf, statusOf = invert(stepStatusCodes), invert(phaseCodes), invert(statusCodes)
+)
+
+func invert[K comparable](m map[K]byte) map[byte]K {
+	out := make(map[byte]K, len(m))
+	for k, v := range m {
+		out[v] = k
+	}
+	return out
+}
+
+const (
+	flagInFlight = 1 << iota
+	flagFallbackUsed
+)
+
+// appendSaga appends the body of s (everything after the header).
 func appendSaga(b []byte, s *Saga) []byte {
-	b = append(b, '{')
-	b = appendStr(b, "definition", s.Definition, false)
-	b = appendStr(b, "fingerprint", s.Fingerprint, false)
-	b = appendStr(b, "status", string(s.Status), false)
-	if len(s.Input) > 0 {
-		b = append(b, `,"input":`...)
-		b = append(b, s.Input...)
+	b = append(b, recordFormat)
+	b = appendBytes(b, s.Definition)
+	b = appendBytes(b, s.Fingerprint)
+	b = appendBytes(b, s.Input)
+	keys := make([]string, 0, len(s.Data))
+	for k := range s.Data {
+		keys = append(keys, k)
 	}
-	if len(s.Data) > 0 {
-		b = append(b, `,"data":{`...)
-		keys := make([]string, 0, len(s.Data))
-		for k := range s.Data {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
-			if v := s.Data[k]; len(v) > 0 {
-				b = append(b, v...)
-			} else {
-				b = append(b, "null"...)
-			}
-		}
-		b = append(b, '}')
+	slices.Sort(keys)
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = appendBytes(b, k)
+		b = appendBytes(b, s.Data[k])
 	}
-	b = append(b, `,"steps":`...)
-	if s.Steps == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
+	b = binary.AppendUvarint(b, uint64(len(s.Steps)))
+	for i := range s.Steps {
+		st := &s.Steps[i]
+		var flags byte
+		if st.InFlight {
+			flags |= flagInFlight
+		}
+		if st.FallbackUsed {
+			flags |= flagFallbackUsed
+		}
+		b = appendBytes(b, st.Name)
+		b = append(b, stepStatusCodes[st.Status], phaseCodes[st.Phase], flags)
+		b = binary.AppendVarint(b, int64(st.Attempts))
+		b = appendTime(b, st.PhaseStarted)
+		b = binary.AppendVarint(b, int64(st.ActionAttempts))
+		b = appendBytes(b, st.Error)
+	}
+	b = appendBytes(b, s.IdempotencyKey)
+	b = appendBytes(b, s.Error)
+	b = appendBytes(b, s.ErrorEnc)
+	b = appendTime(b, s.CreatedAt)
+	b = appendTime(b, s.UpdatedAt)
+	b = appendTime(b, s.Deadline)
+	b = appendBytes(b, s.Parked)
+	return binary.AppendUvarint(b, uint64(s.LogSeq))
+}
+
+func appendBytes[T ~string | ~[]byte](b []byte, v T) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+// appendTime stores t as unix nanoseconds; the zero time as 0.
+func appendTime(b []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return binary.AppendVarint(b, 0)
+	}
+	return binary.AppendVarint(b, t.UnixNano())
+}
+
+// decodeSaga decodes a stored record: key is the saga's id, v the value
+// with its header.
+func decodeSaga(key, v []byte) (*Saga, error) {
+	h, ok := DecodeHeader(v)
+	if !ok || len(key) != 16 {
+		return nil, errors.Mark(errors.Newf("storage: saga %x: record is %d bytes", key, len(v)), ErrCorrupt)
+	}
+	s := &Saga{}
+	copy(s.ID[:], key)
+	if s.Status, ok = statusOf[h.Status]; !ok {
+		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown status code %d", key, h.Status), ErrCorrupt)
+	}
+	if h.Wake != 0 {
+		s.WakeAt = time.Unix(0, h.Wake)
+	}
+	r := reader{b: v[headerLen:]}
+	if f := r.byte(); f != recordFormat && r.err == nil {
+		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, f), ErrCorrupt)
+	}
+	s.Definition = r.string()
+	s.Fingerprint = r.string()
+	s.Input = r.raw()
+	if n := r.count(); n > 0 {
+		s.Data = make(map[string]json.RawMessage, n)
+		for range n {
+			k := r.string()
+			s.Data[k] = r.raw()
+		}
+	}
+	if n := r.count(); r.err == nil {
+		s.Steps = make([]Step, n)
 		for i := range s.Steps {
-			if i > 0 {
-				b = append(b, ',')
+			st := &s.Steps[i]
+			st.Name = r.string()
+			sc, pc, flags := r.byte(), r.byte(), r.byte()
+			var ok1, ok2 bool
+			st.Status, ok1 = stepStatusOf[sc]
+			st.Phase, ok2 = phaseOf[pc]
+			if r.err == nil && (!ok1 || !ok2 || flags > flagInFlight|flagFallbackUsed) {
+				r.err = errors.Newf("step %d: status %d, phase %d, flags %d", i, sc, pc, flags)
 			}
-			b = appendStep(b, &s.Steps[i])
+			st.InFlight, st.FallbackUsed = flags&flagInFlight != 0, flags&flagFallbackUsed != 0
+			st.Attempts = r.int()
+			st.PhaseStarted = r.time()
+			st.ActionAttempts = r.int()
+			st.Error = r.string()
 		}
-		b = append(b, ']')
 	}
-	b = appendStr(b, "idempotency_key", s.IdempotencyKey, true)
-	b = appendStr(b, "error", s.Error, true)
-	if len(s.ErrorEnc) > 0 {
-		b = append(b, `,"error_enc":"`...)
-		b = base64.StdEncoding.AppendEncode(b, s.ErrorEnc)
-		b = append(b, '"')
+	s.IdempotencyKey = r.string()
+	s.Error = r.string()
+	if enc := r.raw(); len(enc) > 0 {
+		s.ErrorEnc = enc
 	}
-	b = appendTime(b, "created_at", s.CreatedAt, false)
-	b = appendTime(b, "updated_at", s.UpdatedAt, false)
-	b = appendTime(b, "deadline", s.Deadline, true)
-	b = appendTime(b, "wake_at", s.WakeAt, true)
-	b = appendStr(b, "parked", s.Parked, true)
-	b = append(b, `,"log_seq":`...)
-	b = strconv.AppendUint(b, uint64(s.LogSeq), 10)
-	return append(b, '}')
+	s.CreatedAt = r.time()
+	s.UpdatedAt = r.time()
+	s.Deadline = r.time()
+	s.Parked = r.string()
+	if seq := r.uvarint(); seq > math.MaxUint32 && r.err == nil {
+		r.err = errors.Newf("log sequence %d", seq)
+	} else {
+		s.LogSeq = uint32(seq)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = errors.Newf("%d bytes after the record", len(r.b))
+	}
+	if r.err != nil {
+		return nil, errors.Mark(errors.Wrapf(r.err, "storage: saga %x: decode", key), ErrCorrupt)
+	}
+	return s, nil
 }
 
-func appendStep(b []byte, s *Step) []byte {
-	b = append(b, '{')
-	b = appendStr(b, "name", s.Name, false)
-	b = appendStr(b, "status", string(s.Status), false)
-	b = appendStr(b, "phase", string(s.Phase), true)
-	if s.InFlight {
-		b = append(b, `,"in_flight":true`...)
-	}
-	b = appendInt(b, "attempts", int64(s.Attempts))
-	b = appendTime(b, "phase_started", s.PhaseStarted, true)
-	b = appendInt(b, "action_attempts", int64(s.ActionAttempts))
-	if s.FallbackUsed {
-		b = append(b, `,"fallback_used":true`...)
-	}
-	b = appendStr(b, "error", s.Error, true)
-	return append(b, '}')
+// reader decodes a record; the first error sticks and later reads return
+// zero values.
+type reader struct {
+	b   []byte
+	err error
 }
 
+func (r *reader) fail(what string) {
+	if r.err == nil {
+		r.err = errors.Newf("truncated or malformed %s", what)
+	}
+	r.b = nil
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil || len(r.b) == 0 {
+		r.fail("byte")
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail("number")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail("number")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) int() int {
+	v := r.varint()
+	if v < math.MinInt32 || v > math.MaxInt32 {
+		r.fail("count")
+		return 0
+	}
+	return int(v)
+}
+
+// count reads a collection length, which cannot exceed the bytes left.
+func (r *reader) count() int {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.fail("length")
+		return 0
+	}
+	return int(n)
+}
+
+// raw reads length-prefixed bytes (a copy: bbolt's memory is only valid in
+// its transaction); nil for length 0.
+func (r *reader) raw() []byte {
+	n := r.count()
+	if r.err != nil || n == 0 {
+		return nil
+	}
+	v := slices.Clone(r.b[:n])
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.count()
+	if r.err != nil || n == 0 {
+		return ""
+	}
+	v := string(r.b[:n])
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) time() time.Time {
+	if n := r.varint(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// appendLog appends e as JSON, as encoding/json would for its struct tags
+// (FuzzEncodeLog holds the two together) without reflection's cost.
 func appendLog(b []byte, e *LogEntry) []byte {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, uint64(e.Seq), 10)
-	b = appendTime(b, "at", e.At, false)
+	b = appendJSONTime(b, "at", e.At, false)
 	b = appendStr(b, "event", string(e.Event), false)
 	b = appendStr(b, "step", e.Step, true)
 	b = appendStr(b, "phase", string(e.Phase), true)
@@ -103,7 +281,7 @@ func appendLog(b []byte, e *LogEntry) []byte {
 	b = appendStr(b, "status", string(e.Status), true)
 	b = appendInt(b, "duration", int64(e.Duration))
 	b = appendStr(b, "error", e.Error, true)
-	b = appendTime(b, "next", e.Next, true)
+	b = appendJSONTime(b, "next", e.Next, true)
 	b = appendStr(b, "note", e.Note, true)
 	return append(b, '}')
 }
@@ -127,7 +305,7 @@ func appendInt(b []byte, key string, n int64) []byte {
 	return strconv.AppendInt(b, n, 10)
 }
 
-func appendTime(b []byte, key string, t time.Time, omitZero bool) []byte {
+func appendJSONTime(b []byte, key string, t time.Time, omitZero bool) []byte {
 	if omitZero && t.IsZero() {
 		return b
 	}

@@ -11,72 +11,170 @@ import (
 	"github.com/sagad/sagad/saga"
 )
 
-// checkParity asserts that the hand-written encoding of s is valid JSON
-// and decodes to exactly what encoding/json's own encoding decodes to.
-func checkParity(t *testing.T, s *Saga) {
+// roundTrip encodes s, decodes it, and asserts nothing changed.
+func roundTrip(t *testing.T, s *Saga) {
 	t.Helper()
-	mine := appendSaga(nil, s)
-	if !json.Valid(mine) {
-		t.Fatalf("appendSaga wrote invalid JSON: %s", mine)
-	}
-	theirs, err := json.Marshal(s)
+	e, err := EncodeSaga(s)
 	if err != nil {
-		t.Skip("encoding/json cannot encode this record either")
+		t.Fatal(err)
 	}
-	var a, b Saga
-	if err := json.Unmarshal(mine, &a); err != nil {
-		t.Fatalf("decode appendSaga output: %v\n%s", err, mine)
+	got, err := decodeSaga(s.ID[:], e.value)
+	if err != nil {
+		t.Fatalf("decode: %v", err)
 	}
-	if err := json.Unmarshal(theirs, &b); err != nil {
-		t.Fatalf("decode encoding/json output: %v", err)
-	}
-	if !reflect.DeepEqual(a, b) {
-		t.Fatalf("encodings differ:\nmine   %s\ntheirs %s", mine, theirs)
+	if !reflect.DeepEqual(normalize(got), normalize(s)) {
+		t.Fatalf("round trip changed the record:\ngot  %+v\nwant %+v", got, s)
 	}
 }
 
-func TestEncodeSagaParity(t *testing.T) {
+// normalize makes times comparable with DeepEqual (same instant, same
+// location, no monotonic reading) and empty collections nil.
+func normalize(s *Saga) *Saga {
+	c := *s
+	tm := func(t time.Time) time.Time {
+		if t.IsZero() {
+			return time.Time{}
+		}
+		return time.Unix(0, t.UnixNano()).UTC()
+	}
+	c.CreatedAt, c.UpdatedAt, c.Deadline, c.WakeAt = tm(c.CreatedAt), tm(c.UpdatedAt), tm(c.Deadline), tm(c.WakeAt)
+	if len(c.Data) == 0 {
+		c.Data = nil
+	}
+	if len(c.Input) == 0 {
+		c.Input = nil
+	}
+	if len(c.ErrorEnc) == 0 {
+		c.ErrorEnc = nil
+	}
+	c.Steps = append([]Step(nil), s.Steps...)
+	for i := range c.Steps {
+		c.Steps[i].PhaseStarted = tm(c.Steps[i].PhaseStarted)
+	}
+	if len(c.Steps) == 0 {
+		c.Steps = nil
+	}
+	return &c
+}
+
+func TestEncodeSagaRoundTrip(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
 	full := &Saga{
 		ID: ulid.Make(), Definition: "order", Fingerprint: "abc", Status: saga.StatusCompensating,
 		Input: json.RawMessage(`{"a":[1,2,{"b":"c"}]}`),
-		Data:  map[string]json.RawMessage{"reserve": json.RawMessage(`{"id":"r1"}`), "z": json.RawMessage(`"x"`), "e": nil},
+		Data:  map[string]json.RawMessage{"reserve": json.RawMessage(`{"id":"r1"}`), "z": json.RawMessage(`"x"`)},
 		Steps: []Step{
 			{Name: "reserve", Status: saga.StepSucceeded, Phase: saga.PhaseAction, Attempts: 2},
 			{Name: "charge", Status: saga.StepCompensating, Phase: saga.PhaseCompensation, InFlight: true, Attempts: 1,
-				PhaseStarted: now, ActionAttempts: 3, FallbackUsed: true, Error: "quote \" backslash \\ tab \t nl \n <>& \x01 \u2028 é \xff"},
+				PhaseStarted: now, ActionAttempts: 3, FallbackUsed: true, Error: "quote \" nl \n \xff"},
+			{Name: "ship", Status: saga.StepSkipped},
 		},
 		IdempotencyKey: "order-42", Error: "boom", ErrorEnc: []byte{0, 1, 2, 255},
 		CreatedAt: now, UpdatedAt: now.Add(time.Second), Deadline: now.Add(time.Hour), WakeAt: now.Add(time.Minute),
 		Parked: "definition missing", LogSeq: 70000,
 	}
-	for _, s := range []*Saga{full, {Status: saga.StatusRunning}, {Status: saga.StatusRunning, Steps: []Step{}}} {
-		checkParity(t, s)
+	for _, s := range []*Saga{full, {ID: ulid.Make(), Status: saga.StatusRunning}} {
+		roundTrip(t, s)
 	}
-	e := &LogEntry{Seq: 9, At: now, Event: EventAttemptFailed, Step: "s", Phase: saga.PhaseAction, Attempt: 2,
-		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y", Next: now.Add(time.Second), Note: "retry"}
-	var a, b LogEntry
-	theirs, _ := json.Marshal(e)
-	if err := json.Unmarshal(appendLog(nil, e), &a); err != nil {
-		t.Fatal(err)
+	e, _ := EncodeSaga(full)
+	if n := len(e.value); n > 300 {
+		t.Fatalf("a record of three steps takes %d bytes; the compact format should stay well under 300", n)
 	}
-	_ = json.Unmarshal(theirs, &b)
-	if a != b || a.Next.IsZero() {
-		t.Fatalf("log entries differ: %+v vs %+v", a, b)
+	for _, bad := range [][]byte{
+		e.value[:headerLen],                                 // no body
+		e.value[:len(e.value)-1],                            // truncated
+		append(append([]byte{}, e.value...), 0),             // trailing byte
+		append(append([]byte{}, e.value[:headerLen]...), 9), // unknown format
+	} {
+		if _, err := decodeSaga(full.ID[:], bad); err == nil {
+			t.Fatalf("decoding %x succeeded, want ErrCorrupt", bad)
+		}
 	}
 }
 
-// FuzzEncodeSaga holds the hand-written encoder to encoding/json's output
-// for arbitrary strings and times.
+func TestEncodeLogParity(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
+	e := &LogEntry{Seq: 9, At: now, Event: EventAttemptFailed, Step: "s", Phase: saga.PhaseAction, Attempt: 2,
+		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y <&> \u2028 \xff", Next: now.Add(time.Second), Note: "retry"}
+	checkLogParity(t, e)
+	checkLogParity(t, &LogEntry{At: now})
+}
+
+func checkLogParity(t *testing.T, e *LogEntry) {
+	t.Helper()
+	mine := appendLog(nil, e)
+	theirs, err := json.Marshal(e)
+	if err != nil {
+		t.Skip("encoding/json cannot encode this entry either")
+	}
+	var a, b LogEntry
+	if err := json.Unmarshal(mine, &a); err != nil {
+		t.Fatalf("appendLog wrote invalid JSON %s: %v", mine, err)
+	}
+	_ = json.Unmarshal(theirs, &b)
+	if !a.At.Equal(b.At) || !a.Next.Equal(b.Next) {
+		t.Fatalf("times differ: %s vs %s", mine, theirs)
+	}
+	a.At, b.At, a.Next, b.Next = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	if a != b {
+		t.Fatalf("log entries differ:\nmine   %s\ntheirs %s", mine, theirs)
+	}
+}
+
+// FuzzEncodeSaga round-trips records with arbitrary strings and numbers.
 func FuzzEncodeSaga(f *testing.F) {
-	f.Add("order", "step", "err \"q\"", "key", int64(0), 3)
-	f.Add("\xff\xfe", "<&>", "\u2028\x00", "", int64(-1), -2)
-	f.Fuzz(func(t *testing.T, def, step, msg, key string, nanos int64, attempts int) {
-		at := time.Unix(0, nanos).UTC()
-		s := &Saga{Definition: def, Fingerprint: key, Status: saga.StatusFailed, Error: msg, IdempotencyKey: key,
-			CreatedAt: at, UpdatedAt: at, WakeAt: at,
+	f.Add("order", "step", "err \"q\"", "key", int64(1), 3, []byte(`{"a":1}`))
+	f.Add("\xff\xfe", "<&>", "\u2028\x00", "", int64(-1), -2, []byte(nil))
+	f.Fuzz(func(t *testing.T, def, step, msg, key string, nanos int64, attempts int, input []byte) {
+		if nanos == 0 || attempts < -1<<31 || attempts > 1<<31-1 {
+			t.Skip() // 0 is the zero time; attempts are stored as 32-bit
+		}
+		at := time.Unix(0, nanos)
+		s := &Saga{ID: ulid.Make(), Definition: def, Fingerprint: key, Status: saga.StatusFailed, Error: msg,
+			IdempotencyKey: key, Input: input, CreatedAt: at, UpdatedAt: at, WakeAt: at, Parked: msg,
+			Data:  map[string]json.RawMessage{step: input, key: json.RawMessage(msg)},
 			Steps: []Step{{Name: step, Status: saga.StepFailed, Error: msg, Attempts: attempts, PhaseStarted: at}}}
-		checkParity(t, s)
+		if len(input) == 0 {
+			s.Data[step] = nil
+		}
+		if len(msg) == 0 {
+			s.Data[key] = nil
+		}
+		roundTrip(t, s)
+	})
+}
+
+// FuzzDecodeSaga feeds arbitrary bytes to the record parser: it must fail
+// cleanly, never panic, and what it accepts must encode back to itself.
+func FuzzDecodeSaga(f *testing.F) {
+	e, _ := EncodeSaga(&Saga{Definition: "d", Status: saga.StatusRunning, Steps: []Step{{Name: "a", Status: saga.StepPending}}})
+	f.Add(e.value)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		id := ulid.Make()
+		s, err := decodeSaga(id[:], v)
+		if err != nil {
+			return
+		}
+		again, err := EncodeSaga(s)
+		if err != nil {
+			t.Fatalf("re-encode an accepted record: %v", err)
+		}
+		s2, err := decodeSaga(id[:], again.value)
+		if err != nil || !reflect.DeepEqual(normalize(s), normalize(s2)) {
+			t.Fatalf("accepted record does not round-trip: %v", err)
+		}
+	})
+}
+
+// FuzzEncodeLog holds appendLog to encoding/json's output.
+func FuzzEncodeLog(f *testing.F) {
+	f.Add("step", "err \"q\"", int64(1))
+	f.Add("\xff\xfe<&>", "\u2028\x00", int64(-1))
+	f.Fuzz(func(t *testing.T, step, msg string, nanos int64) {
+		at := time.Unix(0, nanos).UTC()
+		checkLogParity(t, &LogEntry{At: at, Step: step, Error: msg, Note: msg, Next: at, Event: Event(step)})
 	})
 }

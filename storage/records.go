@@ -162,17 +162,9 @@ func EncodeSaga(s *Saga) (*Encoded, error) {
 	return &Encoded{ID: s.ID, status: code, wake: wake, value: appendSaga(buf, s)}, nil
 }
 
-func decodeSaga(id []byte, v []byte) (*Saga, error) {
-	if len(v) < headerLen {
-		return nil, errors.Mark(errors.Newf("storage: saga %x: record is %d bytes", id, len(v)), ErrCorrupt)
-	}
-	s := new(Saga)
-	if err := json.Unmarshal(v[headerLen:], s); err != nil {
-		return nil, errors.Mark(errors.Wrapf(err, "storage: saga %x: decode", id), ErrCorrupt)
-	}
-	copy(s.ID[:], id) // the key, not stored again in the value
-	return s, nil
-}
+// DecodeSaga decodes a stored saga record: key is the saga's id, value the
+// stored bytes. It fails with ErrCorrupt on anything malformed.
+func DecodeSaga(key, value []byte) (*Saga, error) { return decodeSaga(key, value) }
 
 // EncodedLog is a log entry encoded for SagaPut.
 type EncodedLog struct {
