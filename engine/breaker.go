@@ -51,8 +51,11 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) (*breaker, error) {
 		MaxRequests: p.HalfOpenRequests,
 		Timeout:     p.OpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= p.Failures },
-		// A participant that answers with a permanent error is up.
-		IsSuccessful: func(err error) bool { return err == nil || saga.IsPermanent(err) },
+		// A participant that answers with a permanent error is up; a step
+		// that panicked says nothing good about it.
+		IsSuccessful: func(err error) bool {
+			return err == nil || (saga.IsPermanent(err) && !errors.Is(err, errPanic))
+		},
 		// Our own cancellations (shutdown, abort) say nothing about the participant.
 		IsExcluded: func(err error) bool {
 			return errors.Is(err, context.Canceled) || errors.Is(err, errShutdown)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -34,7 +35,14 @@ type driver struct {
 	from     saga.Status // status at the last commit
 	clrAbort bool        // delete the abort request in the next commit
 	finished bool        // the saga reached a final status: release notifies waiters
-	hooks    []AttemptInfo
+	// inDoubt marks steps whose attempt was in flight at a crash: their
+	// outcome is unknown until they are attempted again.
+	inDoubt map[int]bool
+	// redispatch asks release to dispatch the saga again: something wanted
+	// it while this driver held it.
+	redispatch bool
+	statuses   []saga.Status // statuses entered since the last commit, for the hook
+	hooks      []AttemptInfo
 }
 
 type effectKind int
@@ -99,16 +107,17 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 func (d *driver) load(now time.Time) (bool, error) {
 	id := d.rec.ID
 	var aborted bool
+	var r *storage.Saga
 	err := d.e.db.View(func(tx *storage.Tx) error {
 		var err error
-		d.rec, err = tx.SagaGet(id)
+		r, err = tx.SagaGet(id)
 		aborted = tx.AbortGet(id)
 		return err
 	})
 	if err != nil {
 		return false, err
 	}
-	r := d.rec
+	d.rec = r
 	d.from = r.Status
 	if r.Status.Finished() {
 		return false, nil
@@ -129,7 +138,13 @@ func (d *driver) load(now time.Time) (bool, error) {
 		}
 		r.Parked, r.WakeAt = reason, time.Time{}
 		d.log(now, storage.LogEntry{Event: storage.EventParked, Note: reason})
-		return false, d.commit()
+		err := d.commit()
+		// Register may have stored the definition between the look-up and
+		// this commit, and scanned for parked sagas before it: look again.
+		if d.e.definition(r.Definition, r.Fingerprint) != nil {
+			d.redispatch = true
+		}
+		return false, err
 	}
 	if r.Parked != "" {
 		r.Parked = ""
@@ -144,6 +159,10 @@ func (d *driver) load(now time.Time) (bool, error) {
 		// under the same attempt number and idempotency key.
 		s.InFlight = false
 		s.Attempts--
+		if d.inDoubt == nil {
+			d.inDoubt = make(map[int]bool)
+		}
+		d.inDoubt[i] = true
 		if d.rs != nil {
 			d.rs.inDoubt.Add(1)
 		}
@@ -164,8 +183,7 @@ func (d *driver) run() {
 		}
 		d.next = d.advance(time.Now())
 		if err := d.commit(); err != nil {
-			d.e.log.Error("saga transition not committed; the saga resumes after a restart",
-				"saga", d.rec.ID.String(), "err", err)
+			d.e.commitFailed(d, err)
 			return
 		}
 	}
@@ -262,10 +280,15 @@ func (d *driver) advance(now time.Time) effect {
 		switch r.Status {
 		case saga.StatusRunning:
 			past := d.pastPivot()
-			if d.abort.Load() && !past {
+			if d.abort.Load() {
+				d.abort.Store(false)
 				d.clrAbort = true
-				d.compensate(now, ErrAborted)
-				continue
+				if !past {
+					d.compensate(now, ErrAborted)
+					continue
+				}
+				d.log(now, storage.LogEntry{Event: storage.EventAbortRequested,
+					Note: "abort ignored: the saga is past its pivot and can only go forward"})
 			}
 			if !r.Deadline.IsZero() && !now.Before(r.Deadline) && !past {
 				d.compensate(now, errors.Wrapf(ErrDeadline, "deadline %s", r.Deadline.UTC().Format(time.RFC3339Nano)))
@@ -451,6 +474,7 @@ func (d *driver) pastPivot() bool {
 func (d *driver) compensate(now time.Time, cause error) {
 	r := d.rec
 	r.Status, r.WakeAt = saga.StatusCompensating, time.Time{}
+	d.statuses = append(d.statuses, r.Status)
 	d.setError(cause)
 	for i := range r.Steps {
 		s := &r.Steps[i]
@@ -459,6 +483,14 @@ func (d *driver) compensate(now time.Time, cause error) {
 			s.Status = saga.StepSkipped
 		case saga.StepRunning: // waiting for a retry when the saga was aborted or timed out
 			s.ActionAttempts = actionAttempts(s)
+			if d.inDoubt[i] && d.def.Steps[i].Compensation != nil {
+				// Its last attempt may have taken effect before the crash:
+				// undo it. Compensations must tolerate an action that
+				// never happened.
+				s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
+				s.Error = "outcome unknown: the attempt was in flight at a crash"
+				continue
+			}
 			s.Status = saga.StepFailed
 		}
 	}
@@ -473,6 +505,7 @@ func (d *driver) fail(now time.Time, cause error) {
 
 func (d *driver) finish(now time.Time, st saga.Status) {
 	d.rec.Status, d.rec.WakeAt = st, time.Time{}
+	d.statuses = append(d.statuses, st)
 	d.finished = true
 	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: st, Error: d.rec.Error})
 }
@@ -555,12 +588,16 @@ func (d *driver) committed() {
 	r := d.rec
 	d.logs = d.logs[:0]
 	d.isNew, d.clrAbort = false, false
-	if d.from != r.Status {
-		if d.from != "" {
-			d.e.statusHook(r.Definition, d.from, r.Status)
-		}
-		d.from = r.Status
+	if d.from != r.Status && !slices.Contains(d.statuses, r.Status) {
+		d.statuses = append(d.statuses, r.Status) // set by retryFailed
 	}
+	for _, st := range d.statuses {
+		if d.from != "" && d.from != st {
+			d.e.statusHook(r.Definition, d.from, st)
+		}
+		d.from = st
+	}
+	d.statuses = d.statuses[:0]
 	if h := d.e.opts.Hooks.AttemptFinished; h != nil {
 		for _, a := range d.hooks {
 			h(a)

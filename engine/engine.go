@@ -74,6 +74,7 @@ type Engine struct {
 	defs      map[string]*versions
 	breakers  map[string]*breaker
 	active    map[ulid.ULID]*driver
+	broken    map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
 	waiters   map[ulid.ULID][]chan *Saga
 	running   bool // Run is between recovery and shutdown: new sagas start at once
 	runCalled bool
@@ -124,6 +125,7 @@ func Open(path string, opts Options) (*Engine, error) {
 		defs:     make(map[string]*versions),
 		breakers: make(map[string]*breaker),
 		active:   make(map[ulid.ULID]*driver),
+		broken:   make(map[ulid.ULID]bool),
 		waiters:  make(map[ulid.ULID][]chan *Saga),
 		sem:      make(chan struct{}, opts.Concurrency),
 		nudge:    make(chan struct{}, 1),
@@ -354,9 +356,15 @@ func parseID(id string) (ulid.ULID, error) {
 
 // Get returns a saga's current state.
 func (e *Engine) Get(ctx context.Context, id string) (*Saga, error) {
+	_, s, err := e.lookup(id)
+	return s, err
+}
+
+// lookup parses id and reads the saga it names.
+func (e *Engine) lookup(id string) (ulid.ULID, *Saga, error) {
 	u, err := parseID(id)
 	if err != nil {
-		return nil, err
+		return u, nil, err
 	}
 	var rec *storage.Saga
 	err = e.db.View(func(tx *storage.Tx) error {
@@ -366,11 +374,11 @@ func (e *Engine) Get(ctx context.Context, id string) (*Saga, error) {
 	})
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+			return u, nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
 		}
-		return nil, errors.Wrapf(err, "engine: get saga %s", id)
+		return u, nil, errors.Wrapf(err, "engine: get saga %s", id)
 	}
-	return sagaView(rec), nil
+	return u, sagaView(rec), nil
 }
 
 // Wait blocks until the saga is finished (completed, compensated or failed)
@@ -519,11 +527,7 @@ func (e *Engine) Log(ctx context.Context, id string) ([]storage.LogEntry, error)
 // already compensating does nothing. Aborting a finished saga, or one past
 // its pivot, fails with ErrConflict.
 func (e *Engine) Abort(ctx context.Context, id string) error {
-	u, err := parseID(id)
-	if err != nil {
-		return err
-	}
-	s, err := e.Get(ctx, id)
+	u, s, err := e.lookup(id)
 	if err != nil {
 		return err
 	}
@@ -560,11 +564,7 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 // attempt budget; a parked saga is resumed if its definition is now
 // registered. Any other state fails with ErrConflict.
 func (e *Engine) Retry(ctx context.Context, id string) error {
-	u, err := parseID(id)
-	if err != nil {
-		return err
-	}
-	s, err := e.Get(ctx, id)
+	u, s, err := e.lookup(id)
 	if err != nil {
 		return err
 	}
@@ -676,7 +676,7 @@ func (e *Engine) statusHook(def string, from, to saga.Status) {
 func safeCall(ctx context.Context, f saga.Func, c *saga.Call) (out json.RawMessage, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = saga.Permanent(errors.Newf("step %q %s panicked: %v\n%s", c.Step, c.Phase, r, debug.Stack()))
+			err = saga.Permanent(errors.Mark(errors.Newf("step %q %s panicked: %v\n%s", c.Step, c.Phase, r, debug.Stack()), errPanic))
 		}
 	}()
 	return f(ctx, c)

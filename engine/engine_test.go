@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
@@ -974,4 +976,90 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+func TestDamagedRecordIsSetAside(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/sagad.db"
+	rec := &recorder{}
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s", Action: rec.ok("s", nil)}}}
+	b := setupNoCleanup(t, path, def, false)
+	bad, err := b.eng.Start(context.Background(), "d", nil) // recorded due; not run
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.close(t)
+	// Keep the record's header and cut its body short.
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ulid.MustParse(bad.ID)
+	err = db.Update(func(tx *bbolt.Tx) error {
+		sagas := tx.Bucket([]byte("sagas"))
+		v := append([]byte(nil), sagas.Get(id[:])...)
+		return sagas.Put(id[:], v[:20])
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2 := setupNoCleanup(t, path, def, true)
+	defer b2.close(t)
+	if s := b2.run(t, "d", nil); s.Status != saga.StatusCompleted {
+		t.Fatalf("a healthy saga beside a damaged one: %s", s.Status)
+	}
+	if _, err := b2.eng.Get(context.Background(), bad.ID); !errors.Is(err, storage.ErrCorrupt) {
+		t.Fatalf("get of the damaged saga: %v, want ErrCorrupt", err)
+	}
+}
+
+func TestInDoubtStepIsCompensatedOnAbort(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/sagad.db"
+	rec := &recorder{}
+	entered := make(chan struct{})
+	var once sync.Once
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{
+		{Name: "one", Action: rec.ok("one", nil), Compensation: rec.ok("undo-one", nil)},
+		{Name: "two", Compensation: rec.ok("undo-two", nil), Timeout: time.Hour,
+			Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+				rec.add("two", c)
+				once.Do(func() { close(entered) })
+				<-ctx.Done() // cut off by shutdown: in doubt
+				return nil, ctx.Err()
+			}},
+	}}
+	o := engine.Options{ShutdownGrace: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	o.Storage.NoSync = true
+	eng, err := engine.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Register(def); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = eng.Run(context.Background()) }()
+	st, err := eng.Start(context.Background(), "d", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Abort before the next Run: step two's outcome is unknown, so it is
+	// compensated, not treated as if it did nothing.
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}, noRun: true})
+	if err := b.eng.Abort(context.Background(), st.ID); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = b.eng.Run(b.ctx) }()
+	s := b.wait(t, st.ID)
+	if s.Status != saga.StatusCompensated || s.Steps[1].Status != saga.StepCompensated {
+		t.Fatalf("status %s, step two %s: want both compensated", s.Status, s.Steps[1].Status)
+	}
+	if got := rec.list(); !equal(got, []string{"one", "two", "undo-two", "undo-one"}) {
+		t.Fatalf("calls %v", got)
+	}
 }

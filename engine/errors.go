@@ -27,6 +27,8 @@ var (
 	// ErrBreakerOpen is the cause recorded when a step's circuit breaker was
 	// open and its fallback was used instead.
 	ErrBreakerOpen = errors.New("engine: circuit breaker open")
+	// errPanic marks the error of a step function that panicked.
+	errPanic = errors.New("engine: step panicked")
 	// errShutdown cancels attempts cut off by Close; their outcome is not
 	// recorded and recovery re-runs them.
 	errShutdown = errors.New("engine: shutting down")

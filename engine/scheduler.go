@@ -105,7 +105,10 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 	}
 	d := &driver{e: e, rec: &storage.Saga{ID: id}, slot: true, rs: rs}
 	e.mu.Lock()
-	if _, busy := e.active[id]; busy || !e.running {
+	if holder, busy := e.active[id]; busy || !e.running || e.broken[id] {
+		if busy {
+			holder.redispatch = true // the holder dispatches it again when it lets go
+		}
 		e.mu.Unlock()
 		<-e.sem
 		return true
@@ -122,7 +125,13 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 			rs.loaded.Done()
 		}
 		if err != nil {
-			e.log.Error("load saga", "saga", id.String(), "err", err)
+			// An unreadable record must not take the engine down or be
+			// dispatched in a loop: set it aside until a restart.
+			e.mu.Lock()
+			e.broken[id] = true
+			e.mu.Unlock()
+			e.log.Error("saga cannot be loaded; it is set aside until a restart (run 'sagad check')",
+				"saga", id.String(), "err", err)
 		}
 		if !ok {
 			e.release(d)
@@ -130,8 +139,7 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 		}
 		d.next = d.advance(time.Now())
 		if err := d.commit(); err != nil {
-			e.log.Error("saga transition not committed; the saga resumes after a restart", "saga", id.String(), "err", err)
-			e.release(d)
+			e.commitFailed(d, err)
 			return
 		}
 		d.run()
@@ -141,10 +149,13 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 
 // dispatchNow drives a saga as soon as a slot frees, if the engine runs.
 func (e *Engine) dispatchNow(id ulid.ULID) {
-	if !e.isRunning() {
+	e.mu.Lock()
+	if !e.running {
+		e.mu.Unlock()
 		return
 	}
-	e.drivers.Add(1)
+	e.drivers.Add(1) // under e.mu, so shutdown's Wait cannot start in between
+	e.mu.Unlock()
 	go func() {
 		defer e.drivers.Done()
 		ctx, cancel := context.WithCancel(context.Background())
@@ -163,20 +174,46 @@ func (e *Engine) dispatchNow(id ulid.ULID) {
 // release ends a driver's claim on its saga, then wakes whoever waits for
 // it: after release, so a waiter may act on the saga at once (Retry).
 func (e *Engine) release(d *driver) {
-	wake := d.rec.WakeAt
+	id, wake := d.rec.ID, d.rec.WakeAt
 	e.mu.Lock()
-	delete(e.active, d.rec.ID)
+	delete(e.active, id)
+	redispatch := d.redispatch
+	_, waited := e.waiters[id]
 	e.mu.Unlock()
 	if d.slot {
 		<-e.sem
 	}
-	if d.finished {
+	switch {
+	case d.finished:
 		e.notifyFinished(d.rec)
+	case waited:
+		// A holder that did not finish the saga (a dispatch that found it
+		// finished, an operator's change) still owes its waiters a look.
+		var rec *storage.Saga
+		_ = e.db.View(func(tx *storage.Tx) error { rec, _ = tx.SagaGet(id); return nil })
+		if rec != nil && rec.Status.Finished() {
+			e.notifyFinished(rec)
+		}
+	}
+	if redispatch {
+		e.dispatchNow(id)
 	}
 	e.drivers.Done()
 	if !wake.IsZero() {
 		e.wakeAt(wake)
 	}
+}
+
+// commitFailed handles a transition that could not be committed: the saga
+// on disk is as it was before it (an attempt may be recorded in flight).
+// It is loaded again from disk after a pause, which treats such an attempt
+// as in doubt, as recovery would.
+func (e *Engine) commitFailed(d *driver, err error) {
+	id := d.rec.ID
+	e.log.Error("saga transition not committed; retrying from the stored state in 1s", "saga", id.String(), "err", err)
+	d.rec = &storage.Saga{ID: id} // what was not committed must not be used
+	e.release(d)
+	time.AfterFunc(time.Second, func() { e.dispatchNow(id) })
 }
 
 // claimAndDrive changes a saga that no driver holds (fn), records the
@@ -192,14 +229,16 @@ func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
 	e.drivers.Add(1)
 	e.mu.Unlock()
 	defer e.release(d)
+	var rec *storage.Saga
 	err := e.db.View(func(tx *storage.Tx) error {
 		var err error
-		d.rec, err = tx.SagaGet(id)
+		rec, err = tx.SagaGet(id)
 		return err
 	})
 	if err != nil {
 		return errors.Wrapf(err, "engine: saga %s", id)
 	}
+	d.rec = rec
 	d.from = d.rec.Status
 	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)
 	if d.def == nil {
