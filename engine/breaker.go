@@ -153,21 +153,18 @@ func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
 
 // blocked reports whether the breaker refuses calls now, and until when.
 func (b *breaker) blocked(now time.Time) (bool, time.Time) {
-	switch b.cb.State() {
-	case gobreaker.StateOpen:
-		b.mu.Lock()
-		until := b.openUntil
-		b.mu.Unlock()
-		if until.Before(now) {
-			until = now.Add(b.policy.OpenFor)
-		}
-		return true, until
-	case gobreaker.StateHalfOpen:
-		// Let trial requests through; gobreaker refuses the surplus with
-		// ErrTooManyRequests, which execute reports as blocked.
+	// A half-open breaker lets trial requests through; gobreaker refuses the
+	// surplus with ErrTooManyRequests, which attempt reports as blocked.
+	if b.cb.State() != gobreaker.StateOpen {
 		return false, time.Time{}
 	}
-	return false, time.Time{}
+	b.mu.Lock()
+	until := b.openUntil
+	b.mu.Unlock()
+	if until.Before(now) {
+		until = now.Add(b.policy.OpenFor)
+	}
+	return true, until
 }
 
 // Breakers returns the state of every circuit breaker, by name.

@@ -24,7 +24,6 @@ type driver struct {
 	e     *Engine
 	def   *saga.Definition
 	rec   *storage.Saga
-	isNew bool // the record is not stored yet (Start's fast path)
 	slot  bool // holds a concurrency slot
 	abort atomic.Bool
 	rs    *recoveryStats // set for sagas resumed by recovery
@@ -211,20 +210,21 @@ func (d *driver) attempt() {
 		ctx, cancelD = context.WithDeadline(ctx, r.Deadline)
 		defer cancelD()
 	}
+	sagaID := r.ID.String()
 	call := &saga.Call{
-		SagaID:         r.ID.String(),
+		SagaID:         sagaID,
 		Definition:     r.Definition,
 		Step:           st.Name,
 		Phase:          n.phase,
 		Attempt:        s.Attempts,
-		IdempotencyKey: r.ID.String() + "/" + st.Name + "/" + string(n.phase),
+		IdempotencyKey: sagaID + "/" + st.Name + "/" + string(n.phase),
 		Input:          r.Input,
 		Data:           maps.Clone(r.Data),
 	}
 	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
 	if testHook != nil {
-		testHook("before_attempt", r.ID.String(), st.Name, n.phase)
-		defer testHook("after_attempt", r.ID.String(), st.Name, n.phase)
+		testHook("before_attempt", sagaID, st.Name, n.phase)
+		defer testHook("after_attempt", sagaID, st.Name, n.phase)
 	}
 	start := time.Now()
 	if b := d.breaker(n); b != nil {
@@ -587,7 +587,7 @@ func (d *driver) commit() error {
 func (d *driver) committed() {
 	r := d.rec
 	d.logs = d.logs[:0]
-	d.isNew, d.clrAbort = false, false
+	d.clrAbort = false
 	if d.from != r.Status && !slices.Contains(d.statuses, r.Status) {
 		d.statuses = append(d.statuses, r.Status) // set by retryFailed
 	}

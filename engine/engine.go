@@ -70,13 +70,15 @@ type Engine struct {
 	opts Options
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	defs      map[string]*versions
-	breakers  map[string]*breaker
-	active    map[ulid.ULID]*driver
-	broken    map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
-	waiters   map[ulid.ULID][]chan *Saga
-	running   bool // Run is between recovery and shutdown: new sagas start at once
+	mu       sync.Mutex
+	defs     map[string]*versions
+	breakers map[string]*breaker
+	active   map[ulid.ULID]*driver
+	broken   map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
+	waiters  map[ulid.ULID][]chan *Saga
+	// running is true between recovery and shutdown: new sagas start at once.
+	// It is written under mu (with the active map) and read without it.
+	running   atomic.Bool
 	runCalled bool
 
 	closed   atomic.Bool
@@ -177,9 +179,8 @@ func (e *Engine) Register(def *saga.Definition) error {
 	}
 	v.latest = def
 	v.byFP[fp] = def
-	running := e.running
 	e.mu.Unlock()
-	if running {
+	if e.running.Load() {
 		e.resumeParked(def.Name, fp)
 	}
 	return nil
@@ -268,14 +269,14 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	}
 	now := time.Now()
 	rec := newRecord(def, raw, so.idemKey, now)
-	d := &driver{e: e, def: def, rec: rec, isNew: true}
+	d := &driver{e: e, def: def, rec: rec}
 
 	// Fast path: a free slot and a running engine start the saga in the
 	// same commit that creates it. Otherwise the saga is created due now
 	// and the scheduler dispatches it.
 	fast := false
 	e.mu.Lock()
-	if e.running {
+	if e.running.Load() {
 		select {
 		case e.sem <- struct{}{}:
 			fast, d.slot = true, true
@@ -597,7 +598,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return ErrClosed
 	}
 	e.runCalled = true
-	e.running = true
+	e.running.Store(true)
 	e.mu.Unlock()
 	defer close(e.runDone)
 
@@ -630,7 +631,7 @@ func (e *Engine) Run(ctx context.Context) error {
 // cancels them and waits for every driver to exit.
 func (e *Engine) shutdown() {
 	e.mu.Lock()
-	e.running = false
+	e.running.Store(false)
 	e.mu.Unlock()
 	done := make(chan struct{})
 	go func() { e.drivers.Wait(); close(done) }()

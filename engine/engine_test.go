@@ -65,6 +65,9 @@ func TestCompensationOrder(t *testing.T) {
 				t.Fatalf("calls %v, want %v", got, tt.want)
 			}
 			if tt.failAt >= 0 {
+				if !saga.IsPermanent(s.Err) {
+					t.Fatalf("saga error %v should keep its permanent mark through storage", s.Err)
+				}
 				if st := s.Steps[tt.failAt].Status; st != saga.StepFailed {
 					t.Fatalf("failing step status %s, want failed", st)
 				}
@@ -508,18 +511,16 @@ func TestAbort(t *testing.T) {
 					return nil, errFlaky
 				}},
 		}}
-		var retries atomic.Int32
+		retried := make(chan struct{})
 		b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
 			AttemptFinished: func(a engine.AttemptInfo) {
 				if a.Retry {
-					retries.Add(1)
+					close(retried) // the hour-long retry is committed
 				}
 			}}}})
 		st, _ := b.eng.Start(context.Background(), "abort", nil)
 		<-failed
-		for retries.Load() == 0 { // the retry is committed just after the attempt returns
-			time.Sleep(time.Millisecond)
-		}
+		<-retried
 		if err := b.eng.Abort(context.Background(), st.ID); err != nil {
 			t.Fatal(err)
 		}
@@ -912,15 +913,8 @@ func TestCloseIsGraceful(t *testing.T) {
 			}
 			return nil, nil
 		}}}}
-	o := engine.Options{ShutdownGrace: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	o.Storage.NoSync = true
-	eng, err := engine.Open(path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Register(def); err != nil {
-		t.Fatal(err)
-	}
+	o := engine.Options{ShutdownGrace: 20 * time.Millisecond}
+	eng := openEngine(t, path, o, def)
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- eng.Run(ctx) }()
@@ -1030,15 +1024,7 @@ func TestInDoubtStepIsCompensatedOnAbort(t *testing.T) {
 				return nil, ctx.Err()
 			}},
 	}}
-	o := engine.Options{ShutdownGrace: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	o.Storage.NoSync = true
-	eng, err := engine.Open(path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Register(def); err != nil {
-		t.Fatal(err)
-	}
+	eng := openEngine(t, path, engine.Options{ShutdownGrace: time.Millisecond}, def)
 	go func() { _ = eng.Run(context.Background()) }()
 	st, err := eng.Start(context.Background(), "d", nil)
 	if err != nil {

@@ -37,20 +37,7 @@ func setup(t *testing.T, so setupOpts) *bundle {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "sagad.db")
 	}
-	o := so.opts
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	o.Storage.NoSync = true // tests check logic; crash tests use fsync
-	eng, err := engine.Open(path, o)
-	if err != nil {
-		t.Fatalf("open engine: %v", err)
-	}
-	for _, d := range so.defs {
-		if err := eng.Register(d); err != nil {
-			t.Fatalf("register %s: %v", d.Name, err)
-		}
-	}
+	eng := openEngine(t, path, so.opts, so.defs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	if !so.noRun {
@@ -160,24 +147,38 @@ func equal(a, b []string) bool {
 // reopens the file.
 func setupNoCleanup(t *testing.T, path string, def *saga.Definition, run bool, hooks ...engine.Hooks) *bundle {
 	t.Helper()
-	o := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	o.Storage.NoSync = true
+	var o engine.Options
 	if len(hooks) > 0 {
 		o.Hooks = hooks[0]
 	}
-	eng, err := engine.Open(path, o)
-	if err != nil {
-		t.Fatalf("open engine: %v", err)
-	}
-	if err := eng.Register(def); err != nil {
-		t.Fatalf("register: %v", err)
-	}
+	eng := openEngine(t, path, o, def)
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &bundle{eng: eng, path: path, ctx: ctx, cancel: cancel}
 	if run {
 		go func() { _ = eng.Run(ctx) }()
 	}
 	return b
+}
+
+// openEngine opens an engine on path with the tests' defaults (a discarding
+// logger unless o has one; no fsync: tests check logic, crash tests sync)
+// and registers defs.
+func openEngine(t *testing.T, path string, o engine.Options, defs ...*saga.Definition) *engine.Engine {
+	t.Helper()
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	o.Storage.NoSync = true
+	eng, err := engine.Open(path, o)
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	for _, d := range defs {
+		if err := eng.Register(d); err != nil {
+			t.Fatalf("register %s: %v", d.Name, err)
+		}
+	}
+	return eng
 }
 
 func (b *bundle) close(t *testing.T) {

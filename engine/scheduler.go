@@ -17,11 +17,7 @@ import (
 // the due index, dispatches the sagas that are due, and sleeps again. A saga
 // waiting for a retry costs its stored record and nothing in memory.
 
-func (e *Engine) isRunning() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.running
-}
+func (e *Engine) isRunning() bool { return e.running.Load() }
 
 // wakeAt tells the scheduler a saga is due at t.
 func (e *Engine) wakeAt(t time.Time) {
@@ -105,7 +101,7 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 	}
 	d := &driver{e: e, rec: &storage.Saga{ID: id}, slot: true, rs: rs}
 	e.mu.Lock()
-	if holder, busy := e.active[id]; busy || !e.running || e.broken[id] {
+	if holder, busy := e.active[id]; busy || !e.running.Load() || e.broken[id] {
 		if busy {
 			holder.redispatch = true // the holder dispatches it again when it lets go
 		}
@@ -150,7 +146,7 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 // dispatchNow drives a saga as soon as a slot frees, if the engine runs.
 func (e *Engine) dispatchNow(id ulid.ULID) {
 	e.mu.Lock()
-	if !e.running {
+	if !e.running.Load() {
 		e.mu.Unlock()
 		return
 	}
@@ -250,6 +246,9 @@ func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
 	return errors.Wrapf(d.commit(), "engine: saga %s", id)
 }
 
+// unfinished are the statuses of sagas the engine still drives.
+var unfinished = []saga.Status{saga.StatusRunning, saga.StatusCompensating}
+
 // recoveryStats counts what recovery found, for its summary.
 type recoveryStats struct {
 	inDoubt atomic.Int64
@@ -266,7 +265,7 @@ func (e *Engine) recover(ctx context.Context) error {
 	var ids []ulid.ULID
 	waiting := 0
 	err := e.db.View(func(tx *storage.Tx) error {
-		for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating} {
+		for _, st := range unfinished {
 			var err error
 			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
 				wake, ok := tx.SagaWake(id)
@@ -310,7 +309,7 @@ func (e *Engine) recover(ctx context.Context) error {
 func (e *Engine) resumeParked(name, fp string) {
 	var ids []ulid.ULID
 	_ = e.db.View(func(tx *storage.Tx) error {
-		for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating} {
+		for _, st := range unfinished {
 			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
 				if r, err := tx.SagaGet(id); err == nil && r.Parked != "" && r.Definition == name && r.Fingerprint == fp {
 					ids = append(ids, id)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"math"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -195,7 +196,7 @@ func (d *Definition) validate() error {
 	pivot := -1
 	for i, s := range d.Steps {
 		field := func(f string) string {
-			return "saga: definition " + quote(d.Name) + ": steps[" + itoa(i) + "] (" + quote(s.Name) + "): " + f
+			return "saga: definition " + strconv.Quote(d.Name) + ": steps[" + strconv.Itoa(i) + "] (" + strconv.Quote(s.Name) + "): " + f
 		}
 		if !namePattern.MatchString(s.Name) {
 			return errors.Newf("%s must match %s", field("name"), namePattern)
