@@ -42,6 +42,7 @@ type driver struct {
 	redispatch bool
 	statuses   []saga.Status // statuses entered since the last commit, for the hook
 	hooks      []AttemptInfo
+	events     []storage.OutboxEvent // outbox events for the next commit
 }
 
 type effectKind int
@@ -67,6 +68,8 @@ type outcome struct {
 	// blocked: the circuit breaker refused the call; nothing was attempted.
 	blocked      bool
 	blockedUntil time.Time
+	// events the function emitted; written only if it succeeded.
+	events []saga.Event
 }
 
 // create stores a new saga; with plan it also plans (and records) its
@@ -74,10 +77,11 @@ type outcome struct {
 // idempotency key is taken.
 func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 	d.log(now, storage.LogEntry{Event: storage.EventStarted, Status: saga.StatusRunning})
+	d.lifecycle(now, "saga.started", "", map[string]any{"input": d.rec.Input})
 	if plan {
 		d.next = d.advance(now)
 	}
-	enc, logs, err := d.encode()
+	enc, logs, events, err := d.encode()
 	if err != nil {
 		return dup, err
 	}
@@ -93,7 +97,7 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 				return err
 			}
 		}
-		return tx.SagaPut(enc, logs...)
+		return putAll(tx, enc, logs, events)
 	})
 	if err == nil && dup == (ulid.ULID{}) {
 		d.committed()
@@ -244,6 +248,9 @@ func (d *driver) attempt() {
 	o.dur = time.Since(start)
 	if o.err == nil && len(o.data) > 0 && !json.Valid(o.data) {
 		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, n.phase))
+	}
+	if evs := call.Emitted(); o.err == nil {
+		o.events = evs
 	}
 	d.out = o
 }
@@ -409,9 +416,13 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		d.log(now, entry)
 		d.hooks = append(d.hooks, info)
 		s.Error, s.PhaseStarted = "", time.Time{}
+		for _, ev := range o.events {
+			d.emit(now, s.Name, ev)
+		}
 		switch o.phase {
 		case saga.PhaseCompensation:
 			s.Status = saga.StepCompensated
+			d.lifecycle(now, "step.compensated", s.Name, map[string]any{"output": o.data})
 		default:
 			s.Status = saga.StepSucceeded
 			s.FallbackUsed = o.phase == saga.PhaseFallback
@@ -421,6 +432,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 				}
 				r.Data[s.Name] = o.data
 			}
+			d.lifecycle(now, "step.succeeded", s.Name, map[string]any{"output": o.data, "fallback": s.FallbackUsed})
 		}
 		return
 	}
@@ -508,6 +520,12 @@ func (d *driver) finish(now time.Time, st saga.Status) {
 	d.statuses = append(d.statuses, st)
 	d.finished = true
 	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: st, Error: d.rec.Error})
+	switch st {
+	case saga.StatusCompleted:
+		d.lifecycle(now, "saga.completed", "", map[string]any{"data": d.rec.Data})
+	default:
+		d.lifecycle(now, "saga."+string(st), "", map[string]any{"error": d.rec.Error})
+	}
 }
 
 func (d *driver) setError(cause error) {
@@ -547,8 +565,9 @@ func (d *driver) log(now time.Time, e storage.LogEntry) {
 	d.logs = append(d.logs, e)
 }
 
-// encode prepares the record and pending log entries for a commit.
-func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, error) {
+// encode prepares the record, pending log entries and outbox events for a
+// commit.
+func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, []*storage.EncodedEvent, error) {
 	r := d.rec
 	logs := make([]storage.EncodedLog, len(d.logs))
 	for i := range d.logs {
@@ -556,13 +575,34 @@ func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, error) {
 		d.logs[i].Seq = r.LogSeq
 		logs[i] = storage.EncodeLog(&d.logs[i])
 	}
+	var events []*storage.EncodedEvent
+	if len(d.events) > 0 {
+		events = make([]*storage.EncodedEvent, len(d.events))
+		for i := range d.events {
+			events[i] = storage.EncodeEvent(&d.events[i], d.e.compressAbove)
+		}
+	}
 	enc, err := storage.EncodeSaga(r)
-	return enc, logs, err
+	return enc, logs, events, err
 }
 
-// commit writes the saga and its new log entries in one transaction.
+// putAll writes a saga, its log entries and its outbox events.
+func putAll(tx *storage.Tx, enc *storage.Encoded, logs []storage.EncodedLog, events []*storage.EncodedEvent) error {
+	if err := tx.SagaPut(enc, logs...); err != nil {
+		return err
+	}
+	for _, ev := range events {
+		if _, err := tx.OutboxPut(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// commit writes the saga, its new log entries and its outbox events in one
+// transaction.
 func (d *driver) commit() error {
-	enc, logs, err := d.encode()
+	enc, logs, events, err := d.encode()
 	if err != nil {
 		return err
 	}
@@ -573,7 +613,7 @@ func (d *driver) commit() error {
 				return err
 			}
 		}
-		return tx.SagaPut(enc, logs...)
+		return putAll(tx, enc, logs, events)
 	})
 	if err != nil {
 		d.finished = false // a waiter must never see a final state that is not durable
@@ -587,6 +627,8 @@ func (d *driver) commit() error {
 func (d *driver) committed() {
 	r := d.rec
 	d.logs = d.logs[:0]
+	clear(d.events)
+	d.events = d.events[:0]
 	d.clrAbort = false
 	if d.from != r.Status && !slices.Contains(d.statuses, r.Status) {
 		d.statuses = append(d.statuses, r.Status) // set by retryFailed
@@ -612,4 +654,46 @@ func actionAttempts(s *storage.Step) int {
 		return s.Attempts
 	}
 	return s.ActionAttempts
+}
+
+// emit queues an event a step emitted for the next commit.
+func (d *driver) emit(now time.Time, step string, ev saga.Event) {
+	if ev.RoutingKey == "" {
+		ev.RoutingKey = ev.Name
+	}
+	if ev.Exchange == "" {
+		ev.Exchange = d.def.Events.Exchange
+	}
+	d.events = append(d.events, storage.OutboxEvent{SagaID: d.rec.ID, Definition: d.rec.Definition, Step: step,
+		Name: ev.Name, Exchange: ev.Exchange, RoutingKey: ev.RoutingKey, Payload: ev.Payload, Headers: ev.Headers,
+		CreatedAt: now})
+}
+
+// lifecycle queues a lifecycle event (name such as "saga.completed") if the
+// definition asks for them. Its payload holds the saga's id, definition,
+// status, the step if any, and fields.
+func (d *driver) lifecycle(now time.Time, name, step string, fields map[string]any) {
+	if d.def == nil || !d.def.Events.Lifecycle {
+		return
+	}
+	r := d.rec
+	fields["saga_id"] = r.ID.String()
+	fields["definition"] = r.Definition
+	fields["event"] = name
+	fields["status"] = r.Status
+	if step != "" {
+		fields["step"] = step
+	}
+	for k, v := range fields {
+		if raw, ok := v.(json.RawMessage); ok && len(raw) == 0 {
+			delete(fields, k)
+		}
+	}
+	payload, err := json.Marshal(fields)
+	if err != nil { // every field is JSON already
+		payload, _ = json.Marshal(map[string]string{"saga_id": r.ID.String(), "event": name, "error": err.Error()})
+	}
+	d.events = append(d.events, storage.OutboxEvent{SagaID: r.ID, Definition: r.Definition, Step: step,
+		Name: name, Exchange: d.def.Events.Exchange, RoutingKey: r.Definition + "." + name, Payload: payload,
+		CreatedAt: now})
 }

@@ -31,6 +31,8 @@ type Options struct {
 	// they have been finished this long. Failed sagas are never pruned.
 	// Zero: keep everything.
 	Retention time.Duration
+	// Outbox configures the transactional outbox (compression, retention).
+	Outbox OutboxOptions
 	// Hooks are called after the changes they report are committed.
 	Hooks Hooks
 	// Storage configures the database file (lock timeout, ...).
@@ -94,6 +96,8 @@ type Engine struct {
 	runDone  chan struct{} // closed when Run has returned
 	drivers  sync.WaitGroup
 	bg       sync.WaitGroup // background writes (breaker state)
+
+	compressAbove int // outbox payloads longer than this are compressed; <= 0 never
 }
 
 // versions holds the registered versions of one definition, by fingerprint.
@@ -115,6 +119,7 @@ func Open(path string, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.Outbox.setDefaults()
 	db, err := storage.Open(path, &opts.Storage)
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: open")
@@ -134,6 +139,8 @@ func Open(path string, opts Options) (*Engine, error) {
 		attempts: actx,
 		stopRun:  make(chan struct{}),
 		runDone:  make(chan struct{}),
+
+		compressAbove: opts.Outbox.CompressAbove,
 	}
 	var cancels [len(e.shards)]context.CancelFunc
 	for i := range e.shards {
@@ -617,7 +624,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	}
 	var bg sync.WaitGroup
-	if e.opts.Retention > 0 {
+	if e.opts.Retention > 0 || e.opts.Outbox.Retention > 0 {
 		bg.Add(1)
 		go func() { defer bg.Done(); e.pruneLoop(ctx) }()
 	}

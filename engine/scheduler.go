@@ -324,16 +324,31 @@ func (e *Engine) resumeParked(name, fp string) {
 	}
 }
 
-// pruneLoop prunes finished sagas past the retention period.
+// pruneLoop prunes finished sagas and produced outbox events past their
+// retention periods.
 func (e *Engine) pruneLoop(ctx context.Context) {
-	every := min(max(e.opts.Retention/10, time.Second), time.Hour)
+	every := time.Hour
+	for _, r := range []time.Duration{e.opts.Retention, e.opts.Outbox.Retention} {
+		if r > 0 {
+			every = min(every, max(r/10, time.Second))
+		}
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if n, err := e.Prune(ctx, time.Now().Add(-e.opts.Retention)); err != nil {
-			e.log.Error("prune finished sagas", "err", err)
-		} else if n > 0 {
-			e.log.Info("pruned finished sagas", "count", n)
+		if e.opts.Retention > 0 {
+			if n, err := e.Prune(ctx, time.Now().Add(-e.opts.Retention)); err != nil && ctx.Err() == nil {
+				e.log.Error("prune finished sagas", "err", err)
+			} else if n > 0 {
+				e.log.Info("pruned finished sagas", "count", n)
+			}
+		}
+		if e.opts.Outbox.Retention > 0 {
+			if n, err := e.PruneOutbox(ctx, time.Now().Add(-e.opts.Outbox.Retention)); err != nil && ctx.Err() == nil {
+				e.log.Error("prune produced outbox events", "err", err)
+			} else if n > 0 {
+				e.log.Info("pruned produced outbox events", "count", n)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -3,6 +3,7 @@ package saga
 import (
 	"context"
 	"encoding/json"
+	"sync"
 
 	"github.com/cockroachdb/errors"
 )
@@ -52,6 +53,10 @@ type Call struct {
 	// Data holds the outputs of the steps that succeeded before this one, by
 	// step name. It is the caller's copy: changing it changes nothing stored.
 	Data map[string]json.RawMessage
+
+	mu     sync.Mutex
+	events []Event
+	sealed bool
 }
 
 // DecodeInput unmarshals the saga's input into v.

@@ -28,7 +28,8 @@ var (
 	bucketIdem     = []byte("idem")     // idempotency key -> id
 	bucketAborts   = []byte("aborts")   // id -> request time (RFC 3339)
 	bucketBreakers = []byte("breakers") // name -> gobreaker SharedState JSON
-	allBuckets     = [][]byte{bucketMeta, bucketSagas, bucketLog, bucketStatus, bucketDue, bucketIdem, bucketAborts, bucketBreakers}
+	allBuckets     = [][]byte{bucketMeta, bucketSagas, bucketLog, bucketStatus, bucketDue, bucketIdem, bucketAborts, bucketBreakers,
+		bucketOutbox, bucketOutboxStatus} // outbox.go
 )
 
 // Options configures Open. The zero value is a safe default.
@@ -77,6 +78,13 @@ type DB struct {
 	closed bool
 
 	commits, writes, commitNanos atomic.Int64
+
+	ids          *eventIDs
+	outboxDirty  atomic.Bool  // an outbox event was put, re-queued or discarded since the last commit
+	requeueDirty atomic.Bool  // an event was re-queued or discarded since the last commit
+	requeues     atomic.Int64 // commits that re-queued or discarded events since Open
+	wakeMu       sync.Mutex
+	wake         chan struct{} // closed and replaced after a commit that touched the outbox
 }
 
 type request struct {
@@ -116,7 +124,8 @@ func Open(path string, opts *Options) (*DB, error) {
 	}
 	b.MaxBatchDelay = 200 * time.Microsecond
 	db := &DB{bolt: b, path: path, mode: o.CommitMode, max: o.MaxBatch,
-		reqs: make(chan *request, o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{})}
+		reqs: make(chan *request, o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{})}
 	if err := db.init(o.ReadOnly); err != nil {
 		_ = b.Close()
 		return nil, err
@@ -174,6 +183,7 @@ func (db *DB) init(readOnly bool) error {
 			if err == nil && fresh {
 				err = errors.Newf("storage: %s: empty database opened read-only: %w", db.path, ErrNotSagad)
 			}
+			db.ids = newEventIDs(tx)
 			return err
 		})
 	}
@@ -187,6 +197,7 @@ func (db *DB) init(readOnly bool) error {
 				return errors.Wrapf(err, "storage: create bucket %s", name)
 			}
 		}
+		db.ids = newEventIDs(tx)
 		if fresh {
 			meta := tx.Bucket(bucketMeta)
 			ver := binary.BigEndian.AppendUint32(nil, SchemaVersion)
@@ -198,6 +209,39 @@ func (db *DB) init(readOnly bool) error {
 		return nil
 	})
 }
+
+// committed wakes outbox readers after a commit that added or re-queued
+// events, and passes err through.
+func (db *DB) committed(err error) error {
+	if err != nil {
+		return err
+	}
+	if db.requeueDirty.Swap(false) {
+		db.requeues.Add(1)
+	}
+	if db.outboxDirty.Swap(false) {
+		db.wakeMu.Lock()
+		close(db.wake)
+		db.wake = make(chan struct{})
+		db.wakeMu.Unlock()
+	}
+	return err
+}
+
+// OutboxWake returns a channel that is closed once a transaction that adds
+// or re-queues outbox events has committed after the call. Take a new
+// channel after each wake-up, before reading the outbox.
+func (db *DB) OutboxWake() <-chan struct{} {
+	db.wakeMu.Lock()
+	defer db.wakeMu.Unlock()
+	return db.wake
+}
+
+// OutboxRequeues counts the commits that re-queued events, or discarded
+// events that were not produced, through this DB since Open. It grows
+// before OutboxWake's channel is closed. A relay that parks a saga behind a failed
+// event reads it to know when to look again.
+func (db *DB) OutboxRequeues() int64 { return db.requeues.Load() }
 
 // Path returns the file's path.
 func (db *DB) Path() string { return db.path }
@@ -223,7 +267,7 @@ func (db *DB) Close() error {
 // View runs fn in a read-only transaction. Values fn reads are valid only
 // inside it.
 func (db *DB) View(fn func(*Tx) error) error {
-	return db.bolt.View(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return db.bolt.View(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx, db: db}) })
 }
 
 // Update runs fn in a write transaction shared with other writers queued at
@@ -240,9 +284,9 @@ func (db *DB) Update(fn func(*Tx) error) error {
 	}
 	switch db.mode {
 	case CommitEach:
-		return db.bolt.Update(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+		return db.committed(db.bolt.Update(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx, db: db}) }))
 	case CommitBatch:
-		return db.bolt.Batch(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+		return db.committed(db.bolt.Batch(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx, db: db}) }))
 	}
 	r := &request{fn: fn, err: make(chan error, 1)}
 	db.mu.RLock()
@@ -317,7 +361,7 @@ func (db *DB) commit(batch []*request) {
 		failed := -1
 		var ferr error
 		err := db.bolt.Update(func(tx *bbolt.Tx) error {
-			t := &Tx{tx: tx}
+			t := &Tx{tx: tx, db: db}
 			for i, r := range batch {
 				if err := r.fn(t); err != nil {
 					failed, ferr = i, err
@@ -327,6 +371,7 @@ func (db *DB) commit(batch []*request) {
 			return nil
 		})
 		if failed < 0 {
+			err = db.committed(err)
 			for _, r := range batch {
 				r.err <- errors.Wrap(err, "storage: commit")
 			}

@@ -17,6 +17,7 @@ import (
 // Tx is a read or write transaction. Byte slices it returns are copies.
 type Tx struct {
 	tx *bbolt.Tx
+	db *DB
 }
 
 // fillPercent is how full bbolt packs the pages it splits. Keys in every

@@ -1,0 +1,134 @@
+package rabbitmq
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/storage"
+)
+
+// Config configures a Relay. Zero fields take the documented defaults.
+type Config struct {
+	// URL is the broker's AMQP URL. Required, for example
+	// amqp://guest:guest@127.0.0.1:5672/.
+	URL string
+	// Exchange receives events that name no exchange of their own. Zero:
+	// "sagad.events".
+	Exchange string
+	// ExchangeKind is the kind of the exchanges the relay declares. Zero:
+	// "topic".
+	ExchangeKind string
+	// NoDeclare stops the relay from declaring exchanges (durable, of
+	// ExchangeKind) before it publishes to them: set it when they are
+	// managed elsewhere.
+	NoDeclare bool
+	// AllowUnroutable publishes without the mandatory flag: a message no
+	// queue is bound for is dropped by the broker and still counts as
+	// produced. By default such a message is returned and retried, and ends
+	// not_produced.
+	AllowUnroutable bool
+	// Window caps the messages published and not yet confirmed. Zero: 256.
+	Window int
+	// MaxAttempts is how often an event is published (nacked or returned
+	// each time) before it is marked not_produced. Zero: 10.
+	MaxAttempts int
+	// RetryInitial and RetryMax bound the exponential backoff between a
+	// failed publication of an event and the next. Zero: 200ms and 30s.
+	RetryInitial, RetryMax time.Duration
+	// ReconnectInitial and ReconnectMax bound the backoff between attempts
+	// to reach the broker. Zero: 100ms and 10s.
+	ReconnectInitial, ReconnectMax time.Duration
+	// DrainTimeout is how long Run waits, once its context ends, for the
+	// confirms of messages in flight. Zero: 5s. Unconfirmed messages stay
+	// new and are published again by the next Run.
+	DrainTimeout time.Duration
+	// Heartbeat is the AMQP heartbeat interval: a broker that stops
+	// answering is noticed within about two. Zero: 10s.
+	Heartbeat time.Duration
+	// ConnectionName shows in the broker's management UI. Zero: "sagad relay".
+	ConnectionName string
+	// Logger receives the relay's logs. Nil: slog.Default().
+	Logger *slog.Logger
+	// Hooks observe the relay (metrics).
+	Hooks Hooks
+}
+
+// Hooks let the embedding program observe the relay. They run on the
+// relay's goroutine: keep them fast.
+type Hooks struct {
+	// Published is called with the number of events whose produced mark
+	// has just been committed.
+	Published func(n int)
+	// Retried is called when a publication failed (nack, returned message,
+	// exchange missing) and the event will be published again.
+	Retried func(ev *storage.OutboxEvent, err error)
+	// NotProduced is called when an event ran out of attempts.
+	NotProduced func(ev *storage.OutboxEvent, err error)
+	// Connection is called when the relay connects (err nil) and when it
+	// loses its connection or fails to connect (err set).
+	Connection func(up bool, err error)
+}
+
+func (c *Config) setDefaults() {
+	if c.Exchange == "" {
+		c.Exchange = "sagad.events"
+	}
+	if c.ExchangeKind == "" {
+		c.ExchangeKind = "topic"
+	}
+	if c.Window <= 0 {
+		c.Window = 256
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.RetryInitial <= 0 {
+		c.RetryInitial = 200 * time.Millisecond
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+	if c.ReconnectInitial <= 0 {
+		c.ReconnectInitial = 100 * time.Millisecond
+	}
+	if c.ReconnectMax <= 0 {
+		c.ReconnectMax = 10 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 5 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	if c.ConnectionName == "" {
+		c.ConnectionName = "sagad relay"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// ErrInvalidConfig marks the errors of Config.Validate.
+var ErrInvalidConfig = errors.New("rabbitmq: invalid relay configuration")
+
+// Validate reports what is wrong with c, after defaults.
+func (c *Config) Validate() error {
+	switch {
+	case c.URL == "":
+		return errors.Mark(errors.New("rabbitmq: URL is required (amqp://user:pass@host:5672/vhost)"), ErrInvalidConfig)
+	case c.Window > 65535:
+		return errors.Mark(errors.Newf("rabbitmq: window %d is larger than 65535", c.Window), ErrInvalidConfig)
+	case c.RetryMax < c.RetryInitial:
+		return errors.Mark(errors.Newf("rabbitmq: retry max %s is below retry initial %s", c.RetryMax, c.RetryInitial), ErrInvalidConfig)
+	case c.ReconnectMax < c.ReconnectInitial:
+		return errors.Mark(errors.Newf("rabbitmq: reconnect max %s is below reconnect initial %s", c.ReconnectMax, c.ReconnectInitial), ErrInvalidConfig)
+	}
+	switch c.ExchangeKind {
+	case "topic", "direct", "fanout", "headers":
+	default:
+		return errors.Mark(errors.Newf("rabbitmq: exchange kind %q: want topic, direct, fanout or headers", c.ExchangeKind), ErrInvalidConfig)
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package rabbitmq_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/recovery"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/transport/rabbitmq"
+)
+
+// bundle is an engine and a relay on a temporary file, running until the
+// test ends; the file is then checked for consistency.
+type bundle struct {
+	eng       *engine.Engine
+	relay     *rabbitmq.Relay
+	path      string
+	published chan struct{} // a value after each batch of produced marks
+	stop      func()
+}
+
+type setupOpts struct {
+	path    string
+	cfg     rabbitmq.Config
+	noRelay bool
+	defs    []*saga.Definition
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func setup(t *testing.T, so setupOpts) *bundle {
+	t.Helper()
+	if so.path == "" {
+		so.path = filepath.Join(t.TempDir(), "sagad.db")
+	}
+	eng, err := engine.Open(so.path, engine.Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	for _, d := range so.defs {
+		if err := eng.Register(d); err != nil {
+			t.Fatalf("register %s: %v", d.Name, err)
+		}
+	}
+	b := &bundle{eng: eng, path: so.path, published: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := eng.Run(ctx); err != nil {
+			t.Errorf("engine run: %v", err)
+		}
+	}()
+	if !so.noRelay {
+		cfg := so.cfg
+		if cfg.Logger == nil {
+			cfg.Logger = quietLogger()
+		}
+		user := cfg.Hooks.Published
+		cfg.Hooks.Published = func(n int) {
+			if user != nil {
+				user(n)
+			}
+			select {
+			case b.published <- struct{}{}:
+			default:
+			}
+		}
+		b.relay, err = rabbitmq.New(eng.DB(), cfg)
+		if err != nil {
+			t.Fatalf("new relay: %v", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := b.relay.Run(ctx); err != nil {
+				t.Errorf("relay run: %v", err)
+			}
+		}()
+	}
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			if err := eng.Close(); err != nil {
+				t.Errorf("close engine: %v", err)
+			}
+			if err := recovery.CheckFile(so.path); err != nil {
+				t.Errorf("consistency check after test: %v", err)
+			}
+		})
+	}
+	t.Cleanup(b.stop)
+	return b
+}
+
+// run starts a saga and waits for it to end.
+func (b *bundle) run(t *testing.T, def string, input any) *engine.Saga {
+	t.Helper()
+	st, err := b.eng.Start(context.Background(), def, input)
+	if err != nil {
+		t.Fatalf("start %s: %v", def, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := b.eng.Wait(ctx, st.ID)
+	if err != nil {
+		t.Fatalf("wait %s: %v", st.ID, err)
+	}
+	return s
+}
+
+// drained waits until the outbox holds no new event, waking on the relay's
+// produced marks.
+func (b *bundle) drained(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		st, err := b.eng.OutboxStats(context.Background())
+		if err != nil {
+			t.Fatalf("outbox stats: %v", err)
+		}
+		if st.Counts.New == 0 {
+			return
+		}
+		select {
+		case <-b.published:
+		case <-deadline:
+			t.Fatalf("outbox not drained after %s: %+v, relay %+v", timeout, st.Counts, b.relay.Stats())
+		}
+	}
+}

@@ -1,0 +1,808 @@
+package rabbitmq
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sagad/sagad/storage"
+)
+
+// perSaga caps the events of one saga held in memory; more are read again
+// once these are out.
+const perSaga = 16
+
+// Relay publishes a sagad database's outbox to RabbitMQ. Create it with New
+// and start it with Run. Its methods are safe for concurrent use.
+type Relay struct {
+	db  *storage.DB
+	cfg Config
+	log *slog.Logger
+
+	running                         atomic.Bool
+	connected                       atomic.Bool
+	published, retried, notProduced atomic.Int64
+	inFlight, loaded, parkedN       atomic.Int64
+}
+
+// New returns a relay for db (engine.DB() gives an engine's). It checks cfg
+// and does not connect: Run does.
+func New(db *storage.DB, cfg Config) (*Relay, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Relay{db: db, cfg: cfg, log: cfg.Logger.With("component", "relay")}, nil
+}
+
+// Stats is a snapshot of a relay's state and counters since New.
+type Stats struct {
+	Connected bool `json:"connected"`
+	// InFlight counts messages published and not yet confirmed.
+	InFlight int `json:"in_flight"`
+	// Loaded counts events read from the outbox and not yet marked.
+	Loaded int `json:"loaded"`
+	// ParkedSagas counts sagas whose events wait behind a not_produced one.
+	ParkedSagas int   `json:"parked_sagas"`
+	Published   int64 `json:"published"`
+	Retried     int64 `json:"retried"`
+	NotProduced int64 `json:"not_produced"`
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{Connected: r.connected.Load(), InFlight: int(r.inFlight.Load()), Loaded: int(r.loaded.Load()),
+		ParkedSagas: int(r.parkedN.Load()), Published: r.published.Load(), Retried: r.retried.Load(),
+		NotProduced: r.notProduced.Load()}
+}
+
+// ErrRunning: Run was called on a relay that is already running.
+var ErrRunning = errors.New("rabbitmq: relay already running")
+
+type itemState int
+
+const (
+	stQueued   itemState = iota // waiting to be published
+	stInFlight                  // published, not confirmed
+	stFailing                   // failed; its attempt is being recorded
+	stBackoff                   // failed; waiting for retryAt
+	stMarking                   // confirmed; its produced mark is being recorded
+)
+
+type item struct {
+	ev       *storage.OutboxEvent
+	state    itemState
+	tag      uint64
+	returned string // why the broker returned it, before its confirm
+	retryAt  time.Time
+}
+
+// sagaQueue holds the loaded, unconfirmed events of one saga in id order.
+// Only its head is ever in flight: that is what keeps a saga's events in
+// order when one fails.
+type sagaQueue struct {
+	items []*item
+	// last is the id of the saga's newest loaded event; overflow says that
+	// newer ones were skipped because the queue was full.
+	last     ulid.ULID
+	overflow bool
+}
+
+type failMark struct {
+	it    *item
+	err   error
+	final bool
+}
+
+type markBatch struct {
+	produced []*item
+	failed   []failMark
+}
+
+func (b *markBatch) empty() bool { return len(b.produced) == 0 && len(b.failed) == 0 }
+
+type markResult struct {
+	batch    markBatch
+	attempts []int
+	err      error
+}
+
+// state is what Run's goroutine owns.
+type state struct {
+	items  map[ulid.ULID]*item
+	sagas  map[ulid.ULID]*sagaQueue
+	parked map[ulid.ULID]bool
+	ready  []*item
+	// backoff holds the events waiting for their retry time.
+	backoff []*item
+	// cursor is the newest id read from the new index; rescan, when set,
+	// is where the next read starts instead (ids before the cursor that
+	// were skipped: parked or overflowing sagas).
+	cursor   ulid.ULID
+	rescan   *ulid.ULID
+	needLoad bool
+	requeues int64
+	pending  markBatch
+	marking  bool
+}
+
+func (s *state) rescanFrom(id ulid.ULID) {
+	if s.rescan == nil || id.Compare(*s.rescan) < 0 {
+		s.rescan = &id
+	}
+	s.needLoad = true
+}
+
+// session is one connection and its confirm-mode channel.
+type session struct {
+	conn     *amqp.Connection
+	ch       *amqp.Channel
+	confirms chan amqp.Confirmation
+	returns  chan amqp.Return
+	closed   chan *amqp.Error
+	inflight map[uint64]*item
+	declared map[string]bool
+	acked    bool // got at least one ack: the broker is healthy
+}
+
+// Run publishes events until ctx ends, reconnecting whenever the broker goes
+// away. When ctx ends it stops publishing, waits up to DrainTimeout for the
+// confirms of messages in flight, records what was confirmed, and returns
+// nil. It returns an error only if the database fails.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer r.running.Store(false)
+	st := &state{items: make(map[ulid.ULID]*item), sagas: make(map[ulid.ULID]*sagaQueue), parked: make(map[ulid.ULID]bool)}
+	st.requeues = r.db.OutboxRequeues()
+	if err := r.loadParked(st); err != nil {
+		return err
+	}
+	st.needLoad = true
+
+	marks := make(chan markBatch, 1)
+	done := make(chan markResult, 1)
+	markerDone := make(chan struct{})
+	go r.marker(marks, done, markerDone)
+	defer func() { close(marks); <-markerDone }()
+
+	reconnect := backoff.NewExponentialBackOff()
+	reconnect.InitialInterval, reconnect.MaxInterval = r.cfg.ReconnectInitial, r.cfg.ReconnectMax
+	reconnect.MaxElapsedTime = 0
+	reconnect.Reset()
+
+	var s *session
+	defer func() {
+		if s != nil {
+			_ = s.conn.Close()
+		}
+		r.connected.Store(false)
+		r.inFlight.Store(0)
+	}()
+	wake := r.db.OutboxWake()
+	poll := time.NewTicker(5 * time.Second)
+	defer poll.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var reconnectAt, drainBy time.Time
+	draining := false
+	var fatal error
+
+	for {
+		now := time.Now()
+		if s == nil && !draining && !now.Before(reconnectAt) {
+			var err error
+			if s, err = r.connect(); err != nil {
+				s = nil
+				reconnectAt = now.Add(reconnect.NextBackOff())
+				r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", time.Until(reconnectAt).Round(time.Millisecond))
+				r.hookConn(false, err)
+			} else {
+				r.connected.Store(true)
+				r.log.Info("relay connected", "exchange", r.cfg.Exchange)
+				r.hookConn(true, nil)
+				r.requeueInFlight(st, nil)
+			}
+		}
+		if s != nil && !draining {
+			if st.needLoad && len(st.items) < r.maxLoaded() {
+				if err := r.load(st); err != nil {
+					fatal = err
+					draining = true
+					drainBy = now
+				}
+			}
+			if err := r.publish(st, s); err != nil {
+				r.lost(st, s, err)
+				s = nil
+				reconnectAt = now.Add(reconnect.NextBackOff())
+			}
+		}
+		if !st.marking && !st.pending.empty() {
+			marks <- st.pending
+			st.pending, st.marking = markBatch{}, true
+		}
+		if draining && !st.marking && st.pending.empty() && (s == nil || len(s.inflight) == 0 || !now.Before(drainBy)) {
+			if s != nil && len(s.inflight) > 0 {
+				r.log.Warn("relay stopped with messages unconfirmed; they stay new and are published again", "count", len(s.inflight))
+			}
+			return fatal
+		}
+		r.inFlight.Store(int64(inflightLen(s)))
+		r.loaded.Store(int64(len(st.items)))
+
+		next := r.nextTimer(st, now, s == nil && !draining, reconnectAt, draining, drainBy)
+		timer.Reset(max(next.Sub(now), 0))
+		var confirms chan amqp.Confirmation
+		var returns chan amqp.Return
+		var closed chan *amqp.Error
+		if s != nil {
+			confirms, returns, closed = s.confirms, s.returns, s.closed
+		}
+		ctxDone := ctx.Done()
+		if draining {
+			ctxDone = nil
+		}
+		select {
+		case <-ctxDone:
+			draining, drainBy = true, time.Now().Add(r.cfg.DrainTimeout)
+		case c, ok := <-confirms:
+			if !ok {
+				r.lost(st, s, errors.New("rabbitmq: channel closed"))
+				s = nil
+				reconnectAt = time.Now().Add(reconnect.NextBackOff())
+				continue
+			}
+			if !r.confirmAll(st, s, c) {
+				r.lost(st, s, errors.New("rabbitmq: channel closed"))
+				s = nil
+				reconnectAt = time.Now().Add(reconnect.NextBackOff())
+				continue
+			}
+			if s.acked {
+				reconnect.Reset()
+			}
+		case ret := <-returns:
+			r.returned(st, ret)
+		case err := <-closed:
+			var cause error = errors.New("rabbitmq: channel closed")
+			if err != nil {
+				cause = err
+			}
+			r.lost(st, s, cause)
+			s = nil
+			reconnectAt = time.Now().Add(reconnect.NextBackOff())
+		case <-wake:
+			wake = r.db.OutboxWake()
+			st.needLoad = true
+			r.checkRequeues(st)
+		case <-poll.C:
+			st.needLoad = true
+			r.checkRequeues(st)
+		case res := <-done:
+			st.marking = false
+			if err := r.marked(st, res); err != nil {
+				fatal = err
+				draining = true
+				drainBy = time.Now()
+			}
+		case <-timer.C:
+			r.wakeRetries(st, time.Now())
+		}
+	}
+}
+
+func inflightLen(s *session) int {
+	if s == nil {
+		return 0
+	}
+	return len(s.inflight)
+}
+
+func (r *Relay) maxLoaded() int { return max(4*r.cfg.Window, 1024) }
+
+func (r *Relay) hookConn(up bool, err error) {
+	if h := r.cfg.Hooks.Connection; h != nil {
+		h(up, err)
+	}
+}
+
+// nextTimer returns when the loop must wake up on its own.
+func (r *Relay) nextTimer(st *state, now time.Time, reconnecting bool, reconnectAt time.Time, draining bool, drainBy time.Time) time.Time {
+	next := now.Add(time.Hour)
+	if reconnecting {
+		next = reconnectAt
+	}
+	if draining && drainBy.Before(next) {
+		next = drainBy
+	}
+	for _, it := range st.backoff {
+		if it.retryAt.Before(next) {
+			next = it.retryAt
+		}
+	}
+	return next
+}
+
+// connect dials the broker and opens a confirm-mode channel.
+func (r *Relay) connect() (*session, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(r.cfg.ConnectionName)
+	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Heartbeat: r.cfg.Heartbeat, Locale: "en_US",
+		Properties: props, Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return nil, errors.Wrap(err, "rabbitmq: dial")
+	}
+	fail := func(err error, what string) (*session, error) {
+		_ = conn.Close()
+		return nil, errors.Wrapf(err, "rabbitmq: %s", what)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fail(err, "open channel")
+	}
+	if err := ch.Confirm(false); err != nil {
+		return fail(err, "confirm mode")
+	}
+	s := &session{conn: conn, ch: ch, inflight: make(map[uint64]*item), declared: make(map[string]bool),
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, r.cfg.Window+1)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, r.cfg.Window+1)),
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	if err := r.declare(s, r.cfg.Exchange); err != nil {
+		return fail(err, "declare exchange")
+	}
+	return s, nil
+}
+
+// declare makes sure an exchange exists before the first publish to it in
+// this session. A failure closes the channel.
+func (r *Relay) declare(s *session, name string) error {
+	if s.declared[name] {
+		return nil
+	}
+	var err error
+	if r.cfg.NoDeclare {
+		err = s.ch.ExchangeDeclarePassive(name, r.cfg.ExchangeKind, true, false, false, false, nil)
+	} else {
+		err = s.ch.ExchangeDeclare(name, r.cfg.ExchangeKind, true, false, false, false, nil)
+	}
+	if err != nil {
+		return errors.Wrapf(err, "exchange %q", name)
+	}
+	s.declared[name] = true
+	return nil
+}
+
+// lost handles the end of a session: what was in flight is unconfirmed and
+// will be published again, in order, on the next connection.
+func (r *Relay) lost(st *state, s *session, cause error) {
+	// Confirms and returns the broker sent before the end still count.
+	for {
+		select {
+		case ret, ok := <-s.returns:
+			if ok {
+				r.returned(st, ret)
+				continue
+			}
+		default:
+		}
+		break
+	}
+	for drained := false; !drained; {
+		select {
+		case c, ok := <-s.confirms:
+			if !ok {
+				drained = true
+				break
+			}
+			r.confirm(st, s, c)
+		default:
+			drained = true
+		}
+	}
+	r.requeueInFlight(st, s)
+	_ = s.conn.Close()
+	r.connected.Store(false)
+	r.inFlight.Store(0)
+	r.log.Warn("relay lost the broker; reconnecting, events wait in the outbox", "err", cause)
+	r.hookConn(false, cause)
+}
+
+// requeueInFlight puts unconfirmed events back in line and rebuilds the
+// ready list in outbox order.
+func (r *Relay) requeueInFlight(st *state, s *session) {
+	if s != nil {
+		for _, it := range s.inflight {
+			it.state, it.tag, it.returned = stQueued, 0, ""
+		}
+		clear(s.inflight)
+	}
+	st.ready = st.ready[:0]
+	for _, q := range st.sagas {
+		if h := q.items[0]; h.state == stQueued {
+			st.ready = append(st.ready, h)
+		}
+	}
+	slices.SortFunc(st.ready, func(a, b *item) int { return a.ev.ID.Compare(b.ev.ID) })
+}
+
+// loadParked finds the sagas that have a not_produced event.
+func (r *Relay) loadParked(st *state) error {
+	clear(st.parked)
+	err := r.db.View(func(tx *storage.Tx) error {
+		tx.OutboxScan(storage.OutboxNotProduced, ulid.ULID{}, func(id ulid.ULID) bool {
+			if sid, ok := tx.OutboxSaga(id); ok {
+				st.parked[sid] = true
+			}
+			return true
+		})
+		return nil
+	})
+	r.parkedN.Store(int64(len(st.parked)))
+	return errors.Wrap(err, "rabbitmq: read parked sagas")
+}
+
+// checkRequeues looks for re-queued or discarded events: their sagas may
+// go on.
+func (r *Relay) checkRequeues(st *state) {
+	n := r.db.OutboxRequeues()
+	if n == st.requeues {
+		return
+	}
+	st.requeues = n
+	if err := r.loadParked(st); err != nil {
+		r.log.Error("relay: read parked sagas", "err", err)
+		return
+	}
+	st.rescanFrom(ulid.ULID{})
+}
+
+// load reads new events into memory, from the cursor (or a rescan point).
+func (r *Relay) load(st *state) error {
+	limit := r.maxLoaded() - len(st.items)
+	start, rescanning := st.cursor, false
+	if st.rescan != nil {
+		start, rescanning = *st.rescan, true
+	}
+	n := 0
+	exhausted := true
+	var last ulid.ULID
+	err := r.db.View(func(tx *storage.Tx) error {
+		tx.OutboxScan(storage.OutboxNew, start, func(id ulid.ULID) bool {
+			if n >= limit {
+				exhausted = false
+				return false
+			}
+			last = id
+			if id.Compare(st.cursor) > 0 {
+				st.cursor = id
+			}
+			if _, known := st.items[id]; known {
+				return true
+			}
+			sid, ok := tx.OutboxSaga(id)
+			if !ok || st.parked[sid] {
+				return true
+			}
+			q := st.sagas[sid]
+			if q != nil && len(q.items) >= perSaga {
+				q.overflow = true
+				return true
+			}
+			ev, err := tx.OutboxGet(id)
+			if err != nil {
+				r.log.Error("relay: unreadable outbox event; its saga's events are held until a restart", "event", id.String(), "saga", sid.String(), "err", err)
+				st.parked[sid] = true
+				return true
+			}
+			it := &item{ev: ev}
+			st.items[id] = it
+			if q == nil {
+				q = &sagaQueue{}
+				st.sagas[sid] = q
+			}
+			q.items = append(q.items, it)
+			q.last = id
+			if len(q.items) == 1 {
+				st.ready = append(st.ready, it)
+			}
+			n++
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		return errors.Wrap(err, "rabbitmq: read outbox")
+	}
+	switch {
+	case !rescanning:
+		st.needLoad = !exhausted
+	case exhausted || last.Compare(st.cursor) >= 0:
+		st.rescan, st.needLoad = nil, !exhausted
+	default:
+		st.rescan = &last
+	}
+	return nil
+}
+
+// publish sends ready events while the window allows.
+func (r *Relay) publish(st *state, s *session) error {
+	for len(st.ready) > 0 && len(s.inflight) < r.cfg.Window {
+		it := st.ready[0]
+		st.ready = st.ready[1:]
+		if it.state != stQueued || st.items[it.ev.ID] != it {
+			continue
+		}
+		ev := it.ev
+		exchange := ev.Exchange
+		if exchange == "" {
+			exchange = r.cfg.Exchange
+		}
+		if err := r.declare(s, exchange); err != nil {
+			// The channel is closed: count it against the event, which
+			// may name an exchange that cannot be declared.
+			r.fail(st, it, err)
+			return err
+		}
+		headers := make(amqp.Table, len(ev.Headers)+3)
+		for k, v := range ev.Headers {
+			headers[k] = v
+		}
+		headers["x-saga-id"] = ev.SagaID.String()
+		headers["x-saga-definition"] = ev.Definition
+		if ev.Step != "" {
+			headers["x-saga-step"] = ev.Step
+		}
+		tag := s.ch.GetNextPublishSeqNo()
+		err := s.ch.Publish(exchange, ev.RoutingKey, !r.cfg.AllowUnroutable, false, amqp.Publishing{
+			Headers:      headers,
+			ContentType:  "application/json",
+			DeliveryMode: amqp.Persistent,
+			MessageId:    ev.ID.String(),
+			Timestamp:    ev.CreatedAt,
+			Type:         ev.Name,
+			AppId:        "sagad",
+			Body:         ev.Payload,
+		})
+		if err != nil {
+			st.ready = append([]*item{it}, st.ready...)
+			return errors.Wrap(err, "rabbitmq: publish")
+		}
+		it.state, it.tag = stInFlight, tag
+		s.inflight[tag] = it
+	}
+	return nil
+}
+
+// confirmAll handles c and every confirm already delivered after it, so
+// the loop's bookkeeping runs once per burst. It returns false if the
+// channel was closed.
+func (r *Relay) confirmAll(st *state, s *session, c amqp.Confirmation) bool {
+	r.drainReturns(st, s)
+	r.confirm(st, s, c)
+	for range r.cfg.Window {
+		select {
+		case c, ok := <-s.confirms:
+			if !ok {
+				return false
+			}
+			r.drainReturns(st, s)
+			r.confirm(st, s, c)
+		default:
+			return true
+		}
+	}
+	return true
+}
+
+// drainReturns takes every return already delivered: RabbitMQ sends a
+// message's return before its ack, and amqp091-go hands them over in that
+// order, so a confirm is only judged once the returns before it are read.
+func (r *Relay) drainReturns(st *state, s *session) {
+	for {
+		select {
+		case ret := <-s.returns:
+			r.returned(st, ret)
+		default:
+			return
+		}
+	}
+}
+
+func (r *Relay) returned(st *state, ret amqp.Return) {
+	id, err := ulid.ParseStrict(ret.MessageId)
+	if err != nil {
+		return
+	}
+	if it := st.items[id]; it != nil && it.state == stInFlight {
+		it.returned = "returned by the broker: " + ret.ReplyText + " (exchange " + ret.Exchange + ", routing key " + ret.RoutingKey + ")"
+	}
+}
+
+// confirm handles the broker's ack or nack of one message.
+func (r *Relay) confirm(st *state, s *session, c amqp.Confirmation) {
+	it := s.inflight[c.DeliveryTag]
+	if it == nil {
+		return
+	}
+	delete(s.inflight, c.DeliveryTag)
+	switch {
+	case !c.Ack:
+		r.fail(st, it, errors.New("nacked by the broker"))
+	case it.returned != "":
+		r.fail(st, it, errors.New(it.returned))
+	default:
+		s.acked = true
+		it.state = stMarking
+		st.pending.produced = append(st.pending.produced, it)
+		// The broker has it: the saga's next event may go now, before the
+		// produced mark is durable. A crash in between publishes both
+		// again, in order.
+		r.advance(st, it)
+	}
+}
+
+// advance removes a saga's confirmed head and readies the next event.
+func (r *Relay) advance(st *state, it *item) {
+	sid := it.ev.SagaID
+	q := st.sagas[sid]
+	if q == nil || len(q.items) == 0 || q.items[0] != it {
+		return
+	}
+	q.items[0] = nil
+	q.items = q.items[1:]
+	if len(q.items) > 0 {
+		if h := q.items[0]; h.state == stQueued {
+			st.ready = append(st.ready, h)
+		}
+		return
+	}
+	delete(st.sagas, sid)
+	if q.overflow {
+		st.rescanFrom(q.last)
+	}
+}
+
+// fail records a failed publication; the event's saga waits until the
+// attempt is recorded.
+func (r *Relay) fail(st *state, it *item, err error) {
+	it.state, it.tag, it.returned = stFailing, 0, ""
+	st.pending.failed = append(st.pending.failed, failMark{it: it, err: err, final: it.ev.Attempts+1 >= r.cfg.MaxAttempts})
+}
+
+// marker records produced marks and failed attempts, one transaction per
+// batch, off the relay's goroutine.
+func (r *Relay) marker(in <-chan markBatch, out chan<- markResult, done chan<- struct{}) {
+	defer close(done)
+	for b := range in {
+		res := markResult{batch: b, attempts: make([]int, len(b.failed))}
+		ids := make([]ulid.ULID, len(b.produced))
+		for i, it := range b.produced {
+			ids[i] = it.ev.ID
+		}
+		now := time.Now()
+		res.err = r.db.Update(func(tx *storage.Tx) error {
+			if _, err := tx.OutboxProduced(ids, now); err != nil {
+				return err
+			}
+			for i, f := range b.failed {
+				n, err := tx.OutboxFailed(f.it.ev.ID, f.err.Error(), f.final, now)
+				if errors.Is(err, storage.ErrEventNotFound) {
+					n = -1 // discarded meanwhile
+				} else if err != nil {
+					return err
+				}
+				res.attempts[i] = n
+			}
+			return nil
+		})
+		out <- res
+	}
+}
+
+// marked applies a recorded batch.
+func (r *Relay) marked(st *state, res markResult) error {
+	if res.err != nil {
+		if errors.Is(res.err, storage.ErrClosed) {
+			return errors.Wrap(res.err, "rabbitmq: record outbox marks")
+		}
+		r.log.Error("relay: recording outbox marks failed; trying again", "err", res.err)
+		st.pending.produced = append(res.batch.produced, st.pending.produced...)
+		st.pending.failed = append(res.batch.failed, st.pending.failed...)
+		time.Sleep(100 * time.Millisecond) // a failing disk: do not spin
+		return nil
+	}
+	for _, it := range res.batch.produced {
+		delete(st.items, it.ev.ID)
+	}
+	if n := len(res.batch.produced); n > 0 {
+		r.published.Add(int64(n))
+		if h := r.cfg.Hooks.Published; h != nil {
+			h(n)
+		}
+		st.needLoad = true
+	}
+	now := time.Now()
+	for i, f := range res.batch.failed {
+		it, n := f.it, res.attempts[i]
+		if n < 0 { // discarded by an operator while failing
+			r.drop(st, it)
+			continue
+		}
+		it.ev.Attempts, it.ev.LastError = n, f.err.Error()
+		if f.final {
+			r.notProduced.Add(1)
+			r.log.Warn("outbox event not produced after its attempts; its saga's later events wait until it is re-queued or discarded",
+				"event", it.ev.ID.String(), "saga", it.ev.SagaID.String(), "name", it.ev.Name, "attempts", n, "err", f.err)
+			r.park(st, it.ev.SagaID)
+			if h := r.cfg.Hooks.NotProduced; h != nil {
+				h(it.ev, f.err)
+			}
+			continue
+		}
+		r.retried.Add(1)
+		it.state, it.retryAt = stBackoff, now.Add(r.retryDelay(n))
+		st.backoff = append(st.backoff, it)
+		r.log.Info("outbox event publication failed; retrying", "event", it.ev.ID.String(), "attempt", n, "err", f.err,
+			"retry_in", time.Until(it.retryAt).Round(time.Millisecond))
+		if h := r.cfg.Hooks.Retried; h != nil {
+			h(it.ev, f.err)
+		}
+	}
+	return nil
+}
+
+// drop forgets an event that is gone from the outbox; its saga goes on.
+func (r *Relay) drop(st *state, it *item) {
+	it.state = stMarking
+	r.advance(st, it)
+	delete(st.items, it.ev.ID)
+}
+
+// park forgets a saga's loaded events: they wait in the outbox until its
+// not_produced event is re-queued or discarded.
+func (r *Relay) park(st *state, sid ulid.ULID) {
+	st.parked[sid] = true
+	r.parkedN.Store(int64(len(st.parked)))
+	if q := st.sagas[sid]; q != nil {
+		for _, it := range q.items {
+			delete(st.items, it.ev.ID)
+		}
+		delete(st.sagas, sid)
+	}
+}
+
+// wakeRetries readies events whose backoff has passed.
+func (r *Relay) wakeRetries(st *state, now time.Time) {
+	st.backoff = slices.DeleteFunc(st.backoff, func(it *item) bool {
+		if st.items[it.ev.ID] != it || it.state != stBackoff {
+			return true // parked or gone meanwhile
+		}
+		if it.retryAt.After(now) {
+			return false
+		}
+		it.state = stQueued
+		st.ready = append(st.ready, it)
+		return true
+	})
+}
+
+// retryDelay is the backoff after the n-th failed publication.
+func (r *Relay) retryDelay(n int) time.Duration {
+	b := &backoff.ExponentialBackOff{InitialInterval: r.cfg.RetryInitial, RandomizationFactor: 0.5,
+		Multiplier: 2, MaxInterval: r.cfg.RetryMax, Clock: backoff.SystemClock}
+	b.Reset()
+	d := b.NextBackOff()
+	for i := 1; i < n; i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}
