@@ -130,6 +130,9 @@ func crashDefinition(j *journal, inside func(*saga.Call)) *saga.Definition {
 			result := "ok"
 			if err != nil {
 				result = "fail"
+			} else if eerr := c.Emit(saga.Event{Name: "crash." + string(c.Phase),
+				Payload: json.RawMessage(`{"step":"` + c.Step + `"}`)}); eerr != nil {
+				return nil, eerr
 			}
 			if werr := j.call(c, result); werr != nil {
 				return nil, werr
@@ -462,6 +465,7 @@ func checkCrashRecovery(t *testing.T, b *bundle, tc crashCase, kill jline, jpath
 	if inDoubtSagas == 0 {
 		t.Errorf("no saga has an %s log entry after a crash with an attempt in flight", storage.EventInDoubt)
 	}
+	checkCrashOutbox(t, b, final)
 	t.Logf("%d sagas, %d with attempts in doubt, %d journal lines", len(ids), inDoubtSagas, len(lines))
 }
 
@@ -652,6 +656,51 @@ func checkKilledAttempt(t *testing.T, tc crashCase, kill jline, lines []jline, r
 		if !later {
 			t.Errorf("saga %s: killed before compensating %s, but no later step's compensation had succeeded",
 				kill.id, kill.step)
+		}
+	}
+}
+
+// checkCrashOutbox checks that the outbox holds exactly one event for each
+// committed success: none from attempts cut off by the crash (their outcome
+// was never committed), none from failed attempts, and no duplicate from an
+// attempt re-run after the crash.
+func checkCrashOutbox(t *testing.T, b *bundle, final map[string]*engine.Saga) {
+	t.Helper()
+	got := map[string]int{} // saga/step/event name -> events
+	for cursor := ""; ; {
+		p, err := b.eng.OutboxList(context.Background(), engine.OutboxListOptions{Cursor: cursor, Limit: 1000})
+		if err != nil {
+			t.Fatalf("outbox list: %v", err)
+		}
+		for _, ev := range p.Events {
+			got[ev.SagaID.String()+"/"+ev.Step+"/"+ev.Name]++
+		}
+		if cursor = p.NextCursor; cursor == "" {
+			break
+		}
+	}
+	want := map[string]int{}
+	for id, s := range final {
+		for _, st := range s.Steps {
+			switch st.Status {
+			case saga.StepSucceeded:
+				want[id+"/"+st.Name+"/crash.action"] = 1
+			case saga.StepCompensated:
+				want[id+"/"+st.Name+"/crash.action"] = 1
+				want[id+"/"+st.Name+"/crash.compensation"] = 1
+			}
+		}
+	}
+	if !maps.Equal(got, want) {
+		for k, n := range got {
+			if want[k] != n {
+				t.Errorf("outbox: %d events %s, want %d", n, k, want[k])
+			}
+		}
+		for k, n := range want {
+			if got[k] == 0 {
+				t.Errorf("outbox: no event %s, want %d", k, n)
+			}
 		}
 	}
 }

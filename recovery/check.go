@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/storage"
@@ -27,16 +28,23 @@ type Problem struct {
 // engine's invariants: every status-index entry names a stored saga with that
 // status, every saga is indexed under its status, every due-index entry names
 // a saga with that wake time and every saga with a wake time is in the due
-// index, and every idempotency key names a saga that carries it. It returns
-// the problems it found (nil when there are none).
+// index, and every idempotency key names a saga that carries it; every outbox
+// event decodes and is filed under exactly one known status, every outbox
+// status-index entry names a stored event and carries a value of the right
+// length, and the stored outbox counts equal the index entries per status. It
+// returns the problems it found (nil when there are none).
 func Check(db *storage.DB) ([]Problem, error) {
 	var problems []Problem
 	add := func(kind, format string, args ...any) {
 		problems = append(problems, Problem{Kind: kind, Detail: fmt.Sprintf(format, args...)})
 	}
-	err := db.Bolt().View(func(tx *bbolt.Tx) error {
+	err := db.View(func(stx *storage.Tx) error {
+		tx := stx.Bolt()
 		for err := range tx.Check() {
 			add("bbolt", "%v", err)
+		}
+		if err := checkOutbox(stx, add); err != nil {
+			return err
 		}
 		sagas, status, due, idem := tx.Bucket([]byte("sagas")), tx.Bucket([]byte("status")),
 			tx.Bucket([]byte("due")), tx.Bucket([]byte("idem"))
@@ -112,6 +120,110 @@ func Check(db *storage.DB) ([]Problem, error) {
 		})
 	})
 	return problems, errors.Wrap(err, "recovery: check")
+}
+
+// checkOutbox verifies the outbox: every record decodes and is filed under
+// exactly one known status in the status index; every index entry names a
+// stored record, has a known status code and a value of the right length
+// (empty for new, a unix-nano time for the others); and the counts in meta
+// equal the index entries per status. A database without the outbox buckets
+// (written before the outbox existed) has an empty outbox.
+//
+// Records are decoded through storage.Tx.OutboxGet, which also needs the
+// index: a record that is in no status index is reported as such, and its
+// bytes are not decoded.
+func checkOutbox(stx *storage.Tx, add func(kind, format string, args ...any)) error {
+	tx := stx.Bolt()
+	events, idx := tx.Bucket([]byte("outbox")), tx.Bucket([]byte("outbox_status"))
+	// entries counts the index entries per status, in storage.OutboxStatuses
+	// (code) order.
+	entries := make([]int64, len(storage.OutboxStatuses))
+	// status names a status code: storage numbers OutboxStatuses from 1.
+	status := func(code byte) (storage.OutboxStatus, bool) {
+		if code == 0 || int(code) > len(storage.OutboxStatuses) {
+			return "", false
+		}
+		return storage.OutboxStatuses[code-1], true
+	}
+	if idx != nil {
+		err := idx.ForEach(func(k, v []byte) error {
+			if len(k) != 17 {
+				add("outbox-index-malformed", "outbox status index key %x", k)
+				return nil
+			}
+			id := k[1:]
+			s, known := status(k[0])
+			if known {
+				entries[k[0]-1]++
+			}
+			wantLen := 8
+			if s == storage.OutboxNew {
+				wantLen = 0
+			}
+			switch {
+			case events == nil || events.Get(id) == nil:
+				add("outbox-index-missing-event", "outbox status index entry (code %d) names event %x, which does not exist", k[0], id)
+			case !known:
+				add("outbox-index-bad-code", "outbox status index files event %x under unknown status code %d", id, k[0])
+			case len(v) != wantLen:
+				add("outbox-index-bad-value", "outbox status index entry for event %x (%s) has a %d-byte value, want %d", id, s, len(v), wantLen)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if events != nil {
+		err := events.ForEach(func(k, v []byte) error {
+			if len(k) != 16 {
+				add("outbox-malformed", "outbox key %x: key %d bytes, value %d bytes", k, len(k), len(v))
+				return nil
+			}
+			var in []string
+			if idx != nil {
+				for code, s := range storage.OutboxStatuses {
+					if idx.Get(append([]byte{byte(code + 1)}, k...)) != nil {
+						in = append(in, string(s))
+					}
+				}
+			}
+			if len(in) == 0 {
+				// OutboxGet cannot read an event without a status.
+				add("outbox-not-indexed", "outbox event %x is missing from the outbox status index", k)
+				return nil
+			}
+			if len(in) > 1 {
+				add("outbox-indexed-twice", "outbox event %x is in the outbox status index under %d statuses (%s), want one", k, len(in), strings.Join(in, ", "))
+			}
+			var id ulid.ULID
+			copy(id[:], k)
+			if _, err := stx.OutboxGet(id); err != nil {
+				add("outbox-malformed", "outbox event %x: %v", k, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	var stored []byte
+	if meta := tx.Bucket([]byte("meta")); meta != nil {
+		stored = meta.Get([]byte("outbox_counts"))
+	}
+	switch {
+	case stored == nil:
+		stored = make([]byte, 8*len(storage.OutboxStatuses)) // no counts yet: all zero
+	case len(stored) != 8*len(storage.OutboxStatuses):
+		add("outbox-counts-malformed", "meta outbox_counts is %d bytes, want %d (a big-endian uint64 per status)", len(stored), 8*len(storage.OutboxStatuses))
+		return nil
+	}
+	for i, s := range storage.OutboxStatuses {
+		if n := int64(binary.BigEndian.Uint64(stored[8*i:])); n != entries[i] {
+			add("outbox-counts", "outbox counts say %d %s events, the outbox status index holds %d", n, s, entries[i])
+		}
+	}
+	return nil
 }
 
 // checkLog walks a saga's log chain from its head: every entry must exist,

@@ -1,6 +1,8 @@
 package recovery_test
 
 import (
+	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +24,9 @@ import (
 
 var base = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
+// bigPayload is stored compressed.
+var bigPayload = `{"items":"` + strings.Repeat("abc", 100) + `"}`
+
 // fixture is a database holding a few consistent sagas.
 type fixture struct {
 	db   *storage.DB
@@ -29,8 +34,11 @@ type fixture struct {
 	// running has a wake time and an idempotency key, done is completed with
 	// neither, undoing is compensating with a wake time.
 	running, done, undoing ulid.ULID
-	// ghost is an id no saga has.
+	// ghost is an id no saga and no outbox event has.
 	ghost ulid.ULID
+	// The outbox holds one event in each status: evNew (new), evProduced
+	// (produced, with a compressed payload) and evFailed (not_produced).
+	evNew, evProduced, evFailed ulid.ULID
 }
 
 const idemKey = "order-42"
@@ -88,7 +96,67 @@ func setup(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatalf("write fixture: %v", err)
 	}
+	f.putOutbox(t)
 	return f
+}
+
+// putOutbox stores the fixture's outbox events through storage's API.
+func (f *fixture) putOutbox(t *testing.T) {
+	t.Helper()
+	ev := func(name, payload string, compressAbove int) *storage.EncodedEvent {
+		return storage.EncodeEvent(&storage.OutboxEvent{
+			SagaID: f.running, Definition: "order", Step: "charge", Name: name, RoutingKey: "order." + name,
+			Payload: json.RawMessage(payload), Headers: map[string]string{"tenant": "t1"}, CreatedAt: base,
+		}, compressAbove)
+	}
+	err := f.db.Update(func(tx *storage.Tx) error {
+		var err error
+		if f.evNew, err = tx.OutboxPut(ev("created", `{"n":1}`, 0)); err != nil {
+			return err
+		}
+		if f.evProduced, err = tx.OutboxPut(ev("charged", bigPayload, 64)); err != nil {
+			return err
+		}
+		f.evFailed, err = tx.OutboxPut(ev("shipped", `{"n":3}`, 0))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("put outbox events: %v", err)
+	}
+	err = f.db.Update(func(tx *storage.Tx) error {
+		if n, err := tx.OutboxProduced([]ulid.ULID{f.evProduced}, base.Add(time.Minute)); err != nil || n != 1 {
+			return errors.Newf("OutboxProduced = %d, %v; want 1 event marked", n, err)
+		}
+		if n, err := tx.OutboxFailed(f.evFailed, "broker down", true, base.Add(time.Minute)); err != nil || n != 1 {
+			return errors.Newf("OutboxFailed = %d, %v; want attempt 1", n, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("move outbox events: %v", err)
+	}
+	// The fixture must really cover every status, or the clean check proves
+	// less than it claims.
+	err = f.db.View(func(tx *storage.Tx) error {
+		for id, want := range map[ulid.ULID]storage.OutboxStatus{
+			f.evNew: storage.OutboxNew, f.evProduced: storage.OutboxProduced, f.evFailed: storage.OutboxNotProduced,
+		} {
+			got, err := tx.OutboxGet(id)
+			if err != nil {
+				return err
+			}
+			if got.Status != want {
+				return errors.Newf("event %s is %s, want %s", id, got.Status, want)
+			}
+		}
+		if c, want := tx.OutboxCounts(), (storage.OutboxCounts{New: 1, Produced: 1, NotProduced: 1}); c != want {
+			return errors.Newf("OutboxCounts = %+v, want %+v", c, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("outbox fixture: %v", err)
+	}
 }
 
 // close closes the fixture's database so CheckFile can open it.
@@ -115,6 +183,35 @@ func check(t *testing.T, db *storage.DB) (problems []recovery.Problem, err error
 func hexID(id ulid.ULID) string { return hex.EncodeToString(id[:]) }
 
 func statusKey(code byte, id ulid.ULID) []byte { return append([]byte{code}, id[:]...) }
+
+func outboxStatusKey(code byte, id ulid.ULID) []byte { return append([]byte{code}, id[:]...) }
+
+// deflate compresses b as storage.EncodeEvent does.
+func deflate(b string) []byte {
+	var buf bytes.Buffer
+	w, _ := flate.NewWriter(&buf, flate.BestSpeed) // fails only for a bad level
+	_, _ = w.Write([]byte(b))                      // writes to a bytes.Buffer cannot fail
+	_ = w.Close()
+	return buf.Bytes()
+}
+
+// stamp is an outbox status-index value: a unix-nano time.
+func stamp(at time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())) }
+
+// outboxCounts is a meta outbox_counts value.
+func outboxCounts(c ...uint64) []byte {
+	var b []byte
+	for _, n := range c {
+		b = binary.BigEndian.AppendUint64(b, n)
+	}
+	return b
+}
+
+// putRecord rewrites an outbox record as edit returns it.
+func putRecord(tx *bbolt.Tx, id ulid.ULID, edit func(v []byte) []byte) error {
+	b := tx.Bucket([]byte("outbox"))
+	return b.Put(id[:], edit(slices.Clone(b.Get(id[:]))))
+}
 
 func dueKey(wake time.Time, id ulid.ULID) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, uint64(wake.UnixNano())), id[:]...)
@@ -152,17 +249,47 @@ func TestCheckEmpty(t *testing.T) {
 	}
 }
 
+// TestCheckWithoutOutbox checks a file written before the outbox existed:
+// no outbox buckets and no counts is an empty outbox, not damage.
+func TestCheckWithoutOutbox(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	err := f.db.Bolt().Update(func(tx *bbolt.Tx) error {
+		for _, name := range []string{"outbox", "outbox_status"} {
+			if err := tx.DeleteBucket([]byte(name)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte("meta")).Delete([]byte("outbox_counts"))
+	})
+	if err != nil {
+		t.Fatalf("remove the outbox: %v", err)
+	}
+	if problems, err := check(t, f.db); err != nil || len(problems) != 0 {
+		t.Errorf("Check(no outbox) = %v, %v; want no problems", problems, err)
+	}
+	f.close(t)
+	// A read-only open does not create the missing buckets.
+	if err := recovery.CheckFile(f.path); err != nil {
+		t.Errorf("CheckFile(no outbox) = %v, want nil", err)
+	}
+}
+
 func TestCheckFindsDamage(t *testing.T) {
 	t.Parallel()
 	type want struct {
 		kind string
-		// id is the saga the detail must name (hex); nil for none.
+		// id is the saga or outbox event the detail must name (hex); nil
+		// for none.
 		id func(f *fixture) ulid.ULID
 	}
 	running := func(f *fixture) ulid.ULID { return f.running }
 	done := func(f *fixture) ulid.ULID { return f.done }
 	undoing := func(f *fixture) ulid.ULID { return f.undoing }
 	ghost := func(f *fixture) ulid.ULID { return f.ghost }
+	evNew := func(f *fixture) ulid.ULID { return f.evNew }
+	evProduced := func(f *fixture) ulid.ULID { return f.evProduced }
+	evFailed := func(f *fixture) ulid.ULID { return f.evFailed }
 
 	tests := []struct {
 		name   string
@@ -304,6 +431,181 @@ func TestCheckFindsDamage(t *testing.T) {
 			},
 			want: []want{{"bucket-missing", nil}},
 		},
+		{
+			name: "outbox status entry deleted",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Delete(outboxStatusKey(1, f.evNew))
+			},
+			want: []want{{"outbox-not-indexed", evNew}, {"outbox-counts", nil}},
+		},
+		{
+			name: "outbox status entry for a missing event",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put(outboxStatusKey(2, f.ghost), stamp(base))
+			},
+			want: []want{{"outbox-index-missing-event", ghost}, {"outbox-counts", nil}},
+		},
+		{
+			name: "outbox record deleted",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox")).Delete(f.evFailed[:])
+			},
+			want: []want{{"outbox-index-missing-event", evFailed}},
+		},
+		{
+			name: "outbox event in two statuses",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put(outboxStatusKey(2, f.evNew), stamp(base))
+			},
+			want: []want{{"outbox-indexed-twice", evNew}, {"outbox-counts", nil}},
+		},
+		{
+			name: "outbox event moved without the counts",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				idx := tx.Bucket([]byte("outbox_status"))
+				if err := idx.Delete(outboxStatusKey(1, f.evNew)); err != nil {
+					return err
+				}
+				return idx.Put(outboxStatusKey(3, f.evNew), stamp(base))
+			},
+			// One count is too high and another too low.
+			want: []want{{"outbox-counts", nil}, {"outbox-counts", nil}},
+		},
+		{
+			name: "outbox counts wrong",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("meta")).Put([]byte("outbox_counts"), outboxCounts(1, 2, 1))
+			},
+			want: []want{{"outbox-counts", nil}},
+		},
+		{
+			name: "outbox counts gone negative",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("meta")).Put([]byte("outbox_counts"), outboxCounts(1, 1, 1<<64-1))
+			},
+			want: []want{{"outbox-counts", nil}},
+		},
+		{
+			name: "outbox counts missing",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("meta")).Delete([]byte("outbox_counts"))
+			},
+			want: []want{{"outbox-counts", nil}, {"outbox-counts", nil}, {"outbox-counts", nil}},
+		},
+		{
+			name: "outbox counts of the wrong length",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("meta")).Put([]byte("outbox_counts"), outboxCounts(1, 1))
+			},
+			want: []want{{"outbox-counts-malformed", nil}},
+		},
+		{
+			name: "outbox record truncated",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putRecord(tx, f.evProduced, func(v []byte) []byte { return v[:len(v)-3] })
+			},
+			want: []want{{"outbox-malformed", evProduced}},
+		},
+		{
+			name: "outbox record shorter than its header",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putRecord(tx, f.evNew, func(v []byte) []byte { return v[:5] })
+			},
+			want: []want{{"outbox-malformed", evNew}},
+		},
+		{
+			name: "outbox record of an unknown format",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putRecord(tx, f.evFailed, func(v []byte) []byte { v[0] = 9; return v })
+			},
+			want: []want{{"outbox-malformed", evFailed}},
+		},
+		{
+			name: "outbox record with bytes after it",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putRecord(tx, f.evNew, func(v []byte) []byte { return append(v, 0) })
+			},
+			want: []want{{"outbox-malformed", evNew}},
+		},
+		{
+			name: "outbox record whose compressed payload is not deflate",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				// The record ends with the stored payload: the deflated
+				// bytes after a one-byte length (they are shorter than 128).
+				// 0xff opens a deflate block of the reserved type.
+				comp := deflate(bigPayload)
+				var found bool
+				err := putRecord(tx, f.evProduced, func(v []byte) []byte {
+					at := len(v) - len(comp)
+					if found = len(comp) < 128 && at > 0 && bytes.Equal(v[at:], comp) && int(v[at-1]) == len(comp); found {
+						copy(v[at:], bytes.Repeat([]byte{0xff}, len(comp)))
+					}
+					return v
+				})
+				if err == nil && !found {
+					err = errors.New("the compressed payload is not at the end of the record")
+				}
+				return err
+			},
+			want: []want{{"outbox-malformed", evProduced}},
+		},
+		{
+			name: "outbox key of the wrong length",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				b := tx.Bucket([]byte("outbox"))
+				return b.Put([]byte("short"), slices.Clone(b.Get(f.evNew[:])))
+			},
+			want: []want{{"outbox-malformed", nil}},
+		},
+		{
+			name: "malformed outbox status key",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put([]byte{1, 2, 3}, nil)
+			},
+			want: []want{{"outbox-index-malformed", nil}},
+		},
+		{
+			name: "outbox status entry under an unknown code",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put(outboxStatusKey(7, f.evNew), nil)
+			},
+			want: []want{{"outbox-index-bad-code", evNew}},
+		},
+		{
+			name: "outbox event only under an unknown code",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				idx := tx.Bucket([]byte("outbox_status"))
+				if err := idx.Delete(outboxStatusKey(3, f.evFailed)); err != nil {
+					return err
+				}
+				return idx.Put(outboxStatusKey(0, f.evFailed), stamp(base))
+			},
+			want: []want{{"outbox-index-bad-code", evFailed}, {"outbox-not-indexed", evFailed}, {"outbox-counts", nil}},
+		},
+		{
+			name: "produced outbox entry without its time",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put(outboxStatusKey(2, f.evProduced), nil)
+			},
+			want: []want{{"outbox-index-bad-value", evProduced}},
+		},
+		{
+			name: "new outbox entry with a value",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("outbox_status")).Put(outboxStatusKey(1, f.evNew), stamp(base))
+			},
+			want: []want{{"outbox-index-bad-value", evNew}},
+		},
+		{
+			name: "outbox buckets missing while the counts remain",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				if err := tx.DeleteBucket([]byte("outbox")); err != nil {
+					return err
+				}
+				return tx.DeleteBucket([]byte("outbox_status"))
+			},
+			want: []want{{"outbox-counts", nil}, {"outbox-counts", nil}, {"outbox-counts", nil}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -336,7 +638,7 @@ func TestCheckFindsDamage(t *testing.T) {
 					return p.Kind == w.kind && strings.Contains(p.Detail, hexID(w.id(f)))
 				})
 				if i < 0 {
-					t.Errorf("no %s problem names saga %s: %v", w.kind, hexID(w.id(f)), problems)
+					t.Errorf("no %s problem names %s: %v", w.kind, hexID(w.id(f)), problems)
 				}
 			}
 

@@ -38,7 +38,8 @@ const HeaderPrefix = "x-saga-"
 // ErrInvalidEvent is the mark on every error Event.Validate returns.
 var ErrInvalidEvent = errors.New("saga: invalid event")
 
-// exchangePattern is what RabbitMQ accepts as an exchange name.
+// exchangePattern is a conservative subset of the exchange names RabbitMQ
+// accepts (it also allows ':' and up to 255 bytes).
 var exchangePattern = namePattern
 
 // Validate reports the first thing wrong with ev, marked ErrInvalidEvent.

@@ -79,12 +79,10 @@ type DB struct {
 
 	commits, writes, commitNanos atomic.Int64
 
-	ids          *eventIDs
-	outboxDirty  atomic.Bool  // an outbox event was put, re-queued or discarded since the last commit
-	requeueDirty atomic.Bool  // an event was re-queued or discarded since the last commit
-	requeues     atomic.Int64 // commits that re-queued or discarded events since Open
-	wakeMu       sync.Mutex
-	wake         chan struct{} // closed and replaced after a commit that touched the outbox
+	ids      *eventIDs
+	requeues atomic.Int64 // commits that re-queued or discarded events since Open
+	wakeMu   sync.Mutex
+	wake     chan struct{} // closed and replaced after a commit that touched the outbox
 }
 
 type request struct {
@@ -210,16 +208,16 @@ func (db *DB) init(readOnly bool) error {
 	})
 }
 
-// committed wakes outbox readers after a commit that added or re-queued
-// events, and passes err through.
-func (db *DB) committed(err error) error {
-	if err != nil {
+// committed wakes outbox readers after t, a transaction that added,
+// re-queued or discarded events, committed, and passes err through.
+func (db *DB) committed(t *Tx, err error) error {
+	if err != nil || t == nil {
 		return err
 	}
-	if db.requeueDirty.Swap(false) {
+	if t.requeued {
 		db.requeues.Add(1)
 	}
-	if db.outboxDirty.Swap(false) {
+	if t.outbox {
 		db.wakeMu.Lock()
 		close(db.wake)
 		db.wake = make(chan struct{})
@@ -282,11 +280,16 @@ func (db *DB) Update(fn func(*Tx) error) error {
 			return ErrClosed
 		}
 	}
+	// t is the transaction of fn's last run: the one that counts.
+	var t *Tx
+	run := func(tx *bbolt.Tx) error { t = &Tx{tx: tx, db: db}; return fn(t) }
 	switch db.mode {
 	case CommitEach:
-		return db.committed(db.bolt.Update(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx, db: db}) }))
+		err := db.bolt.Update(run)
+		return db.committed(t, err)
 	case CommitBatch:
-		return db.committed(db.bolt.Batch(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx, db: db}) }))
+		err := db.bolt.Batch(run)
+		return db.committed(t, err)
 	}
 	r := &request{fn: fn, err: make(chan error, 1)}
 	db.mu.RLock()
@@ -360,8 +363,9 @@ func (db *DB) commit(batch []*request) {
 	for len(batch) > 0 {
 		failed := -1
 		var ferr error
+		var t *Tx
 		err := db.bolt.Update(func(tx *bbolt.Tx) error {
-			t := &Tx{tx: tx, db: db}
+			t = &Tx{tx: tx, db: db}
 			for i, r := range batch {
 				if err := r.fn(t); err != nil {
 					failed, ferr = i, err
@@ -371,7 +375,7 @@ func (db *DB) commit(batch []*request) {
 			return nil
 		})
 		if failed < 0 {
-			err = db.committed(err)
+			err = db.committed(t, err)
 			for _, r := range batch {
 				r.err <- errors.Wrap(err, "storage: commit")
 			}

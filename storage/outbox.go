@@ -93,6 +93,9 @@ type OutboxCounts struct {
 const (
 	eventFormat         = 1
 	eventFlagCompressed = 1
+	// maxPayload bounds a decompressed payload: far above what Emit
+	// accepts (saga.MaxEventSize), so only damage can reach it.
+	maxPayload = 64 << 20
 )
 
 // EncodedEvent is an outbox event encoded for OutboxPut. Encode outside the
@@ -138,8 +141,8 @@ func EncodeEvent(ev *OutboxEvent, compressAbove int) *EncodedEvent {
 		b = appendBytes(b, ev.Headers[k])
 	}
 	b = appendTime(b, ev.CreatedAt)
-	b = binary.AppendUvarint(b, 0) // attempts
-	b = appendBytes(b, "")         // last error
+	b = binary.AppendVarint(b, 0) // attempts
+	b = appendBytes(b, "")        // last error
 	b = appendBytes(b, payload)
 	return &EncodedEvent{sagaID: ev.SagaID, value: b}
 }
@@ -184,9 +187,12 @@ func decodeEvent(key, v []byte) (*OutboxEvent, error) {
 	}
 	if ev.Compressed {
 		fr := flate.NewReader(bytes.NewReader(payload))
-		out, err := io.ReadAll(io.LimitReader(fr, 64<<20))
+		out, err := io.ReadAll(io.LimitReader(fr, maxPayload+1))
 		if err != nil {
 			return nil, bad(errors.Wrap(err, "decompress payload"))
+		}
+		if len(out) > maxPayload {
+			return nil, bad(errors.Newf("payload decompresses to more than %d bytes", maxPayload))
 		}
 		payload = out
 	}
@@ -315,10 +321,11 @@ func (t *Tx) OutboxPut(e *EncodedEvent) (ulid.ULID, error) {
 	if err := t.bucket(bucketOutbox).Put(id[:], e.value); err != nil {
 		return id, errors.Wrapf(err, "storage: outbox event %s", id)
 	}
-	if err := t.bucket(bucketOutboxStatus).Put(outboxKey(outboxCodes[OutboxNew], id), nil); err != nil {
+	// Not nil: bbolt returns a nil value as nil (absent) until the commit.
+	if err := t.bucket(bucketOutboxStatus).Put(outboxKey(outboxCodes[OutboxNew], id), []byte{}); err != nil {
 		return id, errors.Wrapf(err, "storage: outbox event %s: index", id)
 	}
-	t.db.outboxDirty.Store(true)
+	t.outbox = true
 	return id, t.countAdd(0, outboxCodes[OutboxNew], 1)
 }
 
@@ -428,7 +435,7 @@ func (t *Tx) outboxMove(id ulid.ULID, from, to byte, at time.Time) error {
 	if err := idx.Delete(outboxKey(from, id)); err != nil {
 		return errors.Wrapf(err, "storage: outbox event %s: index", id)
 	}
-	var v []byte
+	v := []byte{} // not nil: see OutboxPut
 	if to != outboxCodes[OutboxNew] {
 		v = binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano()))
 	}
@@ -509,8 +516,7 @@ func (t *Tx) OutboxRequeue(id ulid.ULID) (bool, error) {
 	if err := b.Put(id[:], rewriteTail(head, 0, lastErr, rest)); err != nil {
 		return false, errors.Wrapf(err, "storage: outbox event %s", id)
 	}
-	t.db.outboxDirty.Store(true)
-	t.db.requeueDirty.Store(true)
+	t.outbox, t.requeued = true, true
 	return true, t.outboxMove(id, code, outboxCodes[OutboxNew], time.Time{})
 }
 
@@ -530,16 +536,18 @@ func (t *Tx) OutboxDelete(id ulid.ULID) error {
 	}
 	if code != outboxCodes[OutboxProduced] {
 		// A parked saga may be free to go on.
-		t.db.outboxDirty.Store(true)
-		t.db.requeueDirty.Store(true)
+		t.outbox, t.requeued = true, true
 	}
 	return t.countAdd(code, 0, 1)
 }
 
 // OutboxPrune deletes up to limit produced events that were produced
 // before before, oldest first. It returns how many it deleted and whether
-// more may be due.
+// more may be due. A limit of zero or less means 1000.
 func (t *Tx) OutboxPrune(before time.Time, limit int) (int, bool, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
 	idx := t.bucket(bucketOutboxStatus)
 	b := t.bucket(bucketOutbox)
 	code := outboxCodes[OutboxProduced]
@@ -588,7 +596,7 @@ func (t *Tx) OutboxOldest(s OutboxStatus) (time.Time, bool) {
 	t.OutboxScan(s, ulid.ULID{}, func(id ulid.ULID) bool {
 		found = true
 		if v := t.tx.Bucket(bucketOutbox).Get(id[:]); v != nil {
-			if created, err := decodeEventHead(v); err == nil {
+			if created, err := decodeEventHead(v); err == nil && !created.IsZero() {
 				at = created
 				return false
 			}

@@ -18,6 +18,9 @@ import (
 type Tx struct {
 	tx *bbolt.Tx
 	db *DB
+	// outbox: this transaction added, re-queued or discarded outbox events;
+	// requeued: it re-queued or discarded some. DB.committed reads them.
+	outbox, requeued bool
 }
 
 // fillPercent is how full bbolt packs the pages it splits. Keys in every

@@ -118,9 +118,15 @@ func (b *bundle) run(t *testing.T, def string, input any) *engine.Saga {
 	return s
 }
 
-// drained waits until the outbox holds no new event, waking on the relay's
-// produced marks.
+// drained waits until the outbox holds no new event.
 func (b *bundle) drained(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	b.waitOutbox(t, timeout, "no new event", func(st engine.OutboxStats) bool { return st.Counts.New == 0 })
+}
+
+// waitOutbox waits until cond holds for the outbox's stats, looking again
+// after each batch of produced marks.
+func (b *bundle) waitOutbox(t *testing.T, timeout time.Duration, what string, cond func(engine.OutboxStats) bool) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -128,13 +134,13 @@ func (b *bundle) drained(t *testing.T, timeout time.Duration) {
 		if err != nil {
 			t.Fatalf("outbox stats: %v", err)
 		}
-		if st.Counts.New == 0 {
+		if cond(st) {
 			return
 		}
 		select {
 		case <-b.published:
 		case <-deadline:
-			t.Fatalf("outbox not drained after %s: %+v, relay %+v", timeout, st.Counts, b.relay.Stats())
+			t.Fatalf("outbox: %s not reached after %s: %+v, relay %+v", what, timeout, st.Counts, b.relay.Stats())
 		}
 	}
 }

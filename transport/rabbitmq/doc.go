@@ -1,0 +1,50 @@
+// Package rabbitmq relays a sagad database's transactional outbox to
+// RabbitMQ.
+//
+// Steps emit integration events with saga.Call.Emit, and definitions can
+// turn on lifecycle events (saga.Events). The engine writes them to the
+// outbox in the same bbolt transaction as the transition that causes them:
+// an event exists if and only if that transition committed. A Relay reads
+// the outbox and publishes each event with publisher confirms, marking it
+// produced once the broker has acked it.
+//
+// # Guarantees
+//
+//   - At least once. An event is marked produced only after the broker's
+//     ack, so a crash (or a lost connection) between the ack and the mark
+//     publishes it again, with the same message id. Consumers de-duplicate
+//     on the AMQP message-id property, which is the event's ULID.
+//   - Per-saga order. A saga's events are published in the order they were
+//     committed, and at most one of them is unconfirmed at a time: a later
+//     event never overtakes an earlier one that is being retried. Events of
+//     different sagas are pipelined (Config.Window).
+//   - One bad event parks only its own saga. An event that is nacked, or
+//     returned because no queue is bound for it (every publish is mandatory
+//     unless Config.AllowUnroutable), is retried with exponential backoff;
+//     after Config.MaxAttempts it is marked not_produced and its saga's later
+//     events wait in the outbox until an operator re-queues or discards it
+//     (engine.OutboxRequeue, engine.OutboxDiscard). Other sagas go on.
+//   - The broker going away is normal weather: the relay reconnects with
+//     backoff and publishes what waited, while the engine keeps committing.
+//
+// # Messages
+//
+// Each message is persistent, with content type application/json, message
+// id = event id, type = event name, timestamp = the event's creation time,
+// app id "sagad", the event's headers plus x-saga-id, x-saga-definition and
+// (for step events) x-saga-step, and the event's payload as body. It goes to
+// the event's exchange (or Config.Exchange), declared durable of
+// Config.ExchangeKind before first use, with the event's routing key.
+//
+// # Running it
+//
+// Run one relay per database, next to engine.Run in the same process (the
+// file is locked to one process):
+//
+//	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{URL: "amqp://guest:guest@127.0.0.1:5672/"})
+//	...
+//	go relay.Run(ctx)
+//
+// It wakes as soon as a transaction that adds events commits; there is no
+// polling delay.
+package rabbitmq
