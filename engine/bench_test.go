@@ -37,13 +37,22 @@ func BenchmarkSagaRawUpdate(b *testing.B) { benchModes(b, storage.CommitEach) }
 // bbolt's DB.Batch instead of the engine's committer.
 func BenchmarkSagaBatch(b *testing.B) { benchModes(b, storage.CommitBatch) }
 
-func benchModes(b *testing.B, mode storage.CommitMode) {
+// BenchmarkSagaLifecycle is BenchmarkSaga with lifecycle events on: each
+// saga writes five outbox events (started, three step.succeeded,
+// completed) in the transactions of the transitions they describe.
+func BenchmarkSagaLifecycle(b *testing.B) {
 	for _, c := range []int{1, 64, 1024} {
-		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, mode) })
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, storage.CommitGroup, true) })
 	}
 }
 
-func benchSagas(b *testing.B, conc int, mode storage.CommitMode) {
+func benchModes(b *testing.B, mode storage.CommitMode) {
+	for _, c := range []int{1, 64, 1024} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, mode, false) })
+	}
+}
+
+func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool) {
 	path := filepath.Join(b.TempDir(), "bench.db")
 	eng, err := engine.Open(path, engine.Options{
 		Concurrency: max(conc, 1024),
@@ -57,7 +66,7 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode) {
 		{Name: "one", Action: steps.Noop, Compensation: steps.Noop},
 		{Name: "two", Action: steps.Noop, Compensation: steps.Noop},
 		{Name: "three", Action: steps.Noop},
-	}}
+	}, Events: saga.Events{Lifecycle: lifecycle}}
 	if err := eng.Register(def); err != nil {
 		b.Fatal(err)
 	}

@@ -77,7 +77,7 @@ type outcome struct {
 // idempotency key is taken.
 func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 	d.log(now, storage.LogEntry{Event: storage.EventStarted, Status: saga.StatusRunning})
-	d.lifecycle(now, "saga.started", "", map[string]any{"input": d.rec.Input})
+	d.lifecycle(now, "saga.started", "", func(b []byte) []byte { return appendRaw(b, "input", d.rec.Input) })
 	if plan {
 		d.next = d.advance(now)
 	}
@@ -422,7 +422,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		switch o.phase {
 		case saga.PhaseCompensation:
 			s.Status = saga.StepCompensated
-			d.lifecycle(now, "step.compensated", s.Name, map[string]any{"output": o.data})
+			d.lifecycle(now, "step.compensated", s.Name, func(b []byte) []byte { return appendRaw(b, "output", o.data) })
 		default:
 			s.Status = saga.StepSucceeded
 			s.FallbackUsed = o.phase == saga.PhaseFallback
@@ -432,7 +432,14 @@ func (d *driver) apply(o *outcome, now time.Time) {
 				}
 				r.Data[s.Name] = o.data
 			}
-			d.lifecycle(now, "step.succeeded", s.Name, map[string]any{"output": o.data, "fallback": s.FallbackUsed})
+			fallback := s.FallbackUsed
+			d.lifecycle(now, "step.succeeded", s.Name, func(b []byte) []byte {
+				b = appendRaw(b, "output", o.data)
+				if fallback {
+					b = append(b, `,"fallback":true`...)
+				}
+				return b
+			})
 		}
 		return
 	}
@@ -522,9 +529,30 @@ func (d *driver) finish(now time.Time, st saga.Status) {
 	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: st, Error: d.rec.Error})
 	switch st {
 	case saga.StatusCompleted:
-		d.lifecycle(now, "saga.completed", "", map[string]any{"data": d.rec.Data})
+		d.lifecycle(now, "saga.completed", "", func(b []byte) []byte {
+			if len(d.rec.Data) == 0 {
+				return b
+			}
+			b = append(b, `,"data":{`...)
+			for i, k := range slices.Sorted(maps.Keys(d.rec.Data)) {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, '"')
+				b = append(b, k...) // step names need no escaping
+				b = append(b, `":`...)
+				b = append(b, d.rec.Data[k]...)
+			}
+			return append(b, '}')
+		})
 	default:
-		d.lifecycle(now, "saga."+string(st), "", map[string]any{"error": d.rec.Error})
+		d.lifecycle(now, "saga."+string(st), "", func(b []byte) []byte {
+			if d.rec.Error == "" {
+				return b
+			}
+			msg, _ := json.Marshal(d.rec.Error) // a string always marshals
+			return appendRaw(b, "error", msg)
+		})
 	}
 }
 
@@ -670,30 +698,46 @@ func (d *driver) emit(now time.Time, step string, ev saga.Event) {
 }
 
 // lifecycle queues a lifecycle event (name such as "saga.completed") if the
-// definition asks for them. Its payload holds the saga's id, definition,
-// status, the step if any, and fields.
-func (d *driver) lifecycle(now time.Time, name, step string, fields map[string]any) {
+// definition asks for them. Its payload is a JSON object with the saga's
+// id, definition, the event, the saga's status, the step if any, and what
+// extra appends (each field with a leading comma). It is built by hand: it
+// is written on the hot path, up to twice a transition.
+func (d *driver) lifecycle(now time.Time, name, step string, extra func([]byte) []byte) {
 	if d.def == nil || !d.def.Events.Lifecycle {
 		return
 	}
 	r := d.rec
-	fields["saga_id"] = r.ID.String()
-	fields["definition"] = r.Definition
-	fields["event"] = name
-	fields["status"] = r.Status
+	// Names, definitions and steps match saga's name pattern, statuses are
+	// fixed words and ids are ULIDs: none needs escaping.
+	b := make([]byte, 0, 160)
+	b = append(b, `{"saga_id":"`...)
+	b = b[:len(b)+ulid.EncodedSize]
+	_ = r.ID.MarshalTextTo(b[len(b)-ulid.EncodedSize:]) // fails only on a short buffer
+	b = append(b, `","definition":"`...)
+	b = append(b, r.Definition...)
+	b = append(b, `","event":"`...)
+	b = append(b, name...)
+	b = append(b, `","status":"`...)
+	b = append(b, r.Status...)
+	b = append(b, '"')
 	if step != "" {
-		fields["step"] = step
+		b = append(b, `,"step":"`...)
+		b = append(b, step...)
+		b = append(b, '"')
 	}
-	for k, v := range fields {
-		if raw, ok := v.(json.RawMessage); ok && len(raw) == 0 {
-			delete(fields, k)
-		}
-	}
-	payload, err := json.Marshal(fields)
-	if err != nil { // every field is JSON already
-		payload, _ = json.Marshal(map[string]string{"saga_id": r.ID.String(), "event": name, "error": err.Error()})
-	}
+	b = append(extra(b), '}')
 	d.events = append(d.events, storage.OutboxEvent{SagaID: r.ID, Definition: r.Definition, Step: step,
-		Name: name, Exchange: d.def.Events.Exchange, RoutingKey: r.Definition + "." + name, Payload: payload,
+		Name: name, Exchange: d.def.Events.Exchange, RoutingKey: r.Definition + "." + name, Payload: b,
 		CreatedAt: now})
+}
+
+// appendRaw appends `,"key":raw`, or nothing when raw is empty.
+func appendRaw(b []byte, key string, raw json.RawMessage) []byte {
+	if len(raw) == 0 {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, key...)
+	b = append(b, '"', ':')
+	return append(b, raw...)
 }

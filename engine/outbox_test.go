@@ -248,3 +248,58 @@ func TestOutboxPrune(t *testing.T) {
 		t.Errorf("after prune %+v (%v): want 1 produced, 1 new", st.Counts, err)
 	}
 }
+
+func TestOutboxLifecyclePayloads(t *testing.T) {
+	t.Parallel()
+	def := &saga.Definition{Name: "life", Events: saga.Events{Lifecycle: true}, Steps: []saga.Step{
+		{Name: "a", Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			var in struct{ Fail bool }
+			_ = c.DecodeInput(&in)
+			if in.Fail {
+				return nil, saga.Permanent(errors.New("a \"quoted\"\nfailure\t\\ with ünïcode"))
+			}
+			return json.RawMessage(`{"x":1}`), nil
+		}},
+		{Name: "b", Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			return nil, saga.Permanent(errors.New("primary down"))
+		}, Fallback: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			return json.RawMessage(`["backup"]`), nil
+		}},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	ok := b.run(t, "life", map[string]bool{"fail": false})
+	bad := b.run(t, "life", map[string]bool{"fail": true})
+	type payload struct {
+		SagaID                                 string `json:"saga_id"`
+		Definition, Event, Status, Step, Error string
+		Input, Output                          json.RawMessage
+		Data                                   map[string]json.RawMessage
+		Fallback                               bool
+	}
+	got := map[string]payload{}
+	for _, ev := range outbox(t, b.eng, storage.OutboxNew) {
+		var p payload
+		if err := json.Unmarshal(ev.Payload, &p); err != nil {
+			t.Fatalf("%s payload %s: %v", ev.Name, ev.Payload, err)
+		}
+		if p.Event != ev.Name || p.SagaID != ev.SagaID.String() || p.Definition != "life" || p.Step != ev.Step {
+			t.Errorf("%s payload %s does not describe its event", ev.Name, ev.Payload)
+		}
+		got[ev.SagaID.String()+" "+ev.Name+" "+ev.Step] = p
+	}
+	if p := got[ok.ID+" saga.started "]; string(p.Input) != `{"fail":false}` || p.Status != "running" {
+		t.Errorf("saga.started %+v: want the input and status running", p)
+	}
+	if p := got[ok.ID+" step.succeeded b"]; !p.Fallback || string(p.Output) != `["backup"]` {
+		t.Errorf("step.succeeded b %+v: want fallback true and the fallback's output", p)
+	}
+	if p := got[ok.ID+" step.succeeded a"]; p.Fallback || string(p.Output) != `{"x":1}` {
+		t.Errorf("step.succeeded a %+v: want no fallback and the output", p)
+	}
+	if p := got[ok.ID+" saga.completed "]; p.Status != "completed" || string(p.Data["a"]) != `{"x":1}` || string(p.Data["b"]) != `["backup"]` {
+		t.Errorf("saga.completed %+v: want status completed and every step's output", p)
+	}
+	if p := got[bad.ID+" saga.compensated "]; p.Status != "compensated" || p.Error != bad.Err.Error() {
+		t.Errorf("saga.compensated error %q, want the saga's error %q", p.Error, bad.Err)
+	}
+}

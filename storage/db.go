@@ -282,7 +282,13 @@ func (db *DB) Update(fn func(*Tx) error) error {
 	}
 	// t is the transaction of fn's last run: the one that counts.
 	var t *Tx
-	run := func(tx *bbolt.Tx) error { t = &Tx{tx: tx, db: db}; return fn(t) }
+	run := func(tx *bbolt.Tx) error {
+		t = &Tx{tx: tx, db: db}
+		if err := fn(t); err != nil {
+			return err
+		}
+		return t.flush()
+	}
 	switch db.mode {
 	case CommitEach:
 		err := db.bolt.Update(run)
@@ -372,7 +378,7 @@ func (db *DB) commit(batch []*request) {
 					return err
 				}
 			}
-			return nil
+			return t.flush()
 		})
 		if failed < 0 {
 			err = db.committed(t, err)

@@ -284,33 +284,38 @@ func (t *Tx) outboxCounts() OutboxCounts {
 			c.NotProduced = int64(binary.BigEndian.Uint64(v[16:]))
 		}
 	}
+	c.New += t.counts[1]
+	c.Produced += t.counts[2]
+	c.NotProduced += t.counts[3]
 	return c
 }
 
 // countAdd moves delta events into status to (and out of from, if set).
+// The counts are written once, when the transaction ends (flush): a commit
+// carrying hundreds of events rewrites them once.
 func (t *Tx) countAdd(from, to byte, delta int64) error {
+	if from != 0 && int(from) < len(t.counts) {
+		t.counts[from] -= delta
+	}
+	if to != 0 && int(to) < len(t.counts) {
+		t.counts[to] += delta
+	}
+	t.countsDirty = true
+	return nil
+}
+
+// flush writes what the transaction left pending: the outbox counts. Every
+// write path calls it after the last write function.
+func (t *Tx) flush() error {
+	if !t.countsDirty {
+		return nil
+	}
 	c := t.outboxCounts()
-	field := func(code byte) *int64 {
-		switch code {
-		case 1:
-			return &c.New
-		case 2:
-			return &c.Produced
-		case 3:
-			return &c.NotProduced
-		}
-		return new(int64)
-	}
-	if from != 0 {
-		*field(from) -= delta
-	}
-	if to != 0 {
-		*field(to) += delta
-	}
 	v := make([]byte, 24)
 	binary.BigEndian.PutUint64(v, uint64(c.New))
 	binary.BigEndian.PutUint64(v[8:], uint64(c.Produced))
 	binary.BigEndian.PutUint64(v[16:], uint64(c.NotProduced))
+	t.counts, t.countsDirty = [4]int64{}, false
 	return errors.Wrap(t.tx.Bucket(bucketMeta).Put(keyOutboxCounts, v), "storage: outbox counts")
 }
 

@@ -21,6 +21,9 @@ type Tx struct {
 	// outbox: this transaction added, re-queued or discarded outbox events;
 	// requeued: it re-queued or discarded some. DB.committed reads them.
 	outbox, requeued bool
+	// counts are outbox count changes not yet written (flush), by status code.
+	counts      [4]int64
+	countsDirty bool
 }
 
 // fillPercent is how full bbolt packs the pages it splits. Keys in every
