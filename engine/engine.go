@@ -90,12 +90,13 @@ type Engine struct {
 	attempts context.Context // cancelled at hard stop; ancestor of every attempt's context
 	// shards are children of attempts that attempt contexts hang off, so
 	// that thousands of attempts do not contend on one parent's lock.
-	shards   [64]context.Context
-	cancelAt context.CancelFunc
-	stopRun  chan struct{} // closed by Close to end Run
-	runDone  chan struct{} // closed when Run has returned
-	drivers  sync.WaitGroup
-	bg       sync.WaitGroup // background writes (breaker state)
+	shards    [64]context.Context
+	cancelAt  context.CancelFunc
+	stopRun   chan struct{} // closed by Close to end Run
+	runDone   chan struct{} // closed when Run has returned
+	recovered chan struct{} // closed when Run's recovery has dispatched every unfinished saga
+	drivers   sync.WaitGroup
+	bg        sync.WaitGroup // background writes (breaker state)
 
 	compressAbove int // outbox payloads longer than this are compressed; <= 0 never
 }
@@ -126,19 +127,20 @@ func Open(path string, opts Options) (*Engine, error) {
 	}
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
-		db:       db,
-		opts:     opts,
-		log:      opts.Logger,
-		defs:     make(map[string]*versions),
-		breakers: make(map[string]*breaker),
-		active:   make(map[ulid.ULID]*driver),
-		broken:   make(map[ulid.ULID]bool),
-		waiters:  make(map[ulid.ULID][]chan *Saga),
-		sem:      make(chan struct{}, opts.Concurrency),
-		nudge:    make(chan struct{}, 1),
-		attempts: actx,
-		stopRun:  make(chan struct{}),
-		runDone:  make(chan struct{}),
+		db:        db,
+		opts:      opts,
+		log:       opts.Logger,
+		defs:      make(map[string]*versions),
+		breakers:  make(map[string]*breaker),
+		active:    make(map[ulid.ULID]*driver),
+		broken:    make(map[ulid.ULID]bool),
+		waiters:   make(map[ulid.ULID][]chan *Saga),
+		sem:       make(chan struct{}, opts.Concurrency),
+		nudge:     make(chan struct{}, 1),
+		attempts:  actx,
+		stopRun:   make(chan struct{}),
+		runDone:   make(chan struct{}),
+		recovered: make(chan struct{}),
 
 		compressAbove: opts.Outbox.CompressAbove,
 	}
@@ -590,6 +592,11 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 	return nil
 }
 
+// Recovered returns a channel that is closed once Run's recovery has
+// resumed every unfinished saga (and new sagas start at once): a daemon is
+// ready then.
+func (e *Engine) Recovered() <-chan struct{} { return e.recovered }
+
 // Run recovers every unfinished saga, then runs new and due sagas until ctx
 // ends or Close is called. It then stops starting attempts, gives running
 // ones Options.ShutdownGrace to finish, and returns; whatever is left is
@@ -623,6 +630,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.shutdown()
 		return err
 	}
+	close(e.recovered)
 	var bg sync.WaitGroup
 	if e.opts.Retention > 0 || e.opts.Outbox.Retention > 0 {
 		bg.Add(1)

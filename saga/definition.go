@@ -24,6 +24,12 @@ type Definition struct {
 	Timeout time.Duration
 	// Events turns on lifecycle events for this definition's sagas.
 	Events Events
+	// Version, when set, names this version of the definition in place of
+	// the fingerprint of its step names (see Fingerprint). Declarative
+	// definitions set it to a hash of their whole text, so that a changed
+	// URL or policy is a new version and running sagas keep the old one. It
+	// matches the same pattern as Name.
+	Version string
 }
 
 // Events configures the integration events a definition emits on its own.
@@ -186,6 +192,9 @@ func (d *Definition) validate() error {
 	if !namePattern.MatchString(d.Name) {
 		return errors.Newf("saga: definition name %q: must match %s", d.Name, namePattern)
 	}
+	if d.Version != "" && !namePattern.MatchString(d.Version) {
+		return errors.Newf("saga: definition %q: version %q must match %s", d.Name, d.Version, namePattern)
+	}
 	if len(d.Steps) == 0 {
 		return errors.Newf("saga: definition %q: steps: at least one step is required", d.Name)
 	}
@@ -255,10 +264,14 @@ func (d *Definition) PivotIndex() int {
 	return -1
 }
 
-// Fingerprint identifies the definition's shape: its name and its step names
-// in order. Every saga records the fingerprint it started with and is only
-// ever driven by a definition with the same fingerprint.
+// Fingerprint identifies the definition's version: Version if set, else a
+// hash of its name and its step names in order. Every saga records the
+// fingerprint it started with and is only ever driven by a definition with
+// the same fingerprint.
 func (d *Definition) Fingerprint() string {
+	if d.Version != "" {
+		return d.Version
+	}
 	h := sha256.New()
 	h.Write([]byte(d.Name))
 	for _, s := range d.Steps {

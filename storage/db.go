@@ -29,7 +29,8 @@ var (
 	bucketAborts   = []byte("aborts")   // id -> request time (RFC 3339)
 	bucketBreakers = []byte("breakers") // name -> gobreaker SharedState JSON
 	allBuckets     = [][]byte{bucketMeta, bucketSagas, bucketLog, bucketStatus, bucketDue, bucketIdem, bucketAborts, bucketBreakers,
-		bucketOutbox, bucketOutboxStatus} // outbox.go
+		bucketOutbox, bucketOutboxStatus, // outbox.go
+		bucketDefinitions} // definitions.go
 )
 
 // Options configures Open. The zero value is a safe default.

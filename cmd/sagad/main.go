@@ -1,10 +1,14 @@
-// Command sagad operates sagad databases.
+// Command sagad is the sagad daemon and its operator tools.
 //
+//	sagad [serve]            run the daemon: the engine on a bbolt file, the
+//	                         HTTP API, and (with --amqp-url) the outbox relay
 //	sagad check --db FILE    verify a database file (bbolt's check plus the
 //	                         engine's invariants); exit 1 if it finds problems
+//	sagad bench              run sagas of HTTP steps through a daemon and
+//	                         print the throughput and latency
 //
-// The daemon with its HTTP API (sagad serve) and the operator commands that
-// drive sagas are being built. Until then, embed the engine package.
+// Every flag has a SAGAD_* environment variable; 'sagad <command> --help'
+// lists them with an example.
 package main
 
 import (
@@ -15,6 +19,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
+	"syscall"
 
 	"github.com/cockroachdb/errors"
 
@@ -30,22 +36,32 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signalContext()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		usage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
 		return exitOK
 	}
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return (&serveCommand{stdout: stdout, stderr: stderr}).run(ctx, args)
+	}
 	switch args[0] {
+	case "serve":
+		return (&serveCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "check":
 		return (&checkCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "bench":
+		return (&benchCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
 	fmt.Fprintf(stderr, "sagad: unknown command %q\n\n", args[0])
 	usage(stderr)
@@ -56,7 +72,9 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `Usage: sagad <command> [flags]
 
 Commands:
+  serve    run the daemon (the default): engine, HTTP API, outbox relay
   check    verify a database file (bbolt's check plus the engine's invariants)
+  bench    drive sagas of HTTP steps through a daemon and print throughput
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

@@ -1,0 +1,292 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/errors"
+)
+
+// Client calls a sagad daemon's HTTP API. Its methods are safe for
+// concurrent use. Failed calls return a *Problem (errors.As) when the
+// daemon answered, and a wrapped transport error when it did not.
+type Client struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// New returns a client for the daemon at baseURL (such as
+// http://127.0.0.1:8080), sending token as a bearer token when it is not
+// empty. httpClient nil: a client with a 60s timeout.
+func New(baseURL, token string, httpClient *http.Client) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.Newf("client: base URL %q: want http://host:port or https://host:port", baseURL)
+	}
+	if httpClient == nil {
+		httpClient = &http.Client{Timeout: 60 * time.Second}
+	}
+	return &Client{base: u, token: token, http: httpClient}, nil
+}
+
+// DuplicateHeader is set to "true" on the answer to a start whose
+// idempotency key named an existing saga.
+const DuplicateHeader = "Sagad-Duplicate"
+
+// StatusOf returns the HTTP status of a Problem error, or 0.
+func StatusOf(err error) int {
+	var p *Problem
+	if errors.As(err, &p) {
+		return p.Status
+	}
+	return 0
+}
+
+// do sends a request and decodes a 2xx answer into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, out any) (int, error) {
+	code, _, err := c.doH(ctx, method, path, query, body, out)
+	return code, err
+}
+
+// doH is do that also returns the answer's headers.
+func (c *Client) doH(ctx context.Context, method, path string, query url.Values, body any, out any) (int, http.Header, error) {
+	u := *c.base
+	u.Path += path
+	u.RawQuery = query.Encode()
+	var rd io.Reader
+	if body != nil {
+		b, ok := body.([]byte)
+		if !ok {
+			var err error
+			if b, err = json.Marshal(body); err != nil {
+				return 0, nil, errors.Wrapf(err, "client: %s %s: encode body", method, path)
+			}
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return 0, nil, errors.Wrapf(err, "client: %s %s", method, path)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, errors.Wrapf(err, "client: %s %s", method, path)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return resp.StatusCode, resp.Header, errors.Wrapf(err, "client: %s %s: read answer", method, path)
+	}
+	if resp.StatusCode >= 300 {
+		p := &Problem{}
+		if json.Unmarshal(data, p) != nil || p.Status == 0 {
+			p = &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
+		}
+		return resp.StatusCode, resp.Header, p
+	}
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.StatusCode, resp.Header, errors.Wrapf(err, "client: %s %s: decode answer", method, path)
+		}
+	}
+	return resp.StatusCode, resp.Header, nil
+}
+
+// PutDefinition registers a declarative definition (its JSON). Registering
+// a changed definition adds a version; running sagas keep theirs.
+func (c *Client) PutDefinition(ctx context.Context, name string, spec []byte) (*Definition, error) {
+	var d Definition
+	_, err := c.do(ctx, http.MethodPut, "/v1/definitions/"+url.PathEscape(name), nil, spec, &d)
+	return &d, err
+}
+
+// Definition returns the latest version of a definition.
+func (c *Client) Definition(ctx context.Context, name string) (*Definition, error) {
+	var d Definition
+	_, err := c.do(ctx, http.MethodGet, "/v1/definitions/"+url.PathEscape(name), nil, nil, &d)
+	return &d, err
+}
+
+// Definitions returns the latest version of every definition.
+func (c *Client) Definitions(ctx context.Context) ([]Definition, error) {
+	var out struct {
+		Definitions []Definition `json:"definitions"`
+	}
+	_, err := c.do(ctx, http.MethodGet, "/v1/definitions", nil, nil, &out)
+	return out.Definitions, err
+}
+
+// StartOptions are the optional parts of a start.
+type StartOptions struct {
+	// IdempotencyKey makes the start safe to repeat: a second start with
+	// the same key returns the first saga.
+	IdempotencyKey string
+	// Wait, when positive, waits up to this long for the saga to end.
+	Wait time.Duration
+}
+
+// StartResult is what a start returns.
+type StartResult struct {
+	ID     string
+	Status string
+	// Saga is the whole saga when the daemon returned it: it ended within
+	// Wait, or the idempotency key named an existing saga (Existing).
+	Saga     *Saga
+	Existing bool
+}
+
+// Start starts a saga of definition with input (any JSON-encodable value,
+// or json.RawMessage).
+func (c *Client) Start(ctx context.Context, definition string, input any, o StartOptions) (*StartResult, error) {
+	req := StartRequest{Definition: definition, IdempotencyKey: o.IdempotencyKey}
+	if input != nil {
+		raw, ok := input.(json.RawMessage)
+		if !ok {
+			var err error
+			if raw, err = json.Marshal(input); err != nil {
+				return nil, errors.Wrap(err, "client: start: encode input")
+			}
+		}
+		req.Input = raw
+	}
+	q := url.Values{}
+	if o.Wait > 0 {
+		q.Set("wait", o.Wait.String())
+	}
+	var raw json.RawMessage
+	code, h, err := c.doH(ctx, http.MethodPost, "/v1/sagas", q, req, &raw)
+	if err != nil {
+		return nil, err
+	}
+	if code == http.StatusAccepted {
+		var st Started
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return nil, errors.Wrap(err, "client: start: decode answer")
+		}
+		return &StartResult{ID: st.ID, Status: st.Status}, nil
+	}
+	var s Saga
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, errors.Wrap(err, "client: start: decode answer")
+	}
+	return &StartResult{ID: s.ID, Status: s.Status, Saga: &s, Existing: h.Get(DuplicateHeader) == "true"}, nil
+}
+
+// Get returns a saga.
+func (c *Client) Get(ctx context.Context, id string) (*Saga, error) {
+	var s Saga
+	_, err := c.do(ctx, http.MethodGet, "/v1/sagas/"+url.PathEscape(id), nil, nil, &s)
+	return &s, err
+}
+
+// ListOptions filter List.
+type ListOptions struct {
+	Status     string
+	Definition string
+	Limit      int
+	Cursor     string
+}
+
+// List returns a page of sagas, newest first.
+func (c *Client) List(ctx context.Context, o ListOptions) (*Page, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"status": o.Status, "definition": o.Definition, "cursor": o.Cursor} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	var p Page
+	_, err := c.do(ctx, http.MethodGet, "/v1/sagas", q, nil, &p)
+	return &p, err
+}
+
+// Log returns a saga's step log, oldest first.
+func (c *Client) Log(ctx context.Context, id string) ([]LogEntry, error) {
+	var out struct {
+		Entries []LogEntry `json:"entries"`
+	}
+	_, err := c.do(ctx, http.MethodGet, "/v1/sagas/"+url.PathEscape(id)+"/log", nil, nil, &out)
+	return out.Entries, err
+}
+
+// Abort asks a running saga to compensate.
+func (c *Client) Abort(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/abort", nil, nil, nil)
+	return err
+}
+
+// Retry retries a failed saga's failed compensation (or resumes a parked
+// saga).
+func (c *Client) Retry(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/retry", nil, nil, nil)
+	return err
+}
+
+// Wait polls a saga until it has ended, using the daemon's wait support:
+// each call waits up to 30s on the daemon.
+func (c *Client) Wait(ctx context.Context, id string) (*Saga, error) {
+	for {
+		var s Saga
+		_, err := c.do(ctx, http.MethodGet, "/v1/sagas/"+url.PathEscape(id), url.Values{"wait": {"30s"}}, nil, &s)
+		if err != nil || s.Finished() {
+			return &s, err
+		}
+		if err := ctx.Err(); err != nil {
+			return &s, err
+		}
+	}
+}
+
+// OutboxStats returns the outbox's depth and age.
+func (c *Client) OutboxStats(ctx context.Context) (*OutboxStats, error) {
+	var st OutboxStats
+	_, err := c.do(ctx, http.MethodGet, "/v1/outbox/stats", nil, nil, &st)
+	return &st, err
+}
+
+// OutboxList lists outbox events in one status (new when empty).
+func (c *Client) OutboxList(ctx context.Context, status, cursor string, limit int) (*OutboxPage, error) {
+	q := url.Values{}
+	if status != "" {
+		q.Set("status", status)
+	}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var p OutboxPage
+	_, err := c.do(ctx, http.MethodGet, "/v1/outbox", q, nil, &p)
+	return &p, err
+}
+
+// OutboxRequeue re-queues an outbox event that was not produced.
+func (c *Client) OutboxRequeue(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/outbox/"+url.PathEscape(id)+"/requeue", nil, nil, nil)
+	return err
+}
+
+// Ready reports whether the daemon is ready (recovery done, database open).
+func (c *Client) Ready(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil, nil)
+	return err
+}

@@ -1,0 +1,160 @@
+package client
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Saga is a saga as the API reports it.
+type Saga struct {
+	ID         string `json:"id"`
+	Definition string `json:"definition"`
+	// Version is the definition version the saga runs with.
+	Version string `json:"version"`
+	// Status is running, compensating, completed, compensated or failed.
+	Status string          `json:"status"`
+	Input  json.RawMessage `json:"input,omitempty"`
+	// Data holds what the saga's succeeded steps returned, by step name.
+	Data map[string]json.RawMessage `json:"data,omitempty"`
+	// Error says why the saga compensated or failed.
+	Error          string    `json:"error,omitempty"`
+	IdempotencyKey string    `json:"idempotency_key,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+	Deadline       time.Time `json:"deadline,omitzero"`
+	// WakeAt is when the next attempt is due, while the saga waits for a
+	// retry.
+	WakeAt time.Time `json:"wake_at,omitzero"`
+	// Parked says why the saga is not driven (its definition version is not
+	// registered).
+	Parked string `json:"parked,omitempty"`
+	Steps  []Step `json:"steps"`
+}
+
+// Finished reports whether the saga has ended.
+func (s *Saga) Finished() bool {
+	switch s.Status {
+	case "completed", "compensated", "failed":
+		return true
+	}
+	return false
+}
+
+// Step is one step of a saga.
+type Step struct {
+	Name string `json:"name"`
+	// Status is pending, running, succeeded, failed, compensating,
+	// compensated or skipped.
+	Status string `json:"status"`
+	// Phase is the function last attempted: action, fallback or
+	// compensation.
+	Phase                string `json:"phase,omitempty"`
+	Attempts             int    `json:"attempts"`
+	CompensationAttempts int    `json:"compensation_attempts,omitempty"`
+	FallbackUsed         bool   `json:"fallback_used,omitempty"`
+	InFlight             bool   `json:"in_flight,omitempty"`
+	Error                string `json:"error,omitempty"`
+}
+
+// LogEntry is one entry of a saga's step log.
+type LogEntry struct {
+	Seq     uint32    `json:"seq"`
+	At      time.Time `json:"at"`
+	Event   string    `json:"event"`
+	Step    string    `json:"step,omitempty"`
+	Phase   string    `json:"phase,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+	// Status is the saga's status after the event.
+	Status string `json:"status,omitempty"`
+	// Duration is the attempt's duration in nanoseconds.
+	Duration time.Duration `json:"duration,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Next     time.Time     `json:"next,omitzero"`
+	Note     string        `json:"note,omitempty"`
+}
+
+// Page is one page of a saga listing.
+type Page struct {
+	Sagas []Saga `json:"sagas"`
+	// NextCursor fetches the next page; empty on the last one.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// Started is the answer to a start that has not finished (yet).
+type Started struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+}
+
+// StartRequest is the body of POST /v1/sagas.
+type StartRequest struct {
+	Definition     string          `json:"definition"`
+	Input          json.RawMessage `json:"input,omitempty"`
+	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+}
+
+// Definition is a registered declarative definition.
+type Definition struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Spec is the definition's JSON, as registered.
+	Spec json.RawMessage `json:"spec,omitempty"`
+	// Created is true when a PUT stored a new version.
+	Created bool `json:"created,omitempty"`
+}
+
+// OutboxEvent is an integration event in the outbox.
+type OutboxEvent struct {
+	ID         string            `json:"id"`
+	SagaID     string            `json:"saga_id"`
+	Definition string            `json:"definition"`
+	Step       string            `json:"step,omitempty"`
+	Name       string            `json:"name"`
+	Exchange   string            `json:"exchange,omitempty"`
+	RoutingKey string            `json:"routing_key"`
+	Payload    json.RawMessage   `json:"payload"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	// Status is new, produced or not_produced.
+	Status     string    `json:"status"`
+	StatusAt   time.Time `json:"status_at,omitzero"`
+	Attempts   int       `json:"attempts"`
+	LastError  string    `json:"last_error,omitempty"`
+	Compressed bool      `json:"compressed,omitempty"`
+}
+
+// OutboxPage is one page of an outbox listing.
+type OutboxPage struct {
+	Events     []OutboxEvent `json:"events"`
+	NextCursor string        `json:"next_cursor,omitempty"`
+}
+
+// OutboxStats describes the outbox.
+type OutboxStats struct {
+	Counts struct {
+		New         int64 `json:"new"`
+		Produced    int64 `json:"produced"`
+		NotProduced int64 `json:"not_produced"`
+	} `json:"counts"`
+	OldestNew         time.Time `json:"oldest_new,omitzero"`
+	OldestNotProduced time.Time `json:"oldest_not_produced,omitzero"`
+}
+
+// Problem is an error answer (RFC 9457 problem details). The client
+// returns it as the error of a failed call.
+type Problem struct {
+	Type     string `json:"type,omitempty"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Instance string `json:"instance,omitempty"`
+}
+
+// Error implements error.
+func (p *Problem) Error() string {
+	if p.Detail != "" {
+		return fmt.Sprintf("sagad: %d %s: %s", p.Status, p.Title, p.Detail)
+	}
+	return fmt.Sprintf("sagad: %d %s", p.Status, p.Title)
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/client"
+)
+
+// The daemon tests run sagad as a child process: this test binary,
+// re-executed with SAGAD_TEST_DAEMON=1, runs main's run() with the
+// arguments in SAGAD_TEST_ARGS.
+func TestMain(m *testing.M) {
+	if os.Getenv("SAGAD_TEST_DAEMON") == "1" {
+		ctx, stop := signalContext()
+		defer stop()
+		os.Exit(run(ctx, strings.Fields(os.Getenv("SAGAD_TEST_ARGS")), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// daemon is a sagad child process.
+type daemon struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan struct{}
+	logs *strings.Builder
+	mu   sync.Mutex
+}
+
+var addrLine = regexp.MustCompile(`msg="sagad serving" addr=(\S+)`)
+
+// startDaemon runs 'sagad serve' on path with extra args and waits until it
+// listens.
+func startDaemon(t *testing.T, path string, args ...string) *daemon {
+	t.Helper()
+	all := append([]string{"serve", "--db", path, "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)
+	cmd := exec.Command(os.Args[0], "-test.run", "^$")
+	cmd.Env = append(os.Environ(), "SAGAD_TEST_DAEMON=1", "SAGAD_TEST_ARGS="+strings.Join(all, " "), "SAGAD_AMQP_URL=")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, done: make(chan struct{}), logs: &strings.Builder{}}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.logs.WriteString(sc.Text() + "\n")
+			d.mu.Unlock()
+			if m := addrLine.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		_ = cmd.Wait()
+		close(d.done)
+	}()
+	select {
+	case d.addr = <-addr:
+	case <-d.done:
+		t.Fatalf("sagad exited before serving:\n%s", d.output())
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("sagad did not serve within 20s:\n%s", d.output())
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-d.done
+	})
+	return d
+}
+
+func (d *daemon) output() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.logs.String()
+}
+
+func (d *daemon) client(t *testing.T) *client.Client {
+	t.Helper()
+	c, err := client.New("http://"+d.addr, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// participants records the calls sagad makes; the handler of a path may
+// block until released.
+type participants struct {
+	mu    sync.Mutex
+	calls []string // "path key"
+	block map[string]chan struct{}
+	hit   chan string
+}
+
+func (p *participants) handler(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if !json.Valid(body) {
+		http.Error(w, "bad body", http.StatusBadRequest)
+		return
+	}
+	p.mu.Lock()
+	p.calls = append(p.calls, r.URL.Path+" "+r.Header.Get("Idempotency-Key"))
+	ch := p.block[r.URL.Path]
+	p.mu.Unlock()
+	select {
+	case p.hit <- r.URL.Path:
+	default:
+	}
+	if ch != nil {
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+}
+
+func (p *participants) callsTo(path string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, c := range p.calls {
+		if strings.HasPrefix(c, path+" ") {
+			out = append(out, strings.TrimPrefix(c, path+" "))
+		}
+	}
+	return out
+}
+
+// sagad is killed with SIGKILL while a step's call is in flight, then
+// restarted on the same file: the saga finishes, and the participant saw the
+// interrupted call again with the same idempotency key.
+func TestDaemonSurvivesSIGKILL(t *testing.T) {
+	t.Parallel()
+	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[
+		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
+		{"name":"charge","action":{"url":"%[1]s/charge","timeout":"30s"},"compensation":{"url":"%[1]s/refund"}},
+		{"name":"ship","action":{"url":"%[1]s/ship"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "order", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Start(ctx, "order", map[string]string{"order": "A-1"}, client.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for hit := ""; hit != "/charge"; {
+		select {
+		case hit = <-p.hit:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("charge was never called; daemon log:\n%s", d.output())
+		}
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	close(p.block["/charge"]) // the restarted daemon's call goes through
+
+	d2 := startDaemon(t, path)
+	s, err := d2.client(t).Wait(ctx, st.ID)
+	if err != nil {
+		t.Fatalf("wait after restart: %v\n%s", err, d2.output())
+	}
+	if s.Status != "completed" {
+		t.Fatalf("saga %s after restart: %+v", s.Status, s)
+	}
+	charges := p.callsTo("/charge")
+	if len(charges) != 2 || charges[0] != charges[1] || charges[0] != st.ID+"/charge/action" {
+		t.Errorf("charge calls %q: want the interrupted call and its re-run, both with key %s/charge/action", charges, st.ID)
+	}
+	if n := len(p.callsTo("/reserve")); n != 1 {
+		t.Errorf("reserve called %d times, want once (its success was committed before the crash)", n)
+	}
+	if !strings.Contains(d2.output(), "in_doubt=1") {
+		t.Errorf("the restarted daemon's recovery summary does not report the attempt in doubt:\n%s", d2.output())
+	}
+}
+
+func TestServeRefusesOpenListenerWithoutToken(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"serve", "--db", filepath.Join(t.TempDir(), "x.db"), "--listen", "0.0.0.0:0"}, &stdout, &stderr)
+	if code != exitUsage || !strings.Contains(stderr.String(), "without a token") {
+		t.Fatalf("exit %d, stderr %q; want a refusal naming the missing token", code, stderr.String())
+	}
+}
+
+func TestServeSignalShutsDownGracefully(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	if err := d.client(t).Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("sagad did not stop on SIGTERM:\n%s", d.output())
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0:\n%s", code, d.output())
+	}
+	if !strings.Contains(d.output(), "shutting down") {
+		t.Errorf("no shutdown line in the log:\n%s", d.output())
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/transport/rabbitmq"
+)
+
+// metrics are the daemon's Prometheus metrics. The engine and the relay
+// report through hooks; gauges of stored state are read at scrape time.
+type metrics struct {
+	reg      *prometheus.Registry
+	entered  *prometheus.CounterVec
+	attempts *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	breakers *prometheus.GaugeVec
+	relayOut *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.entered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_saga_status_changes_total",
+		Help: "Sagas that entered a status, by definition and status."}, []string{"definition", "status"})
+	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_step_attempts_total",
+		Help: "Finished step attempts, by definition, step, phase and outcome (success, retry: failed and retried, failure: failed for good)."},
+		[]string{"definition", "step", "phase", "outcome"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sagad_step_attempt_duration_seconds",
+		Help: "Duration of step attempts, by definition, step and phase.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
+		[]string{"definition", "step", "phase"})
+	m.breakers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sagad_breaker_state",
+		Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open."}, []string{"breaker"})
+	m.relayOut = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_relay_events_total",
+		Help: "Outbox events the relay handled, by outcome (published, retried, not_produced)."}, []string{"outcome"})
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.entered, m.attempts, m.latency, m.breakers, m.relayOut)
+	return m
+}
+
+var breakerValue = map[string]float64{"closed": 0, "half-open": 1, "open": 2}
+
+// engineHooks reports the engine's events.
+func (m *metrics) engineHooks() engine.Hooks {
+	return engine.Hooks{
+		SagaStatusChanged: func(def string, from, to saga.Status) { m.entered.WithLabelValues(def, string(to)).Inc() },
+		AttemptFinished: func(a engine.AttemptInfo) {
+			outcome := "success"
+			switch {
+			case a.Err != nil && a.Retry:
+				outcome = "retry"
+			case a.Err != nil:
+				outcome = "failure"
+			}
+			m.attempts.WithLabelValues(a.Definition, a.Step, string(a.Phase), outcome).Inc()
+			m.latency.WithLabelValues(a.Definition, a.Step, string(a.Phase)).Observe(a.Duration.Seconds())
+		},
+		BreakerStateChanged: func(name, from, to string) { m.breakers.WithLabelValues(name).Set(breakerValue[to]) },
+	}
+}
+
+// relayHooks reports the relay's events.
+func (m *metrics) relayHooks() rabbitmq.Hooks {
+	return rabbitmq.Hooks{
+		Published:   func(n int) { m.relayOut.WithLabelValues("published").Add(float64(n)) },
+		Retried:     func(*storage.OutboxEvent, error) { m.relayOut.WithLabelValues("retried").Inc() },
+		NotProduced: func(*storage.OutboxEvent, error) { m.relayOut.WithLabelValues("not_produced").Inc() },
+	}
+}
+
+// watch registers the gauges read from the engine (and relay, if any) at
+// scrape time.
+func (m *metrics) watch(eng *engine.Engine, relay *rabbitmq.Relay) {
+	for _, b := range eng.Breakers() {
+		m.breakers.WithLabelValues(b.Name).Set(breakerValue[b.State])
+	}
+	m.reg.MustRegister(&stateCollector{eng: eng, relay: relay})
+}
+
+var (
+	sagasDesc  = prometheus.NewDesc("sagad_sagas", "Stored sagas by status.", []string{"status"}, nil)
+	outboxDesc = prometheus.NewDesc("sagad_outbox_events", "Outbox events by status (new: waiting to be published).",
+		[]string{"status"}, nil)
+	oldestDesc = prometheus.NewDesc("sagad_outbox_oldest_new_age_seconds",
+		"Age of the oldest outbox event not yet published; 0 when there is none.", nil, nil)
+	relayUpDesc  = prometheus.NewDesc("sagad_relay_connected", "1 while the relay is connected to the broker.", nil, nil)
+	inflightDesc = prometheus.NewDesc("sagad_relay_in_flight", "Messages published and not yet confirmed.", nil, nil)
+)
+
+// stateCollector reads stored state when scraped.
+type stateCollector struct {
+	eng   *engine.Engine
+	relay *rabbitmq.Relay
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sagasDesc
+	ch <- outboxDesc
+	ch <- oldestDesc
+	if c.relay != nil {
+		ch <- relayUpDesc
+		ch <- inflightDesc
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	var counts map[saga.Status]int
+	if err := c.eng.DB().View(func(tx *storage.Tx) error { counts = tx.SagaCountByStatus(); return nil }); err == nil {
+		for st, n := range counts {
+			ch <- prometheus.MustNewConstMetric(sagasDesc, prometheus.GaugeValue, float64(n), string(st))
+		}
+	}
+	if st, err := c.eng.OutboxStats(context.Background()); err == nil {
+		ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, float64(st.Counts.New), "new")
+		ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, float64(st.Counts.Produced), "produced")
+		ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, float64(st.Counts.NotProduced), "not_produced")
+		age := 0.0
+		if !st.OldestNew.IsZero() {
+			age = time.Since(st.OldestNew).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age)
+	}
+	if c.relay != nil {
+		s := c.relay.Stats()
+		up := 0.0
+		if s.Connected {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(relayUpDesc, prometheus.GaugeValue, up)
+		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(s.InFlight))
+	}
+}

@@ -1,0 +1,335 @@
+package httpstep
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/saga"
+)
+
+const (
+	// maxResponseSize caps a success response's body.
+	maxResponseSize = 1 << 20
+	// maxErrorExcerpt caps how much of an error response's body an error
+	// message quotes.
+	maxErrorExcerpt = 200
+	// maxDrain is how much of an unread body is read and discarded so that
+	// the connection can be reused.
+	maxDrain = 64 << 10
+	// eventsKey is the reserved top-level key of a response object that
+	// carries integration events.
+	eventsKey = "_events"
+)
+
+// defaultClient is the client a nil *http.Client stands for, shared by all
+// definitions so that they share connection pools.
+var defaultClient = sync.OnceValue(func() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{
+				Timeout:   10 * time.Second,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          256,
+			MaxIdleConnsPerHost:   32,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		},
+		// A redirect followed by net/http can turn a POST into a GET without
+		// its body; the participant's URL should be the final one.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+})
+
+// caller calls one participant; its call method is a saga.Func.
+type caller struct {
+	client  *http.Client
+	method  string
+	url     string
+	shown   string // url with any password redacted, for messages
+	timeout time.Duration
+	headers http.Header // the spec's extra headers, canonical
+}
+
+func newCaller(c *CallSpec, client *http.Client) *caller {
+	cl := &caller{
+		client:  client,
+		method:  c.Method,
+		url:     c.URL,
+		shown:   c.URL,
+		timeout: c.timeout(),
+		headers: make(http.Header, len(c.Headers)),
+	}
+	if cl.method == "" {
+		cl.method = http.MethodPost
+	}
+	if u, err := url.Parse(c.URL); err == nil {
+		cl.shown = u.Redacted()
+	}
+	for k, v := range c.Headers {
+		cl.headers.Set(k, v)
+	}
+	return cl
+}
+
+// request is the JSON body sent to a participant.
+type request struct {
+	SagaID     string                     `json:"saga_id"`
+	Definition string                     `json:"definition"`
+	Step       string                     `json:"step"`
+	Phase      saga.Phase                 `json:"phase"`
+	Attempt    int                        `json:"attempt"`
+	Input      json.RawMessage            `json:"input"`
+	Data       map[string]json.RawMessage `json:"data"`
+}
+
+// event is an entry of a response's "_events" array.
+type event struct {
+	Name       string            `json:"name"`
+	RoutingKey string            `json:"routing_key"`
+	Exchange   string            `json:"exchange"`
+	Payload    json.RawMessage   `json:"payload"`
+	Headers    map[string]string `json:"headers"`
+}
+
+// call runs one attempt: it sends the call to the participant and turns the
+// answer into the step's output, events and error, as the package
+// documentation describes.
+func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, error) {
+	rb := request{
+		SagaID:     sc.SagaID,
+		Definition: sc.Definition,
+		Step:       sc.Step,
+		Phase:      sc.Phase,
+		Attempt:    sc.Attempt,
+		Input:      sc.Input,
+		Data:       sc.Data,
+	}
+	if len(rb.Input) == 0 {
+		rb.Input = json.RawMessage("null")
+	}
+	if rb.Data == nil {
+		rb.Data = map[string]json.RawMessage{}
+	}
+	body, err := json.Marshal(rb)
+	if err != nil {
+		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: encode request", c.method, c.shown))
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, c.method, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: build request", c.method, c.shown))
+	}
+	h := make(http.Header, len(c.headers)+10)
+	h.Set("Accept", "application/json")
+	h.Set("User-Agent", "sagad")
+	for k, v := range c.headers {
+		h[k] = append([]string(nil), v...)
+	}
+	h.Set("Content-Type", "application/json")
+	if sc.IdempotencyKey != "" {
+		h.Set("Idempotency-Key", sc.IdempotencyKey)
+	}
+	h.Set("X-Saga-Id", sc.SagaID)
+	h.Set("X-Saga-Definition", sc.Definition)
+	h.Set("X-Saga-Step", sc.Step)
+	h.Set("X-Saga-Phase", string(sc.Phase))
+	h.Set("X-Saga-Attempt", strconv.Itoa(sc.Attempt))
+	req.Header = h
+
+	resp, err := c.client.Do(req)
+	if err != nil {
+		// url.Error repeats the method and URL, unredacted on some paths.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errors.Wrapf(err, "httpstep: %s %s: no answer in time (attempt timeout %s)", c.method, c.shown, c.timeout)
+		}
+		return nil, errors.Wrapf(err, "httpstep: %s %s", c.method, c.shown)
+	}
+	defer func() {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+		_ = resp.Body.Close()
+	}()
+
+	switch code := resp.StatusCode; {
+	case code >= 200 && code <= 299:
+		return c.success(resp, sc)
+	case code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooEarly || code == http.StatusTooManyRequests:
+		err := c.statusError(resp)
+		if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			err = saga.RetryAfter(err, d)
+		}
+		return nil, err
+	default:
+		return nil, saga.Permanent(c.statusError(resp))
+	}
+}
+
+// statusError describes a non-2xx answer, quoting the start of its body.
+func (c *caller) statusError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorExcerpt))
+	msg := strings.ToValidUTF8(string(b), "\uFFFD")
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode <= 399:
+		return errors.Newf("httpstep: %s %s answered %s, redirecting to %q: redirects are not followed, configure the final URL",
+			c.method, c.shown, resp.Status, resp.Header.Get("Location"))
+	case len(msg) == 0:
+		return errors.Newf("httpstep: %s %s answered %s", c.method, c.shown, resp.Status)
+	default:
+		return errors.Newf("httpstep: %s %s answered %s: %q", c.method, c.shown, resp.Status, msg)
+	}
+}
+
+// success turns a 2xx answer into the step's output and emits its events.
+func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, error) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize+1))
+	if err != nil {
+		return nil, errors.Wrapf(err, "httpstep: %s %s: read response", c.method, c.shown)
+	}
+	if len(body) > maxResponseSize {
+		return nil, saga.Permanent(errors.Newf("httpstep: %s %s: response body exceeds %d bytes",
+			c.method, c.shown, maxResponseSize))
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, nil
+	}
+	if !json.Valid(body) {
+		return nil, saga.Permanent(errors.Newf("httpstep: %s %s answered %s with a body that is not valid JSON: %q",
+			c.method, c.shown, resp.Status, strings.ToValidUTF8(excerpt(body, maxErrorExcerpt), "\uFFFD")))
+	}
+	out, events, err := splitEvents(body)
+	if err != nil {
+		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
+	}
+	// Validate them all first, so that a bad one emits none.
+	for i := range events {
+		if err := events[i].Validate(); err != nil {
+			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response: %s[%d]", c.method, c.shown, eventsKey, i))
+		}
+	}
+	for i, ev := range events {
+		if err := sc.Emit(ev); err != nil {
+			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response: %s[%d]", c.method, c.shown, eventsKey, i))
+		}
+	}
+	return out, nil
+}
+
+// splitEvents returns the valid JSON body, compacted, without the
+// top-level "_events" member of an object, and the events that member
+// lists.
+func splitEvents(body []byte) (json.RawMessage, []saga.Event, error) {
+	var out bytes.Buffer
+	if body[0] != '{' {
+		if err := json.Compact(&out, body); err != nil {
+			return nil, nil, errors.Wrap(err, "compact")
+		}
+		return out.Bytes(), nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil {
+		return nil, nil, errors.Wrap(err, "decode")
+	}
+	var raw json.RawMessage
+	found := false
+	out.WriteByte('{')
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, errors.Wrap(err, "decode")
+		}
+		key, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, nil, errors.Wrapf(err, "decode %q", key)
+		}
+		if key == eventsKey {
+			if found {
+				return nil, nil, errors.Newf("%s is given twice", eventsKey)
+			}
+			found, raw = true, v
+			continue
+		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		k, _ := json.Marshal(key)
+		out.Write(k)
+		out.WriteByte(':')
+		if err := json.Compact(&out, v); err != nil {
+			return nil, nil, errors.Wrapf(err, "compact %q", key)
+		}
+	}
+	out.WriteByte('}')
+	if !found || isNull(raw) {
+		return out.Bytes(), nil, nil
+	}
+	if firstByte(raw) != '[' {
+		return nil, nil, errors.Newf("%s must be an array of events, not %s", eventsKey, excerpt(raw, 40))
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(raw, &elems); err != nil {
+		return nil, nil, errors.Wrapf(err, "decode %s", eventsKey)
+	}
+	events := make([]saga.Event, 0, len(elems))
+	for i, e := range elems {
+		if firstByte(e) != '{' {
+			return nil, nil, errors.Newf("%s[%d] must be an object, not %s", eventsKey, i, excerpt(e, 40))
+		}
+		d := json.NewDecoder(bytes.NewReader(e))
+		d.DisallowUnknownFields()
+		var ev event
+		if err := d.Decode(&ev); err != nil {
+			return nil, nil, errors.Wrapf(err, "%s[%d]", eventsKey, i)
+		}
+		events = append(events, saga.Event{
+			Name:       ev.Name,
+			RoutingKey: ev.RoutingKey,
+			Exchange:   ev.Exchange,
+			Payload:    ev.Payload,
+			Headers:    ev.Headers,
+		})
+	}
+	return out.Bytes(), events, nil
+}
+
+// retryAfter parses a Retry-After header value (delay seconds or an HTTP
+// date) into a delay from now; a date in the past is no delay.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(math.MaxInt64/time.Second) {
+			return time.Duration(math.MaxInt64), true
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(t.Sub(now), 0), true
+}

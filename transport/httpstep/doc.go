@@ -1,0 +1,120 @@
+// Package httpstep builds sagas from declarative JSON definitions whose
+// steps call remote participants over HTTP.
+//
+// Parse decodes and validates a Spec; Spec.Definition turns it into a
+// saga.Definition to register with the engine. The package knows nothing
+// about storage, the engine or the API server: it only produces step
+// functions (saga.Func) that speak the protocol below.
+//
+// # Definition
+//
+//	{
+//	  "steps": [
+//	    {
+//	      "name": "reserve",                                  // required, [A-Za-z0-9][A-Za-z0-9._-]{0,127}, unique
+//	      "action": {                                          // required
+//	        "url": "http://127.0.0.1:9001/reserve",            // required, absolute http:// or https://
+//	        "method": "POST",                                  // POST (default), PUT, PATCH or DELETE
+//	        "timeout": "2s",                                   // per attempt; default "30s"
+//	        "retry": {...},                                    // the action's retry policy (or the step's "retry")
+//	        "headers": {"Authorization": "Bearer ..."}         // extra request headers
+//	      },
+//	      "compensation": {"url": "...", "retry": {"max_attempts": 10}},  // optional, same fields
+//	      "fallback": {"url": "http://127.0.0.1:9002/reserve"},           // optional, same fields but no retry: it runs once
+//	      "retry": {                                           // the action's retry policy; not with action.retry
+//	        "max_attempts": 3,                                 // attempts in all; 0: 3 (10 for a compensation); negative: unlimited
+//	        "initial_interval": "50ms",                        // default "100ms"
+//	        "max_interval": "1s",                              // default "30s"
+//	        "multiplier": 2,                                   // default 2
+//	        "max_elapsed": "1m"                                // default: no limit
+//	      },
+//	      "circuit_breaker": {                                 // optional; steps naming the same breaker share it
+//	        "name": "inventory",                               // required
+//	        "failures": 5,                                     // consecutive failures that open it; default 5
+//	        "open_for": "10s",                                 // default "30s"
+//	        "half_open_requests": 1                            // default 1
+//	      },
+//	      "pivot": false                                       // the point of no return (saga.Step.Pivot)
+//	    }
+//	  ],
+//	  "timeout": "30s",                                        // the saga's deadline; default none
+//	  "events": {"lifecycle": true, "exchange": "sagas"}       // lifecycle events (saga.Events)
+//	}
+//
+// (Comments are for this page only: JSON has none.) Durations are Go
+// duration strings ("150ms", "2s", "1m30s"); numbers are rejected, and so
+// are negative durations. Field names are case-sensitive. Unknown fields, a
+// field given twice, data after the object and a text larger than
+// MaxSpecSize (1 MiB) are rejected; a null is the same as an absent field.
+// Every error names the JSON path of the field at fault, such as
+// steps[1].action.url, and is marked saga.ErrInvalidDefinition. Parse also
+// applies saga.Definition.Validate (pivot rules and the like), and checks
+// that steps naming the same circuit breaker give it the same settings.
+//
+// Each step maps onto a saga.Step: retry (or action.retry) is Step.Retry,
+// compensation.retry is Step.CompensationRetry, circuit_breaker is
+// Step.Breaker. Step.Timeout, which the engine applies to every attempt, is
+// the largest of the step's call timeouts; each call also applies its own.
+// The definition's version (saga.Definition.Version) is a hash of the
+// spec's canonical JSON: changing anything in it, a URL included, makes a
+// new version, while whitespace and key order do not.
+//
+// # Participant protocol
+//
+// Every attempt of an action, fallback or compensation is one HTTP request
+// to the call's URL with the call's method and this JSON body:
+//
+//	{
+//	  "saga_id":    "01J...",             // the saga's id (a ULID)
+//	  "definition": "order",              // the definition's name
+//	  "step":       "reserve",            // the step's name
+//	  "phase":      "action",             // "action", "fallback" or "compensation"
+//	  "attempt":    1,                    // attempt of this phase, from 1
+//	  "input":      {...},                // the saga's input; null if none
+//	  "data":       {"earlier": {...}}    // outputs of the steps that succeeded before, by step name; {} if none
+//	}
+//
+// and these headers, after the call's extra headers (which may replace
+// Accept and User-Agent, and nothing else below):
+//
+//	Content-Type:      application/json
+//	Accept:            application/json
+//	User-Agent:        sagad
+//	Idempotency-Key:   <saga id>/<step>/<phase>   stable across retries and restarts; differs between phases
+//	X-Saga-Id:         <saga id>
+//	X-Saga-Definition: <definition name>
+//	X-Saga-Step:       <step name>
+//	X-Saga-Phase:      action | fallback | compensation
+//	X-Saga-Attempt:    <attempt>
+//
+// The engine runs every call at least once: again after a retry or a crash,
+// with the same Idempotency-Key. A participant must de-duplicate on it.
+//
+// The answer decides the attempt's outcome:
+//
+//   - 2xx succeeds. An empty body (or only whitespace, or 204) gives no
+//     output. Any other body must be JSON of at most 1 MiB, else the attempt
+//     fails permanently. If it is an object, its top-level "_events" member,
+//     if present and not null, is an array of integration events, each
+//     {"name", "routing_key", "exchange", "payload", "headers"} as in
+//     saga.Event (name and payload required; use null for no payload), that
+//     are written to the outbox atomically with the step's success. An
+//     invalid event, or an unknown field in one, fails the attempt
+//     permanently and emits none. The body without "_events", compacted
+//     (other members keep their order), is the step's output: later steps
+//     receive it as data[<step>].
+//   - 408, 425, 429 and 5xx fail the attempt, to be retried while the
+//     phase's retry policy allows (a fallback is never retried), and no
+//     sooner than a Retry-After header (delay seconds, or an HTTP date; a
+//     past date asks for no wait) says.
+//   - Any other status (4xx, and 3xx: the default client does not follow
+//     redirects) fails the attempt permanently (saga.Permanent): it is not
+//     retried, and a failed action goes to its fallback or to compensation.
+//     The error names the method, URL and status and quotes the first 200
+//     bytes of the body.
+//   - No answer (connection refused or reset, the attempt's timeout, a body
+//     cut short) fails the attempt, to be retried like a 5xx.
+//
+// The step functions return errors, with the method and URL as context; they
+// never log.
+package httpstep

@@ -1,0 +1,246 @@
+package httpstep_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/recovery"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/transport/httpstep"
+)
+
+// runEngine opens an engine on a temporary file, registers the definition
+// parsed from spec and runs it until the test ends, when the file is closed
+// and checked for consistency.
+func runEngine(t *testing.T, spec string) (*engine.Engine, *saga.Definition) {
+	t.Helper()
+	s, err := httpstep.Parse("order", []byte(spec))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	def := define(t, s, nil)
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	opts := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts.Storage.NoSync = true
+	eng, err := engine.Open(path, opts)
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	if err := eng.Register(def); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if err := eng.Close(); err != nil {
+			t.Errorf("close engine: %v", err)
+		}
+		if err := recovery.CheckFile(path); err != nil {
+			t.Errorf("consistency check after test: %v", err)
+		}
+	})
+	return eng, def
+}
+
+// runSaga starts a saga and waits for it to finish.
+func runSaga(t *testing.T, eng *engine.Engine, input any) *engine.Saga {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := eng.Start(ctx, "order", input)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	s, err := eng.Wait(ctx, st.ID)
+	if err != nil {
+		t.Fatalf("wait for saga %s: %v", st.ID, err)
+	}
+	return s
+}
+
+// routes answers each path with its handler, and 404 otherwise.
+func routes(m map[string]http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if h, ok := m[r.URL.Path]; ok {
+			h(w, r)
+			return
+		}
+		http.NotFound(w, r)
+	}
+}
+
+// summary lists requests as "METHOD /path phase attempt".
+func summary(reqs []received) []string {
+	var out []string
+	for _, r := range reqs {
+		out = append(out, fmt.Sprintf("%s %s %s %s", r.Method, r.Path, r.Header.Get("X-Saga-Phase"), r.Header.Get("X-Saga-Attempt")))
+	}
+	return out
+}
+
+func wantRequests(t *testing.T, reqs []received, want ...string) {
+	t.Helper()
+	if got := summary(reqs); !reflect.DeepEqual(got, want) {
+		t.Fatalf("participants received\n\t%s\nwant\n\t%s", strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
+	}
+}
+
+func TestEngineSuccess(t *testing.T) {
+	t.Parallel()
+	var charges atomic.Int32
+	p := newParticipant(t, routes(map[string]http.HandlerFunc{
+		"/reserve": answer(200, `{"id": "res-1", "_events": [{"name": "stock.reserved", "routing_key": "stock", "payload": {"id": "res-1"}}]}`),
+		"/charge": func(w http.ResponseWriter, r *http.Request) {
+			if charges.Add(1) == 1 {
+				answer(503, `busy`, "Retry-After", "0")(w, r)
+				return
+			}
+			answer(201, `{"charge": "ch-1"}`)(w, r)
+		},
+		"/ship": answer(204, ``),
+	}))
+	eng, def := runEngine(t, fmt.Sprintf(`{"steps": [
+		{"name": "reserve", "action": {"url": "%[1]s/reserve"}, "compensation": {"url": "%[1]s/release"}},
+		{"name": "charge", "action": {"url": "%[1]s/charge", "timeout": "5s"}, "compensation": {"url": "%[1]s/refund"},
+		 "retry": {"max_attempts": 3, "initial_interval": "1ms", "max_interval": "1ms"}},
+		{"name": "ship", "action": {"url": "%[1]s/ship", "method": "PUT"}}
+	], "timeout": "1m"}`, p.URL))
+
+	s := runSaga(t, eng, map[string]any{"order": 1001})
+	if s.Status != saga.StatusCompleted {
+		t.Fatalf("status = %s (%v), want completed", s.Status, s.Err)
+	}
+	if s.Fingerprint != def.Version {
+		t.Errorf("saga fingerprint = %q, want the definition's version %q", s.Fingerprint, def.Version)
+	}
+	if got := string(s.Data["reserve"]); got != `{"id":"res-1"}` {
+		t.Errorf("data[reserve] = %s, want the response without _events", got)
+	}
+	if got := string(s.Data["charge"]); got != `{"charge":"ch-1"}` {
+		t.Errorf("data[charge] = %s, want {\"charge\":\"ch-1\"}", got)
+	}
+	reqs := p.requests()
+	wantRequests(t, reqs,
+		"POST /reserve action 1",
+		"POST /charge action 1",
+		"POST /charge action 2",
+		"PUT /ship action 1",
+	)
+	if k1, k2 := reqs[1].Header.Get("Idempotency-Key"), reqs[2].Header.Get("Idempotency-Key"); k1 != k2 || k1 != s.ID+"/charge/action" {
+		t.Errorf("charge idempotency keys = %q, %q; want both %q", k1, k2, s.ID+"/charge/action")
+	}
+	var ship struct {
+		SagaID string                     `json:"saga_id"`
+		Input  json.RawMessage            `json:"input"`
+		Data   map[string]json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(reqs[3].Body), &ship); err != nil {
+		t.Fatalf("ship request body %s: %v", reqs[3].Body, err)
+	}
+	if ship.SagaID != s.ID || string(ship.Input) != `{"order":1001}` ||
+		string(ship.Data["reserve"]) != `{"id":"res-1"}` || string(ship.Data["charge"]) != `{"charge":"ch-1"}` {
+		t.Errorf("ship request body = %s, want the saga's id, input and earlier outputs", reqs[3].Body)
+	}
+
+	page, err := eng.OutboxList(context.Background(), engine.OutboxListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Events) != 1 || page.Events[0].Name != "stock.reserved" || page.Events[0].Step != "reserve" ||
+		page.Events[0].RoutingKey != "stock" || string(page.Events[0].Payload) != `{"id": "res-1"}` {
+		t.Errorf("outbox = %+v, want the one event reserve emitted", page.Events)
+	}
+}
+
+func TestEngineCompensation(t *testing.T) {
+	t.Parallel()
+	p := newParticipant(t, routes(map[string]http.HandlerFunc{
+		"/a":      answer(200, `{"a": 1}`),
+		"/a/undo": answer(204, ``),
+		"/b":      answer(200, `{"b": 2}`),
+		"/b/undo": answer(200, `{"undone": true}`),
+		"/c":      answer(400, `{"error": "card declined"}`),
+		"/c/undo": answer(204, ``),
+	}))
+	eng, _ := runEngine(t, fmt.Sprintf(`{"steps": [
+		{"name": "a", "action": {"url": "%[1]s/a"}, "compensation": {"url": "%[1]s/a/undo"}},
+		{"name": "b", "action": {"url": "%[1]s/b"}, "compensation": {"url": "%[1]s/b/undo", "method": "DELETE"}},
+		{"name": "c", "action": {"url": "%[1]s/c"}, "compensation": {"url": "%[1]s/c/undo"}, "retry": {"max_attempts": 5}}
+	]}`, p.URL))
+
+	s := runSaga(t, eng, nil)
+	if s.Status != saga.StatusCompensated {
+		t.Fatalf("status = %s (%v), want compensated", s.Status, s.Err)
+	}
+	if !saga.IsPermanent(s.Err) || !strings.Contains(s.Err.Error(), "answered 400 Bad Request") || !strings.Contains(s.Err.Error(), "card declined") {
+		t.Errorf("saga error = %v, want the permanent 400 with its body", s.Err)
+	}
+	reqs := p.requests()
+	// The 400 is permanent: no retry. c never succeeded: no compensation.
+	wantRequests(t, reqs,
+		"POST /a action 1",
+		"POST /b action 1",
+		"POST /c action 1",
+		"DELETE /b/undo compensation 1",
+		"POST /a/undo compensation 1",
+	)
+	if got, want := reqs[3].Header.Get("Idempotency-Key"), s.ID+"/b/compensation"; got != want || got == reqs[1].Header.Get("Idempotency-Key") {
+		t.Errorf("b's compensation key = %q, want %q, not the action's %q", got, want, reqs[1].Header.Get("Idempotency-Key"))
+	}
+	var undo struct {
+		Phase string                     `json:"phase"`
+		Data  map[string]json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(reqs[3].Body), &undo); err != nil {
+		t.Fatal(err)
+	}
+	if undo.Phase != "compensation" || string(undo.Data["b"]) != `{"b":2}` {
+		t.Errorf("b's compensation body = %s, want phase compensation and b's output", reqs[3].Body)
+	}
+}
+
+func TestEngineFallback(t *testing.T) {
+	t.Parallel()
+	p := newParticipant(t, routes(map[string]http.HandlerFunc{
+		"/reserve":       answer(409, `out of stock`),
+		"/reserve-other": answer(200, `{"id": "fb-1"}`),
+		"/ship":          answer(204, ``),
+	}))
+	eng, _ := runEngine(t, fmt.Sprintf(`{"steps": [
+		{"name": "reserve", "action": {"url": "%[1]s/reserve"}, "fallback": {"url": "%[1]s/reserve-other"}},
+		{"name": "ship", "action": {"url": "%[1]s/ship"}}
+	]}`, p.URL))
+
+	s := runSaga(t, eng, nil)
+	if s.Status != saga.StatusCompleted {
+		t.Fatalf("status = %s (%v), want completed", s.Status, s.Err)
+	}
+	if !s.Steps[0].FallbackUsed || string(s.Data["reserve"]) != `{"id":"fb-1"}` {
+		t.Errorf("reserve: fallback used %v, output %s; want the fallback's output", s.Steps[0].FallbackUsed, s.Data["reserve"])
+	}
+	reqs := p.requests()
+	wantRequests(t, reqs,
+		"POST /reserve action 1",
+		"POST /reserve-other fallback 1",
+		"POST /ship action 1",
+	)
+	if a, f := reqs[0].Header.Get("Idempotency-Key"), reqs[1].Header.Get("Idempotency-Key"); a == f || f != s.ID+"/reserve/fallback" {
+		t.Errorf("action key %q, fallback key %q; want the fallback's to be %q", a, f, s.ID+"/reserve/fallback")
+	}
+}
