@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/internal/brokertest"
 )
 
 // The daemon tests run sagad as a child process: this test binary,
@@ -234,5 +235,42 @@ func TestServeSignalShutsDownGracefully(t *testing.T) {
 	}
 	if !strings.Contains(d.output(), "shutting down") {
 		t.Errorf("no shutdown line in the log:\n%s", d.output())
+	}
+}
+
+// With --amqp-url the daemon runs the outbox relay: lifecycle events of a
+// saga reach the broker.
+func TestDaemonRelaysEvents(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	exchange := brokertest.Name("test.daemon")
+	sink := brokertest.NewSink(t, brokerURL, exchange, "#")
+	p := &participants{hit: make(chan string, 16)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	d := startDaemon(t, filepath.Join(t.TempDir(), "sagad.db"), "--amqp-url", brokerURL, "--exchange", exchange)
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[{"name":"one","action":{"url":"%s/one"}}],"events":{"lifecycle":true}}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "relayed", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Start(ctx, "relayed", nil, client.StartOptions{Wait: 10 * time.Second})
+	if err != nil || res.Saga == nil || res.Saga.Status != "completed" {
+		t.Fatalf("start: %+v %v", res, err)
+	}
+	var got []string
+	for len(got) < 3 {
+		select {
+		case m := <-sink.Deliveries:
+			if m.Headers["x-saga-id"] == res.ID {
+				got = append(got, m.Type)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("got events %v from the daemon's relay, want saga.started, step.succeeded, saga.completed\n%s", got, d.output())
+		}
+	}
+	if strings.Join(got, " ") != "saga.started step.succeeded saga.completed" {
+		t.Errorf("events %v, want saga.started step.succeeded saga.completed", got)
 	}
 }

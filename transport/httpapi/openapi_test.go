@@ -1,0 +1,96 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sagad/sagad/transport/httpapi"
+)
+
+// openAPIMethods are the keys of an OpenAPI path item that are operations.
+var openAPIMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+type openAPIParam struct {
+	Name     string `json:"name"`
+	In       string `json:"in"`
+	Required bool   `json:"required"`
+}
+
+type openAPIOperation struct {
+	Parameters []openAPIParam             `json:"parameters"`
+	Responses  map[string]json.RawMessage `json:"responses"`
+}
+
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	t.Parallel()
+	a := newAPI(t, nil)
+	resp, body := a.send(t, http.MethodGet, "/v1/openapi.json", "", nil)
+	if resp.StatusCode != http.StatusOK || mediaType(resp) != "application/json" {
+		t.Fatalf("GET /v1/openapi.json answered %d %q, want 200 application/json", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if string(body) != string(httpapi.OpenAPI()) {
+		t.Errorf("GET /v1/openapi.json differs from httpapi.OpenAPI()")
+	}
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatalf("the OpenAPI document is not JSON: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Errorf(`"openapi" is %q, want 3.x`, doc.OpenAPI)
+	}
+
+	var documented []string
+	param := regexp.MustCompile(`\{([^}]+)\}`)
+	for path, item := range doc.Paths {
+		var pathParams []openAPIParam
+		if raw, ok := item["parameters"]; ok {
+			if err := json.Unmarshal(raw, &pathParams); err != nil {
+				t.Errorf("%s: parameters: %v", path, err)
+			}
+		}
+		for key, raw := range item {
+			if !slices.Contains(openAPIMethods, key) {
+				continue
+			}
+			op := strings.ToUpper(key) + " " + path
+			documented = append(documented, op)
+			var o openAPIOperation
+			if err := json.Unmarshal(raw, &o); err != nil {
+				t.Errorf("%s: %v", op, err)
+				continue
+			}
+			if len(o.Responses) == 0 {
+				t.Errorf("%s documents no response", op)
+			}
+			// Every {param} of the path is declared as a required path parameter.
+			params := append(slices.Clone(pathParams), o.Parameters...)
+			for _, m := range param.FindAllStringSubmatch(path, -1) {
+				if !slices.ContainsFunc(params, func(p openAPIParam) bool { return p.Name == m[1] && p.In == "path" && p.Required }) {
+					t.Errorf("%s does not declare its path parameter %q", op, m[1])
+				}
+			}
+		}
+	}
+	routes := a.server.Routes()
+	slices.Sort(documented)
+	slices.Sort(routes)
+	if !slices.Equal(documented, routes) {
+		for _, r := range routes {
+			if !slices.Contains(documented, r) {
+				t.Errorf("route %q is not in the OpenAPI document", r)
+			}
+		}
+		for _, d := range documented {
+			if !slices.Contains(routes, d) {
+				t.Errorf("the OpenAPI document has %q, which the server does not serve", d)
+			}
+		}
+	}
+}
