@@ -80,7 +80,7 @@ type OutboxPage struct {
 func (e *Engine) OutboxList(ctx context.Context, o OutboxListOptions) (*OutboxPage, error) {
 	so := storage.OutboxListOptions{Status: o.Status, Limit: min(o.Limit, 1000)}
 	if o.Cursor != "" {
-		u, err := parseID(o.Cursor)
+		u, err := outboxID(o.Cursor)
 		if err != nil {
 			return nil, errors.Wrap(err, "engine: outbox list: cursor")
 		}

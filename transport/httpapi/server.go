@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -155,13 +156,15 @@ func (s *Server) authenticate(next http.HandlerFunc) http.HandlerFunc {
 	if s.cfg.Token == "" {
 		return next
 	}
-	want := []byte("Bearer " + s.cfg.Token)
+	want := []byte(s.cfg.Token)
 	return func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		header := r.Header.Get("Authorization")
+		// The scheme is case-insensitive (RFC 9110, section 11.1).
+		scheme, token, _ := strings.Cut(header, " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sagad"`)
 			detail := "missing bearer token: send Authorization: Bearer <token>"
-			if len(got) > 0 {
+			if header != "" {
 				detail = "invalid bearer token"
 			}
 			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", detail)
@@ -195,8 +198,12 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 
 // readJSON decodes a JSON request body into v, strictly.
 func readJSON(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &apiError{http.StatusUnsupportedMediaType, "unsupported-media-type", errors.Newf("content type %q: send application/json", ct)}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		// Media types are case-insensitive (RFC 9110, section 8.3.1).
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return &apiError{http.StatusUnsupportedMediaType, "unsupported-media-type", errors.Newf("content type %q: send application/json", ct)}
+		}
 	}
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
