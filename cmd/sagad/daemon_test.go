@@ -43,10 +43,10 @@ type daemon struct {
 	mu   sync.Mutex
 }
 
-var addrLine = regexp.MustCompile(`msg="sagad serving" addr=(\S+)`)
+var addrLine = regexp.MustCompile(`msg="sagad ready" addr=(\S+)`)
 
 // startDaemon runs 'sagad serve' on path with extra args and waits until it
-// listens.
+// is ready (recovery done).
 func startDaemon(t *testing.T, path string, args ...string) *daemon {
 	t.Helper()
 	all := append([]string{"serve", "--db", path, "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)

@@ -181,14 +181,22 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 		}
 	}()
 	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "")
-	if c.ready != nil {
-		c.ready(ln.Addr().String())
-	}
 	var failed error
 	select {
+	case <-eng.Recovered():
+		log.Info("sagad ready", "addr", ln.Addr().String())
+		if c.ready != nil {
+			c.ready(ln.Addr().String())
+		}
 	case <-ctx.Done():
-		log.Info("shutting down: no new requests; running attempts get the shutdown grace")
 	case failed = <-errs:
+	}
+	if failed == nil {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down: no new requests; running attempts get the shutdown grace")
+		case failed = <-errs:
+		}
 	}
 	// Stop accepting requests, let those in progress finish (a waiting
 	// start gives up its wait), then stop the engine and the relay.
