@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sagad/sagad/engine"
@@ -303,4 +304,70 @@ func dedupe(s []int) []int {
 		}
 	}
 	return out
+}
+
+// A saga with more events than the relay holds in memory for one saga: the
+// ones it skipped must still come before events committed later.
+func TestRelayKeepsOrderBeyondItsPerSagaBuffer(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	exchange := brokertest.Name("test.overflow")
+	sink := brokertest.NewSink(t, brokerURL, exchange, "#")
+	b := setup(t, setupOpts{noRelay: true})
+	sid := ulid.Make()
+	put := func(from, to int) {
+		t.Helper()
+		err := b.eng.DB().Update(func(tx *storage.Tx) error {
+			for i := from; i < to; i++ {
+				ev := &storage.OutboxEvent{SagaID: sid, Definition: "d", Name: "seq.event", RoutingKey: "k.x",
+					Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, i)), CreatedAt: time.Now()}
+				if _, err := tx.OutboxPut(storage.EncodeEvent(ev, 0)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(0, 40) // more than the relay loads for one saga
+	first := make(chan struct{})
+	published := make(chan struct{}, 1)
+	var once sync.Once
+	relay, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: brokerURL, Exchange: exchange, Logger: quietLogger(),
+		Hooks: rabbitmq.Hooks{Published: func(int) {
+			once.Do(func() { close(first) })
+			select {
+			case published <- struct{}{}:
+			default:
+			}
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	<-first
+	put(40, 50) // committed while the skipped ones still wait
+	b.published = published
+	b.relay = relay
+	b.drained(t, 30*time.Second)
+	sink.Marker(t, "marker")
+	got := seqOf(t, sink.Collect(t, "marker", 30*time.Second))[sid.String()]
+	for i, v := range got {
+		if v != i {
+			t.Fatalf("saga's events arrived as %v, want 0..49 in order", got)
+		}
+	}
+	if len(got) != 50 {
+		t.Fatalf("%d events arrived, want 50", len(got))
+	}
 }

@@ -285,7 +285,9 @@ func (r *Relay) Run(ctx context.Context) error {
 			st.needLoad = true
 			r.checkRequeues(st)
 		case <-poll.C:
-			st.needLoad = true
+			// A safety net: read the whole new index again now and then,
+			// so that nothing skipped can wait longer than this.
+			st.rescanFrom(ulid.ULID{})
 			r.checkRequeues(st)
 		case res := <-done:
 			st.marking = false
@@ -493,7 +495,9 @@ func (r *Relay) load(st *state) error {
 				return true
 			}
 			q := st.sagas[sid]
-			if q != nil && len(q.items) >= perSaga {
+			if q != nil && (q.overflow || len(q.items) >= perSaga) {
+				// Once one event of the saga was skipped, so are all later
+				// ones until the rescan that reads them in order.
 				q.overflow = true
 				return true
 			}
