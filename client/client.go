@@ -25,14 +25,17 @@ type Client struct {
 
 // New returns a client for the daemon at baseURL (such as
 // http://127.0.0.1:8080), sending token as a bearer token when it is not
-// empty. httpClient nil: a client with a 60s timeout.
+// empty. httpClient nil: a client without an overall timeout; calls are
+// bounded by their contexts. A client with a Timeout caps the waits that
+// Start asks for below it, so that a started saga's id is never lost to
+// the timeout.
 func New(baseURL, token string, httpClient *http.Client) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errors.Newf("client: base URL %q: want http://host:port or https://host:port", baseURL)
 	}
 	if httpClient == nil {
-		httpClient = &http.Client{Timeout: 60 * time.Second}
+		httpClient = &http.Client{}
 	}
 	return &Client{base: u, token: token, http: httpClient}, nil
 }
@@ -165,8 +168,11 @@ func (c *Client) Start(ctx context.Context, definition string, input any, o Star
 		req.Input = raw
 	}
 	q := url.Values{}
-	if o.Wait > 0 {
-		q.Set("wait", o.Wait.String())
+	if wait := o.Wait; wait > 0 {
+		if t := c.http.Timeout; t > 0 {
+			wait = min(wait, t*3/4)
+		}
+		q.Set("wait", wait.String())
 	}
 	var raw json.RawMessage
 	code, h, err := c.doH(ctx, http.MethodPost, "/v1/sagas", q, req, &raw)
@@ -245,7 +251,11 @@ func (c *Client) Retry(ctx context.Context, id string) error {
 func (c *Client) Wait(ctx context.Context, id string) (*Saga, error) {
 	for {
 		var s Saga
-		_, err := c.do(ctx, http.MethodGet, "/v1/sagas/"+url.PathEscape(id), url.Values{"wait": {"30s"}}, nil, &s)
+		wait := 30 * time.Second
+		if t := c.http.Timeout; t > 0 {
+			wait = min(wait, t*3/4)
+		}
+		_, err := c.do(ctx, http.MethodGet, "/v1/sagas/"+url.PathEscape(id), url.Values{"wait": {wait.String()}}, nil, &s)
 		if err != nil || s.Finished() {
 			return &s, err
 		}

@@ -274,3 +274,46 @@ func TestDaemonRelaysEvents(t *testing.T) {
 		t.Errorf("events %v, want saga.started step.succeeded saga.completed", got)
 	}
 }
+
+// A start waiting for its saga when the daemon is told to stop answers at
+// once with the saga's id (202), so the client never loses a saga it
+// started.
+func TestShutdownAnswersWaitingStarts(t *testing.T) {
+	t.Parallel()
+	p := &participants{block: map[string]chan struct{}{"/slow": make(chan struct{})}, hit: make(chan string, 16)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	defer close(p.block["/slow"])
+	d := startDaemon(t, filepath.Join(t.TempDir(), "sagad.db"), "--shutdown-grace", "30s")
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[{"name":"slow","action":{"url":"%s/slow","timeout":"1m"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "slow", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res *client.StartResult
+		err error
+	}
+	started := make(chan result, 1)
+	go func() {
+		res, err := c.Start(ctx, "slow", nil, client.StartOptions{Wait: time.Minute})
+		started <- result{res, err}
+	}()
+	select {
+	case <-p.hit:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the step was never called")
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-started:
+		if r.err != nil || r.res.ID == "" || r.res.Saga != nil {
+			t.Fatalf("start during shutdown: %+v, %v; want 202 with the saga's id", r.res, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the waiting start was not answered within 10s of SIGTERM (grace 30s)")
+	}
+}

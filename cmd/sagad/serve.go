@@ -151,7 +151,12 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	if err != nil {
 		return errors.Wrapf(err, "sagad: listen on %s", cfg.listen)
 	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+	// Requests' contexts end when shutdown begins, so that a start waiting
+	// for its saga answers 202 with the id at once instead of being cut off.
+	reqCtx, endRequests := context.WithCancel(context.Background())
+	defer endRequests()
+	srv := &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return reqCtx },
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 90 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
@@ -200,7 +205,8 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	}
 	// Stop accepting requests, let those in progress finish (a waiting
 	// start gives up its wait), then stop the engine and the relay.
-	shutCtx, shutCancel := context.WithTimeout(context.Background(), cfg.grace)
+	endRequests()
+	shutCtx, shutCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer shutCancel()
 	if err := srv.Shutdown(shutCtx); err != nil {
 		_ = srv.Close()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/cockroachdb/errors"
 
@@ -23,6 +24,7 @@ import (
 type Definitions struct {
 	eng    *engine.Engine
 	client *http.Client
+	mu     sync.Mutex // serialises Put: the engine's latest and the stored latest agree
 }
 
 // NewDefinitions returns a store for eng's declarative definitions whose
@@ -72,7 +74,13 @@ func (d *Definitions) register(name string, spec []byte) (string, error) {
 // Put registers and stores a definition. A definition whose text differs
 // from every stored version becomes a new version (Created); sagas already
 // running keep the version they started with.
+//
+// The definition is registered before it is stored: if storing fails, the
+// version serves until a restart and Put returns the error, so that the
+// caller puts it again.
 func (d *Definitions) Put(name string, spec []byte) (*client.Definition, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	version, err := d.register(name, spec)
 	if err != nil {
 		return nil, err

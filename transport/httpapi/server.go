@@ -300,6 +300,8 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Not ended within the wait, or the server is shutting down: the saga
+	// is durable, so answer with its id.
 	writeJSON(w, http.StatusAccepted, client.Started{ID: st.ID, Status: string(saga.StatusRunning)})
 }
 

@@ -182,7 +182,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	var s *session
 	defer func() {
 		if s != nil {
-			_ = s.conn.Close()
+			// A broker that stopped answering must not hold up the return.
+			_ = s.conn.CloseDeadline(time.Now().Add(time.Second))
 		}
 		r.connected.Store(false)
 		r.inFlight.Store(0)
@@ -411,7 +412,7 @@ func (r *Relay) lost(st *state, s *session, cause error) {
 		}
 	}
 	r.requeueInFlight(st, s)
-	_ = s.conn.Close()
+	_ = s.conn.CloseDeadline(time.Now().Add(time.Second))
 	r.connected.Store(false)
 	r.inFlight.Store(0)
 	r.log.Warn("relay lost the broker; reconnecting, events wait in the outbox", "err", cause)
@@ -735,6 +736,18 @@ func (r *Relay) marked(st *state, res markResult) error {
 		st.needLoad = true
 	}
 	now := time.Now()
+	parked := false
+	defer func() {
+		if parked {
+			// An operator may have re-queued or discarded the event after
+			// the marker committed it and before this ran: the stored
+			// not_produced index is the truth.
+			if err := r.loadParked(st); err != nil {
+				r.log.Error("relay: read parked sagas", "err", err)
+			}
+			st.rescanFrom(ulid.ULID{})
+		}
+	}()
 	for i, f := range res.batch.failed {
 		it, n := f.it, res.attempts[i]
 		if n < 0 { // discarded by an operator while failing
@@ -747,6 +760,7 @@ func (r *Relay) marked(st *state, res markResult) error {
 			r.log.Warn("outbox event not produced after its attempts; its saga's later events wait until it is re-queued or discarded",
 				"event", it.ev.ID.String(), "saga", it.ev.SagaID.String(), "name", it.ev.Name, "attempts", n, "err", f.err)
 			r.park(st, it.ev.SagaID)
+			parked = true
 			if h := r.cfg.Hooks.NotProduced; h != nil {
 				h(it.ev, f.err)
 			}
