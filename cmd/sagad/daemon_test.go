@@ -317,3 +317,12 @@ func TestShutdownAnswersWaitingStarts(t *testing.T) {
 		t.Fatalf("the waiting start was not answered within 10s of SIGTERM (grace 30s)")
 	}
 }
+
+func TestServeRejectsMalformedEnvironment(t *testing.T) {
+	t.Setenv("SAGAD_CONCURRENCY", "lots")
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"serve", "--db", filepath.Join(t.TempDir(), "x.db")}, &stdout, &stderr)
+	if code != exitUsage || !strings.Contains(stderr.String(), `SAGAD_CONCURRENCY="lots"`) {
+		t.Fatalf("exit %d, stderr %q; want a usage error naming SAGAD_CONCURRENCY", code, stderr.String())
+	}
+}

@@ -80,12 +80,27 @@ Run 'sagad <command> --help' for a command's flags and an example.
 `)
 }
 
-// envOr returns the environment variable's value, or def.
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
+// envFlags sets every flag that the command line did not give from its
+// environment variable, named in its usage text as "(env SAGAD_X)", through
+// the flag's own parser: a malformed value is an error, not a silent
+// default.
+func envFlags(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		_, rest, ok := strings.Cut(f.Usage, "(env ")
+		name, _, ok2 := strings.Cut(rest, ")")
+		if err != nil || given[f.Name] || !ok || !ok2 {
+			return
+		}
+		if v, set := os.LookupEnv(name); set {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = errors.Newf("%s=%q (for --%s): %v", name, v, f.Name, serr)
+			}
+		}
+	})
+	return err
 }
 
 // checkCommand implements 'sagad check'.
@@ -96,7 +111,7 @@ type checkCommand struct {
 func (c *checkCommand) run(_ context.Context, args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(c.stderr)
-	db := fs.String("db", envOr("SAGAD_DB", "sagad.db"), "database file (env SAGAD_DB)")
+	db := fs.String("db", "sagad.db", "database file (env SAGAD_DB)")
 	asJSON := fs.Bool("json", false, "print the problems as JSON")
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad check [--db FILE] [--json]
@@ -119,6 +134,10 @@ Example:
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "sagad check: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if err := envFlags(fs); err != nil {
+		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		return exitUsage
 	}
 	d, err := storage.Open(*db, &storage.Options{ReadOnly: true})

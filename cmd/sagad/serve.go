@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,16 +37,16 @@ type serveConfig struct {
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	cfg := &serveConfig{}
-	fs.StringVar(&cfg.db, "db", envOr("SAGAD_DB", "sagad.db"), "database file (env SAGAD_DB)")
-	fs.StringVar(&cfg.listen, "listen", envOr("SAGAD_LISTEN", "127.0.0.1:8080"), "HTTP listen address (env SAGAD_LISTEN)")
-	fs.StringVar(&cfg.amqpURL, "amqp-url", envOr("SAGAD_AMQP_URL", ""), "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
-	fs.StringVar(&cfg.exchange, "exchange", envOr("SAGAD_EXCHANGE", "sagad.events"), "exchange for events that name none (env SAGAD_EXCHANGE)")
-	fs.StringVar(&cfg.token, "token", envOr("SAGAD_TOKEN", ""), "bearer token required by the API (env SAGAD_TOKEN)")
-	fs.StringVar(&cfg.definitions, "definitions", envOr("SAGAD_DEFINITIONS", ""), "directory of definition files NAME.json to register at start (env SAGAD_DEFINITIONS)")
-	fs.IntVar(&cfg.concurrency, "concurrency", envInt("SAGAD_CONCURRENCY", 1024), "sagas running steps at once (env SAGAD_CONCURRENCY)")
-	fs.StringVar(&cfg.logLevel, "log-level", envOr("SAGAD_LOG_LEVEL", "info"), "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
-	fs.StringVar(&cfg.logFormat, "log-format", envOr("SAGAD_LOG_FORMAT", "text"), "text or json (env SAGAD_LOG_FORMAT)")
-	fs.DurationVar(&cfg.grace, "shutdown-grace", envDuration("SAGAD_SHUTDOWN_GRACE", 10*time.Second), "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
+	fs.StringVar(&cfg.db, "db", "sagad.db", "database file (env SAGAD_DB)")
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "HTTP listen address (env SAGAD_LISTEN)")
+	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
+	fs.StringVar(&cfg.exchange, "exchange", "sagad.events", "exchange for events that name none (env SAGAD_EXCHANGE)")
+	fs.StringVar(&cfg.token, "token", "", "bearer token required by the API (env SAGAD_TOKEN)")
+	fs.StringVar(&cfg.definitions, "definitions", "", "directory of definition files NAME.json to register at start (env SAGAD_DEFINITIONS)")
+	fs.IntVar(&cfg.concurrency, "concurrency", 1024, "sagas running steps at once (env SAGAD_CONCURRENCY)")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (env SAGAD_LOG_FORMAT)")
+	fs.DurationVar(&cfg.grace, "shutdown-grace", 10*time.Second, "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
 	return cfg
 }
 
@@ -81,6 +79,10 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "sagad serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if err := envFlags(fs); err != nil {
+		fmt.Fprintf(c.stderr, "sagad serve: %v\n", err)
 		return exitUsage
 	}
 	log, err := newLogger(c.stderr, cfg.logLevel, cfg.logFormat)
@@ -242,24 +244,6 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, errors.Newf("--log-format %q: want text or json", format)
-}
-
-func envInt(name string, def int) int {
-	if v, ok := os.LookupEnv(name); ok {
-		if n, err := strconv.Atoi(v); err == nil {
-			return n
-		}
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v, ok := os.LookupEnv(name); ok {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-	}
-	return def
 }
 
 // participantClient is the HTTP client of the daemon's HTTP steps. It keeps
