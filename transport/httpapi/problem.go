@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -60,7 +61,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, http.StatusBadRequest, "invalid-input", err.Error())
 	case errors.Is(err, saga.ErrInvalidDefinition):
 		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-definition", err.Error())
-	case errors.Is(err, engine.ErrClosed):
+	case errors.Is(err, engine.ErrClosed), errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		writeProblem(w, r, http.StatusServiceUnavailable, "shutting-down", "sagad is shutting down; try again")
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
