@@ -32,6 +32,13 @@ func main() {
 }
 
 func run(addr string) error {
+	log.Printf("participants listening on %s", addr)
+	srv := &http.Server{Addr: addr, Handler: handler(), ReadHeaderTimeout: 5 * time.Second}
+	return srv.ListenAndServe()
+}
+
+// handler serves the participants' endpoints.
+func handler() http.Handler {
 	var mu sync.Mutex
 	done := map[string]bool{} // idempotency keys already handled
 	handle := func(what string, fail func(call) bool) http.HandlerFunc {
@@ -69,7 +76,5 @@ func run(addr string) error {
 	mux.HandleFunc("POST /charge", handle("charge", declined))
 	mux.HandleFunc("POST /refund", handle("refund", nil))
 	mux.HandleFunc("POST /ship", handle("ship", nil))
-	log.Printf("participants listening on %s", addr)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	return srv.ListenAndServe()
+	return mux
 }
