@@ -62,6 +62,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&checkCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "bench":
 		return (&benchCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "sagas":
+		return (&sagasCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "outbox":
+		return (&outboxCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
 	fmt.Fprintf(stderr, "sagad: unknown command %q\n\n", args[0])
 	usage(stderr)
@@ -75,6 +79,8 @@ Commands:
   serve    run the daemon (the default): engine, HTTP API, outbox relay
   check    verify a database file (bbolt's check plus the engine's invariants)
   bench    drive sagas of HTTP steps through a daemon and print throughput
+  sagas    list and show sagas (offline with --db, online with --addr)
+  outbox   list, count and re-queue outbox events
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

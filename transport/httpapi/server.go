@@ -291,12 +291,12 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, sagaJSON(sg))
+		writeJSON(w, http.StatusOK, SagaJSON(sg))
 		return
 	}
 	if wait > 0 {
 		if sg := s.waitFor(r.Context(), st.ID, wait); sg != nil {
-			writeJSON(w, http.StatusOK, sagaJSON(sg))
+			writeJSON(w, http.StatusOK, SagaJSON(sg))
 			return
 		}
 	}
@@ -336,7 +336,7 @@ func (s *Server) getSaga(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, sagaJSON(sg))
+	writeJSON(w, http.StatusOK, SagaJSON(sg))
 }
 
 // limitParam parses ?limit= (1 to 1000; 0 when absent).
@@ -372,7 +372,7 @@ func (s *Server) listSagas(w http.ResponseWriter, r *http.Request) {
 	}
 	out := client.Page{Sagas: make([]client.Saga, len(page.Sagas)), NextCursor: page.NextCursor}
 	for i, sg := range page.Sagas {
-		out.Sagas[i] = *sagaJSON(sg)
+		out.Sagas[i] = *SagaJSON(sg)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -412,8 +412,8 @@ func (s *Server) control(w http.ResponseWriter, r *http.Request, fn func(context
 	writeJSON(w, http.StatusAccepted, client.Started{ID: sg.ID, Status: string(sg.Status)})
 }
 
-// sagaJSON converts the engine's view to the wire format.
-func sagaJSON(sg *engine.Saga) *client.Saga {
+// SagaJSON converts the engine's view of a saga to the wire format.
+func SagaJSON(sg *engine.Saga) *client.Saga {
 	out := &client.Saga{ID: sg.ID, Definition: sg.Definition, Version: sg.Fingerprint, Status: string(sg.Status),
 		Input: sg.Input, Data: sg.Data, IdempotencyKey: sg.IdempotencyKey, CreatedAt: sg.CreatedAt,
 		UpdatedAt: sg.UpdatedAt, Deadline: sg.Deadline, WakeAt: sg.WakeAt, Parked: sg.Parked,

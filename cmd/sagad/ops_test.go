@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/transport/httpapi"
+)
+
+// opsFile builds a database with a completed, a compensated and a failed
+// saga, and outbox events of which one is not_produced. It returns the
+// path and the saga ids by status.
+func opsFile(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		return json.RawMessage(`{"ok":true}`), c.Emit(saga.Event{Name: c.Step + ".done", Payload: json.RawMessage(`{}`)})
+	}
+	fail := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		var in struct{ Mode string }
+		_ = c.DecodeInput(&in)
+		if in.Mode == "" {
+			return nil, nil
+		}
+		return nil, saga.Permanent(errors.New("declined by the bank"))
+	}
+	comp := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		var in struct{ Mode string }
+		_ = c.DecodeInput(&in)
+		if in.Mode == "stuck" {
+			return nil, errors.New("refund service down")
+		}
+		return nil, nil
+	}
+	def := &saga.Definition{Name: "order", Steps: []saga.Step{
+		{Name: "reserve", Action: ok, Compensation: comp, CompensationRetry: saga.RetryPolicy{MaxAttempts: 2, InitialInterval: time.Millisecond}},
+		{Name: "charge", Action: fail},
+	}}
+	if err := eng.Register(def); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = eng.Run(ctx) }()
+	ids := map[string]string{}
+	for _, mode := range []string{"", "declined", "stuck"} {
+		st, err := eng.Start(ctx, "order", map[string]string{"mode": mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := eng.Wait(ctx, st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[string(s.Status)] = s.ID
+	}
+	page, err := eng.OutboxList(ctx, engine.OutboxListOptions{})
+	if err != nil || len(page.Events) != 3 {
+		t.Fatalf("outbox %+v %v: want one event per reserve", page, err)
+	}
+	err = eng.DB().Update(func(tx *storage.Tx) error {
+		_, err := tx.OutboxFailed(page.Events[0].ID, "NO_ROUTE", true, time.Now())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids["not_produced"] = page.Events[0].ID.String()
+	cancel()
+	<-done
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 4 {
+		t.Fatalf("sagas ended %v; want completed, compensated and failed", ids)
+	}
+	return path, ids
+}
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// serveFile runs the API on the file in this process: the file is then
+// locked, as it is when a daemon runs.
+func serveFile(t *testing.T, path string) string {
+	t.Helper()
+	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Definitions: httpapi.NewDefinitions(eng, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	t.Cleanup(func() {
+		srv.Close()
+		_ = eng.Close()
+	})
+	return srv.URL
+}
+
+func TestSagasCommands(t *testing.T) {
+	t.Parallel()
+	path, ids := opsFile(t)
+	check := func(t *testing.T, where ...string) {
+		t.Helper()
+		code, out, errOut := runCmd(t, append([]string{"sagas", "list", "--json"}, where...)...)
+		var page client.Page
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 3 {
+			t.Fatalf("sagas list --json: exit %d, %s %s; want 3 sagas", code, out, errOut)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "list", "--status", "failed", "--json"}, where...)...)
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || page.Sagas[0].ID != ids["failed"] {
+			t.Fatalf("sagas list --status failed: exit %d, %s; want the failed saga", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "2"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "DEFINITION") || strings.Count(out, "order") != 2 {
+			t.Fatalf("sagas list --limit 2: exit %d:\n%s", code, out)
+		}
+		// The failed saga is stuck in reserve's compensation.
+		if !strings.Contains(out, "reserve (compensation)") {
+			t.Fatalf("sagas list does not show where the failed saga is stuck:\n%s", out)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "show", ids["failed"]}, where...)...)
+		for _, want := range []string{"status      failed", "refund service down", "timeline:", "attempt_failed reserve compensation #2", "compensation of step"} {
+			if code != exitOK || !strings.Contains(out, want) {
+				t.Fatalf("sagas show (failed): exit %d, want %q in:\n%s", code, want, out)
+			}
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "show", "--json", ids["compensated"]}, where...)...)
+		var shown struct {
+			client.Saga
+			Log []client.LogEntry `json:"log"`
+		}
+		if code != exitOK || json.Unmarshal([]byte(out), &shown) != nil || shown.ID != ids["compensated"] || shown.Status != "compensated" || len(shown.Log) < 5 {
+			t.Fatalf("sagas show --json: exit %d:\n%s", code, out)
+		}
+		if code, _, errOut := runCmd(t, append([]string{"sagas", "show", ulid.Make().String()}, where...)...); code != exitFailed || !strings.Contains(errOut, "not found") {
+			t.Fatalf("sagas show of an unknown id: exit %d, %s", code, errOut)
+		}
+	}
+	t.Run("offline", func(t *testing.T) { check(t, "--db", path) })
+	url := serveFile(t, path)
+	t.Run("online", func(t *testing.T) { check(t, "--addr", url) })
+	t.Run("offline while a daemon holds the file", func(t *testing.T) {
+		start := time.Now()
+		code, _, errOut := runCmd(t, "sagas", "list", "--db", path)
+		if code != exitFailed || !strings.Contains(errOut, "--addr") || time.Since(start) > 5*time.Second {
+			t.Fatalf("exit %d after %s, stderr %q; want a prompt failure suggesting --addr", code, time.Since(start), errOut)
+		}
+	})
+}
+
+func TestOutboxCommands(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, ids := opsFile(t)
+			where := []string{"--db", path}
+			if mode == "online" {
+				where = []string{"--addr", serveFile(t, path)}
+			}
+			code, out, _ := runCmd(t, append([]string{"outbox", "list", "--status", "not_produced", "--json"}, where...)...)
+			var page client.OutboxPage
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) != 1 || page.Events[0].ID != ids["not_produced"] || page.Events[0].LastError != "NO_ROUTE" {
+				t.Fatalf("outbox list --status not_produced: exit %d:\n%s", code, out)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "stats"}, where...)...)
+			if code != exitOK || !strings.Contains(out, "new           2") || !strings.Contains(out, "not_produced  1") {
+				t.Fatalf("outbox stats: exit %d:\n%s", code, out)
+			}
+			code, out, errOut := runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
+			if code != exitOK || !strings.Contains(out, "re-queued 1") {
+				t.Fatalf("outbox requeue: exit %d: %s %s", code, out, errOut)
+			}
+			code, _, errOut = runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
+			if code != exitFailed || !strings.Contains(errOut, "already waiting") {
+				t.Fatalf("second requeue: exit %d: %s; want a conflict", code, errOut)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
+			var st client.OutboxStats
+			if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.New != 3 || st.Counts.NotProduced != 0 {
+				t.Fatalf("outbox stats --json after requeue: exit %d:\n%s", code, out)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "requeue", "--all-not-produced"}, where...)...)
+			if code != exitOK || !strings.Contains(out, "re-queued 0") {
+				t.Fatalf("requeue --all-not-produced with none left: exit %d: %s", code, out)
+			}
+		})
+	}
+}
+
+func TestOpsUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"sagas"}, {"sagas", "frobnicate"}, {"sagas", "list", "--status", "bogus"}, {"sagas", "list", "--limit", "0"},
+		{"sagas", "show"}, {"sagas", "show", "a", "b"}, {"outbox", "list", "--status", "bogus"},
+		{"outbox", "requeue"}, {"outbox", "requeue", "x", "--all-not-produced"}, {"outbox", "nope"},
+	} {
+		if code, _, _ := runCmd(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d (usage)", args, code, exitUsage)
+		}
+	}
+	for _, args := range [][]string{{"sagas", "list", "--help"}, {"sagas", "show", "--help"}, {"outbox", "stats", "--help"}} {
+		code, _, errOut := runCmd(t, args...)
+		if code != exitOK || !strings.Contains(errOut, "Example:") {
+			t.Errorf("%v: exit %d, help %q; want 0 and an example", args, code, errOut)
+		}
+	}
+}

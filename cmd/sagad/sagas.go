@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/saga"
+)
+
+// sagasCommand implements 'sagad sagas list|show'.
+type sagasCommand struct {
+	stdout, stderr io.Writer
+}
+
+func sagaStatus(s string) saga.Status { return saga.Status(s) }
+
+func (c *sagasCommand) run(ctx context.Context, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(c.stderr, `Usage: sagad sagas <command> [flags]
+
+Commands:
+  list    list sagas, newest first
+  show    show a saga, its data and its step log as a timeline
+
+Each works offline on a database file (--db) or online through a running
+daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
+`)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	switch args[0] {
+	case "list":
+		return c.list(ctx, args[1:])
+	case "show":
+		return c.show(ctx, args[1:])
+	}
+	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list or show)\n", args[0])
+	return exitUsage
+}
+
+// parse parses a subcommand's flags, which may come before or after its
+// arguments, then applies the environment. fs.Args() holds the arguments.
+func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	fs.SetOutput(stderr)
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK, false
+			}
+			return exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	_ = fs.Parse(append([]string{"--"}, positional...)) // leaves the arguments in fs.Args()
+	if err := envFlags(fs); err != nil {
+		fmt.Fprintf(stderr, "sagad %s: %v\n", fs.Name(), err)
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+func (c *sagasCommand) list(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("sagas list", flag.ContinueOnError)
+	var t target
+	t.flags(fs)
+	status := fs.String("status", "", "only sagas in this status: running, compensating, completed, compensated or failed")
+	definition := fs.String("definition", "", "only sagas of this definition")
+	since := fs.Duration("since", 0, "only sagas created within this long, such as 1h")
+	limit := fs.Int("limit", 50, "at most this many sagas")
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, `Usage: sagad sagas list [--status S] [--definition D] [--since 1h] [--limit N] [--json]
+
+Lists sagas, newest first, as a table (or a JSON object {"sagas": [...]}
+with --json, as the HTTP API answers).
+
+Example:
+  sagad sagas list --db /var/lib/sagad/sagad.db --status failed
+  sagad sagas list --addr http://127.0.0.1:8080 --since 1h --json
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if *status != "" && !saga.Status(*status).Valid() {
+		fmt.Fprintf(c.stderr, "sagad sagas list: --status %q: want running, compensating, completed, compensated or failed\n", *status)
+		return exitUsage
+	}
+	if *limit < 1 || fs.NArg() > 0 {
+		fmt.Fprintln(c.stderr, "sagad sagas list: --limit must be positive, and no arguments are taken")
+		return exitUsage
+	}
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "sagas list", err)
+	}
+	defer b.Close()
+	var out []client.Saga
+	cutoff := time.Time{}
+	if *since > 0 {
+		cutoff = time.Now().Add(-*since)
+	}
+	for cursor := ""; len(out) < *limit; {
+		p, err := b.List(ctx, client.ListOptions{Status: *status, Definition: *definition, Cursor: cursor, Limit: min(*limit-len(out), 1000)})
+		if err != nil {
+			return fail(c.stderr, "sagas list", err)
+		}
+		done := false
+		for _, s := range p.Sagas {
+			if !cutoff.IsZero() && s.CreatedAt.Before(cutoff) {
+				done = true // newest first: the rest are older still
+				break
+			}
+			out = append(out, s)
+		}
+		if cursor = p.NextCursor; done || cursor == "" {
+			break
+		}
+	}
+	if out == nil {
+		out = []client.Saga{}
+	}
+	if t.json {
+		printJSON(c.stdout, client.Page{Sagas: out})
+		return exitOK
+	}
+	if len(out) == 0 {
+		fmt.Fprintln(c.stdout, "no sagas")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDEFINITION\tSTATUS\tCREATED\tUPDATED\tSTEP\tERROR")
+	for _, s := range out {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Definition, s.Status, s.CreatedAt.Local().Format(time.DateTime),
+			s.UpdatedAt.Local().Format(time.DateTime), currentStep(&s), oneLine(s.Error, 60))
+	}
+	_ = tw.Flush()
+	return exitOK
+}
+
+// currentStep names the step a saga is at, or is stuck at, and its phase:
+// a compensation in progress first, then a running step, then a failed one.
+func currentStep(s *client.Saga) string {
+	for _, want := range []string{"compensating", "running", "failed"} {
+		for i := len(s.Steps) - 1; i >= 0; i-- {
+			if st := s.Steps[i]; st.Status == want {
+				return st.Name + " (" + st.Phase + ")"
+			}
+		}
+	}
+	return "-"
+}
+
+// oneLine shortens s to one line of at most n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func (c *sagasCommand) show(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("sagas show", flag.ContinueOnError)
+	var t target
+	t.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, `Usage: sagad sagas show [--db FILE | --addr URL] [--json] ID
+
+Shows a saga: its status, input, data and steps, then its step log as a
+timeline (each attempt: when, how long, outcome, error; the compensations
+that ran; where it stands now). With --json it prints the saga object as the
+HTTP API does, with its log under "log".
+
+Example:
+  sagad sagas show --db /var/lib/sagad/sagad.db 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(c.stderr, "sagad sagas show: give exactly one saga id")
+		return exitUsage
+	}
+	id := fs.Arg(0)
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "sagas show", err)
+	}
+	defer b.Close()
+	s, err := b.Get(ctx, id)
+	if err != nil {
+		return fail(c.stderr, "sagas show", err)
+	}
+	log, err := b.Log(ctx, id)
+	if err != nil {
+		return fail(c.stderr, "sagas show", err)
+	}
+	if t.json {
+		printJSON(c.stdout, struct {
+			*client.Saga
+			Log []client.LogEntry `json:"log"`
+		}{s, log})
+		return exitOK
+	}
+	printSaga(c.stdout, s, log)
+	return exitOK
+}
+
+// printSaga writes a saga and its timeline for people.
+func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
+	fmt.Fprintf(w, "saga        %s\n", s.ID)
+	fmt.Fprintf(w, "definition  %s (version %s)\n", s.Definition, s.Version)
+	fmt.Fprintf(w, "status      %s\n", s.Status)
+	fmt.Fprintf(w, "created     %s   updated %s\n", s.CreatedAt.Local().Format(time.RFC3339), s.UpdatedAt.Local().Format(time.RFC3339))
+	if s.Error != "" {
+		fmt.Fprintf(w, "error       %s\n", s.Error)
+	}
+	if s.Parked != "" {
+		fmt.Fprintf(w, "parked      %s\n", s.Parked)
+	}
+	if !s.WakeAt.IsZero() {
+		fmt.Fprintf(w, "next        attempt due %s\n", s.WakeAt.Local().Format(time.RFC3339))
+	}
+	if len(s.Input) > 0 {
+		fmt.Fprintf(w, "input       %s\n", s.Input)
+	}
+	fmt.Fprintln(w, "\nsteps:")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	for _, st := range s.Steps {
+		attempts := plural(st.Attempts, "attempt")
+		if st.CompensationAttempts > 0 {
+			attempts += ", " + plural(st.CompensationAttempts, "compensation attempt")
+		}
+		if st.FallbackUsed {
+			attempts += ", fallback used"
+		}
+		out := ""
+		if raw, ok := s.Data[st.Name]; ok {
+			out = oneLine(string(raw), 60)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", st.Name, st.Status, attempts, out, oneLine(st.Error, 80))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w, "\ntimeline:")
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	var start time.Time
+	for i, e := range log {
+		if i == 0 {
+			start = e.At
+		}
+		what := e.Event
+		if e.Step != "" {
+			what += " " + e.Step
+			if e.Phase != "" {
+				what += " " + e.Phase
+			}
+			if e.Attempt > 0 {
+				what += fmt.Sprintf(" #%d", e.Attempt)
+			}
+		}
+		detail := []string{}
+		if e.Duration > 0 {
+			detail = append(detail, "took "+e.Duration.Round(time.Microsecond).String())
+		}
+		if e.Status != "" {
+			detail = append(detail, "saga "+e.Status)
+		}
+		if e.Error != "" {
+			detail = append(detail, "error: "+oneLine(e.Error, 100))
+		}
+		if !e.Next.IsZero() {
+			detail = append(detail, "next attempt at "+e.Next.Local().Format(time.TimeOnly))
+		}
+		if e.Note != "" {
+			detail = append(detail, oneLine(e.Note, 100))
+		}
+		fmt.Fprintf(tw, "  %s\t+%s\t%s\t%s\n", e.At.Local().Format("15:04:05.000"), e.At.Sub(start).Round(time.Microsecond), what, strings.Join(detail, "; "))
+	}
+	_ = tw.Flush()
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/transport/httpapi"
+)
+
+// backend is what the operator commands act on: a database file (offline)
+// or a running daemon (online). Both answer in the API's wire types.
+type backend interface {
+	List(ctx context.Context, o client.ListOptions) (*client.Page, error)
+	Get(ctx context.Context, id string) (*client.Saga, error)
+	Log(ctx context.Context, id string) ([]client.LogEntry, error)
+	OutboxList(ctx context.Context, status, cursor string, limit int) (*client.OutboxPage, error)
+	OutboxStats(ctx context.Context) (*client.OutboxStats, error)
+	OutboxRequeue(ctx context.Context, id string) error
+	Close() error
+}
+
+// target holds the flags every operator command takes.
+type target struct {
+	db, addr, token string
+	json            bool
+}
+
+func (t *target) flags(fs *flag.FlagSet) {
+	fs.StringVar(&t.db, "db", "sagad.db", "database file, used offline when --addr is not given (env SAGAD_DB)")
+	fs.StringVar(&t.addr, "addr", "", "URL of a running daemon, such as http://127.0.0.1:8080 (env SAGAD_ADDR)")
+	fs.StringVar(&t.token, "token", "", "the daemon's bearer token (env SAGAD_TOKEN)")
+	fs.BoolVar(&t.json, "json", false, "print JSON for scripts")
+}
+
+// open connects to the daemon, or opens the file offline. A file held by a
+// running daemon fails at once with a hint to use --addr.
+func (t *target) open() (backend, error) {
+	if t.addr != "" {
+		c, err := client.New(t.addr, t.token, nil)
+		if err != nil {
+			return nil, err
+		}
+		return online{c}, nil
+	}
+	eng, err := engine.Open(t.db, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Storage: storage.Options{LockTimeout: 500 * time.Millisecond}})
+	if err != nil {
+		if errors.Is(err, storage.ErrLocked) {
+			return nil, errors.WithHint(errors.Wrapf(err, "%s is held by a running process", t.db),
+				"a daemon holds the file: talk to it with --addr http://HOST:PORT (and --token)")
+		}
+		return nil, err
+	}
+	return offline{eng}, nil
+}
+
+// online is a running daemon.
+type online struct{ *client.Client }
+
+func (online) Close() error { return nil }
+
+// offline is a database file opened by this process.
+type offline struct{ eng *engine.Engine }
+
+func (o offline) Close() error { return o.eng.Close() }
+
+func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page, error) {
+	p, err := o.eng.List(ctx, engine.ListOptions{Status: sagaStatus(lo.Status), Definition: lo.Definition,
+		Cursor: lo.Cursor, Limit: lo.Limit})
+	if err != nil {
+		return nil, err
+	}
+	out := &client.Page{Sagas: make([]client.Saga, len(p.Sagas)), NextCursor: p.NextCursor}
+	for i, s := range p.Sagas {
+		out.Sagas[i] = *httpapi.SagaJSON(s)
+	}
+	return out, nil
+}
+
+func (o offline) Get(ctx context.Context, id string) (*client.Saga, error) {
+	s, err := o.eng.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return httpapi.SagaJSON(s), nil
+}
+
+func (o offline) Log(ctx context.Context, id string) ([]client.LogEntry, error) {
+	entries, err := o.eng.Log(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return convert[[]client.LogEntry](entries)
+}
+
+func (o offline) OutboxList(ctx context.Context, status, cursor string, limit int) (*client.OutboxPage, error) {
+	p, err := o.eng.OutboxList(ctx, engine.OutboxListOptions{Status: storage.OutboxStatus(status), Cursor: cursor, Limit: limit})
+	if err != nil {
+		return nil, err
+	}
+	return convert[*client.OutboxPage](p)
+}
+
+func (o offline) OutboxStats(ctx context.Context) (*client.OutboxStats, error) {
+	st, err := o.eng.OutboxStats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return convert[*client.OutboxStats](st)
+}
+
+func (o offline) OutboxRequeue(ctx context.Context, id string) error {
+	return o.eng.OutboxRequeue(ctx, id)
+}
+
+// convert re-encodes a value as the API's wire type: the engine's types
+// carry the same JSON.
+func convert[T any](v any) (T, error) {
+	var out T
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = json.Unmarshal(b, &out)
+	}
+	return out, errors.Wrap(err, "convert to the wire format")
+}
+
+// fail prints an operation's error (and its hint) and returns exitFailed.
+func fail(w io.Writer, cmd string, err error) int {
+	fmt.Fprintf(w, "sagad %s: %v\n", cmd, err)
+	if h := errors.FlattenHints(err); h != "" {
+		fmt.Fprintf(w, "hint: %s\n", h)
+	}
+	return exitFailed
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
