@@ -232,3 +232,52 @@ func TestOpsUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestSagasRetryAndAbort(t *testing.T) {
+	t.Parallel()
+	path, ids := opsFile(t)
+	// Offline: this file's definition is Go code, not stored, so a retry
+	// cannot be carried out here; the refusal says what to do.
+	code, _, errOut := runCmd(t, "sagas", "retry", ids["failed"], "--db", path)
+	if code != exitFailed || !strings.Contains(errOut, "unknown definition") || !strings.Contains(errOut, "hint:") {
+		t.Fatalf("offline retry without the definition: exit %d, %s", code, errOut)
+	}
+	code, _, errOut = runCmd(t, "sagas", "abort", ids["completed"], "--db", path)
+	if code != exitFailed || !strings.Contains(errOut, "it is completed") {
+		t.Fatalf("abort of a completed saga: exit %d, %s; want a conflict", code, errOut)
+	}
+
+	// Online, with the definition registered and its refund service fixed:
+	// the failed saga's compensation is retried and the saga compensated.
+	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) { return nil, nil }
+	if err := eng.Register(&saga.Definition{Name: "order", Steps: []saga.Step{
+		{Name: "reserve", Action: fixed, Compensation: fixed}, {Name: "charge", Action: fixed}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = eng.Run(ctx) }()
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Definitions: httpapi.NewDefinitions(eng, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	defer func() { srv.Close(); cancel(); <-done; _ = eng.Close() }()
+
+	code, out, errOut := runCmd(t, "sagas", "retry", ids["failed"], "--addr", srv.URL)
+	if code != exitOK || !strings.Contains(out, "retry requested") {
+		t.Fatalf("online retry: exit %d, %s %s", code, out, errOut)
+	}
+	s, err := eng.Wait(ctx, ids["failed"])
+	if err != nil || s.Status != saga.StatusCompensated {
+		t.Fatalf("retried saga ended %v (%v), want compensated", s, err)
+	}
+	code, _, errOut = runCmd(t, "sagas", "retry", ids["completed"], "--addr", srv.URL)
+	if code != exitFailed || !strings.Contains(errOut, "409") {
+		t.Fatalf("retry of a completed saga: exit %d, %s; want a 409", code, errOut)
+	}
+}

@@ -29,6 +29,8 @@ func (c *sagasCommand) run(ctx context.Context, args []string) int {
 Commands:
   list    list sagas, newest first
   show    show a saga, its data and its step log as a timeline
+  retry   retry a failed saga's failed compensation, or resume a parked saga
+  abort   compensate a running saga
 
 Each works offline on a database file (--db) or online through a running
 daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
@@ -43,8 +45,12 @@ daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
 		return c.list(ctx, args[1:])
 	case "show":
 		return c.show(ctx, args[1:])
+	case "retry":
+		return c.control(ctx, "retry", args[1:])
+	case "abort":
+		return c.control(ctx, "abort", args[1:])
 	}
-	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list or show)\n", args[0])
+	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list, show, retry or abort)\n", args[0])
 	return exitUsage
 }
 
@@ -306,4 +312,71 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+var controlHelp = map[string]string{
+	"retry": `Usage: sagad sagas retry [--db FILE | --addr URL] ID
+
+Retries a failed saga: the compensation (or, past the pivot, the step) that
+failed runs again with a fresh attempt budget. Fix the cause first. A saga
+parked because its definition version was not registered is resumed.
+Offline, the retry is recorded and the daemon (or sagad recover) runs it.
+
+Example:
+  sagad sagas retry --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+`,
+	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] ID
+
+Asks a running saga to stop going forward and compensate the steps that
+succeeded, last first. An attempt in flight finishes first; a saga past its
+pivot step cannot be aborted. Offline, the request is recorded and the
+daemon (or sagad recover) acts on it.
+
+Example:
+  sagad sagas abort --db /var/lib/sagad/sagad.db 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+`,
+}
+
+// control runs retry or abort on one saga and prints where it stands.
+func (c *sagasCommand) control(ctx context.Context, verb string, args []string) int {
+	fs := flag.NewFlagSet("sagas "+verb, flag.ContinueOnError)
+	var t target
+	t.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, controlHelp[verb]+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(c.stderr, "sagad sagas %s: give exactly one saga id\n", verb)
+		return exitUsage
+	}
+	id := fs.Arg(0)
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "sagas "+verb, err)
+	}
+	defer b.Close()
+	op := b.Retry
+	if verb == "abort" {
+		op = b.Abort
+	}
+	if err := op(ctx, id); err != nil {
+		return fail(c.stderr, "sagas "+verb, err)
+	}
+	s, err := b.Get(ctx, id)
+	if err != nil {
+		return fail(c.stderr, "sagas "+verb, err)
+	}
+	if t.json {
+		printJSON(c.stdout, s)
+		return exitOK
+	}
+	fmt.Fprintf(c.stdout, "%s: %s requested; the saga is %s\n", id, verb, s.Status)
+	if b.Offline() {
+		fmt.Fprintln(c.stdout, "recorded in the file: sagad carries it out when it next runs on it (or run sagad recover)")
+	}
+	return exitOK
 }

@@ -26,7 +26,12 @@ type backend interface {
 	OutboxList(ctx context.Context, status, cursor string, limit int) (*client.OutboxPage, error)
 	OutboxStats(ctx context.Context) (*client.OutboxStats, error)
 	OutboxRequeue(ctx context.Context, id string) error
+	Abort(ctx context.Context, id string) error
+	Retry(ctx context.Context, id string) error
 	Close() error
+	// Offline reports whether the backend is the file itself: changes are
+	// recorded, and a daemon (or sagad recover) carries them out.
+	Offline() bool
 }
 
 // target holds the flags every operator command takes.
@@ -61,6 +66,12 @@ func (t *target) open() (backend, error) {
 		}
 		return nil, err
 	}
+	// Declarative definitions are stored: register them, so that a saga
+	// of the daemon's can be retried here.
+	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil {
+		_ = eng.Close()
+		return nil, err
+	}
 	return offline{eng}, nil
 }
 
@@ -69,10 +80,18 @@ type online struct{ *client.Client }
 
 func (online) Close() error { return nil }
 
+func (online) Offline() bool { return false }
+
 // offline is a database file opened by this process.
 type offline struct{ eng *engine.Engine }
 
 func (o offline) Close() error { return o.eng.Close() }
+
+func (offline) Offline() bool { return true }
+
+func (o offline) Abort(ctx context.Context, id string) error { return o.eng.Abort(ctx, id) }
+
+func (o offline) Retry(ctx context.Context, id string) error { return o.eng.Retry(ctx, id) }
 
 func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page, error) {
 	p, err := o.eng.List(ctx, engine.ListOptions{Status: sagaStatus(lo.Status), Definition: lo.Definition,
