@@ -300,3 +300,35 @@ func (c *Client) Ready(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil, nil)
 	return err
 }
+
+// Backup writes a consistent copy of the daemon's database file to w and
+// returns its size.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	u := *c.base
+	u.Path += "/v1/backup"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, errors.Wrap(err, "client: backup")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, errors.Wrap(err, "client: backup")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		p := &Problem{}
+		if json.Unmarshal(data, p) != nil || p.Status == 0 {
+			p = &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
+		}
+		return 0, p
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = errors.Newf("got %d of %d bytes", n, resp.ContentLength)
+	}
+	return n, errors.Wrap(err, "client: backup")
+}

@@ -66,6 +66,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&sagasCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "outbox":
 		return (&outboxCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "backup":
+		return (&backupCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "compact":
+		return (&compactCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
 	fmt.Fprintf(stderr, "sagad: unknown command %q\n\n", args[0])
 	usage(stderr)
@@ -81,6 +85,8 @@ Commands:
   bench    drive sagas of HTTP steps through a daemon and print throughput
   sagas    list and show sagas (offline with --db, online with --addr)
   outbox   list, count and re-queue outbox events
+  backup   write a consistent, checked copy of the database (offline or online)
+  compact  rewrite a stopped daemon's file to reclaim free space
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

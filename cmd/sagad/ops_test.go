@@ -281,3 +281,84 @@ func TestSagasRetryAndAbort(t *testing.T) {
 		t.Fatalf("retry of a completed saga: exit %d, %s; want a 409", code, errOut)
 	}
 }
+
+func TestBackupAndCompact(t *testing.T) {
+	t.Parallel()
+	path, ids := opsFile(t)
+	dir := t.TempDir()
+	same := func(t *testing.T, file string) {
+		t.Helper()
+		code, out, errOut := runCmd(t, "sagas", "list", "--json", "--db", file)
+		var page client.Page
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 3 {
+			t.Fatalf("sagas in %s: exit %d, %s %s; want the 3 sagas", file, code, out, errOut)
+		}
+		for _, s := range page.Sagas {
+			if ids[s.Status] != s.ID {
+				t.Errorf("%s holds saga %s as %s; the original has %s", file, s.ID, s.Status, ids[s.Status])
+			}
+		}
+	}
+	offlineCopy := filepath.Join(dir, "offline.db")
+	if code, out, errOut := runCmd(t, "backup", "--db", path, "--to", offlineCopy); code != exitOK || !strings.Contains(out, "checked") {
+		t.Fatalf("offline backup: exit %d, %s %s", code, out, errOut)
+	}
+	same(t, offlineCopy)
+	if code, _, _ := runCmd(t, "backup", "--db", path, "--to", offlineCopy); code != exitUsage {
+		t.Errorf("backup over an existing file: exit %d, want %d", code, exitUsage)
+	}
+
+	url := serveFile(t, path)
+	onlineCopy := filepath.Join(dir, "online.db")
+	if code, out, errOut := runCmd(t, "backup", "--addr", url, "--to", onlineCopy); code != exitOK {
+		t.Fatalf("online backup: exit %d, %s %s", code, out, errOut)
+	}
+	same(t, onlineCopy)
+	// The daemon holds the file: compaction refuses at once.
+	if code, _, errOut := runCmd(t, "compact", "--db", path); code != exitFailed || !strings.Contains(errOut, "stop the daemon") {
+		t.Fatalf("compact of a live file: exit %d, %s", code, errOut)
+	}
+
+	// Fill the copy with events, then prune them: the file keeps its size
+	// until it is compacted.
+	db, err := storage.Open(offlineCopy, &storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`)
+	for range 5 {
+		err = db.Update(func(tx *storage.Tx) error {
+			var put []ulid.ULID
+			for range 500 {
+				id, err := tx.OutboxPut(storage.EncodeEvent(&storage.OutboxEvent{SagaID: ulid.Make(), Name: "filler", RoutingKey: "f", Payload: payload}, 0))
+				if err != nil {
+					return err
+				}
+				put = append(put, id)
+			}
+			_, err := tx.OutboxProduced(put, time.Now().Add(-time.Hour))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = db.Update(func(tx *storage.Tx) error {
+		for more := true; more; {
+			var err error
+			if _, more, err = tx.OutboxPrune(time.Now(), 10000); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || db.Close() != nil {
+		t.Fatalf("prune the filler: %v", err)
+	}
+	code, out, errOut := runCmd(t, "compact", "--db", offlineCopy, "--json")
+	var res struct{ BytesBefore, BytesAfter int64 }
+	if code != exitOK || json.Unmarshal([]byte(strings.ReplaceAll(out, "bytes_", "Bytes")), &res) != nil || res.BytesAfter <= 0 || res.BytesAfter*2 > res.BytesBefore {
+		t.Fatalf("compact: exit %d, %s %s; want the file at most half its size", code, out, errOut)
+	}
+	same(t, offlineCopy)
+}

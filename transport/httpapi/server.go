@@ -100,6 +100,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/outbox", true, s.listOutbox},
 		{"GET /v1/outbox/stats", true, s.outboxStats},
 		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent},
+		{"GET /v1/backup", true, s.backup},
 	}
 }
 
@@ -465,4 +466,21 @@ func (s *Server) requeueEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id, "status": string(storage.OutboxNew)})
+}
+
+// backup streams a consistent copy of the database file, read in one read
+// transaction while the daemon goes on.
+func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
+	err := s.eng.DB().View(func(tx *storage.Tx) error {
+		btx := tx.Bolt()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Disposition", `attachment; filename="sagad.db"`)
+		w.Header().Set("Content-Length", strconv.FormatInt(btx.Size(), 10))
+		_, err := btx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		// The status line is sent: a short body tells the client.
+		s.log.Error("backup failed", "err", err)
+	}
 }
