@@ -246,6 +246,13 @@ func (c *Client) Retry(ctx context.Context, id string) error {
 	return err
 }
 
+// Resolve marks a failed saga as handled by hand, with a note saying how
+// and who did it; both are kept in its log.
+func (c *Client) Resolve(ctx context.Context, id, note, by string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/resolve", nil, ResolveRequest{Note: note, By: by}, nil)
+	return err
+}
+
 // Wait polls a saga until it has ended, using the daemon's wait support:
 // each call waits up to 30s on the daemon.
 func (c *Client) Wait(ctx context.Context, id string) (*Saga, error) {

@@ -12,7 +12,8 @@ type Saga struct {
 	Definition string `json:"definition"`
 	// Version is the definition version the saga runs with.
 	Version string `json:"version"`
-	// Status is running, compensating, completed, compensated or failed.
+	// Status is running, compensating, completed, compensated, failed or
+	// resolved.
 	Status string          `json:"status"`
 	Input  json.RawMessage `json:"input,omitempty"`
 	// Data holds what the saga's succeeded steps returned, by step name.
@@ -35,7 +36,7 @@ type Saga struct {
 // Finished reports whether the saga has ended.
 func (s *Saga) Finished() bool {
 	switch s.Status {
-	case "completed", "compensated", "failed":
+	case "completed", "compensated", "failed", "resolved":
 		return true
 	}
 	return false
@@ -92,6 +93,14 @@ type StartRequest struct {
 	Definition     string          `json:"definition"`
 	Input          json.RawMessage `json:"input,omitempty"`
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+}
+
+// ResolveRequest is the body of POST /v1/sagas/{id}/resolve.
+type ResolveRequest struct {
+	// Note says what was done by hand. Required.
+	Note string `json:"note"`
+	// By names who resolved it.
+	By string `json:"by,omitempty"`
 }
 
 // Definition is a registered declarative definition.

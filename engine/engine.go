@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -586,7 +587,7 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 			id, s.Definition, s.Fingerprint), "register the definition the saga started with, then retry")
 	}
 	if s.Status == saga.StatusFailed {
-		return e.claimAndDrive(u, func(d *driver) error { return d.retryFailed(time.Now()) })
+		return e.claimAndDrive(u, true, func(d *driver) error { return d.retryFailed(time.Now()) })
 	}
 	e.dispatchNow(u)
 	return nil
@@ -596,6 +597,36 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 // resumed every unfinished saga (and new sagas start at once): a daemon is
 // ready then.
 func (e *Engine) Recovered() <-chan struct{} { return e.recovered }
+
+// Resolve marks a failed saga as handled by hand: an operator fixed what
+// its failed compensation could not, and says how in note. The saga becomes
+// resolved; note, by (who) and the time are kept in its log, and nothing is
+// undone or deleted. Any other state fails with ErrConflict. Its definition
+// need not be registered.
+func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
+	u, s, err := e.lookup(id)
+	if err != nil {
+		return err
+	}
+	if s.Status != saga.StatusFailed {
+		return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed", id, s.Status)
+	}
+	if strings.TrimSpace(note) == "" {
+		return errors.Wrapf(ErrInvalidInput, "engine: resolve saga %s: a note saying what was done is required", id)
+	}
+	return e.claimAndDrive(u, false, func(d *driver) error {
+		if d.rec.Status != saga.StatusFailed {
+			return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed", id, d.rec.Status)
+		}
+		now := time.Now()
+		if by == "" {
+			by = "an operator"
+		}
+		d.log(now, storage.LogEntry{Event: storage.EventResolved, Status: saga.StatusResolved, Note: "resolved by " + by + ": " + note})
+		d.finish(now, saga.StatusResolved)
+		return nil
+	})
+}
 
 // Run recovers every unfinished saga, then runs new and due sagas until ctx
 // ends or Close is called. It then stops starting attempts, gives running

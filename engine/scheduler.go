@@ -214,7 +214,7 @@ func (e *Engine) commitFailed(d *driver, err error) {
 
 // claimAndDrive changes a saga that no driver holds (fn), records the
 // change, and hands the saga to the scheduler.
-func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
+func (e *Engine) claimAndDrive(id ulid.ULID, needDef bool, fn func(*driver) error) error {
 	d := &driver{e: e, rec: &storage.Saga{ID: id}}
 	e.mu.Lock()
 	if _, busy := e.active[id]; busy {
@@ -237,7 +237,7 @@ func (e *Engine) claimAndDrive(id ulid.ULID, fn func(*driver) error) error {
 	d.rec = rec
 	d.from = d.rec.Status
 	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)
-	if d.def == nil {
+	if d.def == nil && needDef {
 		return errors.Wrapf(ErrUnknownDefinition, "engine: saga %s: definition %q version %s", id, d.rec.Definition, d.rec.Fingerprint)
 	}
 	if err := fn(d); err != nil {

@@ -477,6 +477,7 @@ func TestStatus(t *testing.T) {
 		{saga.StatusCompleted, true, true},
 		{saga.StatusCompensated, true, true},
 		{saga.StatusFailed, true, true},
+		{saga.StatusResolved, true, true},
 		{"", false, false},
 		{"done", false, false},
 	}
@@ -491,7 +492,7 @@ func TestStatus(t *testing.T) {
 			}
 		})
 	}
-	if len(saga.Statuses) != 5 {
-		t.Errorf("len(Statuses) = %d, want 5", len(saga.Statuses))
+	if len(saga.Statuses) != 6 {
+		t.Errorf("len(Statuses) = %d, want 6", len(saga.Statuses))
 	}
 }

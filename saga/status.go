@@ -9,6 +9,9 @@ package saga
 //	   │ (a compensation failed for good)
 //	   ▼
 //	failed (needs an operator: retry or resolve)
+//	   │ (an operator handled it by hand)
+//	   ▼
+//	resolved
 type Status string
 
 // Saga statuses.
@@ -24,15 +27,18 @@ const (
 	// StatusFailed: a compensation failed for good. The saga stops and waits for
 	// an operator, who can retry the compensation or resolve the saga by hand.
 	StatusFailed Status = "failed"
+	// StatusResolved: a failed saga that an operator handled by hand and
+	// marked so, with a note (engine.Resolve). Final; nothing is undone.
+	StatusResolved Status = "resolved"
 )
 
 // Statuses lists every saga status, in the order of the state machine.
-var Statuses = []Status{StatusRunning, StatusCompensating, StatusCompleted, StatusCompensated, StatusFailed}
+var Statuses = []Status{StatusRunning, StatusCompensating, StatusCompleted, StatusCompensated, StatusFailed, StatusResolved}
 
 // Finished reports whether no more work is scheduled for a saga in status s.
 // A failed saga is finished in that sense, but an operator may restart it.
 func (s Status) Finished() bool {
-	return s == StatusCompleted || s == StatusCompensated || s == StatusFailed
+	return s == StatusCompleted || s == StatusCompensated || s == StatusFailed || s == StatusResolved
 }
 
 // Valid reports whether s is one of the defined statuses.

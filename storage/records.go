@@ -99,6 +99,7 @@ const (
 	EventParked           Event = "parked"
 	EventResumed          Event = "resumed"
 	EventRetryRequested   Event = "retry_requested"
+	EventResolved         Event = "resolved"
 )
 
 // statusCodes maps statuses to the one-byte codes used in keys and headers.
@@ -108,6 +109,7 @@ var statusCodes = map[saga.Status]byte{
 	saga.StatusCompleted:    3,
 	saga.StatusCompensated:  4,
 	saga.StatusFailed:       5,
+	saga.StatusResolved:     6,
 }
 
 // headerLen is the fixed prefix of a stored saga: status code (1 byte),

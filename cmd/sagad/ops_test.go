@@ -362,3 +362,36 @@ func TestBackupAndCompact(t *testing.T) {
 	}
 	same(t, offlineCopy)
 }
+
+func TestSagasResolve(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, ids := opsFile(t)
+			where := []string{"--db", path}
+			if mode == "online" {
+				where = []string{"--addr", serveFile(t, path)}
+			}
+			if code, _, _ := runCmd(t, append([]string{"sagas", "resolve", ids["failed"]}, where...)...); code != exitUsage {
+				t.Fatalf("resolve without --note: exit %d, want usage", code)
+			}
+			code, out, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["failed"], "--note", "refunded by hand, OPS-17", "--by", "alice"}, where...)...)
+			if code != exitOK || !strings.Contains(out, "the saga is resolved") {
+				t.Fatalf("resolve: exit %d, %s %s", code, out, errOut)
+			}
+			code, out, _ = runCmd(t, append([]string{"sagas", "show", ids["failed"]}, where...)...)
+			if code != exitOK || !strings.Contains(out, "status      resolved") || !strings.Contains(out, "resolved by alice: refunded by hand, OPS-17") {
+				t.Fatalf("show after resolve: exit %d:\n%s", code, out)
+			}
+			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--status", "resolved", "--json"}, where...)...)
+			var page client.Page
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 {
+				t.Fatalf("list --status resolved: exit %d, %s", code, out)
+			}
+			if code, _, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["completed"], "--note", "x"}, where...)...); code != exitFailed || !strings.Contains(errOut, "not failed") {
+				t.Fatalf("resolve of a completed saga: exit %d, %s", code, errOut)
+			}
+		})
+	}
+}

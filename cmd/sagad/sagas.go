@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +33,7 @@ Commands:
   show    show a saga, its data and its step log as a timeline
   retry   retry a failed saga's failed compensation, or resume a parked saga
   abort   compensate a running saga
+  resolve mark a failed saga as handled by hand, with a note
 
 Each works offline on a database file (--db) or online through a running
 daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
@@ -49,8 +52,10 @@ daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
 		return c.control(ctx, "retry", args[1:])
 	case "abort":
 		return c.control(ctx, "abort", args[1:])
+	case "resolve":
+		return c.control(ctx, "resolve", args[1:])
 	}
-	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list, show, retry or abort)\n", args[0])
+	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list, show, retry, abort or resolve)\n", args[0])
 	return exitUsage
 }
 
@@ -325,6 +330,16 @@ Offline, the retry is recorded and the daemon (or sagad recover) runs it.
 Example:
   sagad sagas retry --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
 `,
+	"resolve": `Usage: sagad sagas resolve [--db FILE | --addr URL] --note "..." [--by NAME] ID
+
+Marks a failed saga as handled by hand: an operator did what its failed
+compensation could not (refunded by hand, released the stock in the admin
+tool) and says so in the note. The saga becomes resolved; the note, who and
+when are kept in its step log. Nothing is undone or deleted.
+
+Example:
+  sagad sagas resolve --db /var/lib/sagad/sagad.db --note "refunded by hand, ticket OPS-17" 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+`,
 	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] ID
 
 Asks a running saga to stop going forward and compensate the steps that
@@ -342,6 +357,11 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	fs := flag.NewFlagSet("sagas "+verb, flag.ContinueOnError)
 	var t target
 	t.flags(fs)
+	var note, by string
+	if verb == "resolve" {
+		fs.StringVar(&note, "note", "", "what was done by hand (required)")
+		fs.StringVar(&by, "by", defaultOperator(), "who resolved it")
+	}
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, controlHelp[verb]+"\nFlags:\n")
 		fs.PrintDefaults()
@@ -353,6 +373,10 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 		fmt.Fprintf(c.stderr, "sagad sagas %s: give exactly one saga id\n", verb)
 		return exitUsage
 	}
+	if verb == "resolve" && strings.TrimSpace(note) == "" {
+		fmt.Fprintln(c.stderr, "sagad sagas resolve: --note is required: say what was done by hand")
+		return exitUsage
+	}
 	id := fs.Arg(0)
 	b, err := t.open()
 	if err != nil {
@@ -360,8 +384,11 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	}
 	defer b.Close()
 	op := b.Retry
-	if verb == "abort" {
+	switch verb {
+	case "abort":
 		op = b.Abort
+	case "resolve":
+		op = func(ctx context.Context, id string) error { return b.Resolve(ctx, id, note, by) }
 	}
 	if err := op(ctx, id); err != nil {
 		return fail(c.stderr, "sagas "+verb, err)
@@ -379,4 +406,16 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 		fmt.Fprintln(c.stdout, "recorded in the file: sagad carries it out when it next runs on it (or run sagad recover)")
 	}
 	return exitOK
+}
+
+// defaultOperator names the person running the command: user@host.
+func defaultOperator() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		name += "@" + h
+	}
+	return name
 }

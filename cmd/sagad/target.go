@@ -28,6 +28,7 @@ type backend interface {
 	OutboxRequeue(ctx context.Context, id string) error
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
+	Resolve(ctx context.Context, id, note, by string) error
 	Close() error
 	// Offline reports whether the backend is the file itself: changes are
 	// recorded, and a daemon (or sagad recover) carries them out.
@@ -92,6 +93,10 @@ func (offline) Offline() bool { return true }
 func (o offline) Abort(ctx context.Context, id string) error { return o.eng.Abort(ctx, id) }
 
 func (o offline) Retry(ctx context.Context, id string) error { return o.eng.Retry(ctx, id) }
+
+func (o offline) Resolve(ctx context.Context, id, note, by string) error {
+	return o.eng.Resolve(ctx, id, note, by)
+}
 
 func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page, error) {
 	p, err := o.eng.List(ctx, engine.ListOptions{Status: sagaStatus(lo.Status), Definition: lo.Definition,

@@ -97,6 +97,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/sagas/{id}/log", true, s.sagaLog},
 		{"POST /v1/sagas/{id}/abort", true, s.abortSaga},
 		{"POST /v1/sagas/{id}/retry", true, s.retrySaga},
+		{"POST /v1/sagas/{id}/resolve", true, s.resolveSaga},
 		{"GET /v1/outbox", true, s.listOutbox},
 		{"GET /v1/outbox/stats", true, s.outboxStats},
 		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent},
@@ -362,7 +363,7 @@ func (s *Server) listSagas(w http.ResponseWriter, r *http.Request) {
 	}
 	status := saga.Status(q.Get("status"))
 	if status != "" && !status.Valid() {
-		s.writeError(w, r, badRequest("invalid-status", errors.Newf("status %q: want running, compensating, completed, compensated or failed", status)))
+		s.writeError(w, r, badRequest("invalid-status", errors.Newf("status %q: want running, compensating, completed, compensated, failed or resolved", status)))
 		return
 	}
 	page, err := s.eng.List(r.Context(), engine.ListOptions{Status: status, Definition: q.Get("definition"),
@@ -396,6 +397,15 @@ func (s *Server) abortSaga(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) retrySaga(w http.ResponseWriter, r *http.Request) {
 	s.control(w, r, s.eng.Retry)
+}
+
+func (s *Server) resolveSaga(w http.ResponseWriter, r *http.Request) {
+	var req client.ResolveRequest
+	if err := readJSON(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.control(w, r, func(ctx context.Context, id string) error { return s.eng.Resolve(ctx, id, req.Note, req.By) })
 }
 
 // control runs an operator action on a saga and answers with its state.

@@ -1,0 +1,76 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+func TestResolveFailedSaga(t *testing.T) {
+	t.Parallel()
+	ok := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) { return nil, nil }
+	broken := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		return nil, saga.Permanent(errors.New("refund service gone"))
+	}
+	def := &saga.Definition{Name: "stuck", Events: saga.Events{Lifecycle: true}, Steps: []saga.Step{
+		{Name: "charge", Action: ok, Compensation: broken},
+		{Name: "ship", Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			return nil, saga.Permanent(errors.New("no carrier"))
+		}},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	ctx := context.Background()
+	failed := b.run(t, "stuck", 1)
+	if failed.Status != saga.StatusFailed {
+		t.Fatalf("saga %s, want failed", failed.Status)
+	}
+	cases := []struct {
+		name, id, note string
+		want           error
+	}{
+		{"empty note", failed.ID, " ", engine.ErrInvalidInput},
+		{"unknown saga", "01J9Z3K8Q5W6X7Y8Z9A0B1C2D3", "x", engine.ErrNotFound},
+		{"malformed id", "nope", "x", engine.ErrInvalidID},
+	}
+	for _, tc := range cases {
+		if err := b.eng.Resolve(ctx, tc.id, tc.note, "ops"); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if err := b.eng.Resolve(ctx, failed.ID, "refunded by hand, ticket OPS-17", "alice@ops"); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.eng.Get(ctx, failed.ID)
+	if err != nil || s.Status != saga.StatusResolved {
+		t.Fatalf("after resolve: %v %v, want resolved", s, err)
+	}
+	logs, err := b.eng.Log(ctx, failed.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var note string
+	for _, e := range logs {
+		if e.Event == storage.EventResolved {
+			note = e.Note
+		}
+	}
+	if !strings.Contains(note, "alice@ops") || !strings.Contains(note, "OPS-17") {
+		t.Errorf("resolved log entry note %q: want who and the note", note)
+	}
+	if err := b.eng.Resolve(ctx, failed.ID, "again", "bob"); !errors.Is(err, engine.ErrConflict) {
+		t.Errorf("resolve of a resolved saga: %v, want ErrConflict", err)
+	}
+	if err := b.eng.Retry(ctx, failed.ID); !errors.Is(err, engine.ErrConflict) {
+		t.Errorf("retry of a resolved saga: %v, want ErrConflict", err)
+	}
+	if evs := names(outbox(t, b.eng, storage.OutboxNew)); evs[len(evs)-1] != "saga.resolved" {
+		t.Errorf("lifecycle events %v: want saga.resolved last", evs)
+	}
+}
