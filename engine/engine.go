@@ -598,6 +598,10 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 // ready then.
 func (e *Engine) Recovered() <-chan struct{} { return e.recovered }
 
+// HasDefinition reports whether the definition name is registered in the
+// given version (a saga's Fingerprint): whether its sagas can be driven.
+func (e *Engine) HasDefinition(name, version string) bool { return e.definition(name, version) != nil }
+
 // Resolve marks a failed saga as handled by hand: an operator fixed what
 // its failed compensation could not, and says how in note. The saga becomes
 // resolved; note, by (who) and the time are kept in its log, and nothing is

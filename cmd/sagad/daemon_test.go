@@ -326,3 +326,54 @@ func TestServeRejectsMalformedEnvironment(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want a usage error naming SAGAD_CONCURRENCY", code, stderr.String())
 	}
 }
+
+// A file left behind by a SIGKILLed daemon, with a saga in flight, is
+// driven to the end by 'sagad recover', offline.
+func TestRecoverAfterSIGKILL(t *testing.T) {
+	t.Parallel()
+	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[
+		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
+		{"name":"charge","action":{"url":"%[1]s/charge"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "order", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Start(ctx, "order", nil, client.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for hit := ""; hit != "/charge"; {
+		select {
+		case hit = <-p.hit:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("charge was never called:\n%s", d.output())
+		}
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	close(p.block["/charge"])
+
+	code, out, errOut := runCmd(t, "recover", "--db", path)
+	if code != exitOK || !strings.Contains(out, "1 unfinished sagas found; ended: 1 completed") {
+		t.Fatalf("recover: exit %d, %s %s", code, out, errOut)
+	}
+	if charges := p.callsTo("/charge"); len(charges) != 2 || charges[0] != charges[1] {
+		t.Errorf("charge calls %q: want the interrupted call re-run with the same idempotency key", charges)
+	}
+	code, out, _ = runCmd(t, "sagas", "show", st.ID, "--db", path, "--json")
+	if code != exitOK || !strings.Contains(out, `"status": "completed"`) {
+		t.Fatalf("after recover: exit %d, %s", code, out)
+	}
+	code, out, _ = runCmd(t, "recover", "--db", path, "--json")
+	if code != exitOK || !strings.Contains(out, `"found": 0`) {
+		t.Fatalf("second recover: exit %d, %s; want nothing left to do", code, out)
+	}
+}

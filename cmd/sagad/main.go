@@ -70,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&backupCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "compact":
 		return (&compactCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "recover":
+		return (&recoverCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
 	fmt.Fprintf(stderr, "sagad: unknown command %q\n\n", args[0])
 	usage(stderr)
@@ -87,6 +89,7 @@ Commands:
   outbox   list, count and re-queue outbox events
   backup   write a consistent, checked copy of the database (offline or online)
   compact  rewrite a stopped daemon's file to reclaim free space
+  recover  drive every unfinished saga of a stopped daemon's file to an end
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

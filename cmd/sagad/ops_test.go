@@ -395,3 +395,41 @@ func TestSagasResolve(t *testing.T) {
 		})
 	}
 }
+
+// A saga whose definition is Go code the file does not hold cannot be
+// recovered offline: recover reports it parked and exits 1.
+func TestRecoverReportsParkedSagas(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	failed := make(chan struct{}, 1)
+	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Hooks: engine.Hooks{AttemptFinished: func(engine.AttemptInfo) { failed <- struct{}{} }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := &saga.Definition{Name: "code-only", Steps: []saga.Step{{Name: "a",
+		Retry: saga.RetryPolicy{InitialInterval: time.Hour, MaxInterval: time.Hour},
+		Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			return nil, errors.New("try again in an hour")
+		}}}}
+	if err := eng.Register(def); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = eng.Run(ctx) }()
+	st, err := eng.Start(ctx, "code-only", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-failed // the first attempt's failure is committed: the saga waits an hour
+	cancel()
+	<-done
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd(t, "recover", "--db", path, "--timeout", "1s")
+	if code != exitFailed || !strings.Contains(out, "parked") || !strings.Contains(out, st.ID) {
+		t.Fatalf("recover: exit %d, %s %s; want the saga reported parked and exit 1", code, out, errOut)
+	}
+}
