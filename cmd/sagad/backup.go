@@ -116,6 +116,7 @@ type compactCommand struct {
 func (c *compactCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("compact", flag.ContinueOnError)
 	db := fs.String("db", "sagad.db", "database file (env SAGAD_DB)")
+	addr := fs.String("addr", "", "refused: a running daemon's file cannot be compacted")
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad compact [--db FILE]
@@ -138,6 +139,10 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintln(c.stderr, "sagad compact: no arguments are taken")
+		return exitUsage
+	}
+	if *addr != "" {
+		fmt.Fprintln(c.stderr, "sagad compact: compaction rewrites the file, so it works offline only: stop the daemon, then run sagad compact --db FILE")
 		return exitUsage
 	}
 	before, after, err := compact(*db)

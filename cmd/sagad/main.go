@@ -19,8 +19,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/errors"
 
@@ -123,21 +125,26 @@ type checkCommand struct {
 	stdout, stderr io.Writer
 }
 
-func (c *checkCommand) run(_ context.Context, args []string) int {
+func (c *checkCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(c.stderr)
-	db := fs.String("db", "sagad.db", "database file (env SAGAD_DB)")
-	asJSON := fs.Bool("json", false, "print the problems as JSON")
+	var t target
+	t.flags(fs)
+	db, asJSON := &t.db, &t.json
 	fs.Usage = func() {
-		fmt.Fprint(c.stderr, `Usage: sagad check [--db FILE] [--json]
+		fmt.Fprint(c.stderr, `Usage: sagad check [--db FILE | --addr URL] [--json]
 
-Verifies a sagad database offline: bbolt's page-level check, then the
-engine's invariants (every index entry names a saga with that status, every
-unfinished saga is indexed, every log chain is whole). Exits 0 when the file
-is sound, 1 when it has problems or cannot be opened, 2 on a usage error.
+Verifies a sagad database: bbolt's page-level check, then the engine's
+invariants (every index entry names a saga with that status, every
+unfinished saga is indexed, every log chain is whole, the outbox counters
+agree with its index). Offline it reads the file; online (--addr) it checks
+a consistent copy the daemon streams (as sagad backup does), while the
+daemon goes on. Exits 0 when the database is sound, 1 when it has problems
+or cannot be read, 2 on a usage error.
 
 Example:
   sagad check --db /var/lib/sagad/sagad.db
+  sagad check --addr http://127.0.0.1:8080
 `)
 		fs.PrintDefaults()
 	}
@@ -155,7 +162,24 @@ Example:
 		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		return exitUsage
 	}
-	d, err := storage.Open(*db, &storage.Options{ReadOnly: true})
+	file := *db
+	if t.addr != "" {
+		file = t.addr
+	}
+	if t.addr != "" {
+		dir, err := os.MkdirTemp("", "sagad-check-")
+		if err != nil {
+			fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
+			return exitFailed
+		}
+		defer os.RemoveAll(dir)
+		copyPath := filepath.Join(dir, "sagad.db")
+		if err := (&backupCommand{}).copy(ctx, &t, copyPath); err != nil {
+			return fail(c.stderr, "check", err)
+		}
+		*db = copyPath
+	}
+	d, err := storage.Open(*db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		if h := errors.FlattenHints(err); h != "" {
@@ -175,11 +199,11 @@ Example:
 		if problems == nil {
 			problems = []recovery.Problem{}
 		}
-		_ = enc.Encode(map[string]any{"file": *db, "problems": problems})
+		_ = enc.Encode(map[string]any{"file": file, "problems": problems})
 	} else if len(problems) == 0 {
-		fmt.Fprintf(c.stdout, "%s: ok\n", *db)
+		fmt.Fprintf(c.stdout, "%s: ok\n", file)
 	} else {
-		fmt.Fprintf(c.stdout, "%s: %d problems\n", *db, len(problems))
+		fmt.Fprintf(c.stdout, "%s: %d problems\n", file, len(problems))
 		for _, p := range problems {
 			fmt.Fprintf(c.stdout, "  %-20s %s\n", p.Kind, p.Detail)
 		}

@@ -314,6 +314,15 @@ func TestBackupAndCompact(t *testing.T) {
 		t.Fatalf("online backup: exit %d, %s %s", code, out, errOut)
 	}
 	same(t, onlineCopy)
+	if code, out, errOut := runCmd(t, "check", "--addr", url); code != exitOK || !strings.Contains(out, ": ok") {
+		t.Fatalf("online check: exit %d, %s %s", code, out, errOut)
+	}
+	if code, out, errOut := runCmd(t, "recover", "--addr", url); code != exitOK || !strings.Contains(out, "the daemon is ready") {
+		t.Fatalf("online recover: exit %d, %s %s", code, out, errOut)
+	}
+	if code, _, errOut := runCmd(t, "compact", "--addr", url); code != exitUsage || !strings.Contains(errOut, "offline only") {
+		t.Fatalf("online compact: exit %d, %s; want a usage error saying why", code, errOut)
+	}
 	// The daemon holds the file: compaction refuses at once.
 	if code, _, errOut := runCmd(t, "compact", "--db", path); code != exitFailed || !strings.Contains(errOut, "stop the daemon") {
 		t.Fatalf("compact of a live file: exit %d, %s", code, errOut)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
@@ -27,6 +29,8 @@ type recoverCommand struct {
 func (c *recoverCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
 	db := fs.String("db", "sagad.db", "database file (env SAGAD_DB)")
+	addr := fs.String("addr", "", "a running daemon: wait until its own recovery has run and list what is unfinished (env SAGAD_ADDR)")
+	token := fs.String("token", "", "the daemon's bearer token (env SAGAD_TOKEN)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up waiting for sagas after this long (a saga may wait for a retry)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	fs.Usage = func() {
@@ -41,8 +45,13 @@ definition is not available stay parked and are listed. A progress bar is
 drawn on a terminal; a summary ends the run. Exits 1 if sagas were left
 unfinished when the timeout passed, or parked.
 
+A running daemon recovers its sagas itself at start-up: with --addr, recover
+waits until the daemon is ready (its recovery has run) and lists the sagas
+still unfinished.
+
 Example:
   sagad recover --db /var/lib/sagad/sagad.db
+  sagad recover --addr http://127.0.0.1:8080
 
 Flags:
 `)
@@ -54,6 +63,9 @@ Flags:
 	if fs.NArg() > 0 || *timeout <= 0 {
 		fmt.Fprintln(c.stderr, "sagad recover: --timeout must be positive, and no arguments are taken")
 		return exitUsage
+	}
+	if *addr != "" {
+		return c.online(ctx, *addr, *token, *timeout, *asJSON)
 	}
 	sum, err := c.recover(ctx, *db, *timeout)
 	if err != nil {
@@ -233,4 +245,52 @@ func (p *progress) done() {
 	if p.on {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// online waits for a daemon's own recovery and reports what is unfinished.
+func (c *recoverCommand) online(ctx context.Context, addr, token string, timeout time.Duration, asJSON bool) int {
+	cl, err := client.New(addr, token, nil)
+	if err != nil {
+		return fail(c.stderr, "recover", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cl.Ready(ctx)
+		if err == nil {
+			break
+		}
+		if client.StatusOf(err) != http.StatusServiceUnavailable {
+			return fail(c.stderr, "recover", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fail(c.stderr, "recover", errors.Wrap(err, "the daemon did not become ready"))
+		case <-tick.C: // a remote daemon has no signal to wait on
+		}
+	}
+	unfinished := map[string][]string{}
+	for _, st := range []string{"running", "compensating"} {
+		for cursor := ""; ; {
+			p, err := cl.List(ctx, client.ListOptions{Status: st, Cursor: cursor, Limit: 1000})
+			if err != nil {
+				return fail(c.stderr, "recover", err)
+			}
+			for _, s := range p.Sagas {
+				unfinished[st] = append(unfinished[st], s.ID)
+			}
+			if cursor = p.NextCursor; cursor == "" {
+				break
+			}
+		}
+	}
+	if asJSON {
+		printJSON(c.stdout, map[string]any{"ready": true, "unfinished": unfinished})
+		return exitOK
+	}
+	fmt.Fprintf(c.stdout, "recover: the daemon is ready (its recovery has run); %d running and %d compensating sagas are being driven\n",
+		len(unfinished["running"]), len(unfinished["compensating"]))
+	return exitOK
 }
