@@ -377,3 +377,54 @@ func TestRecoverAfterSIGKILL(t *testing.T) {
 		t.Fatalf("second recover: exit %d, %s; want nothing left to do", code, out)
 	}
 }
+
+// Operator commands against a running daemon: a locked file is refused at
+// once with a pointer to --addr, and an abort through --addr compensates a
+// saga whose step is in flight.
+func TestOperatorCommandsAgainstADaemon(t *testing.T) {
+	t.Parallel()
+	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	addr := "http://" + d.addr
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[
+		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
+		{"name":"charge","action":{"url":"%[1]s/charge"},"compensation":{"url":"%[1]s/refund"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "order", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Start(ctx, "order", nil, client.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for hit := ""; hit != "/charge"; {
+		select {
+		case hit = <-p.hit:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("charge was never called:\n%s", d.output())
+		}
+	}
+	for _, args := range [][]string{{"sagas", "list"}, {"check"}, {"outbox", "stats"}, {"recover"}} {
+		start := time.Now()
+		code, _, errOut := runCmd(t, append(args, "--db", path)...)
+		if code != exitFailed || !strings.Contains(errOut, "--addr") && !strings.Contains(errOut, "stop it") || time.Since(start) > 5*time.Second {
+			t.Errorf("%v on a daemon's file: exit %d after %s, %q; want a prompt refusal that says what to do", args, code, time.Since(start), errOut)
+		}
+	}
+	code, out, errOut := runCmd(t, "sagas", "abort", st.ID, "--addr", addr)
+	if code != exitOK || !strings.Contains(out, "abort requested") {
+		t.Fatalf("abort through the daemon: exit %d, %s %s", code, out, errOut)
+	}
+	close(p.block["/charge"]) // the charge in flight finishes, then is compensated
+	s, err := c.Wait(ctx, st.ID)
+	if err != nil || s.Status != "compensated" {
+		t.Fatalf("aborted saga: %+v %v, want compensated", s, err)
+	}
+	if len(p.callsTo("/refund")) != 1 || len(p.callsTo("/release")) != 1 {
+		t.Errorf("compensations called: refund %d, release %d; want one each", len(p.callsTo("/refund")), len(p.callsTo("/release")))
+	}
+}

@@ -180,6 +180,9 @@ Example:
 		*db = copyPath
 	}
 	d, err := storage.Open(*db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
+	if errors.Is(err, storage.ErrLocked) {
+		err = errors.WithHint(err, "a daemon holds the file: check it online with --addr http://HOST:PORT")
+	}
 	if err != nil {
 		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		if h := errors.FlattenHints(err); h != "" {
