@@ -28,8 +28,8 @@ type Options struct {
 	// context ends or Close is called, before their contexts are cancelled.
 	// Attempts cut off are not recorded; the next Run re-runs them. Zero: 10s.
 	ShutdownGrace time.Duration
-	// Retention prunes completed and compensated sagas (and their logs) once
-	// they have been finished this long. Failed sagas are never pruned.
+	// Retention prunes completed, compensated and resolved sagas (and their
+	// logs) once they have been finished this long. Failed sagas are never pruned.
 	// Zero: keep everything.
 	Retention time.Duration
 	// Outbox configures the transactional outbox (compression, retention).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/errors"
 
@@ -69,6 +70,10 @@ func TestResolveFailedSaga(t *testing.T) {
 	}
 	if err := b.eng.Retry(ctx, failed.ID); !errors.Is(err, engine.ErrConflict) {
 		t.Errorf("retry of a resolved saga: %v, want ErrConflict", err)
+	}
+	// Resolved sagas are pruned like completed ones; nothing else was due.
+	if n, err := b.eng.Prune(ctx, time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("prune: %d, %v; want the resolved saga", n, err)
 	}
 	if evs := names(outbox(t, b.eng, storage.OutboxNew)); evs[len(evs)-1] != "saga.resolved" {
 		t.Errorf("lifecycle events %v: want saga.resolved last", evs)

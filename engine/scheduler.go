@@ -358,12 +358,12 @@ func (e *Engine) pruneLoop(ctx context.Context) {
 	}
 }
 
-// Prune deletes completed and compensated sagas (records, logs, index
-// entries, idempotency keys) that finished before the given time. Failed
-// sagas are kept. It returns how many sagas it deleted.
+// Prune deletes completed, compensated and resolved sagas (records, logs,
+// index entries, idempotency keys) that finished before the given time.
+// Failed sagas are kept. It returns how many sagas it deleted.
 func (e *Engine) Prune(ctx context.Context, before time.Time) (int, error) {
 	total := 0
-	for _, st := range []saga.Status{saga.StatusCompleted, saga.StatusCompensated} {
+	for _, st := range []saga.Status{saga.StatusCompleted, saga.StatusCompensated, saga.StatusResolved} {
 		for {
 			if err := ctx.Err(); err != nil {
 				return total, err

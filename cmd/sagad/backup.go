@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -51,7 +52,7 @@ Flags:
 	}
 	if _, err := os.Stat(*to); err == nil {
 		fmt.Fprintf(c.stderr, "sagad backup: %s exists; choose a new file\n", *to)
-		return exitUsage
+		return exitFailed
 	}
 	start := time.Now()
 	tmp := *to + ".partial"
@@ -67,6 +68,9 @@ Flags:
 		_ = os.Remove(tmp)
 		return fail(c.stderr, "backup", err)
 	}
+	if err := syncDir(filepath.Dir(*to)); err != nil {
+		return fail(c.stderr, "backup", err)
+	}
 	info, _ := os.Stat(*to)
 	if t.json {
 		printJSON(c.stdout, map[string]any{"file": *to, "bytes": info.Size(), "took": time.Since(start).String()})
@@ -79,7 +83,7 @@ Flags:
 // copy writes the database to path: through the daemon, or from the file.
 func (c *backupCommand) copy(ctx context.Context, t *target, path string) error {
 	if t.addr != "" {
-		cl, err := client.New(t.addr, t.token, nil)
+		cl, err := client.New(t.addr, t.token, cliHTTPClient())
 		if err != nil {
 			return err
 		}
@@ -105,7 +109,11 @@ func (c *backupCommand) copy(ctx context.Context, t *target, path string) error 
 		return err
 	}
 	defer db.Close()
-	return db.View(func(tx *storage.Tx) error { return errors.Wrap(tx.Bolt().CopyFile(path, 0o600), "copy") })
+	err = db.View(func(tx *storage.Tx) error { return errors.Wrap(tx.Bolt().CopyFile(path, 0o600), "copy") })
+	if err != nil {
+		return err
+	}
+	return syncFile(path) // bbolt's CopyFile does not sync
 }
 
 // compactCommand implements 'sagad compact'.
@@ -157,14 +165,16 @@ Flags:
 	return exitOK
 }
 
-// compact rewrites path and returns its sizes before and after.
+// compact rewrites path and returns its sizes before and after. The old
+// file stays open, and so locked, until the new one has replaced it in one
+// rename: a daemon that starts meanwhile fails to open it instead of
+// writing to a file about to be replaced, and no instant leaves the path
+// without a database.
 func compact(path string) (int64, int64, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return 0, 0, errors.Wrap(err, "stat")
 	}
-	// Opening through storage checks the file and takes the lock: a running
-	// daemon makes this fail at once.
 	src, err := storage.Open(path, &storage.Options{LockTimeout: 500 * time.Millisecond})
 	if err != nil {
 		if errors.Is(err, storage.ErrLocked) {
@@ -172,41 +182,71 @@ func compact(path string) (int64, int64, error) {
 		}
 		return 0, 0, err
 	}
+	defer src.Close()
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".compact")
 	_ = os.Remove(tmp)
-	dst, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: time.Second})
+	dst, err := bbolt.Open(tmp, info.Mode().Perm(), &bbolt.Options{Timeout: time.Second})
 	if err != nil {
-		_ = src.Close()
 		return 0, 0, errors.Wrap(err, "create the compacted file")
 	}
 	err = bbolt.Compact(dst, src.Bolt(), 64<<20)
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
-	if cerr := src.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		err = errors.Wrap(recovery.CheckFile(tmp), "check the compacted file")
+	}
+	if err == nil {
+		err = sameOwner(tmp, info)
+	}
+	if err == nil {
+		err = errors.Wrap(os.Rename(tmp, path), "put the compacted file in place")
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
 		return 0, 0, errors.Wrap(err, "compact")
 	}
-	if err := recovery.CheckFile(tmp); err != nil {
-		_ = os.Remove(tmp)
-		return 0, 0, errors.Wrap(err, "check the compacted file")
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return 0, 0, err
 	}
-	old := path + ".before-compact"
-	if err := os.Rename(path, old); err != nil {
-		_ = os.Remove(tmp)
-		return 0, 0, errors.Wrap(err, "set the old file aside")
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Rename(old, path)
-		return 0, 0, errors.Wrap(err, "put the compacted file in place")
-	}
-	_ = os.Remove(old)
 	ninfo, err := os.Stat(path)
 	if err != nil {
 		return 0, 0, errors.Wrap(err, "stat")
 	}
 	return info.Size(), ninfo.Size(), nil
+}
+
+// sameOwner gives path the mode and (when this process may) the owner of
+// the file described by like, so a daemon running as another user can
+// still open it.
+func sameOwner(path string, like os.FileInfo) error {
+	if err := os.Chmod(path, like.Mode().Perm()); err != nil {
+		return errors.Wrap(err, "set the file mode")
+	}
+	if st, ok := like.Sys().(*syscall.Stat_t); ok {
+		if err := os.Chown(path, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, os.ErrPermission) {
+			return errors.Wrap(err, "set the file owner")
+		}
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return errors.Wrap(err, "open the directory")
+	}
+	defer d.Close()
+	return errors.Wrap(d.Sync(), "sync the directory")
+}
+
+// syncFile flushes a file written by someone else to disk.
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return errors.Wrap(err, "open the copy")
+	}
+	defer f.Close()
+	return errors.Wrap(f.Sync(), "sync the copy")
 }

@@ -104,6 +104,12 @@ Run 'sagad <command> --help' for a command's flags and an example.
 func envFlags(fs *flag.FlagSet) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	// --db and --addr choose the target together: one given on the
+	// command line rules out the other's variable, so that SAGAD_ADDR
+	// never redirects a command aimed at a file (or SAGAD_DB the reverse).
+	if given["db"] || given["addr"] {
+		given["db"], given["addr"] = true, true
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		_, rest, ok := strings.Cut(f.Usage, "(env ")

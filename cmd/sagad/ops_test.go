@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -304,8 +305,8 @@ func TestBackupAndCompact(t *testing.T) {
 		t.Fatalf("offline backup: exit %d, %s %s", code, out, errOut)
 	}
 	same(t, offlineCopy)
-	if code, _, _ := runCmd(t, "backup", "--db", path, "--to", offlineCopy); code != exitUsage {
-		t.Errorf("backup over an existing file: exit %d, want %d", code, exitUsage)
+	if code, _, _ := runCmd(t, "backup", "--db", path, "--to", offlineCopy); code != exitFailed {
+		t.Errorf("backup over an existing file: exit %d, want %d", code, exitFailed)
 	}
 
 	url := serveFile(t, path)
@@ -364,12 +365,18 @@ func TestBackupAndCompact(t *testing.T) {
 	if err != nil || db.Close() != nil {
 		t.Fatalf("prune the filler: %v", err)
 	}
+	if err := os.Chmod(offlineCopy, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	code, out, errOut := runCmd(t, "compact", "--db", offlineCopy, "--json")
 	var res struct{ BytesBefore, BytesAfter int64 }
 	if code != exitOK || json.Unmarshal([]byte(strings.ReplaceAll(out, "bytes_", "Bytes")), &res) != nil || res.BytesAfter <= 0 || res.BytesAfter*2 > res.BytesBefore {
 		t.Fatalf("compact: exit %d, %s %s; want the file at most half its size", code, out, errOut)
 	}
 	same(t, offlineCopy)
+	if info, err := os.Stat(offlineCopy); err != nil || info.Mode().Perm() != 0o640 {
+		t.Errorf("compacted file mode %v (%v), want the original's 0640", info.Mode(), err)
+	}
 }
 
 func TestSagasResolve(t *testing.T) {
@@ -440,5 +447,34 @@ func TestRecoverReportsParkedSagas(t *testing.T) {
 	code, out, errOut := runCmd(t, "recover", "--db", path, "--timeout", "1s")
 	if code != exitFailed || !strings.Contains(out, "parked") || !strings.Contains(out, st.ID) {
 		t.Fatalf("recover: exit %d, %s %s; want the saga reported parked and exit 1", code, out, errOut)
+	}
+}
+
+// --db on the command line wins over SAGAD_ADDR, and --addr over SAGAD_DB:
+// a variable never redirects a command aimed elsewhere.
+func TestTargetFlagsOverrideEnvironment(t *testing.T) {
+	path, _ := opsFile(t)
+	t.Setenv("SAGAD_ADDR", "http://127.0.0.1:1") // nothing listens there
+	code, out, errOut := runCmd(t, "sagas", "list", "--json", "--db", path)
+	var page client.Page
+	if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 3 {
+		t.Fatalf("--db with SAGAD_ADDR set: exit %d, %s %s; want the file's sagas", code, out, errOut)
+	}
+	t.Setenv("SAGAD_ADDR", "")
+	t.Setenv("SAGAD_DB", path)
+	code, out, _ = runCmd(t, "sagas", "list", "--json")
+	if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 3 {
+		t.Fatalf("SAGAD_DB alone: exit %d, %s; want the file's sagas", code, out)
+	}
+}
+
+// recover --addr waits for a daemon that is not listening yet, up to its
+// timeout, instead of failing at once.
+func TestRecoverOnlineWaitsForTheDaemon(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	code, _, errOut := runCmd(t, "recover", "--addr", "http://127.0.0.1:1", "--timeout", "600ms")
+	if code != exitFailed || !strings.Contains(errOut, "did not become ready") || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("exit %d after %s, %q; want a failure after waiting the timeout", code, time.Since(start), errOut)
 	}
 }

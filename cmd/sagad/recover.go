@@ -249,7 +249,7 @@ func (p *progress) done() {
 
 // online waits for a daemon's own recovery and reports what is unfinished.
 func (c *recoverCommand) online(ctx context.Context, addr, token string, timeout time.Duration, asJSON bool) int {
-	cl, err := client.New(addr, token, nil)
+	cl, err := client.New(addr, token, cliHTTPClient())
 	if err != nil {
 		return fail(c.stderr, "recover", err)
 	}
@@ -262,7 +262,9 @@ func (c *recoverCommand) online(ctx context.Context, addr, token string, timeout
 		if err == nil {
 			break
 		}
-		if client.StatusOf(err) != http.StatusServiceUnavailable {
+		// 503: recovery still runs; no answer at all: the daemon is still
+		// starting. Anything else is an answer that will not change.
+		if code := client.StatusOf(err); code != 0 && code != http.StatusServiceUnavailable {
 			return fail(c.stderr, "recover", err)
 		}
 		select {

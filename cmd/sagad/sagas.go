@@ -89,7 +89,7 @@ func (c *sagasCommand) list(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("sagas list", flag.ContinueOnError)
 	var t target
 	t.flags(fs)
-	status := fs.String("status", "", "only sagas in this status: running, compensating, completed, compensated or failed")
+	status := fs.String("status", "", "only sagas in this status: running, compensating, completed, compensated, failed or resolved")
 	definition := fs.String("definition", "", "only sagas of this definition")
 	since := fs.Duration("since", 0, "only sagas created within this long, such as 1h")
 	limit := fs.Int("limit", 50, "at most this many sagas")
@@ -111,7 +111,7 @@ Flags:
 		return code
 	}
 	if *status != "" && !saga.Status(*status).Valid() {
-		fmt.Fprintf(c.stderr, "sagad sagas list: --status %q: want running, compensating, completed, compensated or failed\n", *status)
+		fmt.Fprintf(c.stderr, "sagad sagas list: --status %q: want running, compensating, completed, compensated, failed or resolved\n", *status)
 		return exitUsage
 	}
 	if *limit < 1 || fs.NArg() > 0 {

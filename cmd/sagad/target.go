@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -52,7 +54,7 @@ func (t *target) flags(fs *flag.FlagSet) {
 // running daemon fails at once with a hint to use --addr.
 func (t *target) open() (backend, error) {
 	if t.addr != "" {
-		c, err := client.New(t.addr, t.token, nil)
+		c, err := client.New(t.addr, t.token, cliHTTPClient())
 		if err != nil {
 			return nil, err
 		}
@@ -172,4 +174,16 @@ func printJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// cliHTTPClient talks to a daemon on an operator's behalf: a daemon that
+// accepts connections and never answers is given up on, while a long
+// answer (a backup) may take as long as it takes.
+func cliHTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+	}}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -478,19 +479,40 @@ func (s *Server) requeueEvent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id, "status": string(storage.OutboxNew)})
 }
 
-// backup streams a consistent copy of the database file, read in one read
-// transaction while the daemon goes on.
+// backup streams a consistent copy of the database file. The copy is
+// taken to a temporary file inside one read transaction, at disk speed, and
+// streamed after it has ended: a slow client must not hold a read
+// transaction (which would stall writes that grow the file). The write
+// deadline is lifted for the transfer of a large file.
 func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
-	err := s.eng.DB().View(func(tx *storage.Tx) error {
-		btx := tx.Bolt()
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Disposition", `attachment; filename="sagad.db"`)
-		w.Header().Set("Content-Length", strconv.FormatInt(btx.Size(), 10))
-		_, err := btx.WriteTo(w)
+	f, err := os.CreateTemp("", "sagad-backup-*.db")
+	if err != nil {
+		s.writeError(w, r, errors.Wrap(err, "backup: temporary file"))
+		return
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	err = s.eng.DB().View(func(tx *storage.Tx) error {
+		_, err := tx.Bolt().WriteTo(f)
 		return err
 	})
 	if err != nil {
-		// The status line is sent: a short body tells the client.
-		s.log.Error("backup failed", "err", err)
+		s.writeError(w, r, errors.Wrap(err, "backup: copy"))
+		return
+	}
+	size, err := f.Seek(0, io.SeekCurrent)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		s.writeError(w, r, errors.Wrap(err, "backup: temporary file"))
+		return
+	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="sagad.db"`)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	if _, err := io.Copy(w, f); err != nil {
+		s.log.Warn("backup transfer ended early; the client sees a short body", "err", err)
 	}
 }
