@@ -34,9 +34,11 @@ type Definition struct {
 
 // Events configures the integration events a definition emits on its own.
 type Events struct {
-	// Lifecycle writes an outbox event for every saga status change (started,
-	// completed, compensated, failed) and every step that succeeded or was
-	// compensated, in the same transaction as the change it describes.
+	// Lifecycle writes an outbox event when a saga starts and when it ends
+	// (saga.started, saga.completed, saga.compensated, saga.failed,
+	// saga.resolved) and for every step that succeeded or was compensated
+	// (step.succeeded, step.compensated), in the same transaction as the
+	// change it describes.
 	Lifecycle bool
 	// Exchange is the exchange lifecycle events are published to. Empty: the
 	// relay's default exchange.

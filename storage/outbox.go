@@ -200,11 +200,11 @@ func decodeEvent(key, v []byte) (*OutboxEvent, error) {
 	return ev, nil
 }
 
-// eventTail splits a record around its mutable part: head is everything
-// before the attempt count, rest the encoded payload after the last error.
-func eventTail(v []byte) (head []byte, attempts int, lastErr string, rest []byte, err error) {
+// skipFixed returns a reader positioned at a record's creation time, past
+// its saga id, names and headers.
+func skipFixed(v []byte) (reader, error) {
 	if len(v) < 18 {
-		return nil, 0, "", nil, errors.Newf("record is %d bytes", len(v))
+		return reader{}, errors.Newf("record is %d bytes", len(v))
 	}
 	r := reader{b: v[18:]}
 	for range 5 {
@@ -213,6 +213,16 @@ func eventTail(v []byte) (head []byte, attempts int, lastErr string, rest []byte
 	for n := r.count(); n > 0 && r.err == nil; n-- {
 		r.raw()
 		r.raw()
+	}
+	return r, r.err
+}
+
+// eventTail splits a record around its mutable part: head is everything
+// before the attempt count, rest the encoded payload after the last error.
+func eventTail(v []byte) (head []byte, attempts int, lastErr string, rest []byte, err error) {
+	r, err := skipFixed(v)
+	if err != nil {
+		return nil, 0, "", nil, err
 	}
 	r.time()
 	head = v[:len(v)-len(r.b)]
@@ -614,16 +624,9 @@ func (t *Tx) OutboxOldest(s OutboxStatus) (time.Time, bool) {
 
 // decodeEventHead returns a record's creation time without its payload.
 func decodeEventHead(v []byte) (time.Time, error) {
-	if len(v) < 18 {
-		return time.Time{}, errors.Newf("record is %d bytes", len(v))
-	}
-	r := reader{b: v[18:]}
-	for range 5 {
-		r.raw()
-	}
-	for n := r.count(); n > 0 && r.err == nil; n-- {
-		r.raw()
-		r.raw()
+	r, err := skipFixed(v)
+	if err != nil {
+		return time.Time{}, err
 	}
 	return r.time(), r.err
 }

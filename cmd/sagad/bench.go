@@ -33,7 +33,6 @@ type benchCommand struct {
 
 func (c *benchCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
 	n := fs.Int("n", 10000, "sagas to run")
 	conc := fs.Int("c", 64, "concurrent clients, each starting a saga and waiting for its end")
 	steps := fs.Int("steps", 3, "HTTP steps per saga")
@@ -59,11 +58,8 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
 	}
 	if *n < 1 || *conc < 1 || *steps < 1 || *fail < 0 || *fail > 1 || fs.NArg() > 0 {
 		fmt.Fprintln(c.stderr, "sagad bench: -n, -c and -steps must be positive and -fail between 0 and 1")

@@ -150,16 +150,16 @@ func (p *participants) callsTo(path string) []string {
 	return out
 }
 
-// sagad is killed with SIGKILL while a step's call is in flight, then
-// restarted on the same file: the saga finishes, and the participant saw the
-// interrupted call again with the same idempotency key.
-func TestDaemonSurvivesSIGKILL(t *testing.T) {
-	t.Parallel()
-	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
+// chargeInFlight starts a daemon on path and an order saga (reserve,
+// charge, ship; each with a compensation but ship) whose participant holds
+// the charge call until p.block["/charge"] is closed. It returns once the
+// charge call is in flight.
+func chargeInFlight(t *testing.T, path string) (d *daemon, p *participants, id string) {
+	t.Helper()
+	p = &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
 	srv := httptest.NewServer(http.HandlerFunc(p.handler))
-	defer srv.Close()
-	path := filepath.Join(t.TempDir(), "sagad.db")
-	d := startDaemon(t, path)
+	t.Cleanup(srv.Close)
+	d = startDaemon(t, path)
 	c := d.client(t)
 	ctx := context.Background()
 	spec := fmt.Sprintf(`{"steps":[
@@ -180,6 +180,17 @@ func TestDaemonSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("charge was never called; daemon log:\n%s", d.output())
 		}
 	}
+	return d, p, st.ID
+}
+
+// sagad is killed with SIGKILL while a step's call is in flight, then
+// restarted on the same file: the saga finishes, and the participant saw the
+// interrupted call again with the same idempotency key.
+func TestDaemonSurvivesSIGKILL(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d, p, id := chargeInFlight(t, path)
+	ctx := context.Background()
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +198,7 @@ func TestDaemonSurvivesSIGKILL(t *testing.T) {
 	close(p.block["/charge"]) // the restarted daemon's call goes through
 
 	d2 := startDaemon(t, path)
-	s, err := d2.client(t).Wait(ctx, st.ID)
+	s, err := d2.client(t).Wait(ctx, id)
 	if err != nil {
 		t.Fatalf("wait after restart: %v\n%s", err, d2.output())
 	}
@@ -195,8 +206,8 @@ func TestDaemonSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("saga %s after restart: %+v", s.Status, s)
 	}
 	charges := p.callsTo("/charge")
-	if len(charges) != 2 || charges[0] != charges[1] || charges[0] != st.ID+"/charge/action" {
-		t.Errorf("charge calls %q: want the interrupted call and its re-run, both with key %s/charge/action", charges, st.ID)
+	if len(charges) != 2 || charges[0] != charges[1] || charges[0] != id+"/charge/action" {
+		t.Errorf("charge calls %q: want the interrupted call and its re-run, both with key %s/charge/action", charges, id)
 	}
 	if n := len(p.callsTo("/reserve")); n != 1 {
 		t.Errorf("reserve called %d times, want once (its success was committed before the crash)", n)
@@ -331,30 +342,8 @@ func TestServeRejectsMalformedEnvironment(t *testing.T) {
 // driven to the end by 'sagad recover', offline.
 func TestRecoverAfterSIGKILL(t *testing.T) {
 	t.Parallel()
-	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
-	srv := httptest.NewServer(http.HandlerFunc(p.handler))
-	defer srv.Close()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	d := startDaemon(t, path)
-	c := d.client(t)
-	ctx := context.Background()
-	spec := fmt.Sprintf(`{"steps":[
-		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
-		{"name":"charge","action":{"url":"%[1]s/charge"}}]}`, srv.URL)
-	if _, err := c.PutDefinition(ctx, "order", []byte(spec)); err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Start(ctx, "order", nil, client.StartOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hit := ""; hit != "/charge"; {
-		select {
-		case hit = <-p.hit:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("charge was never called:\n%s", d.output())
-		}
-	}
+	d, p, id := chargeInFlight(t, path)
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +357,7 @@ func TestRecoverAfterSIGKILL(t *testing.T) {
 	if charges := p.callsTo("/charge"); len(charges) != 2 || charges[0] != charges[1] {
 		t.Errorf("charge calls %q: want the interrupted call re-run with the same idempotency key", charges)
 	}
-	code, out, _ = runCmd(t, "sagas", "show", st.ID, "--db", path, "--json")
+	code, out, _ = runCmd(t, "sagas", "show", id, "--db", path, "--json")
 	if code != exitOK || !strings.Contains(out, `"status": "completed"`) {
 		t.Fatalf("after recover: exit %d, %s", code, out)
 	}
@@ -383,31 +372,11 @@ func TestRecoverAfterSIGKILL(t *testing.T) {
 // saga whose step is in flight.
 func TestOperatorCommandsAgainstADaemon(t *testing.T) {
 	t.Parallel()
-	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
-	srv := httptest.NewServer(http.HandlerFunc(p.handler))
-	defer srv.Close()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	d := startDaemon(t, path)
+	d, p, id := chargeInFlight(t, path)
 	addr := "http://" + d.addr
 	c := d.client(t)
 	ctx := context.Background()
-	spec := fmt.Sprintf(`{"steps":[
-		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
-		{"name":"charge","action":{"url":"%[1]s/charge"},"compensation":{"url":"%[1]s/refund"}}]}`, srv.URL)
-	if _, err := c.PutDefinition(ctx, "order", []byte(spec)); err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Start(ctx, "order", nil, client.StartOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hit := ""; hit != "/charge"; {
-		select {
-		case hit = <-p.hit:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("charge was never called:\n%s", d.output())
-		}
-	}
 	for _, args := range [][]string{{"sagas", "list"}, {"check"}, {"outbox", "stats"}, {"recover"}} {
 		start := time.Now()
 		code, _, errOut := runCmd(t, append(args, "--db", path)...)
@@ -415,12 +384,12 @@ func TestOperatorCommandsAgainstADaemon(t *testing.T) {
 			t.Errorf("%v on a daemon's file: exit %d after %s, %q; want a prompt refusal that says what to do", args, code, time.Since(start), errOut)
 		}
 	}
-	code, out, errOut := runCmd(t, "sagas", "abort", st.ID, "--addr", addr)
+	code, out, errOut := runCmd(t, "sagas", "abort", id, "--addr", addr)
 	if code != exitOK || !strings.Contains(out, "abort requested") {
 		t.Fatalf("abort through the daemon: exit %d, %s %s", code, out, errOut)
 	}
 	close(p.block["/charge"]) // the charge in flight finishes, then is compensated
-	s, err := c.Wait(ctx, st.ID)
+	s, err := c.Wait(ctx, id)
 	if err != nil || s.Status != "compensated" {
 		t.Fatalf("aborted saga: %+v %v, want compensated", s, err)
 	}

@@ -97,6 +97,32 @@ Run 'sagad <command> --help' for a command's flags and an example.
 `)
 }
 
+// parse parses a subcommand's flags, which may come before or after its
+// arguments, then applies the environment. fs.Args() holds the arguments.
+func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	fs.SetOutput(stderr)
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK, false
+			}
+			return exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	_ = fs.Parse(append([]string{"--"}, positional...)) // leaves the arguments in fs.Args()
+	if err := envFlags(fs); err != nil {
+		fmt.Fprintf(stderr, "sagad %s: %v\n", fs.Name(), err)
+		return exitUsage, false
+	}
+	return 0, true
+}
+
 // envFlags sets every flag that the command line did not give from its
 // environment variable, named in its usage text as "(env SAGAD_X)", through
 // the flag's own parser: a malformed value is an error, not a silent
@@ -133,7 +159,6 @@ type checkCommand struct {
 
 func (c *checkCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
 	var t target
 	t.flags(fs)
 	db, asJSON := &t.db, &t.json
@@ -154,18 +179,11 @@ Example:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "sagad check: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
-	}
-	if err := envFlags(fs); err != nil {
-		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		return exitUsage
 	}
 	file := *db

@@ -103,6 +103,16 @@ func runCmd(t *testing.T, args ...string) (int, string, string) {
 	return code, stdout.String(), stderr.String()
 }
 
+// targetFlags returns the flags that aim a command at path: the file itself
+// (mode "offline"), or the API served on it (mode "online").
+func targetFlags(t *testing.T, mode, path string) []string {
+	t.Helper()
+	if mode == "online" {
+		return []string{"--addr", serveFile(t, path)}
+	}
+	return []string{"--db", path}
+}
+
 // serveFile runs the API on the file in this process: the file is then
 // locked, as it is when a daemon runs.
 func serveFile(t *testing.T, path string) string {
@@ -181,10 +191,7 @@ func TestOutboxCommands(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			path, ids := opsFile(t)
-			where := []string{"--db", path}
-			if mode == "online" {
-				where = []string{"--addr", serveFile(t, path)}
-			}
+			where := targetFlags(t, mode, path)
 			code, out, _ := runCmd(t, append([]string{"outbox", "list", "--status", "not_produced", "--json"}, where...)...)
 			var page client.OutboxPage
 			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) != 1 || page.Events[0].ID != ids["not_produced"] || page.Events[0].LastError != "NO_ROUTE" {
@@ -385,10 +392,7 @@ func TestSagasResolve(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			path, ids := opsFile(t)
-			where := []string{"--db", path}
-			if mode == "online" {
-				where = []string{"--addr", serveFile(t, path)}
-			}
+			where := targetFlags(t, mode, path)
 			if code, _, _ := runCmd(t, append([]string{"sagas", "resolve", ids["failed"]}, where...)...); code != exitUsage {
 				t.Fatalf("resolve without --note: exit %d, want usage", code)
 			}

@@ -17,32 +17,11 @@ type outboxCommand struct {
 }
 
 func (c *outboxCommand) run(ctx context.Context, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(c.stderr, `Usage: sagad outbox <command> [flags]
-
-Commands:
-  list       list outbox events in one status (new by default)
-  stats      depth, age of the oldest pending event, counts by status
-  requeue    publish a not_produced event again (ID, or --all-not-produced)
-
-Each works offline on a database file (--db) or online through a running
-daemon (--addr, --token). Run 'sagad outbox <command> --help' for its flags.
-`)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
-	}
-	switch args[0] {
-	case "list":
-		return c.list(ctx, args[1:])
-	case "stats":
-		return c.stats(ctx, args[1:])
-	case "requeue":
-		return c.requeue(ctx, args[1:])
-	}
-	fmt.Fprintf(c.stderr, "sagad outbox: unknown command %q (want list, stats or requeue)\n", args[0])
-	return exitUsage
+	return runGroup(c.stderr, "outbox", []subcommand{
+		{"list", "list outbox events in one status (new by default)", func(a []string) int { return c.list(ctx, a) }},
+		{"stats", "depth, age of the oldest pending event, counts by status", func(a []string) int { return c.stats(ctx, a) }},
+		{"requeue", "publish a not_produced event again (ID, or --all-not-produced)", func(a []string) int { return c.requeue(ctx, a) }},
+	}, args)
 }
 
 func (c *outboxCommand) list(ctx context.Context, args []string) int {

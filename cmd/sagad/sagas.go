@@ -11,8 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/cockroachdb/errors"
-
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/saga"
 )
@@ -22,67 +20,14 @@ type sagasCommand struct {
 	stdout, stderr io.Writer
 }
 
-func sagaStatus(s string) saga.Status { return saga.Status(s) }
-
 func (c *sagasCommand) run(ctx context.Context, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(c.stderr, `Usage: sagad sagas <command> [flags]
-
-Commands:
-  list    list sagas, newest first
-  show    show a saga, its data and its step log as a timeline
-  retry   retry a failed saga's failed compensation, or resume a parked saga
-  abort   compensate a running saga
-  resolve mark a failed saga as handled by hand, with a note
-
-Each works offline on a database file (--db) or online through a running
-daemon (--addr, --token). Run 'sagad sagas <command> --help' for its flags.
-`)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
-	}
-	switch args[0] {
-	case "list":
-		return c.list(ctx, args[1:])
-	case "show":
-		return c.show(ctx, args[1:])
-	case "retry":
-		return c.control(ctx, "retry", args[1:])
-	case "abort":
-		return c.control(ctx, "abort", args[1:])
-	case "resolve":
-		return c.control(ctx, "resolve", args[1:])
-	}
-	fmt.Fprintf(c.stderr, "sagad sagas: unknown command %q (want list, show, retry, abort or resolve)\n", args[0])
-	return exitUsage
-}
-
-// parse parses a subcommand's flags, which may come before or after its
-// arguments, then applies the environment. fs.Args() holds the arguments.
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
-	fs.SetOutput(stderr)
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK, false
-			}
-			return exitUsage, false
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-	_ = fs.Parse(append([]string{"--"}, positional...)) // leaves the arguments in fs.Args()
-	if err := envFlags(fs); err != nil {
-		fmt.Fprintf(stderr, "sagad %s: %v\n", fs.Name(), err)
-		return exitUsage, false
-	}
-	return 0, true
+	return runGroup(c.stderr, "sagas", []subcommand{
+		{"list", "list sagas, newest first", func(a []string) int { return c.list(ctx, a) }},
+		{"show", "show a saga, its data and its step log as a timeline", func(a []string) int { return c.show(ctx, a) }},
+		{"retry", "retry a failed saga's failed compensation, or resume a parked saga", func(a []string) int { return c.control(ctx, "retry", a) }},
+		{"abort", "compensate a running saga", func(a []string) int { return c.control(ctx, "abort", a) }},
+		{"resolve", "mark a failed saga as handled by hand, with a note", func(a []string) int { return c.control(ctx, "resolve", a) }},
+	}, args)
 }
 
 func (c *sagasCommand) list(ctx context.Context, args []string) int {

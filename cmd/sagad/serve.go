@@ -52,7 +52,6 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 
 func (c *serveCommand) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
 	cfg := c.flags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad [serve] [flags]
@@ -71,18 +70,11 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "sagad serve: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
-	}
-	if err := envFlags(fs); err != nil {
-		fmt.Fprintf(c.stderr, "sagad serve: %v\n", err)
 		return exitUsage
 	}
 	log, err := newLogger(c.stderr, cfg.logLevel, cfg.logFormat)

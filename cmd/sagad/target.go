@@ -9,12 +9,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/errors"
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/httpapi"
 )
@@ -101,7 +104,7 @@ func (o offline) Resolve(ctx context.Context, id, note, by string) error {
 }
 
 func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page, error) {
-	p, err := o.eng.List(ctx, engine.ListOptions{Status: sagaStatus(lo.Status), Definition: lo.Definition,
+	p, err := o.eng.List(ctx, engine.ListOptions{Status: saga.Status(lo.Status), Definition: lo.Definition,
 		Cursor: lo.Cursor, Limit: lo.Limit})
 	if err != nil {
 		return nil, err
@@ -186,4 +189,35 @@ func cliHTTPClient() *http.Client {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
 	}}
+}
+
+// subcommand is one command of a group such as 'sagad sagas'.
+type subcommand struct {
+	name, summary string
+	run           func(args []string) int
+}
+
+// runGroup runs the subcommand args[0] names, or prints the group's help.
+func runGroup(stderr io.Writer, group string, cmds []subcommand, args []string) int {
+	var names []string
+	for _, c := range cmds {
+		names = append(names, c.name)
+	}
+	if len(args) > 0 && !slices.Contains([]string{"-h", "--help", "help"}, args[0]) {
+		if i := slices.Index(names, args[0]); i >= 0 {
+			return cmds[i].run(args[1:])
+		}
+		fmt.Fprintf(stderr, "sagad %s: unknown command %q (want %s)\n", group, args[0], strings.Join(names, ", "))
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "Usage: sagad %s <command> [flags]\n\nCommands:\n", group)
+	for _, c := range cmds {
+		fmt.Fprintf(stderr, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(stderr, "\nEach works offline on a database file (--db) or online through a running\n"+
+		"daemon (--addr, --token). Run 'sagad %s <command> --help' for its flags and an example.\n", group)
+	if len(args) == 0 {
+		return exitUsage
+	}
+	return exitOK
 }
