@@ -117,11 +117,11 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool)
 	slices.Sort(lat)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "sagas/s")
 	// How the committer grouped the work, and what bbolt wrote for it.
-	cs, ts := eng.DB().Stats(), eng.DB().Bolt().Stats().TxStats
+	cs := eng.DB().Stats()
 	if cs.Commits > 0 {
 		n := float64(cs.Commits)
 		b.ReportMetric(float64(cs.Writes)/n, "writes/commit")
-		b.ReportMetric(float64(ts.GetWrite())/n, "pages/commit")
+		b.ReportMetric(float64(cs.PagesWritten)/n, "pages/commit")
 		b.ReportMetric(float64(cs.CommitTime.Microseconds())/n, "us/commit")
 	}
 	b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50-ms")

@@ -355,11 +355,17 @@ type Stats struct {
 	Writes int64
 	// CommitTime is the total time spent committing, fsync included.
 	CommitTime time.Duration
+	// PagesWritten is the number of page writes the commits made (bbolt's
+	// count, the meta page included); PagesWritten/Commits is what a commit
+	// costs the disk.
+	PagesWritten int64
 }
 
 // Stats returns the committer's counters.
 func (db *DB) Stats() Stats {
-	return Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load())}
+	bs := db.bolt.Stats()
+	return Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load()),
+		PagesWritten: bs.TxStats.GetWrite()}
 }
 
 func (db *DB) commit(batch []*request) {

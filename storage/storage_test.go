@@ -1381,3 +1381,42 @@ func TestOpenTruncatedFile(t *testing.T) {
 		}
 	}
 }
+
+// TestStats checks the committer's counters: each Update is one write, a
+// commit writes at least one data page and the meta page, and concurrent
+// writes share commits.
+func TestStats(t *testing.T) {
+	t.Parallel()
+	db, _ := openDB(t, &storage.Options{NoSync: true})
+	put := func(i int) error {
+		return db.Update(func(tx *storage.Tx) error {
+			return tx.Bolt().Bucket([]byte("meta")).Put([]byte(fmt.Sprintf("k%03d", i)), []byte("v"))
+		})
+	}
+	s0 := db.Stats()
+	for i := range 3 {
+		if err := put(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s1 := db.Stats()
+	if c, w, p := s1.Commits-s0.Commits, s1.Writes-s0.Writes, s1.PagesWritten-s0.PagesWritten; c != 3 || w != 3 || p < 6 {
+		t.Errorf("after 3 sequential writes: commits %d, writes %d, pages %d; want 3, 3, at least 6", c, w, p)
+	}
+	if s1.CommitTime <= s0.CommitTime {
+		t.Errorf("commit time did not grow: %v then %v", s0.CommitTime, s1.CommitTime)
+	}
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Go(func() {
+			if err := put(10 + i); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	s2 := db.Stats()
+	if c, w := s2.Commits-s1.Commits, s2.Writes-s1.Writes; w != 100 || c < 1 || c > 100 {
+		t.Errorf("after 100 concurrent writes: commits %d, writes %d; want 100 writes in 1 to 100 commits", c, w)
+	}
+}

@@ -7,8 +7,8 @@
 //	sagad bench              run sagas of HTTP steps through a daemon and
 //	                         print the throughput and latency
 //
-// Every flag has a SAGAD_* environment variable; 'sagad <command> --help'
-// lists them with an example.
+// The flags of serve and of the operator commands have SAGAD_* environment
+// variables; 'sagad <command> --help' lists them with an example.
 package main
 
 import (

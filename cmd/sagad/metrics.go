@@ -88,6 +88,14 @@ var (
 		[]string{"status"}, nil)
 	oldestDesc = prometheus.NewDesc("sagad_outbox_oldest_new_age_seconds",
 		"Age of the oldest outbox event not yet published; 0 when there is none.", nil, nil)
+	commitsDesc = prometheus.NewDesc("sagad_storage_commits_total",
+		"Transactions the committer wrote to disk, each with its syncs.", nil, nil)
+	writesDesc = prometheus.NewDesc("sagad_storage_writes_total",
+		"Writes (saga transitions and the like) the commits carried; per commit, the group commit's batch size.", nil, nil)
+	commitTimeDesc = prometheus.NewDesc("sagad_storage_commit_seconds_total",
+		"Time spent committing, syncs included; its rate is the share of time the committer is busy.", nil, nil)
+	pagesDesc = prometheus.NewDesc("sagad_storage_pages_written_total",
+		"Page writes the commits made, meta pages included.", nil, nil)
 	relayUpDesc  = prometheus.NewDesc("sagad_relay_connected", "1 while the relay is connected to the broker.", nil, nil)
 	inflightDesc = prometheus.NewDesc("sagad_relay_in_flight", "Messages published and not yet confirmed.", nil, nil)
 )
@@ -102,6 +110,10 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sagasDesc
 	ch <- outboxDesc
 	ch <- oldestDesc
+	ch <- commitsDesc
+	ch <- writesDesc
+	ch <- commitTimeDesc
+	ch <- pagesDesc
 	if c.relay != nil {
 		ch <- relayUpDesc
 		ch <- inflightDesc
@@ -125,6 +137,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age)
 	}
+	ds := c.eng.DB().Stats()
+	ch <- prometheus.MustNewConstMetric(commitsDesc, prometheus.CounterValue, float64(ds.Commits))
+	ch <- prometheus.MustNewConstMetric(writesDesc, prometheus.CounterValue, float64(ds.Writes))
+	ch <- prometheus.MustNewConstMetric(commitTimeDesc, prometheus.CounterValue, ds.CommitTime.Seconds())
+	ch <- prometheus.MustNewConstMetric(pagesDesc, prometheus.CounterValue, float64(ds.PagesWritten))
 	if c.relay != nil {
 		s := c.relay.Stats()
 		up := 0.0

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/httpapi"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
@@ -33,6 +34,8 @@ type serveConfig struct {
 	logLevel, logFormat                               string
 	concurrency                                       int
 	grace                                             time.Duration
+	// noSync turns fsync off (sagad bench -nosync only; no flag of serve).
+	noSync bool
 }
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
@@ -100,7 +103,7 @@ Flags:
 func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Logger) error {
 	m := newMetrics()
 	eng, err := engine.Open(cfg.db, engine.Options{Concurrency: cfg.concurrency, Logger: log, ShutdownGrace: cfg.grace,
-		Hooks: m.engineHooks()})
+		Hooks: m.engineHooks(), Storage: storage.Options{NoSync: cfg.noSync}})
 	if err != nil {
 		return err
 	}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/internal/jsonw"
 	"github.com/sagad/sagad/saga"
 )
 
@@ -87,15 +90,56 @@ func newCaller(c *CallSpec, client *http.Client) *caller {
 	return cl
 }
 
-// request is the JSON body sent to a participant.
-type request struct {
-	SagaID     string                     `json:"saga_id"`
-	Definition string                     `json:"definition"`
-	Step       string                     `json:"step"`
-	Phase      saga.Phase                 `json:"phase"`
-	Attempt    int                        `json:"attempt"`
-	Input      json.RawMessage            `json:"input"`
-	Data       map[string]json.RawMessage `json:"data"`
+// requestBody is the JSON body sent to a participant: {"saga_id",
+// "definition", "step", "phase", "attempt", "input", "data"}, with data's
+// members in key order. It is built by hand, as encoding/json would write
+// it, because it is built for every call; input and data hold JSON the
+// engine has checked, and are checked again here for a direct caller.
+func requestBody(sc *saga.Call) ([]byte, error) {
+	n := 128 + len(sc.SagaID) + len(sc.Definition) + len(sc.Step) + len(sc.Input)
+	for k, v := range sc.Data {
+		n += len(k) + len(v) + 4
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"saga_id":`...)
+	b = jsonw.AppendString(b, sc.SagaID)
+	b = append(b, `,"definition":`...)
+	b = jsonw.AppendString(b, sc.Definition)
+	b = append(b, `,"step":`...)
+	b = jsonw.AppendString(b, sc.Step)
+	b = append(b, `,"phase":`...)
+	b = jsonw.AppendString(b, string(sc.Phase))
+	b = append(b, `,"attempt":`...)
+	b = strconv.AppendInt(b, int64(sc.Attempt), 10)
+	b = append(b, `,"input":`...)
+	var err error
+	if b, err = appendRaw(b, sc.Input); err != nil {
+		return nil, errors.Wrap(err, "input")
+	}
+	b = append(b, `,"data":{`...)
+	for i, k := range slices.Sorted(maps.Keys(sc.Data)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = jsonw.AppendString(b, k)
+		b = append(b, ':')
+		if b, err = appendRaw(b, sc.Data[k]); err != nil {
+			return nil, errors.Wrapf(err, "data %q", k)
+		}
+	}
+	return append(b, "}}"...), nil
+}
+
+// appendRaw appends raw JSON, compacted, or null when raw is empty.
+func appendRaw(b, raw []byte) ([]byte, error) {
+	if len(raw) == 0 {
+		return append(b, "null"...), nil
+	}
+	buf := bytes.NewBuffer(b)
+	if err := json.Compact(buf, raw); err != nil {
+		return nil, errors.Wrap(err, "invalid JSON")
+	}
+	return buf.Bytes(), nil
 }
 
 // event is an entry of a response's "_events" array.
@@ -111,22 +155,7 @@ type event struct {
 // answer into the step's output, events and error, as the package
 // documentation describes.
 func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, error) {
-	rb := request{
-		SagaID:     sc.SagaID,
-		Definition: sc.Definition,
-		Step:       sc.Step,
-		Phase:      sc.Phase,
-		Attempt:    sc.Attempt,
-		Input:      sc.Input,
-		Data:       sc.Data,
-	}
-	if len(rb.Input) == 0 {
-		rb.Input = json.RawMessage("null")
-	}
-	if rb.Data == nil {
-		rb.Data = map[string]json.RawMessage{}
-	}
-	body, err := json.Marshal(rb)
+	body, err := requestBody(sc)
 	if err != nil {
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: encode request", c.method, c.shown))
 	}
@@ -137,21 +166,25 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 	if err != nil {
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: build request", c.method, c.shown))
 	}
-	h := make(http.Header, len(c.headers)+10)
-	h.Set("Accept", "application/json")
-	h.Set("User-Agent", "sagad")
+	// Keys are written canonical, and the values share one backing array:
+	// this runs for every call.
+	vals := [...]string{"application/json", "sagad", "application/json", sc.IdempotencyKey,
+		sc.SagaID, sc.Definition, sc.Step, string(sc.Phase), strconv.Itoa(sc.Attempt)}
+	h := make(http.Header, len(c.headers)+len(vals))
+	h["Accept"] = vals[0:1:1]
+	h["User-Agent"] = vals[1:2:2]
 	for k, v := range c.headers {
 		h[k] = append([]string(nil), v...)
 	}
-	h.Set("Content-Type", "application/json")
+	h["Content-Type"] = vals[2:3:3]
 	if sc.IdempotencyKey != "" {
-		h.Set("Idempotency-Key", sc.IdempotencyKey)
+		h["Idempotency-Key"] = vals[3:4:4]
 	}
-	h.Set("X-Saga-Id", sc.SagaID)
-	h.Set("X-Saga-Definition", sc.Definition)
-	h.Set("X-Saga-Step", sc.Step)
-	h.Set("X-Saga-Phase", string(sc.Phase))
-	h.Set("X-Saga-Attempt", strconv.Itoa(sc.Attempt))
+	h["X-Saga-Id"] = vals[4:5:5]
+	h["X-Saga-Definition"] = vals[5:6:6]
+	h["X-Saga-Step"] = vals[6:7:7]
+	h["X-Saga-Phase"] = vals[7:8:8]
+	h["X-Saga-Attempt"] = vals[8:9:9]
 	req.Header = h
 
 	resp, err := c.client.Do(req)
@@ -217,6 +250,15 @@ func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, e
 		return nil, saga.Permanent(errors.Newf("httpstep: %s %s answered %s with a body that is not valid JSON: %q",
 			c.method, c.shown, resp.Status, strings.ToValidUTF8(excerpt(body, maxErrorExcerpt), "\uFFFD")))
 	}
+	if !bytes.Contains(body, []byte(eventsKey)) && bytes.IndexByte(body, '\\') < 0 {
+		// No events (the usual answer): the body, compacted, is the output.
+		// A key may be spelt with escapes, so a backslash takes the long way.
+		out, err := compact(body)
+		if err != nil {
+			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
+		}
+		return out, nil
+	}
 	out, events, err := splitEvents(body)
 	if err != nil {
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
@@ -241,10 +283,8 @@ func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, e
 func splitEvents(body []byte) (json.RawMessage, []saga.Event, error) {
 	var out bytes.Buffer
 	if body[0] != '{' {
-		if err := json.Compact(&out, body); err != nil {
-			return nil, nil, errors.Wrap(err, "compact")
-		}
-		return out.Bytes(), nil, nil
+		b, err := compact(body)
+		return b, nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if _, err := dec.Token(); err != nil {
@@ -311,6 +351,18 @@ func splitEvents(body []byte) (json.RawMessage, []saga.Event, error) {
 		})
 	}
 	return out.Bytes(), events, nil
+}
+
+// compact returns valid JSON without insignificant space, as it is stored.
+func compact(body []byte) (json.RawMessage, error) {
+	if !bytes.ContainsAny(body, " \t\r\n") {
+		return body, nil
+	}
+	out := bytes.NewBuffer(make([]byte, 0, len(body)))
+	if err := json.Compact(out, body); err != nil {
+		return nil, errors.Wrap(err, "compact")
+	}
+	return out.Bytes(), nil
 }
 
 // retryAfter parses a Retry-After header value (delay seconds or an HTTP

@@ -161,6 +161,15 @@ func TestRequest(t *testing.T) {
 				"X-Saga-Attempt":  "1",
 			},
 		},
+		{
+			name: "data of several steps, in key order",
+			sc: &saga.Call{SagaID: sagaID, Definition: "order", Step: "ship", Phase: saga.PhaseAction,
+				Input: json.RawMessage(` "a\u00e9" `), Data: map[string]json.RawMessage{
+					"reserve": json.RawMessage(`{"id": "r1"}`), "charge": json.RawMessage(`[1, 2]`), "audit": json.RawMessage(`null`)}},
+			wantMethod: "POST",
+			wantBody: `{"saga_id":"` + sagaID + `","definition":"order","step":"ship","phase":"action","attempt":0,` +
+				`"input":"a\u00e9","data":{"audit":null,"charge":[1,2],"reserve":{"id":"r1"}}}`,
+		},
 		{name: "PATCH", call: httpstep.CallSpec{Method: "PATCH"}, sc: newCall(saga.PhaseAction, 1), wantMethod: "PATCH"},
 		{name: "DELETE", call: httpstep.CallSpec{Method: "DELETE"}, sc: newCall(saga.PhaseAction, 1), wantMethod: "DELETE"},
 	}
@@ -263,6 +272,9 @@ func TestResponses(t *testing.T) {
 		},
 		{name: "events only", respond: answer(200, `{"_events": [{"name": "e", "payload": 1}]}`), wantOut: `{}`,
 			wantEvents: []saga.Event{{Name: "e", Payload: json.RawMessage(`1`)}}},
+		{name: "events under an escaped key", respond: answer(200, `{"\u005fevents": [{"name": "e", "payload": 1}], "s": "a\"b"}`),
+			wantOut: `{"s":"a\"b"}`, wantEvents: []saga.Event{{Name: "e", Payload: json.RawMessage(`1`)}}},
+		{name: "compact object passed through", respond: answer(200, `{"s":"a b","n":[1,{"x":null}]}`), wantOut: `{"s":"a b","n":[1,{"x":null}]}`},
 		{name: "null events", respond: answer(200, `{"_events": null, "a": 1}`), wantOut: `{"a":1}`},
 		{name: "_events below the top level is output", respond: answer(200, `{"a": {"_events": 1}}`), wantOut: `{"a":{"_events":1}}`},
 		{name: "invalid event", respond: answer(200, `{"_events": [{"name": "ok", "payload": 1}, {"name": "bad name", "payload": 1}]}`),
@@ -446,11 +458,20 @@ func TestNoAnswer(t *testing.T) {
 func TestInvalidInput(t *testing.T) {
 	t.Parallel()
 	p := newParticipant(t, answer(200, `{}`))
-	sc := newCall(saga.PhaseAction, 1)
-	sc.Input = json.RawMessage(`{not json`)
-	_, err := action(t, httpstep.CallSpec{URL: p.URL})(context.Background(), sc)
-	if err == nil || !saga.IsPermanent(err) || !strings.Contains(err.Error(), "encode request") {
-		t.Fatalf("error = %v, want a permanent encode error", err)
+	for _, tt := range []struct {
+		name    string
+		edit    func(*saga.Call)
+		wantErr string
+	}{
+		{"input", func(sc *saga.Call) { sc.Input = json.RawMessage(`{not json`) }, "encode request: input: invalid JSON"},
+		{"data", func(sc *saga.Call) { sc.Data["quote"] = json.RawMessage(`[1,`) }, `encode request: data "quote": invalid JSON`},
+	} {
+		sc := newCall(saga.PhaseAction, 1)
+		tt.edit(sc)
+		_, err := action(t, httpstep.CallSpec{URL: p.URL})(context.Background(), sc)
+		if err == nil || !saga.IsPermanent(err) || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: error = %v, want a permanent error containing %q", tt.name, err, tt.wantErr)
+		}
 	}
 	if n := len(p.requests()); n != 0 {
 		t.Errorf("participant received %d requests, want none", n)

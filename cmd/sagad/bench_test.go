@@ -1,0 +1,152 @@
+package main
+
+import (
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+var resultLine = regexp.MustCompile(`^sagas_per_sec=\d+ p50_ms=[\d.]+ p99_ms=[\d.]+ completed=(\d+) compensated=(\d+)\n$`)
+
+// checkResult checks the result line: its counts must add up to n, with
+// both outcomes present.
+func checkResult(t *testing.T, stdout string, n int) (completed, compensated int) {
+	t.Helper()
+	m := resultLine.FindStringSubmatch(stdout)
+	if m == nil {
+		t.Fatalf("stdout %q is not the result line", stdout)
+	}
+	completed, _ = strconv.Atoi(m[1])
+	compensated, _ = strconv.Atoi(m[2])
+	if completed+compensated != n || completed == 0 || compensated == 0 {
+		t.Errorf("completed=%d compensated=%d: want both, adding up to %d", completed, compensated, n)
+	}
+	return completed, compensated
+}
+
+// checkDetails checks the details line: cpu names the CPU fields, and the
+// commits must have carried every saga's start and steps.
+func checkDetails(t *testing.T, stderr, cpu string, n, steps int) {
+	t.Helper()
+	d := regexp.MustCompile(`(?m)^` + cpu + ` cpu_util=\d+% commits=(\d+) writes_per_commit=([\d.]+) ` +
+		`pages_per_commit=([\d.]+) commit_ms=[\d.]+ committer_busy=\d+%$`).FindStringSubmatch(stderr)
+	if d == nil {
+		t.Fatalf("stderr %q has no details line", stderr)
+	}
+	commits, _ := strconv.Atoi(d[1])
+	perCommit, _ := strconv.ParseFloat(d[2], 64)
+	pages, _ := strconv.ParseFloat(d[3], 64)
+	want := n * (steps + 1)
+	if writes := float64(commits) * perCommit; commits == 0 || writes < float64(want)*0.95 || pages < 2 {
+		t.Errorf("commits=%d writes_per_commit=%.1f pages_per_commit=%.1f: want at least %d writes, 2 pages a commit",
+			commits, perCommit, pages, want)
+	}
+}
+
+// TestBenchCommand runs a small 'sagad bench' with its own daemon.
+func TestBenchCommand(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := runCmd(t, "bench", "-n", "60", "-c", "4", "-fail", "0.5", "-dir", t.TempDir())
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, stderr)
+	}
+	checkResult(t, stdout, 60)
+	checkDetails(t, stderr, `cpu_us_per_saga=\d+`, 60, 3)
+}
+
+// TestBenchAgainstADaemon drives a sagad child process with -addr, then
+// checks the daemon's metrics of the run.
+func TestBenchAgainstADaemon(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir()+"/sagad.db")
+	url := "http://" + d.addr
+	code, stdout, stderr := runCmd(t, "bench", "-n", "80", "-c", "8", "-fail", "0.5", "-steps", "2", "-addr", url)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr %s\ndaemon:\n%s", code, stderr, d.output())
+	}
+	completed, compensated := checkResult(t, stdout, 80)
+	checkDetails(t, stderr, `daemon_cpu_us_per_saga=\d+ bench_cpu_us_per_saga=\d+`, 80, 2)
+
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// value returns the value of the series of name whose labels include
+	// labels (name=value pairs), summed over the series that match.
+	value := func(name string, labels ...string) float64 {
+		var sum float64
+		found := false
+	series:
+		for _, m := range families[name].GetMetric() {
+			for i := 0; i < len(labels); i += 2 {
+				ok := false
+				for _, l := range m.GetLabel() {
+					ok = ok || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+				}
+				if !ok {
+					continue series
+				}
+			}
+			found = true
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+		if !found {
+			t.Errorf("metrics: no %s%v", name, labels)
+		}
+		return sum
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"sagad_sagas", []string{"status", "completed"}, float64(completed)},
+		{"sagad_sagas", []string{"status", "compensated"}, float64(compensated)},
+		{"sagad_saga_status_changes_total", []string{"definition", benchDefinition, "status", "compensated"}, float64(compensated)},
+		// Both steps succeeded in every saga but the failed ones' last.
+		{"sagad_step_attempts_total", []string{"step", "s0", "phase", "action", "outcome", "success"}, 80},
+		{"sagad_step_attempts_total", []string{"step", "s1", "phase", "action", "outcome", "failure"}, float64(compensated)},
+		{"sagad_step_attempts_total", []string{"step", "s0", "phase", "compensation", "outcome", "success"}, float64(compensated)},
+		{"sagad_step_attempt_duration_seconds", []string{"step", "s1", "phase", "action"}, 80},
+		{"sagad_outbox_events", []string{"status", "new"}, 0},
+	} {
+		if got := value(c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if w := value("sagad_storage_writes_total"); w < 80*3 {
+		t.Errorf("sagad_storage_writes_total = %v, want at least %d", w, 80*3)
+	}
+	if c, p := value("sagad_storage_commits_total"), value("sagad_storage_pages_written_total"); c < 1 || p < 2*c {
+		t.Errorf("commits %v, pages written %v: want commits, at least 2 pages each", c, p)
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"-c", "0"}, {"-n", "-1"}, {"-fail", "1.5"}, {"-steps", "0"}, {"extra"},
+		{"-addr", "http://127.0.0.1:1", "-nosync"}, {"-addr", "http://127.0.0.1:1", "-dir", "/tmp"},
+	} {
+		if code, _, stderr := runCmd(t, append([]string{"bench"}, args...)...); code != exitUsage {
+			t.Errorf("bench %v: exit %d, want %d (stderr %q)", args, code, exitUsage, stderr)
+		}
+	}
+}

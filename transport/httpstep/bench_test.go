@@ -1,0 +1,101 @@
+package httpstep_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/transport/httpstep"
+)
+
+// BenchmarkCall measures what one call to a participant costs on loopback,
+// with 64 calls in flight, in CPU time (client and participant both in this
+// process) and calls per second:
+//
+//	go test ./transport/httpstep -run '^$' -bench BenchmarkCall -benchtime 50000x
+//
+// net/http is the floor: a bare net/http client posting a body of the same
+// size to the same trivial handler. httpstep is a step's action doing the
+// same call through the participant protocol (request body, headers,
+// response checks). The difference is what the protocol adds.
+func BenchmarkCall(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
+	call := newCall(saga.PhaseAction, 0)
+	body, err := json.Marshal(map[string]any{"saga_id": call.SagaID, "definition": call.Definition, "step": call.Step,
+		"phase": call.Phase, "attempt": call.Attempt, "input": call.Input, "data": call.Data})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	b.Run("net/http", func(b *testing.B) {
+		parallel(b, func(ctx context.Context) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/reserve", bytes.NewReader(body))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			return err
+		})
+	})
+	b.Run("httpstep", func(b *testing.B) {
+		spec := &httpstep.Spec{Steps: []httpstep.StepSpec{{Name: "reserve",
+			Action: &httpstep.CallSpec{URL: srv.URL + "/reserve"}}}}
+		def, err := spec.Definition("order", client)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f := def.Steps[0].Action
+		parallel(b, func(ctx context.Context) error {
+			_, err := f(ctx, newCall(saga.PhaseAction, 0))
+			return err
+		})
+	})
+}
+
+// parallel runs fn b.N times from 64 goroutines and reports the CPU time
+// per call and the calls per second.
+func parallel(b *testing.B, fn func(context.Context) error) {
+	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+	ctx := context.Background()
+	b.ResetTimer()
+	cpu0, start := cpuTime(), time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := fn(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/call")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
