@@ -355,9 +355,10 @@ type Stats struct {
 	Writes int64
 	// CommitTime is the total time spent committing, fsync included.
 	CommitTime time.Duration
-	// PagesWritten is the number of page writes the commits made (bbolt's
-	// count, the meta page included); PagesWritten/Commits is what a commit
-	// costs the disk.
+	// PagesWritten is bbolt's count of page writes since Open, by every
+	// write transaction (the committer's, and Open's own), meta pages
+	// included; a page with overflow pages counts once.
+	// PagesWritten/Commits is what a commit costs the disk.
 	PagesWritten int64
 }
 

@@ -1383,19 +1383,19 @@ func TestOpenTruncatedFile(t *testing.T) {
 }
 
 // TestStats checks the committer's counters: each Update is one write, a
-// commit writes at least one data page and the meta page, and concurrent
-// writes share commits.
+// commit writes at least one data page and the meta page, and writes queued
+// behind a commit share the next one.
 func TestStats(t *testing.T) {
 	t.Parallel()
-	db, _ := openDB(t, &storage.Options{NoSync: true})
-	put := func(i int) error {
+	put := func(db *storage.DB, i int) error {
 		return db.Update(func(tx *storage.Tx) error {
-			return tx.Bolt().Bucket([]byte("meta")).Put([]byte(fmt.Sprintf("k%03d", i)), []byte("v"))
+			return tx.Bolt().Bucket([]byte("meta")).Put(fmt.Appendf(nil, "k%03d", i), []byte("v"))
 		})
 	}
+	db, _ := openDB(t, &storage.Options{NoSync: true})
 	s0 := db.Stats()
 	for i := range 3 {
-		if err := put(i); err != nil {
+		if err := put(db, i); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1406,17 +1406,36 @@ func TestStats(t *testing.T) {
 	if s1.CommitTime <= s0.CommitTime {
 		t.Errorf("commit time did not grow: %v then %v", s0.CommitTime, s1.CommitTime)
 	}
-	var wg sync.WaitGroup
-	for i := range 100 {
-		wg.Go(func() {
-			if err := put(10 + i); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	s2 := db.Stats()
-	if c, w := s2.Commits-s1.Commits, s2.Writes-s1.Writes; w != 100 || c < 1 || c > 100 {
-		t.Errorf("after 100 concurrent writes: commits %d, writes %d; want 100 writes in 1 to 100 commits", c, w)
-	}
+
+	synctest.Test(t, func(t *testing.T) {
+		db, err := storage.Open(filepath.Join(t.TempDir(), "sagad.db"), &storage.Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		// Hold the committer inside one write until 100 more are queued.
+		gate, inside := make(chan struct{}), make(chan struct{})
+		held := make(chan error, 1)
+		go func() {
+			held <- db.Update(func(*storage.Tx) error { close(inside); <-gate; return nil })
+		}()
+		<-inside
+		var wg sync.WaitGroup
+		for i := range 100 {
+			wg.Go(func() {
+				if err := put(db, i); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		synctest.Wait() // every writer is queued behind the held commit
+		close(gate)
+		wg.Wait()
+		if err := <-held; err != nil {
+			t.Fatal(err)
+		}
+		if st := db.Stats(); st.Commits != 2 || st.Writes != 101 {
+			t.Errorf("a held write and 100 queued behind it: commits %d, writes %d; want 2 and 101", st.Commits, st.Writes)
+		}
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -68,7 +69,10 @@ definition of S HTTP steps named sagad-bench, and drives N sagas through the
 HTTP API from C concurrent clients, each starting a saga with ?wait and
 waiting for its end. With -fail F, that fraction of sagas has its last step
 answer 422, so those compensate. With -addr, it drives that daemon instead
-of starting one (the daemon must reach this machine's 127.0.0.1).
+of starting one (the daemon must reach this machine's 127.0.0.1). That
+daemon keeps the sagad-bench definition and the sagas: do not point it at a
+daemon whose file matters; if the bench is interrupted, the sagas left
+running retry against participants that are gone.
 
 It ends with one line on standard output:
 
@@ -98,12 +102,16 @@ Flags:
 	if code, ok := parse(fs, args, c.stderr); !ok {
 		return code
 	}
-	if o.n < 1 || o.conc < 1 || o.steps < 1 || o.fail < 0 || o.fail > 1 || fs.NArg() > 0 {
+	if o.n < 1 || o.conc < 1 || o.steps < 1 || !(o.fail >= 0 && o.fail <= 1) || fs.NArg() > 0 {
 		fmt.Fprintln(c.stderr, "sagad bench: -n, -c and -steps must be positive and -fail between 0 and 1")
 		return exitUsage
 	}
 	if o.addr != "" && (o.noSync || o.dir != "") {
 		fmt.Fprintln(c.stderr, "sagad bench: -nosync and -dir are for the daemon the bench starts, not for one given by -addr")
+		return exitUsage
+	}
+	if o.addr == "" && o.token != "" {
+		fmt.Fprintln(c.stderr, "sagad bench: -token is for the daemon given by -addr")
 		return exitUsage
 	}
 	if o.cpuProfile != "" {
@@ -215,6 +223,7 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 		url = "http://" + addr
 	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: o.conc * 2, MaxIdleConnsPerHost: o.conc * 2, IdleConnTimeout: time.Minute}}
+	defer hc.CloseIdleConnections()
 	cl, err := client.New(url, o.token, hc)
 	if err != nil {
 		return nil, err
@@ -247,7 +256,9 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 	cpu0 := cpuTime()
 	lat := make([]time.Duration, o.n)
 	var next, completed, compensated atomic.Int64
-	var firstErr atomic.Value
+	// The first client error ends the run.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
 	var wg sync.WaitGroup
 	start := time.Now()
 	clients := pprof.WithLabels(ctx, pprof.Labels("role", "clients"))
@@ -256,19 +267,19 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 			pprof.SetGoroutineLabels(clients)
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(o.n) || ctx.Err() != nil {
+				if i >= int64(o.n) || runCtx.Err() != nil {
 					return
 				}
 				input := map[string]bool{"fail": rand.Float64() < o.fail}
 				t0 := time.Now()
-				res, err := cl.Start(ctx, benchDefinition, input, client.StartOptions{Wait: time.Minute})
+				res, err := cl.Start(runCtx, benchDefinition, input, client.StartOptions{Wait: time.Minute})
 				if err == nil && res.Saga == nil {
 					var s *client.Saga
-					s, err = cl.Wait(ctx, res.ID)
+					s, err = cl.Wait(runCtx, res.ID)
 					res.Saga = s
 				}
 				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
+					stopRun(err) // only the first cause is kept
 					return
 				}
 				lat[i] = time.Since(t0)
@@ -283,10 +294,7 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 	}
 	wg.Wait()
 	elapsed, benchCPU := time.Since(start), cpuTime()-cpu0
-	if err, _ := firstErr.Load().(error); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := context.Cause(runCtx); err != nil {
 		return nil, err
 	}
 	d1, err := scrapeDaemon(ctx, hc, url)
@@ -338,6 +346,9 @@ func (c *benchCommand) startDaemon(ctx context.Context, o *benchOptions) (string
 		if cleanup != nil {
 			cleanup()
 		}
+		if err == nil { // interrupted before recovery ended
+			err = errors.Wrap(context.Cause(ctx), "stopped before it was ready")
+		}
 		return "", nil, errors.Wrap(err, "daemon")
 	}
 }
@@ -380,10 +391,15 @@ func scrapeDaemon(ctx context.Context, hc *http.Client, url string) (daemonCount
 			return 0, errors.Newf("daemon metrics: no %s (is it a sagad daemon of this version?)", name)
 		}
 		m := f.GetMetric()[0]
-		if c := m.GetCounter(); c != nil {
-			return c.GetValue(), nil
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), nil
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), nil
+		case m.GetUntyped() != nil:
+			return m.GetUntyped().GetValue(), nil
 		}
-		return m.GetGauge().GetValue(), nil
+		return 0, errors.Newf("daemon metrics: %s is a %s, not a number", name, f.GetType())
 	}
 	seconds := func(v float64) time.Duration { return time.Duration(v * float64(time.Second)) }
 	for _, f := range []struct {
@@ -412,8 +428,10 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// writeHeapProfile writes the allocation profile to path.
+// writeHeapProfile writes the allocation profile to path, after a
+// collection so that it is up to date.
 func writeHeapProfile(path string) error {
+	runtime.GC()
 	f, err := os.Create(path)
 	if err != nil {
 		return errors.Wrap(err, "memory profile")

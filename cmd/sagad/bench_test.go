@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/common/expfmt"
@@ -139,11 +144,63 @@ func TestBenchAgainstADaemon(t *testing.T) {
 	}
 }
 
+// TestBenchInterrupted starts a bench whose context has already ended: it
+// must fail cleanly, whether the daemon got ready first or not.
+func TestBenchInterrupted(t *testing.T) {
+	t.Parallel()
+	for range 5 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		var stdout, stderr strings.Builder
+		code := (&benchCommand{stdout: &stdout, stderr: &stderr}).run(ctx, []string{"-n", "10", "-dir", t.TempDir()})
+		if code != exitFailed || !strings.Contains(stderr.String(), "context canceled") || stdout.Len() != 0 {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d, no result, context canceled", code, stdout.String(), stderr.String(), exitFailed)
+		}
+	}
+}
+
+// TestBenchClientErrors drives a daemon whose starts fail in two ways (a
+// problem answer, a dropped connection): the first error ends the run.
+func TestBenchClientErrors(t *testing.T) {
+	t.Parallel()
+	var starts atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {})
+	mux.HandleFunc("PUT /v1/definitions/{name}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"name":"sagad-bench","version":"v1"}`)
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		for _, name := range []string{"process_cpu_seconds_total", "sagad_storage_commits_total", "sagad_storage_writes_total",
+			"sagad_storage_pages_written_total", "sagad_storage_commit_seconds_total"} {
+			fmt.Fprintf(w, "# TYPE %s counter\n%s 1\n", name, name)
+		}
+	})
+	mux.HandleFunc("POST /v1/sagas", func(w http.ResponseWriter, r *http.Request) {
+		if starts.Add(1)%2 == 0 {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"title":"Service Unavailable","status":503,"detail":"shutting down"}`)
+			return
+		}
+		panic(http.ErrAbortHandler) // drops the connection
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	code, stdout, stderr := runCmd(t, "bench", "-n", "1000", "-c", "16", "-addr", srv.URL)
+	if code != exitFailed || stdout != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and no result", code, stdout, stderr, exitFailed)
+	}
+	if n := starts.Load(); n >= 1000 {
+		t.Errorf("%d starts: want the run to end at the first error, not to go through -n", n)
+	}
+}
+
 func TestBenchUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
 		{"-c", "0"}, {"-n", "-1"}, {"-fail", "1.5"}, {"-steps", "0"}, {"extra"},
 		{"-addr", "http://127.0.0.1:1", "-nosync"}, {"-addr", "http://127.0.0.1:1", "-dir", "/tmp"},
+		{"-token", "t"}, {"-fail", "NaN"},
 	} {
 		if code, _, stderr := runCmd(t, append([]string{"bench"}, args...)...); code != exitUsage {
 			t.Errorf("bench %v: exit %d, want %d (stderr %q)", args, code, exitUsage, stderr)

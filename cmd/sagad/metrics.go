@@ -95,7 +95,7 @@ var (
 	commitTimeDesc = prometheus.NewDesc("sagad_storage_commit_seconds_total",
 		"Time spent committing, syncs included; its rate is the share of time the committer is busy.", nil, nil)
 	pagesDesc = prometheus.NewDesc("sagad_storage_pages_written_total",
-		"Page writes the commits made, meta pages included.", nil, nil)
+		"Page writes of the database file (bbolt's count: one per page or run of overflow pages, meta pages included).", nil, nil)
 	relayUpDesc  = prometheus.NewDesc("sagad_relay_connected", "1 while the relay is connected to the broker.", nil, nil)
 	inflightDesc = prometheus.NewDesc("sagad_relay_in_flight", "Messages published and not yet confirmed.", nil, nil)
 )

@@ -92,9 +92,10 @@ func newCaller(c *CallSpec, client *http.Client) *caller {
 
 // requestBody is the JSON body sent to a participant: {"saga_id",
 // "definition", "step", "phase", "attempt", "input", "data"}, with data's
-// members in key order. It is built by hand, as encoding/json would write
-// it, because it is built for every call; input and data hold JSON the
-// engine has checked, and are checked again here for a direct caller.
+// members in key order. It is built by hand because it is built for every
+// call: strings are escaped as encoding/json escapes them, and input and
+// data (JSON the engine has checked, checked again here for a direct
+// caller) are compacted but otherwise sent as they are.
 func requestBody(sc *saga.Call) ([]byte, error) {
 	n := 128 + len(sc.SagaID) + len(sc.Definition) + len(sc.Step) + len(sc.Input)
 	for k, v := range sc.Data {
@@ -252,7 +253,9 @@ func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, e
 	}
 	if !bytes.Contains(body, []byte(eventsKey)) && bytes.IndexByte(body, '\\') < 0 {
 		// No events (the usual answer): the body, compacted, is the output.
-		// A key may be spelt with escapes, so a backslash takes the long way.
+		// A key may be spelt with escapes, so a backslash takes the long way
+		// (which also rewrites the keys as encoding/json writes them: the
+		// same JSON either way).
 		out, err := compact(body)
 		if err != nil {
 			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
@@ -353,10 +356,11 @@ func splitEvents(body []byte) (json.RawMessage, []saga.Event, error) {
 	return out.Bytes(), events, nil
 }
 
-// compact returns valid JSON without insignificant space, as it is stored.
+// compact returns body, which must be valid JSON, without insignificant
+// space, as it is stored, in a slice of its own size.
 func compact(body []byte) (json.RawMessage, error) {
 	if !bytes.ContainsAny(body, " \t\r\n") {
-		return body, nil
+		return bytes.Clone(body), nil
 	}
 	out := bytes.NewBuffer(make([]byte, 0, len(body)))
 	if err := json.Compact(out, body); err != nil {

@@ -162,13 +162,15 @@ func TestRequest(t *testing.T) {
 			},
 		},
 		{
+			// Raw JSON is compacted and otherwise sent as it is (encoding/json
+			// would escape <, > and &: the same JSON).
 			name: "data of several steps, in key order",
 			sc: &saga.Call{SagaID: sagaID, Definition: "order", Step: "ship", Phase: saga.PhaseAction,
-				Input: json.RawMessage(` "a\u00e9" `), Data: map[string]json.RawMessage{
+				Input: json.RawMessage(` "a\u00e9 <&>" `), Data: map[string]json.RawMessage{
 					"reserve": json.RawMessage(`{"id": "r1"}`), "charge": json.RawMessage(`[1, 2]`), "audit": json.RawMessage(`null`)}},
 			wantMethod: "POST",
 			wantBody: `{"saga_id":"` + sagaID + `","definition":"order","step":"ship","phase":"action","attempt":0,` +
-				`"input":"a\u00e9","data":{"audit":null,"charge":[1,2],"reserve":{"id":"r1"}}}`,
+				`"input":"a\u00e9 <&>","data":{"audit":null,"charge":[1,2],"reserve":{"id":"r1"}}}`,
 		},
 		{name: "PATCH", call: httpstep.CallSpec{Method: "PATCH"}, sc: newCall(saga.PhaseAction, 1), wantMethod: "PATCH"},
 		{name: "DELETE", call: httpstep.CallSpec{Method: "DELETE"}, sc: newCall(saga.PhaseAction, 1), wantMethod: "DELETE"},
