@@ -558,10 +558,7 @@ func (d *driver) finish(now time.Time, st saga.Status) {
 
 func (d *driver) setError(cause error) {
 	d.rec.Error = cause.Error()
-	enc := errors.EncodeError(context.Background(), cause)
-	if b, err := enc.Marshal(); err == nil {
-		d.rec.ErrorEnc = b
-	}
+	d.rec.ErrorEnc = encodeError(cause)
 }
 
 // retryFailed restarts a failed saga at the compensation (or, past the

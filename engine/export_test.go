@@ -5,3 +5,7 @@ import "github.com/sagad/sagad/saga"
 // SetTestHook installs the attempt hook (see testHook). Not safe to call
 // while sagas run.
 func SetTestHook(h func(point, sagaID, step string, phase saga.Phase)) { testHook = h }
+
+// EncodeError and DecodeError expose the stored error's encoding.
+func EncodeError(err error) []byte             { return encodeError(err) }
+func DecodeError(enc []byte, msg string) error { return decodeError(enc, msg) }

@@ -77,6 +77,17 @@ func sagaView(r *storage.Saga) *Saga {
 	return s
 }
 
+// encodeError encodes err for storage with its messages and marks, so that
+// errors.Is works on it after decodeError.
+func encodeError(err error) []byte {
+	enc := errors.EncodeError(context.Background(), err)
+	b, err := enc.Marshal()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
 // decodeError restores a stored error with its marks, or falls back to its
 // message.
 func decodeError(enc []byte, msg string) error {
