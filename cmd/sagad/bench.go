@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"sync"
@@ -42,6 +43,7 @@ type benchOptions struct {
 	dir, addr, token       string
 	noSync                 bool
 	cpuProfile, memProfile string
+	trace                  string
 }
 
 // benchDefinition is the name of the definition the bench registers.
@@ -60,6 +62,7 @@ func (c *benchCommand) run(ctx context.Context, args []string) int {
 	fs.BoolVar(&o.noSync, "nosync", false, "start the daemon with fsync off, to see what the run costs without the disk (not durable)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to this file")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile of this process to this file")
+	fs.StringVar(&o.trace, "trace", "", "write an execution trace of this process to this file (go tool trace)")
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad bench [-n N] [-c C] [-fail F] [-steps S] [-addr URL [-token T]] [-nosync]
 
@@ -126,6 +129,19 @@ Flags:
 			return exitFailed
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.trace != "" {
+		f, err := os.Create(o.trace)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "sagad bench: %v\n", err)
+			return exitFailed
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintf(c.stderr, "sagad bench: %v\n", err)
+			return exitFailed
+		}
+		defer trace.Stop()
 	}
 	res, err := c.bench(ctx, &o)
 	if err == nil && o.memProfile != "" {

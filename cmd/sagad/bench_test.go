@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -55,12 +56,19 @@ func checkDetails(t *testing.T, stderr, cpu string, n, steps int) {
 // TestBenchCommand runs a small 'sagad bench' with its own daemon.
 func TestBenchCommand(t *testing.T) {
 	t.Parallel()
-	code, stdout, stderr := runCmd(t, "bench", "-n", "60", "-c", "4", "-fail", "0.5", "-dir", t.TempDir())
+	dir := t.TempDir()
+	code, stdout, stderr := runCmd(t, "bench", "-n", "60", "-c", "4", "-fail", "0.5", "-dir", dir,
+		"-cpuprofile", dir+"/cpu.prof", "-memprofile", dir+"/mem.prof", "-trace", dir+"/trace.out")
 	if code != exitOK {
 		t.Fatalf("exit %d, stderr %s", code, stderr)
 	}
 	checkResult(t, stdout, 60)
 	checkDetails(t, stderr, `cpu_us_per_saga=\d+`, 60, 3)
+	for _, f := range []string{"cpu.prof", "mem.prof", "trace.out"} {
+		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v, want a profile", f, err)
+		}
+	}
 }
 
 // TestBenchAgainstADaemon drives a sagad child process with -addr, then
