@@ -89,8 +89,11 @@ func TestRelayUnroutableEventParksItsSagaUntilRequeued(t *testing.T) {
 	if bad.RoutingKey != "lost.1" || bad.Attempts != 3 || !strings.Contains(bad.LastError, "NO_ROUTE") {
 		t.Fatalf("not_produced event: key %q, attempts %d, last error %q; want lost.1, 3, NO_ROUTE", bad.RoutingKey, bad.Attempts, bad.LastError)
 	}
-	// Other sagas go on while this one is parked.
+	// Other sagas go on while this one is parked. Everything but the parked
+	// saga's last event gets marked produced, and so reached the queue
+	// before the marker.
 	free := b.run(t, "seq", keys("ok", 3))
+	b.waitOutbox(t, 20*time.Second, "one event new", func(st engine.OutboxStats) bool { return st.Counts.New == 1 })
 	sink.Marker(t, "marker-1")
 	got := seqOf(t, sink.Collect(t, "marker-1", 20*time.Second))
 	if !slices.Equal(got[stuck.ID], []int{0}) {
@@ -99,8 +102,6 @@ func TestRelayUnroutableEventParksItsSagaUntilRequeued(t *testing.T) {
 	if !slices.Equal(got[free.ID], []int{0, 1, 2}) {
 		t.Errorf("other saga delivered %v, want [0 1 2]", got[free.ID])
 	}
-	// Everything but the parked saga's last event gets marked produced.
-	b.waitOutbox(t, 20*time.Second, "one event new", func(st engine.OutboxStats) bool { return st.Counts.New == 1 })
 	st, err := b.eng.OutboxStats(context.Background())
 	if err != nil {
 		t.Fatal(err)
