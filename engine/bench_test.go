@@ -9,11 +9,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/internal/cputime"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage"
@@ -83,7 +83,7 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	start := time.Now()
 	for range conc {
 		wg.Add(1)
@@ -111,7 +111,7 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool)
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Process() - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/saga")
 	slices.Sort(lat)
@@ -126,11 +126,4 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool)
 	}
 	b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99-ms")
-}
-
-// cpuTime returns the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -209,20 +209,8 @@ func TestCrashChild(t *testing.T) {
 		}
 	}
 
-	// fsync stays on: the file must survive the kill as the engine left it.
-	eng, err := engine.Open(dbPath, engine.Options{
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		t.Fatalf("open engine: %v", err)
-	}
-	if err := eng.Register(crashDefinition(j, inside)); err != nil {
-		t.Fatalf("register: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- eng.Run(ctx) }()
+	eng, ctx, stop := runChildEngine(t, dbPath, crashDefinition(j, inside))
+	defer stop()
 
 	ids := make([]string, crashSagas)
 	var wg sync.WaitGroup
@@ -254,12 +242,33 @@ func TestCrashChild(t *testing.T) {
 		}
 	}
 	t.Errorf("every saga finished but crash point %s was reached %d times, never the %dth time", point, hits.Load(), hit)
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Errorf("run: %v", err)
+}
+
+// runChildEngine opens and runs, in a crash test's child process, the
+// engine on the file with def registered; stop ends it. fsync stays on: the
+// file must survive the kill as the engine left it.
+func runChildEngine(t *testing.T, path string, def *saga.Definition) (*engine.Engine, context.Context, func()) {
+	t.Helper()
+	eng, err := engine.Open(path, engine.Options{
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
 	}
-	if err := eng.Close(); err != nil {
-		t.Errorf("close: %v", err)
+	if err := eng.Register(def); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- eng.Run(ctx) }()
+	return eng, ctx, func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if err := eng.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
 	}
 }
 
@@ -391,16 +400,40 @@ func TestCrash(t *testing.T) {
 	}
 }
 
-// checkCrashRecovery waits for every saga of the crashed run to finish and
-// checks what happened to it, from the engine's records and the journal.
+// checkCrashRecovery checks a run with one crash: every saga is checked by
+// checkCrashedFile, and the attempt in flight at the crash as tc says.
 func checkCrashRecovery(t *testing.T, b *bundle, tc crashCase, kill jline, jpath string) {
+	run := checkCrashedFile(t, b, jpath)
+	if !slices.Contains(run.ids, kill.id) {
+		t.Fatalf("the saga in flight at the crash, %s, is not in the file", kill.id)
+	}
+	restart := slices.IndexFunc(run.lines, func(l jline) bool { return l.kind == "restart" })
+	checkKilledAttempt(t, tc, kill, run.lines, restart, run.inDoubt[kill.id])
+	if len(run.inDoubt) == 0 {
+		t.Errorf("no saga has an %s log entry after a crash with an attempt in flight", storage.EventInDoubt)
+	}
+	t.Logf("%d sagas, %d with attempts in doubt, %d journal lines", len(run.ids), len(run.inDoubt), len(run.lines))
+}
+
+// crashedRun is what checkCrashedFile found.
+type crashedRun struct {
+	ids     []string                  // every saga, in id order
+	lines   []jline                   // the journal once every saga ended
+	inDoubt map[string]map[string]int // saga -> step/phase -> attempt_in_doubt entries, for sagas that have some
+}
+
+// checkCrashedFile waits for every saga of a crashed run to finish and
+// checks what happened to each, from the engine's records and the journal,
+// then the outbox.
+func checkCrashedFile(t *testing.T, b *bundle, jpath string) crashedRun {
+	t.Helper()
 	ctx := context.Background()
 
 	// Sagas: those the child saw started, and those the file holds (a saga
 	// can be recorded without the child getting to journal its id).
 	listed := map[string]bool{}
 	for cursor := ""; ; {
-		p, err := b.eng.List(ctx, engine.ListOptions{Cursor: cursor, Limit: 16})
+		p, err := b.eng.List(ctx, engine.ListOptions{Cursor: cursor, Limit: 500})
 		if err != nil {
 			t.Fatalf("list: %v", err)
 		}
@@ -411,40 +444,33 @@ func checkCrashRecovery(t *testing.T, b *bundle, tc crashCase, kill jline, jpath
 			break
 		}
 	}
-	ids := slices.Sorted(maps.Keys(listed))
+	run := crashedRun{ids: slices.Sorted(maps.Keys(listed)), inDoubt: map[string]map[string]int{}}
 	for _, l := range readJournal(t, jpath) {
 		if l.kind == "started" && !listed[l.id] {
 			t.Errorf("saga %s (n=%d) was started (Start returned) but is not in the file after the crash", l.id, l.n)
 			listed[l.id] = true
-			ids = append(ids, l.id)
+			run.ids = append(run.ids, l.id)
 		}
 	}
-	if !listed[kill.id] {
-		t.Fatalf("the saga in flight at the crash, %s, is not in the file", kill.id)
-	}
-
 	final := map[string]*engine.Saga{}
-	for _, id := range ids {
+	for _, id := range run.ids {
 		final[id] = b.wait(t, id)
 	}
 
 	// Every saga is finished, so every participant call is in the journal.
-	lines := readJournal(t, jpath)
-	restart := slices.IndexFunc(lines, func(l jline) bool { return l.kind == "restart" })
+	run.lines = readJournal(t, jpath)
 	bySaga := map[string][]jline{}
-	for _, l := range lines {
+	for _, l := range run.lines {
 		if l.kind == "call" {
 			bySaga[l.id] = append(bySaga[l.id], l)
 		}
 	}
-	inDoubtSagas := 0
-	for _, id := range ids {
-		s := final[id]
+	for _, id := range run.ids {
 		logs, err := b.eng.Log(ctx, id)
 		if err != nil {
 			t.Fatalf("log of saga %s: %v", id, err)
 		}
-		inDoubt := map[string]int{} // step/phase -> attempt_in_doubt entries
+		inDoubt := map[string]int{}
 		for _, e := range logs {
 			if e.Event == storage.EventInDoubt {
 				inDoubt[e.Step+"/"+string(e.Phase)]++
@@ -455,18 +481,12 @@ func checkCrashRecovery(t *testing.T, b *bundle, tc crashCase, kill jline, jpath
 			}
 		}
 		if len(inDoubt) > 0 {
-			inDoubtSagas++
+			run.inDoubt[id] = inDoubt
 		}
-		checkCrashSaga(t, s, bySaga[id], inDoubt)
-		if id == kill.id {
-			checkKilledAttempt(t, tc, kill, lines, restart, inDoubt)
-		}
-	}
-	if inDoubtSagas == 0 {
-		t.Errorf("no saga has an %s log entry after a crash with an attempt in flight", storage.EventInDoubt)
+		checkCrashSaga(t, final[id], bySaga[id], inDoubt)
 	}
 	checkCrashOutbox(t, b, final)
-	t.Logf("%d sagas, %d with attempts in doubt, %d journal lines", len(ids), inDoubtSagas, len(lines))
+	return run
 }
 
 // checkCrashSaga checks one finished saga against the calls the journal

@@ -3,13 +3,10 @@ package engine_test
 import (
 	"bytes"
 	"context"
-	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -18,10 +15,8 @@ import (
 
 	"github.com/cockroachdb/errors"
 
-	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/storage"
 )
 
 // The crash soak is TestCrash at random instants, many times over: a child
@@ -97,56 +92,9 @@ func TestCrashSoak(t *testing.T) {
 	}
 
 	b := setup(t, setupOpts{path: dbPath, defs: []*saga.Definition{crashDefinition(j, nil)}})
-	ctx := context.Background()
-	listed := map[string]bool{}
-	for cursor := ""; ; {
-		p, err := b.eng.List(ctx, engine.ListOptions{Cursor: cursor, Limit: 500})
-		if err != nil {
-			t.Fatalf("list: %v", err)
-		}
-		for _, s := range p.Sagas {
-			listed[s.ID] = true
-		}
-		if cursor = p.NextCursor; cursor == "" {
-			break
-		}
-	}
-	for _, l := range readJournal(t, jpath) {
-		if l.kind == "started" && !listed[l.id] {
-			t.Errorf("saga %s (n=%d) was started (Start returned) but is not in the file", l.id, l.n)
-		}
-	}
-	final := map[string]*engine.Saga{}
-	for _, id := range slices.Sorted(maps.Keys(listed)) {
-		final[id] = b.wait(t, id)
-	}
-	bySaga := map[string][]jline{}
-	lines := readJournal(t, jpath)
-	for _, l := range lines {
-		if l.kind == "call" {
-			bySaga[l.id] = append(bySaga[l.id], l)
-		}
-	}
-	inDoubtSagas := 0
-	for id, s := range final {
-		logs, err := b.eng.Log(ctx, id)
-		if err != nil {
-			t.Fatalf("log of saga %s: %v", id, err)
-		}
-		inDoubt := map[string]int{}
-		for _, e := range logs {
-			if e.Event == storage.EventInDoubt {
-				inDoubt[e.Step+"/"+string(e.Phase)]++
-			}
-		}
-		if len(inDoubt) > 0 {
-			inDoubtSagas++
-		}
-		checkCrashSaga(t, s, bySaga[id], inDoubt)
-	}
-	checkCrashOutbox(t, b, final)
+	run := checkCrashedFile(t, b, jpath)
 	t.Logf("%d cycles, %d killed; %d sagas, %d with attempts in doubt, %d journal lines",
-		cycles, killed, len(final), inDoubtSagas, len(lines))
+		cycles, killed, len(run.ids), len(run.inDoubt), len(run.lines))
 }
 
 // TestCrashSoakChild is the child half of TestCrashSoak: it opens the file
@@ -164,19 +112,8 @@ func TestCrashSoakChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.Open(os.Getenv(crashEnvDB), engine.Options{
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		t.Fatalf("open engine: %v", err)
-	}
-	if err := eng.Register(crashDefinition(j, nil)); err != nil {
-		t.Fatalf("register: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- eng.Run(ctx) }()
+	eng, ctx, stop := runChildEngine(t, os.Getenv(crashEnvDB), crashDefinition(j, nil))
+	defer stop()
 
 	next := make(chan int)
 	go func() {
@@ -208,11 +145,4 @@ func TestCrashSoakChild(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Errorf("run: %v", err)
-	}
-	if err := eng.Close(); err != nil {
-		t.Errorf("close: %v", err)
-	}
 }

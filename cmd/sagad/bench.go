@@ -19,7 +19,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -27,6 +26,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/internal/cputime"
 )
 
 // benchCommand implements 'sagad bench': participant servers with trivial
@@ -269,7 +269,7 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 	if err != nil {
 		return nil, err
 	}
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	lat := make([]time.Duration, o.n)
 	var next, completed, compensated atomic.Int64
 	// The first client error ends the run.
@@ -309,7 +309,7 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 		})
 	}
 	wg.Wait()
-	elapsed, benchCPU := time.Since(start), cpuTime()-cpu0
+	elapsed, benchCPU := time.Since(start), cputime.Process()-cpu0
 	if err := context.Cause(runCtx); err != nil {
 		return nil, err
 	}
@@ -327,8 +327,7 @@ func (c *benchCommand) bench(ctx context.Context, o *benchOptions) (*benchResult
 // startDaemon serves a fresh file in this process, and returns its address
 // and a function that stops it.
 func (c *benchCommand) startDaemon(ctx context.Context, o *benchOptions) (string, func(), error) {
-	dir := o.dir
-	var cleanup func()
+	dir, cleanup := o.dir, func() {}
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "sagad-bench-")
 		if err != nil {
@@ -347,21 +346,12 @@ func (c *benchCommand) startDaemon(ctx context.Context, o *benchOptions) (string
 			served <- srv.serve(dctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		}()
 	})
-	stop := func() {
-		stopDaemon()
-		<-served
-		if cleanup != nil {
-			cleanup()
-		}
-	}
 	select {
 	case addr := <-ready:
-		return addr, stop, nil
+		return addr, func() { stopDaemon(); <-served; cleanup() }, nil
 	case err := <-served:
 		stopDaemon()
-		if cleanup != nil {
-			cleanup()
-		}
+		cleanup()
 		if err == nil { // interrupted before recovery ended
 			err = errors.Wrap(context.Cause(ctx), "stopped before it was ready")
 		}
@@ -435,13 +425,6 @@ func scrapeDaemon(ctx context.Context, hc *http.Client, url string) (daemonCount
 		f.set(v)
 	}
 	return d, nil
-}
-
-// cpuTime returns the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // writeHeapProfile writes the allocation profile to path, after a

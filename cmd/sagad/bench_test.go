@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -68,6 +70,19 @@ func TestBenchCommand(t *testing.T) {
 		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v, want a profile", f, err)
 		}
+	}
+}
+
+// TestBenchRemovesItsTemporaryFile runs a bench without -dir: its database
+// goes in a temporary directory, removed afterwards.
+func TestBenchRemovesItsTemporaryFile(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	if code, _, stderr := runCmd(t, "bench", "-n", "10", "-c", "2"); code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, stderr)
+	}
+	if left, err := os.ReadDir(tmp); err != nil || len(left) != 0 {
+		t.Errorf("temporary directory holds %v (%v) after the bench, want nothing", left, err)
 	}
 }
 
@@ -167,11 +182,10 @@ func TestBenchInterrupted(t *testing.T) {
 	}
 }
 
-// TestBenchClientErrors drives a daemon whose starts fail in two ways (a
-// problem answer, a dropped connection): the first error ends the run.
-func TestBenchClientErrors(t *testing.T) {
-	t.Parallel()
-	var starts atomic.Int64
+// fakeDaemon serves what the bench needs of a daemon, with start as its
+// POST /v1/sagas.
+func fakeDaemon(t *testing.T, start http.HandlerFunc) string {
+	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {})
 	mux.HandleFunc("PUT /v1/definitions/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -183,23 +197,75 @@ func TestBenchClientErrors(t *testing.T) {
 			fmt.Fprintf(w, "# TYPE %s counter\n%s 1\n", name, name)
 		}
 	})
-	mux.HandleFunc("POST /v1/sagas", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/sagas", start)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func unavailable(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprint(w, `{"title":"Service Unavailable","status":503,"detail":"shutting down"}`)
+}
+
+// TestBenchClientErrors drives a daemon whose starts fail in two ways (a
+// problem answer, a dropped connection): the first error ends the run.
+func TestBenchClientErrors(t *testing.T) {
+	t.Parallel()
+	var starts atomic.Int64
+	url := fakeDaemon(t, func(w http.ResponseWriter, r *http.Request) {
 		if starts.Add(1)%2 == 0 {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprint(w, `{"title":"Service Unavailable","status":503,"detail":"shutting down"}`)
+			unavailable(w)
 			return
 		}
 		panic(http.ErrAbortHandler) // drops the connection
 	})
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	code, stdout, stderr := runCmd(t, "bench", "-n", "1000", "-c", "16", "-addr", srv.URL)
+	code, stdout, stderr := runCmd(t, "bench", "-n", "1000", "-c", "16", "-addr", url)
 	if code != exitFailed || stdout != "" {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and no result", code, stdout, stderr, exitFailed)
 	}
 	if n := starts.Load(); n >= 1000 {
 		t.Errorf("%d starts: want the run to end at the first error, not to go through -n", n)
+	}
+}
+
+// TestBenchStopsAtTheFirstError drives a daemon that fails the first start
+// and holds every other one until the client gives up: the bench must end
+// them, not wait for them.
+func TestBenchStopsAtTheFirstError(t *testing.T) {
+	t.Parallel()
+	var starts atomic.Int64
+	release := make(chan struct{})
+	url := fakeDaemon(t, func(w http.ResponseWriter, r *http.Request) {
+		if starts.Add(1) == 1 {
+			unavailable(w)
+			return
+		}
+		// With the body read, the server notices a client that hangs up.
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	})
+	t.Cleanup(func() { close(release) }) // runs before the server's Close
+	type result struct {
+		code   int
+		stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, _, stderr := runCmd(t, "bench", "-n", "100", "-c", "8", "-addr", url)
+		done <- result{code, stderr}
+	}()
+	select {
+	case r := <-done:
+		if r.code != exitFailed || !strings.Contains(r.stderr, "shutting down") {
+			t.Errorf("exit %d, stderr %q; want exit %d with the first error", r.code, r.stderr, exitFailed)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the bench still waits for the held starts 20s after the first one failed")
 	}
 }
 

@@ -8,10 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sagad/sagad/internal/cputime"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/transport/httpstep"
 )
@@ -78,7 +78,7 @@ func parallel(b *testing.B, fn func(context.Context) error) {
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	ctx := context.Background()
 	b.ResetTimer()
-	cpu0, start := cpuTime(), time.Now()
+	cpu0, start := cputime.Process(), time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := fn(ctx); err != nil {
@@ -87,15 +87,8 @@ func parallel(b *testing.B, fn func(context.Context) error) {
 			}
 		}
 	})
-	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	elapsed, cpu := time.Since(start), cputime.Process()-cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/call")
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
-}
-
-// cpuTime returns the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

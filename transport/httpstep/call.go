@@ -251,17 +251,6 @@ func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, e
 		return nil, saga.Permanent(errors.Newf("httpstep: %s %s answered %s with a body that is not valid JSON: %q",
 			c.method, c.shown, resp.Status, strings.ToValidUTF8(excerpt(body, maxErrorExcerpt), "\uFFFD")))
 	}
-	if !bytes.Contains(body, []byte(eventsKey)) && bytes.IndexByte(body, '\\') < 0 {
-		// No events (the usual answer): the body, compacted, is the output.
-		// A key may be spelt with escapes, so a backslash takes the long way
-		// (which also rewrites the keys as encoding/json writes them: the
-		// same JSON either way).
-		out, err := compact(body)
-		if err != nil {
-			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
-		}
-		return out, nil
-	}
 	out, events, err := splitEvents(body)
 	if err != nil {
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
@@ -284,11 +273,15 @@ func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, e
 // top-level "_events" member of an object, and the events that member
 // lists.
 func splitEvents(body []byte) (json.RawMessage, []saga.Event, error) {
-	var out bytes.Buffer
-	if body[0] != '{' {
+	if body[0] != '{' || !bytes.Contains(body, []byte(eventsKey)) && bytes.IndexByte(body, '\\') < 0 {
+		// No "_events" member (the usual answer): the body, compacted, is
+		// the output. A key may be spelt with escapes, so a backslash takes
+		// the long way, which also rewrites the keys as encoding/json writes
+		// them: the same JSON either way.
 		b, err := compact(body)
 		return b, nil, err
 	}
+	var out bytes.Buffer
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if _, err := dec.Token(); err != nil {
 		return nil, nil, errors.Wrap(err, "decode")

@@ -2,23 +2,19 @@ package rabbitmq_test
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -77,68 +73,9 @@ func TestRelayCrashSoak(t *testing.T) {
 
 	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{seqDef(crashSteps)},
 		cfg: rabbitmq.Config{URL: brokerURL, Exchange: exchange}})
-	ctx := context.Background()
-	var sagas []string
-	for cursor := ""; ; {
-		page, err := b.eng.List(ctx, engine.ListOptions{Cursor: cursor, Limit: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range page.Sagas {
-			sagas = append(sagas, s.ID)
-		}
-		if cursor = page.NextCursor; cursor == "" {
-			break
-		}
-	}
-	for _, id := range sagas {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		got, err := b.eng.Wait(wctx, id)
-		cancel()
-		if err != nil || got.Status != saga.StatusCompleted {
-			t.Fatalf("saga %s after the last restart: %v %v", id, got, err)
-		}
-	}
-	b.drained(t, 60*time.Second)
-	sink.Marker(t, "marker")
-	deliveries := sink.Collect(t, "marker", 60*time.Second)
-
-	produced := map[string]bool{}
-	for cursor := ""; ; {
-		page, err := b.eng.OutboxList(ctx, engine.OutboxListOptions{Status: storage.OutboxProduced, Cursor: cursor, Limit: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range page.Events {
-			produced[ev.ID.String()] = true
-		}
-		if cursor = page.NextCursor; cursor == "" {
-			break
-		}
-	}
-	if len(produced) != len(sagas)*crashSteps {
-		t.Fatalf("outbox holds %d produced events for %d sagas, want %d", len(produced), len(sagas), len(sagas)*crashSteps)
-	}
-	seen := map[string]int{}
-	for _, d := range deliveries {
-		if !produced[d.MessageId] {
-			t.Errorf("delivered message %s is not an outbox event", d.MessageId)
-		}
-		seen[d.MessageId]++
-	}
-	for id := range produced {
-		if seen[id] == 0 {
-			t.Errorf("event %s was never delivered", id)
-		}
-	}
-	got := seqOf(t, deliveries)
-	for _, id := range sagas {
-		if !slices.Equal(dedupe(got[id]), []int{0, 1, 2, 3, 4}) {
-			t.Errorf("saga %s delivered %v, want 0..4 in order once duplicates are dropped", id, got[id])
-		}
-	}
+	sagas, deliveries, events := checkRelayedAfterCrash(t, b, sink)
 	t.Logf("%d cycles, %d killed; %d sagas, %d deliveries for %d events (%d duplicates)",
-		cycles, killed, len(sagas), len(deliveries), len(produced), len(deliveries)-len(produced))
+		cycles, killed, len(sagas), deliveries, events, deliveries-events)
 }
 
 // TestRelayCrashSoakChild is the process TestRelayCrashSoak kills: it opens
@@ -148,15 +85,7 @@ func TestRelayCrashSoakChild(t *testing.T) {
 	if os.Getenv(relaySoakEnv) != "1" {
 		t.Skip("run by TestRelayCrashSoak")
 	}
-	eng, err := engine.Open(os.Getenv("SAGAD_CRASH_DB"), engine.Options{Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Register(seqDef(crashSteps)); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	go func() { _ = eng.Run(ctx) }()
+	eng, ctx := runChildEngine(t)
 	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{URL: os.Getenv("SAGAD_CRASH_AMQP"),
 		Exchange: os.Getenv("SAGAD_CRASH_EXCHANGE"), Window: 64, Logger: quietLogger()})
 	if err != nil {
