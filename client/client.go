@@ -59,10 +59,19 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	return code, err
 }
 
-// doH is do that also returns the answer's headers.
+// doH is do that also returns the answer's headers. path is escaped
+// already: its segments went through url.PathEscape, so that a name or id
+// holding '/', '?', '%' or a space stays one segment.
 func (c *Client) doH(ctx context.Context, method, path string, query url.Values, body any, out any) (int, http.Header, error) {
 	u := *c.base
-	u.Path += path
+	// Path is the decoded form and RawPath the escaped one: appending the
+	// escaped path to Path would have u.String() escape its '%' again.
+	u.RawPath = c.base.EscapedPath() + path
+	p, err := url.PathUnescape(u.RawPath)
+	if err != nil {
+		return 0, nil, errors.Wrapf(err, "client: %s %s", method, path)
+	}
+	u.Path = p
 	u.RawQuery = query.Encode()
 	var rd io.Reader
 	if body != nil {

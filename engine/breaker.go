@@ -33,17 +33,22 @@ type BreakerState struct {
 	OpenUntil time.Time
 }
 
+// breakerConflict reports a breaker already registered under p's name with
+// other settings. p has its defaults.
+func (e *Engine) breakerConflict(p saga.BreakerPolicy) error {
+	if b, ok := e.breakers[p.Name]; ok && b.policy != p {
+		return errors.Mark(errors.Newf("engine: breaker %q is already registered with other settings (%+v, not %+v)",
+			p.Name, b.policy, p), saga.ErrInvalidDefinition)
+	}
+	return nil
+}
+
 // breakerFor returns the breaker named by p, creating it (and restoring its
-// stored open state) on first use. A name reused with other settings is an
-// error.
-func (e *Engine) breakerFor(p saga.BreakerPolicy) (*breaker, error) {
+// stored open state) on first use. The caller has checked breakerConflict.
+func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 	p = p.WithDefaults()
 	if b, ok := e.breakers[p.Name]; ok {
-		if b.policy != p {
-			return nil, errors.Mark(errors.Newf("engine: breaker %q is already registered with other settings (%+v, not %+v)",
-				p.Name, b.policy, p), saga.ErrInvalidDefinition)
-		}
-		return b, nil
+		return b
 	}
 	b := &breaker{name: p.Name, policy: p, state: gobreaker.StateClosed}
 	st := gobreaker.Settings{
@@ -66,7 +71,7 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) (*breaker, error) {
 	_ = e.db.View(func(tx *storage.Tx) error { stored = tx.BreakerGet(p.Name); return nil })
 	b.cb = restoreBreaker(st, stored, b)
 	e.breakers[p.Name] = b
-	return b, nil
+	return b
 }
 
 // restoreBreaker builds the breaker and, when its stored state is open, puts

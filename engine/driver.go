@@ -38,7 +38,7 @@ type driver struct {
 	// outcome is unknown until they are attempted again.
 	inDoubt map[int]bool
 	// redispatch asks release to dispatch the saga again: something wanted
-	// it while this driver held it.
+	// it while this driver held it. Guarded by e.mu.
 	redispatch bool
 	statuses   []saga.Status // statuses entered since the last commit, for the hook
 	hooks      []AttemptInfo
@@ -65,6 +65,9 @@ type outcome struct {
 	data    json.RawMessage
 	err     error
 	dur     time.Duration
+	// cut: the attempt's timeout or the saga's deadline ended it before it
+	// answered; its outcome is unknown.
+	cut bool
 	// blocked: the circuit breaker refused the call; nothing was attempted.
 	blocked      bool
 	blockedUntil time.Time
@@ -145,7 +148,9 @@ func (d *driver) load(now time.Time) (bool, error) {
 		// Register may have stored the definition between the look-up and
 		// this commit, and scanned for parked sagas before it: look again.
 		if d.e.definition(r.Definition, r.Fingerprint) != nil {
+			d.e.mu.Lock()
 			d.redispatch = true
+			d.e.mu.Unlock()
 		}
 		return false, err
 	}
@@ -246,6 +251,7 @@ func (d *driver) attempt() {
 		o.data, o.err = safeCall(ctx, f, call)
 	}
 	o.dur = time.Since(start)
+	o.cut = o.err != nil && !o.blocked && ctx.Err() != nil
 	if o.err == nil && len(o.data) > 0 && !json.Valid(o.data) {
 		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, n.phase))
 	}
@@ -411,11 +417,20 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	}
 	info := AttemptInfo{Definition: r.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur, Err: o.err}
 	entry := storage.LogEntry{Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur}
+	delete(d.inDoubt, o.step) // an attempt answered: the doubt of a crash is settled
+	switch o.phase {
+	case saga.PhaseAction:
+		// Under the contract of idempotency keys, a later answer to the
+		// same key settles what an earlier cut-off attempt did.
+		s.OutcomeUnknown = o.cut
+	case saga.PhaseFallback: // another key: the action's unknown stays
+		s.OutcomeUnknown = s.OutcomeUnknown || o.cut
+	}
 	if o.err == nil {
 		entry.Event = storage.EventAttemptSucceeded
 		d.log(now, entry)
 		d.hooks = append(d.hooks, info)
-		s.Error, s.PhaseStarted = "", time.Time{}
+		s.Error, s.PhaseStarted, s.OutcomeUnknown = "", time.Time{}, false
 		for _, ev := range o.events {
 			d.emit(now, s.Name, ev)
 		}
@@ -489,7 +504,7 @@ func (d *driver) pastPivot() bool {
 }
 
 // compensate turns the saga around: it stops going forward and undoes its
-// succeeded steps, last first.
+// succeeded steps, last first, and the step whose outcome is unknown.
 func (d *driver) compensate(now time.Time, cause error) {
 	r := d.rec
 	r.Status, r.WakeAt = saga.StatusCompensating, time.Time{}
@@ -500,14 +515,26 @@ func (d *driver) compensate(now time.Time, cause error) {
 		switch s.Status {
 		case saga.StepPending:
 			s.Status = saga.StepSkipped
-		case saga.StepRunning: // waiting for a retry when the saga was aborted or timed out
-			s.ActionAttempts = actionAttempts(s)
-			if d.inDoubt[i] && d.def.Steps[i].Compensation != nil {
-				// Its last attempt may have taken effect before the crash:
-				// undo it. Compensations must tolerate an action that
-				// never happened.
+		case saga.StepRunning, saga.StepFailed: // waiting for a retry, or failed for good just now
+			if s.Status == saga.StepRunning {
+				s.ActionAttempts = actionAttempts(s)
+			}
+			// Its last attempt may have taken effect: it was in flight at a
+			// crash, or cut off by a timeout or the deadline. Undo it;
+			// compensations must tolerate an action that never happened.
+			var why string
+			switch {
+			case d.inDoubt[i]:
+				why = "outcome unknown: the attempt was in flight at a crash"
+			case s.OutcomeUnknown:
+				why = "outcome unknown: the attempt was cut off before it answered"
+			}
+			if why != "" && d.def.Steps[i].Compensation != nil {
 				s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
-				s.Error = "outcome unknown: the attempt was in flight at a crash"
+				if s.Error != "" {
+					why += " (" + s.Error + ")"
+				}
+				s.Error = why
 				continue
 			}
 			s.Status = saga.StepFailed
@@ -572,7 +599,9 @@ func (d *driver) retryFailed(now time.Time) error {
 			r.Status = saga.StatusCompensating
 			s.Attempts, s.PhaseStarted = 0, now
 		case s.Status == saga.StepFailed && d.pastPivot():
-			r.Status = saga.StatusRunning
+			// Going forward again: the failure is no longer the saga's
+			// error (a saga that completes has none).
+			r.Status, r.Error, r.ErrorEnc = saga.StatusRunning, "", nil
 			s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepRunning, saga.PhaseAction, 0, now
 		default:
 			continue

@@ -173,13 +173,28 @@ func (e *Engine) Register(def *saga.Definition) error {
 	}
 	fp := def.Fingerprint()
 	e.mu.Lock()
+	// Every breaker is checked before any is created, so that a refused
+	// definition leaves none behind to constrain the next one.
+	named := make(map[string]saga.BreakerPolicy)
 	for _, s := range def.Steps {
 		if s.Breaker.Name == "" {
 			continue
 		}
-		if _, err := e.breakerFor(s.Breaker); err != nil {
+		p := s.Breaker.WithDefaults()
+		err := e.breakerConflict(p)
+		if q, ok := named[p.Name]; ok && err == nil && q != p {
+			err = errors.Mark(errors.Newf("engine: breaker %q has other settings in an earlier step (%+v, not %+v)",
+				p.Name, q, p), saga.ErrInvalidDefinition)
+		}
+		if err != nil {
 			e.mu.Unlock()
 			return errors.Wrapf(err, "engine: register %q: step %q", def.Name, s.Name)
+		}
+		named[p.Name] = p
+	}
+	for _, s := range def.Steps {
+		if s.Breaker.Name != "" {
+			e.breakerFor(s.Breaker)
 		}
 	}
 	v := e.defs[def.Name]
@@ -556,7 +571,22 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 		}
 	}
 	now := time.Now()
-	if err := e.db.Update(func(tx *storage.Tx) error { return tx.AbortPut(u, now) }); err != nil {
+	compensating := false
+	err = e.db.Update(func(tx *storage.Tx) error {
+		// Checked again in the write: the saga may have moved since.
+		st, ok := tx.SagaStatus(u)
+		compensating = st == saga.StatusCompensating
+		switch {
+		case !ok:
+			return ErrNotFound // pruned or damaged since
+		case st == saga.StatusCompensating:
+			return nil
+		case st == saga.StatusRunning:
+			return tx.AbortPut(u, now)
+		}
+		return errors.Wrapf(ErrConflict, "it is %s", st)
+	})
+	if err != nil || compensating {
 		return errors.Wrapf(err, "engine: abort saga %s", id)
 	}
 	e.mu.Lock()
@@ -587,7 +617,13 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 			id, s.Definition, s.Fingerprint), "register the definition the saga started with, then retry")
 	}
 	if s.Status == saga.StatusFailed {
-		return e.claimAndDrive(u, true, func(d *driver) error { return d.retryFailed(time.Now()) })
+		return e.claimAndDrive(u, true, func(d *driver) error {
+			// Checked again under the claim: a Resolve may have come between.
+			if d.rec.Status != saga.StatusFailed {
+				return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed", id, d.rec.Status)
+			}
+			return d.retryFailed(time.Now())
+		})
 	}
 	e.dispatchNow(u)
 	return nil
@@ -626,6 +662,7 @@ func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
 		if by == "" {
 			by = "an operator"
 		}
+		d.rec.UpdatedAt = now // retention counts from here, not from the failure
 		d.log(now, storage.LogEntry{Event: storage.EventResolved, Status: saga.StatusResolved, Note: "resolved by " + by + ": " + note})
 		d.finish(now, saga.StatusResolved)
 		return nil

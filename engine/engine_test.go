@@ -562,8 +562,8 @@ func TestPivot(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = b.wait(t, s.ID)
-	if s.Status != saga.StatusCompleted {
-		t.Fatalf("after retry: %s (%v)", s.Status, s.Err)
+	if s.Status != saga.StatusCompleted || s.Err != nil {
+		t.Fatalf("after retry: %s (%v), want completed without an error", s.Status, s.Err)
 	}
 }
 
@@ -655,6 +655,26 @@ func TestStartErrors(t *testing.T) {
 		Breaker: saga.BreakerPolicy{Name: "x", Failures: 2}}}}
 	if err := b.eng.Register(conflict2); !errors.Is(err, saga.ErrInvalidDefinition) || !strings.Contains(err.Error(), `"x"`) {
 		t.Errorf("breaker reused with other settings: %v", err)
+	}
+	// A refused definition creates none of its breakers: "y", named before
+	// the conflicting "x", stays free for another definition's settings.
+	refused := &saga.Definition{Name: "br3", Steps: []saga.Step{
+		{Name: "s", Action: (&recorder{}).ok("s", nil), Breaker: saga.BreakerPolicy{Name: "y", Failures: 3}},
+		{Name: "t", Action: (&recorder{}).ok("t", nil), Breaker: saga.BreakerPolicy{Name: "x", Failures: 7}}}}
+	if err := b.eng.Register(refused); !errors.Is(err, saga.ErrInvalidDefinition) || !strings.Contains(err.Error(), `"x"`) {
+		t.Errorf("breaker reused with other settings after a new one: %v", err)
+	}
+	free := &saga.Definition{Name: "br4", Steps: []saga.Step{{Name: "s", Action: (&recorder{}).ok("s", nil),
+		Breaker: saga.BreakerPolicy{Name: "y", Failures: 9}}}}
+	if err := b.eng.Register(free); err != nil {
+		t.Errorf("breaker of a refused definition was kept: %v", err)
+	}
+	// Two steps of one definition may not name one breaker with two settings.
+	twice := &saga.Definition{Name: "br5", Steps: []saga.Step{
+		{Name: "s", Action: (&recorder{}).ok("s", nil), Breaker: saga.BreakerPolicy{Name: "z", Failures: 1}},
+		{Name: "t", Action: (&recorder{}).ok("t", nil), Breaker: saga.BreakerPolicy{Name: "z", Failures: 2}}}}
+	if err := b.eng.Register(twice); !errors.Is(err, saga.ErrInvalidDefinition) || !strings.Contains(err.Error(), "earlier step") {
+		t.Errorf("one breaker with two settings in one definition: %v", err)
 	}
 }
 
@@ -978,6 +998,18 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 
 func TestDamagedRecordIsSetAside(t *testing.T) {
 	t.Parallel()
+	for _, keep := range []int{20, 10} { // the header (17 bytes) kept, and cut too
+		t.Run(fmt.Sprintf("%d bytes", keep), func(t *testing.T) {
+			t.Parallel()
+			damagedRecordIsSetAside(t, keep)
+		})
+	}
+}
+
+// damagedRecordIsSetAside cuts a due saga's record to its first keep bytes,
+// then checks that the engine runs other sagas and reports that one as
+// corrupt.
+func damagedRecordIsSetAside(t *testing.T, keep int) {
 	path := t.TempDir() + "/sagad.db"
 	rec := &recorder{}
 	def := &saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s", Action: rec.ok("s", nil)}}}
@@ -996,7 +1028,7 @@ func TestDamagedRecordIsSetAside(t *testing.T) {
 	err = db.Update(func(tx *bbolt.Tx) error {
 		sagas := tx.Bucket([]byte("sagas"))
 		v := append([]byte(nil), sagas.Get(id[:])...)
-		return sagas.Put(id[:], v[:20])
+		return sagas.Put(id[:], v[:keep])
 	})
 	db.Close()
 	if err != nil {
@@ -1051,5 +1083,55 @@ func TestInDoubtStepIsCompensatedOnAbort(t *testing.T) {
 	}
 	if got := rec.list(); !equal(got, []string{"one", "two", "undo-two", "undo-one"}) {
 		t.Fatalf("calls %v", got)
+	}
+}
+
+// TestCutOffStepIsCompensated: a step whose last attempt was cut off before
+// it answered (by its timeout or the saga's deadline) may have taken effect,
+// so it is compensated when the saga turns around; a step whose last attempt
+// answered with a failure is not.
+func TestCutOffStepIsCompensated(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		timeout time.Duration // the saga's
+		step    time.Duration // the charge step's attempt timeout
+		retry   int
+		answers []string // what each charge attempt does: "hang" or "refuse"
+		want    []string
+	}{
+		{"saga deadline", 100 * time.Millisecond, time.Hour, 5, []string{"hang"},
+			[]string{"reserve", "charge", "refund", "release"}},
+		{"attempt timeouts", 0, 20 * time.Millisecond, 2, []string{"hang", "hang"},
+			[]string{"reserve", "charge", "charge", "refund", "release"}},
+		{"timeout, then an answer", 0, 20 * time.Millisecond, 2, []string{"hang", "refuse"},
+			[]string{"reserve", "charge", "charge", "release"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rec := &recorder{}
+			var n atomic.Int32
+			charge := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+				rec.add("charge", c)
+				if tt.answers[n.Add(1)-1] == "refuse" {
+					return nil, saga.Permanent(errFlaky)
+				}
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			def := &saga.Definition{Name: "cut", Timeout: tt.timeout, Steps: []saga.Step{
+				{Name: "reserve", Action: rec.ok("reserve", nil), Compensation: rec.ok("release", nil)},
+				{Name: "charge", Action: charge, Compensation: rec.ok("refund", nil), Timeout: tt.step, Retry: fastRetry(tt.retry)},
+			}}
+			b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+			s := b.run(t, "cut", nil)
+			if s.Status != saga.StatusCompensated {
+				t.Fatalf("status %s (%v), want compensated", s.Status, s.Err)
+			}
+			if got := rec.list(); !equal(got, tt.want) {
+				t.Fatalf("calls %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

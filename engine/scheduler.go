@@ -21,7 +21,7 @@ func (e *Engine) isRunning() bool { return e.running.Load() }
 
 // wakeAt tells the scheduler a saga is due at t.
 func (e *Engine) wakeAt(t time.Time) {
-	if planned := e.planned.Load(); planned != 0 && t.UnixNano() >= planned {
+	if planned := e.planned.Load(); planned != 0 && !t.Before(time.Unix(0, planned)) {
 		return
 	}
 	select {
@@ -268,12 +268,10 @@ func (e *Engine) recover(ctx context.Context) error {
 		for _, st := range unfinished {
 			var err error
 			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
-				wake, ok := tx.SagaWake(id)
-				if !ok {
-					err = errors.Newf("status index names missing saga %s", id)
-					return false
-				}
-				if !wake.IsZero() {
+				// A record too short for its header (or missing) is
+				// dispatched anyway: loading it fails, and the saga is set
+				// aside and logged, not the engine stopped.
+				if wake, ok := tx.SagaWake(id); ok && !wake.IsZero() {
 					waiting++
 					return true
 				}

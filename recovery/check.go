@@ -3,6 +3,7 @@ package recovery
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/transport/httpstep"
 )
 
 // ErrInconsistent marks the error Check returns when it finds problems.
@@ -28,11 +30,13 @@ type Problem struct {
 // engine's invariants: every status-index entry names a stored saga with that
 // status, every saga is indexed under its status, every due-index entry names
 // a saga with that wake time and every saga with a wake time is in the due
-// index, and every idempotency key names a saga that carries it; every outbox
+// index, every idempotency key names a saga that carries it, and every
+// saga's log chain is whole and every entry in it decodes; every outbox
 // event decodes and is filed under exactly one known status, every outbox
 // status-index entry names a stored event and carries a value of the right
-// length, and the stored outbox counts equal the index entries per status. It
-// returns the problems it found (nil when there are none).
+// length, and the stored outbox counts equal the index entries per status;
+// every stored declarative definition parses. It returns the problems it
+// found (nil when there are none).
 func Check(db *storage.DB) ([]Problem, error) {
 	var problems []Problem
 	add := func(kind, format string, args ...any) {
@@ -46,6 +50,7 @@ func Check(db *storage.DB) ([]Problem, error) {
 		if err := checkOutbox(stx, add); err != nil {
 			return err
 		}
+		checkDefinitions(stx, add)
 		sagas, status, due, idem := tx.Bucket([]byte("sagas")), tx.Bucket([]byte("status")),
 			tx.Bucket([]byte("due")), tx.Bucket([]byte("idem"))
 		if sagas == nil || status == nil || due == nil || idem == nil {
@@ -67,7 +72,7 @@ func Check(db *storage.DB) ([]Problem, error) {
 					add("saga-not-due", "saga %x has a wake time but is missing from the due index", k)
 				}
 			}
-			checkLog(logs, k, h.LogHead, add)
+			checkLog(stx, logs, k, h.LogHead, add)
 			rec, err := storage.DecodeSaga(k, v)
 			if err != nil {
 				add("saga-malformed", "saga %x: %v", k, err)
@@ -226,29 +231,70 @@ func checkOutbox(stx *storage.Tx, add func(kind, format string, args ...any)) er
 	return nil
 }
 
-// checkLog walks a saga's log chain from its head: every entry must exist,
-// belong to the saga and point to an older entry.
-func checkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) {
-	if logs == nil {
+// logHeaderLen is the fixed prefix of a stored log record: the key of the
+// saga's previous record (8 bytes), then the saga's id (16).
+const logHeaderLen = 24
+
+// checkLog checks a saga's log: walkLog's checks, then a read through
+// storage.Tx.LogList itself. If that fails where the walk found nothing, it
+// is reported too, so that Check never passes a log that engine.Log (and
+// sagad sagas show) cannot read.
+func checkLog(stx *storage.Tx, logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) {
+	if logs == nil || walkLog(logs, id, head, add) {
 		return
 	}
-	for n := 0; head != 0; n++ {
+	var sid ulid.ULID
+	copy(sid[:], id)
+	if _, err := stx.LogList(sid); err != nil {
+		add("log-unreadable", "saga %x: %v", id, err)
+	}
+}
+
+// walkLog walks a saga's log chain from its head: every record must exist,
+// belong to the saga and point to an older record, and every entry in it
+// (one JSON storage.LogEntry a line) must decode, as storage.Tx.LogList
+// decodes it; each entry that does not is a problem of its own. It reports
+// whether it found any problem.
+func walkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) bool {
+	found := false
+	for head != 0 {
 		v := logs.Get(binary.BigEndian.AppendUint64(nil, head))
 		switch {
 		case v == nil:
 			add("log-missing", "saga %x: log entry %d is missing", id, head)
-			return
-		case len(v) < 24 || !bytes.Equal(v[8:24], id):
+			return true
+		case len(v) < logHeaderLen || !bytes.Equal(v[8:logHeaderLen], id):
 			add("log-foreign", "saga %x: log entry %d belongs to another saga", id, head)
-			return
+			return true
+		}
+		lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
+		for i, line := range lines {
+			var e storage.LogEntry
+			if err := json.Unmarshal(line, &e); err != nil {
+				add("log-undecodable", "saga %x: log entry %d, line %d of %d does not decode: %v", id, head, i+1, len(lines), err)
+				found = true
+			}
 		}
 		next := binary.BigEndian.Uint64(v)
 		if next >= head {
 			add("log-cycle", "saga %x: log entry %d points forward to %d", id, head, next)
-			return
+			return true
 		}
 		head = next
 	}
+	return found
+}
+
+// checkDefinitions parses every stored version of every declarative
+// definition, as the daemon and every offline command do when they open the
+// file (httpapi.Definitions.Load): one that does not parse stops them all.
+func checkDefinitions(stx *storage.Tx, add func(kind, format string, args ...any)) {
+	stx.DefinitionList(func(sd *storage.StoredDefinition) bool {
+		if _, err := httpstep.Parse(sd.Name, sd.Spec); err != nil {
+			add("definition-invalid", "definition %q version %q does not parse: %v", sd.Name, sd.Version, err)
+		}
+		return true
+	})
 }
 
 // CheckFile opens the database at path, checks it and closes it. It returns

@@ -91,6 +91,10 @@ func setup(t *testing.T) *fixture {
 		if err := tx.AbortPut(f.undoing, base); err != nil {
 			return err
 		}
+		// A stored declarative definition, as the daemon keeps them.
+		if _, err := tx.DefinitionPut("order", "v1", []byte(`{"steps":[{"name":"a","action":{"url":"http://127.0.0.1:1/a"}}]}`)); err != nil {
+			return err
+		}
 		return tx.IdemPut(idemKey, f.running)
 	})
 	if err != nil {
@@ -213,6 +217,18 @@ func putRecord(tx *bbolt.Tx, id ulid.ULID, edit func(v []byte) []byte) error {
 	return b.Put(id[:], edit(slices.Clone(b.Get(id[:]))))
 }
 
+// logKey is the key of a saga's newest log record.
+func logKey(tx *bbolt.Tx, id ulid.ULID) []byte {
+	h, _ := storage.DecodeHeader(tx.Bucket([]byte("sagas")).Get(id[:]))
+	return binary.BigEndian.AppendUint64(nil, h.LogHead)
+}
+
+// putLog rewrites a saga's newest log record as edit returns it.
+func putLog(tx *bbolt.Tx, id ulid.ULID, edit func(v []byte) []byte) error {
+	b, k := tx.Bucket([]byte("log")), logKey(tx, id)
+	return b.Put(k, edit(slices.Clone(b.Get(k))))
+}
+
 func dueKey(wake time.Time, id ulid.ULID) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, uint64(wake.UnixNano())), id[:]...)
 }
@@ -296,6 +312,61 @@ func TestCheckFindsDamage(t *testing.T) {
 		damage func(f *fixture, tx *bbolt.Tx) error
 		want   []want
 	}{
+		{
+			// engine.Log (sagad sagas show) fails with ErrCorrupt on it.
+			name: "log entry that does not decode",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putLog(tx, f.done, func(v []byte) []byte { return append(v[:24], "\x00garbage{"...) })
+			},
+			want: []want{{"log-undecodable", done}},
+		},
+		{
+			name: "one bad entry among good ones",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putLog(tx, f.running, func(v []byte) []byte {
+					good := slices.Clone(v[24:])
+					return slices.Concat(v, []byte("\n{\"seq\":\"two\"}\n"), good)
+				})
+			},
+			want: []want{{"log-undecodable", running}},
+		},
+		{
+			name: "every bad entry is a problem",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putLog(tx, f.undoing, func(v []byte) []byte { return append(v[:24], "{\n}"...) })
+			},
+			want: []want{{"log-undecodable", undoing}, {"log-undecodable", undoing}},
+		},
+		{
+			name: "log record missing",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("log")).Delete(logKey(tx, f.done))
+			},
+			want: []want{{"log-missing", done}},
+		},
+		{
+			name: "log record of another saga",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putLog(tx, f.done, func(v []byte) []byte { copy(v[8:24], f.ghost[:]); return v })
+			},
+			want: []want{{"log-foreign", done}},
+		},
+		{
+			name: "log record pointing forward",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return putLog(tx, f.done, func(v []byte) []byte { binary.BigEndian.PutUint64(v, 1<<40); return v })
+			},
+			want: []want{{"log-cycle", done}},
+		},
+		{
+			// Every command that opens the file loads the stored
+			// definitions, and fails on this one.
+			name: "stored definition that does not parse",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("definitions")).Put([]byte("order\x00v2"), []byte(`{"steps":[{"name":"a"}]}`))
+			},
+			want: []want{{"definition-invalid", nil}},
+		},
 		{
 			name: "status index entry deleted",
 			damage: func(f *fixture, tx *bbolt.Tx) error {

@@ -3,6 +3,10 @@
 // check plus the engine's invariants), and, built on the engine, the tools
 // behind the recovery CLI.
 //
+// The check reads the file through package storage, and parses the stored
+// declarative definitions with transport/httpstep, as the daemon does when
+// it loads them.
+//
 // The engine itself resumes unfinished sagas when it starts (engine.Run);
 // this package does not drive sagas on its own.
 package recovery

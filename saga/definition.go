@@ -88,7 +88,8 @@ type RetryPolicy struct {
 	MaxAttempts int
 	// InitialInterval is the wait before the second attempt. Zero: 100ms.
 	InitialInterval time.Duration
-	// MaxInterval caps the wait between attempts. Zero: 30s.
+	// MaxInterval caps the wait between attempts. Zero: 30s, or
+	// InitialInterval if that is longer.
 	MaxInterval time.Duration
 	// Multiplier grows the interval after every attempt. Zero: 2.
 	Multiplier float64
@@ -110,7 +111,7 @@ func (p RetryPolicy) WithDefaults(attempts int) RetryPolicy {
 		p.InitialInterval = 100 * time.Millisecond
 	}
 	if p.MaxInterval == 0 {
-		p.MaxInterval = 30 * time.Second
+		p.MaxInterval = max(30*time.Second, p.InitialInterval)
 	}
 	if p.Multiplier == 0 {
 		p.Multiplier = 2

@@ -254,6 +254,10 @@ func TestRetryPolicyWithDefaults(t *testing.T) {
 			want: saga.RetryPolicy{MaxAttempts: -1, InitialInterval: 100 * time.Millisecond, MaxInterval: 30 * time.Second, Multiplier: 2, Jitter: 0},
 		},
 		{
+			name: "an initial interval above the default cap raises the cap", in: saga.RetryPolicy{InitialInterval: time.Hour}, attempts: 3,
+			want: saga.RetryPolicy{MaxAttempts: 3, InitialInterval: time.Hour, MaxInterval: time.Hour, Multiplier: 2, Jitter: 0.5},
+		},
+		{
 			name:     "set fields kept",
 			in:       saga.RetryPolicy{MaxAttempts: 7, InitialInterval: time.Second, MaxInterval: time.Minute, Multiplier: 1.5, Jitter: 0.1, MaxElapsed: time.Hour},
 			attempts: 3,

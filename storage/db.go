@@ -117,6 +117,9 @@ func Open(path string, opts *Options) (*DB, error) {
 	if err := precheck(path); err != nil {
 		return nil, err
 	}
+	if err := scan(path); err != nil {
+		return nil, err
+	}
 	b, err := bbolt.Open(path, 0o600, bo)
 	if err != nil {
 		return nil, classifyOpenError(path, err)
@@ -185,6 +188,25 @@ func (db *DB) init(readOnly bool) error {
 			db.ids = newEventIDs(tx)
 			return err
 		})
+	}
+	// Opening a file that needs nothing writes nothing: reading commands
+	// leave a damaged file or a backup as they found it.
+	ready := false
+	if err := db.bolt.View(func(tx *bbolt.Tx) error {
+		fresh, err := check(tx)
+		if err != nil || fresh {
+			return err
+		}
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return nil
+			}
+		}
+		db.ids = newEventIDs(tx)
+		ready = true
+		return nil
+	}); err != nil || ready {
+		return err
 	}
 	return db.bolt.Update(func(tx *bbolt.Tx) error {
 		fresh, err := check(tx)

@@ -41,6 +41,7 @@ func invert[K comparable](m map[K]byte) map[byte]K {
 const (
 	flagInFlight = 1 << iota
 	flagFallbackUsed
+	flagOutcomeUnknown
 )
 
 // appendSaga appends the body of s (everything after the header).
@@ -69,6 +70,9 @@ func appendSaga(b []byte, s *Saga) []byte {
 		if st.FallbackUsed {
 			flags |= flagFallbackUsed
 		}
+		if st.OutcomeUnknown {
+			flags |= flagOutcomeUnknown
+		}
 		b = appendBytes(b, st.Name)
 		b = append(b, stepStatusCodes[st.Status], phaseCodes[st.Phase], flags)
 		b = binary.AppendVarint(b, int64(st.Attempts))
@@ -91,12 +95,38 @@ func appendBytes[T ~string | ~[]byte](b []byte, v T) []byte {
 	return append(b, v...)
 }
 
-// appendTime stores t as unix nanoseconds; the zero time as 0.
+// Stored instants are int64 unix nanoseconds, which name the years 1677 to
+// 2262 (time.Time.UnixNano wraps outside them).
+var firstInstant, lastInstant = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
+
+// unixNano is t in unix nanoseconds, saturated at the ends of what can be
+// stored: a wake-up or a deadline past 2262 (a Retry-After or a saga timeout
+// of centuries) is stored as the last instant there is, never wrapped into
+// the past.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.After(lastInstant):
+		return math.MaxInt64
+	case t.Before(firstInstant):
+		return math.MinInt64
+	}
+	return t.UnixNano()
+}
+
+// stamp is t as an index key's unsigned unix nanoseconds: saturated like
+// unixNano, and at zero below so that keys sort as their instants do.
+func stamp(t time.Time) uint64 { return uint64(max(unixNano(t), 0)) }
+
+// wakeTime is a stored wake time: one before 1970 (which records written
+// before wake times were saturated may hold) is due, as EncodeSaga stores it.
+func wakeTime(n int64) time.Time { return time.Unix(0, max(n, 1)) }
+
+// appendTime stores t as unix nanoseconds (see unixNano); the zero time as 0.
 func appendTime(b []byte, t time.Time) []byte {
 	if t.IsZero() {
 		return binary.AppendVarint(b, 0)
 	}
-	return binary.AppendVarint(b, t.UnixNano())
+	return binary.AppendVarint(b, unixNano(t))
 }
 
 // decodeSaga decodes a stored record: key is the saga's id, v the value
@@ -112,7 +142,7 @@ func decodeSaga(key, v []byte) (*Saga, error) {
 		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown status code %d", key, h.Status), ErrCorrupt)
 	}
 	if h.Wake != 0 {
-		s.WakeAt = time.Unix(0, h.Wake)
+		s.WakeAt = wakeTime(h.Wake)
 	}
 	r := reader{b: v[headerLen:]}
 	if f := r.byte(); f != recordFormat && r.err == nil {
@@ -137,10 +167,11 @@ func decodeSaga(key, v []byte) (*Saga, error) {
 			var ok1, ok2 bool
 			st.Status, ok1 = stepStatusOf[sc]
 			st.Phase, ok2 = phaseOf[pc]
-			if r.err == nil && (!ok1 || !ok2 || flags > flagInFlight|flagFallbackUsed) {
+			if r.err == nil && (!ok1 || !ok2 || flags > flagInFlight|flagFallbackUsed|flagOutcomeUnknown) {
 				r.err = errors.Newf("step %d: status %d, phase %d, flags %d", i, sc, pc, flags)
 			}
 			st.InFlight, st.FallbackUsed = flags&flagInFlight != 0, flags&flagFallbackUsed != 0
+			st.OutcomeUnknown = flags&flagOutcomeUnknown != 0
 			st.Attempts = r.int()
 			st.PhaseStarted = r.time()
 			st.ActionAttempts = r.int()

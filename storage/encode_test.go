@@ -69,6 +69,7 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 			{Name: "charge", Status: saga.StepCompensating, Phase: saga.PhaseCompensation, InFlight: true, Attempts: 1,
 				PhaseStarted: now, ActionAttempts: 3, FallbackUsed: true, Error: "quote \" nl \n \xff"},
 			{Name: "ship", Status: saga.StepSkipped},
+			{Name: "notify", Status: saga.StepFailed, Phase: saga.PhaseAction, OutcomeUnknown: true},
 		},
 		IdempotencyKey: "order-42", Error: "boom", ErrorEnc: []byte{0, 1, 2, 255},
 		CreatedAt: now, UpdatedAt: now.Add(time.Second), Deadline: now.Add(time.Hour), WakeAt: now.Add(time.Minute),
@@ -133,9 +134,11 @@ func FuzzEncodeSaga(f *testing.F) {
 		}
 		at := time.Unix(0, nanos)
 		s := &Saga{ID: ulid.Make(), Definition: def, Fingerprint: key, Status: saga.StatusFailed, Error: msg,
-			IdempotencyKey: key, Input: input, CreatedAt: at, UpdatedAt: at, WakeAt: at, Parked: msg,
-			Data:  map[string]json.RawMessage{step: input, key: json.RawMessage(msg)},
-			Steps: []Step{{Name: step, Status: saga.StepFailed, Error: msg, Attempts: attempts, PhaseStarted: at}}}
+			IdempotencyKey: key, Input: input, CreatedAt: at, UpdatedAt: at, Parked: msg,
+			// A wake-up before 1970 is stored as the first instant after it: due.
+			WakeAt: time.Unix(0, max(nanos, 1)),
+			Data:   map[string]json.RawMessage{step: input, key: json.RawMessage(msg)},
+			Steps:  []Step{{Name: step, Status: saga.StepFailed, Error: msg, Attempts: attempts, PhaseStarted: at}}}
 		if len(input) == 0 {
 			s.Data[step] = nil
 		}

@@ -452,7 +452,7 @@ func (t *Tx) outboxMove(id ulid.ULID, from, to byte, at time.Time) error {
 	}
 	v := []byte{} // not nil: see OutboxPut
 	if to != outboxCodes[OutboxNew] {
-		v = binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano()))
+		v = binary.BigEndian.AppendUint64(nil, stamp(at))
 	}
 	if err := idx.Put(outboxKey(to, id), v); err != nil {
 		return errors.Wrapf(err, "storage: outbox event %s: index", id)
@@ -464,7 +464,7 @@ func (t *Tx) outboxMove(id ulid.ULID, from, to byte, at time.Time) error {
 // (discarded, or already marked) are skipped; it returns how many it marked.
 func (t *Tx) OutboxProduced(ids []ulid.ULID, at time.Time) (int, error) {
 	idx := t.bucket(bucketOutboxStatus)
-	stamp := binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano()))
+	stamp := binary.BigEndian.AppendUint64(nil, stamp(at))
 	newCode, prodCode := outboxCodes[OutboxNew], outboxCodes[OutboxProduced]
 	n := 0
 	for _, id := range ids {
@@ -566,7 +566,7 @@ func (t *Tx) OutboxPrune(before time.Time, limit int) (int, bool, error) {
 	idx := t.bucket(bucketOutboxStatus)
 	b := t.bucket(bucketOutbox)
 	code := outboxCodes[OutboxProduced]
-	cut := uint64(before.UnixNano())
+	cut := stamp(before)
 	var keys [][]byte
 	c := idx.Cursor()
 	more := false

@@ -5,8 +5,11 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
+	"runtime/debug"
+	"time"
 
 	"github.com/cockroachdb/errors"
+	"go.etcd.io/bbolt"
 )
 
 // bbolt's on-disk meta page (go.etcd.io/bbolt/internal/common.Meta), as
@@ -81,4 +84,39 @@ func precheck(path string) error {
 			"restore the file from a backup; sagad never writes to a file it cannot read")
 	}
 	return nil
+}
+
+// scan reads, in this goroutine, every page of every bucket tree, so that a
+// damaged page is reported as ErrCorrupt rather than crash the process:
+// bbolt checks pages with assertions that panic, and its read-write open
+// (which, with NoFreelistSync, walks every page to rebuild the free list)
+// does so on a goroutine of its own, where no caller can recover. A read
+// past the end of the mapping is a fault, made a panic here too. A file
+// that does not open read-only at once (locked by another process, not a
+// bbolt file) is left to the real open to report.
+func scan(path string) (err error) {
+	if st, serr := os.Stat(path); serr != nil || st.Size() == 0 {
+		return nil
+	}
+	b, berr := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Millisecond})
+	if berr != nil {
+		return nil
+	}
+	defer b.Close()
+	tx, berr := b.Begin(false)
+	if berr != nil {
+		return nil
+	}
+	defer func() { _ = tx.Rollback() }()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = errors.WithHint(errors.Mark(errors.Newf("storage: %s is damaged: %v", path, r), ErrCorrupt),
+				"restore the file from a backup; sagad never writes to a file it cannot read")
+		}
+	}()
+	return tx.ForEach(func(_ []byte, b *bbolt.Bucket) error {
+		_ = b.Stats() // visits every branch and leaf page, nested buckets included
+		return nil
+	})
 }

@@ -60,6 +60,10 @@ type Step struct {
 	ActionAttempts int `json:"action_attempts,omitempty"`
 	// FallbackUsed is true when the step succeeded through its fallback.
 	FallbackUsed bool `json:"fallback_used,omitempty"`
+	// OutcomeUnknown is true when the step's last attempt was cut off
+	// without an answer (its timeout, or the saga's deadline): it may have
+	// taken effect, so the step is compensated if the saga turns around.
+	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// Error is the last error of the step.
 	Error string `json:"error,omitempty"`
 }
@@ -154,9 +158,9 @@ func EncodeSaga(s *Saga) (*Encoded, error) {
 	if !ok {
 		return nil, errors.Newf("storage: saga %s: unknown status %q", s.ID, s.Status)
 	}
-	var wake int64
+	var wake int64 // 0: none; a wake-up before 1970 is due, as 1 ns is
 	if !s.WakeAt.IsZero() {
-		wake = s.WakeAt.UnixNano()
+		wake = int64(max(stamp(s.WakeAt), 1))
 	}
 	buf := make([]byte, headerLen, 512)
 	buf[0] = code

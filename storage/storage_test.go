@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -139,11 +140,14 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 		t.Fatalf("stat after Close: %v, want the file to exist", err)
 	}
 
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	db, err = storage.Open(path, &storage.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
-	defer db.Close()
 	view(t, db, func(tx *storage.Tx) error {
 		s, err := tx.SagaGet(id)
 		if err != nil {
@@ -157,6 +161,13 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 		}
 		return nil
 	})
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Opening and reading wrote nothing.
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(before, after) {
+		t.Errorf("opening and reading changed the file (%v)", err)
+	}
 }
 
 func TestOpenLocked(t *testing.T) {
@@ -258,6 +269,45 @@ func sagadFile(t *testing.T, fn func(tx *bbolt.Tx) error) string {
 	return boltFile(t, path, fn)
 }
 
+// damagedFile is a sagad file whose definitions bucket has its root page
+// overwritten with garbage: bbolt's own page checks would panic on it, on a
+// goroutine of bbolt's where nothing can recover.
+func damagedFile(t *testing.T) string {
+	t.Helper()
+	var root uint64
+	path := sagadFile(t, func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("definitions"))
+		for i := range 200 { // enough not to be an inline bucket
+			if err := b.Put([]byte{byte(i), 1, 2, 3}, make([]byte, 100)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx *bbolt.Tx) error { root = uint64(tx.Bucket([]byte("definitions")).RootPage()); return nil })
+	size := int64(db.Info().PageSize)
+	if err := db.Close(); err != nil || root == 0 {
+		t.Fatalf("root page %d: %v", root, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	garbage := make([]byte, size)
+	for i := range garbage {
+		garbage[i] = byte(i*7 + 3)
+	}
+	if _, err := f.WriteAt(garbage, int64(root)*size); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestOpenRejects(t *testing.T) {
 	t.Parallel()
 	random := make([]byte, 64<<10)
@@ -356,6 +406,19 @@ func TestOpenRejects(t *testing.T) {
 				return sagadFile(t, func(tx *bbolt.Tx) error { return tx.Bucket([]byte("meta")).Delete([]byte("schema")) })
 			},
 			want: storage.ErrCorrupt,
+		},
+		{
+			name: "a damaged page",
+			file: damagedFile,
+			want: storage.ErrCorrupt,
+			msg:  "damaged",
+		},
+		{
+			name:     "a damaged page, read-only",
+			file:     damagedFile,
+			readOnly: true,
+			want:     storage.ErrCorrupt,
+			msg:      "damaged",
 		},
 		{
 			name: "magic changed",
@@ -939,6 +1002,65 @@ func TestDueQueries(t *testing.T) {
 		}
 		if _, ok := tx.DueAfter(base); ok {
 			t.Errorf("DueAfter() on an empty db found a time")
+		}
+		return nil
+	})
+}
+
+// TestTimesOutOfRange stores wake-ups and deadlines outside what int64
+// nanoseconds name (1677 to 2262): they saturate, so that a wake-up centuries
+// away is never stored as one in the past (and run at once), and one before
+// 1970 is due.
+func TestTimesOutOfRange(t *testing.T) {
+	t.Parallel()
+	db, _ := openDB(t, nil)
+	last, first := time.Unix(0, math.MaxInt64), time.Unix(0, math.MinInt64)
+	far := time.Date(2400, 1, 1, 0, 0, 0, 0, time.UTC)
+	id := ids(4)
+	farWake := newSaga(id[0], "d", saga.StatusRunning, far)
+	farWake.Deadline = far.Add(time.Hour)
+	tests := []struct {
+		s                  *storage.Saga
+		wantWake, wantDead time.Time
+	}{
+		{farWake, last, last},
+		{newSaga(id[1], "d", saga.StatusRunning, time.Date(1500, 1, 1, 0, 0, 0, 0, time.UTC)), time.Unix(0, 1), time.Time{}},
+		{newSaga(id[2], "d", saga.StatusRunning, time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC)), time.Unix(0, 1), time.Time{}},
+		{newSaga(id[3], "d", saga.StatusRunning, base), base, time.Time{}},
+	}
+	tests[2].s.Deadline, tests[2].wantDead = time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC), first
+	var sagas []*storage.Saga
+	for _, tt := range tests {
+		sagas = append(sagas, tt.s)
+	}
+	put(t, db, sagas...)
+
+	view(t, db, func(tx *storage.Tx) error {
+		for _, tt := range tests {
+			got, err := tx.SagaGet(tt.s.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.WakeAt.Equal(tt.wantWake) || !got.Deadline.Equal(tt.wantDead) {
+				t.Errorf("saga waking at %v, deadline %v: stored wake %v, deadline %v; want %v, %v",
+					tt.s.WakeAt, tt.s.Deadline, got.WakeAt, got.Deadline, tt.wantWake, tt.wantDead)
+			}
+		}
+		var due []ulid.ULID
+		tx.DueScan(base, func(id ulid.ULID, _ time.Time) bool { due = append(due, id); return true })
+		if want := []ulid.ULID{id[1], id[2], id[3]}; !slices.Equal(due, want) {
+			t.Errorf("DueScan(%v) = %v, want %v (not the saga waking in 2400)", base, due, want)
+		}
+		if next, ok := tx.DueAfter(base); !ok || !next.Equal(last) {
+			t.Errorf("DueAfter(%v) = %v, %v; want %v, true", base, next, ok, last)
+		}
+		if next, ok := tx.DueAfter(far); ok {
+			t.Errorf("DueAfter(%v) = %v, want none", far, next)
+		}
+		var all []ulid.ULID
+		tx.DueScan(far, func(id ulid.ULID, _ time.Time) bool { all = append(all, id); return true })
+		if len(all) != 4 || all[3] != id[0] {
+			t.Errorf("DueScan(%v) = %v, want all four, the saga waking in 2400 last", far, all)
 		}
 		return nil
 	})

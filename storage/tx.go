@@ -345,7 +345,7 @@ func (t *Tx) DueNext() (time.Time, bool) {
 // DueScan calls fn, earliest first, with each saga whose wake time is not
 // after now, until fn returns false.
 func (t *Tx) DueScan(now time.Time, fn func(id ulid.ULID, wake time.Time) bool) {
-	limit := now.UnixNano()
+	limit := unixNano(now)
 	c := t.tx.Bucket(bucketDue).Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		w := int64(binary.BigEndian.Uint64(k))
@@ -382,14 +382,14 @@ func (t *Tx) SagaWake(id ulid.ULID) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	if h.Wake != 0 {
-		return time.Unix(0, h.Wake), true
+		return wakeTime(h.Wake), true
 	}
 	return time.Time{}, true
 }
 
 // DueAfter returns the earliest wake time in the due index that is after now.
 func (t *Tx) DueAfter(now time.Time) (time.Time, bool) {
-	k, _ := t.tx.Bucket(bucketDue).Cursor().Seek(binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()+1)))
+	k, _ := t.tx.Bucket(bucketDue).Cursor().Seek(binary.BigEndian.AppendUint64(nil, stamp(now)+1))
 	if k == nil {
 		return time.Time{}, false
 	}

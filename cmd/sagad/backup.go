@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -56,8 +57,10 @@ Flags:
 	}
 	start := time.Now()
 	tmp := *to + ".partial"
+	// copy removes what it wrote if it fails, and nothing else: a partial
+	// file that exists already is another backup's (or an interrupted
+	// one's), and is left alone.
 	if err := c.copy(ctx, &t, tmp); err != nil {
-		_ = os.Remove(tmp)
 		return fail(c.stderr, "backup", err)
 	}
 	if err := recovery.CheckFile(tmp); err != nil {
@@ -80,40 +83,62 @@ Flags:
 	return exitOK
 }
 
-// copy writes the database to path: through the daemon, or from the file.
-func (c *backupCommand) copy(ctx context.Context, t *target, path string) error {
+// copy writes the database to path, through the daemon or from the file,
+// and syncs it. path must not exist: copy creates it (O_EXCL), so that two
+// backups to the same file cannot write into each other's copy. If the
+// copy fails, copy removes path only if it created it.
+func (c *backupCommand) copy(ctx context.Context, t *target, path string) (err error) {
+	var (
+		write func(f *os.File) error
+		done  = func() {}
+	)
 	if t.addr != "" {
 		cl, err := client.New(t.addr, t.token, cliHTTPClient())
 		if err != nil {
 			return err
 		}
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return errors.Wrap(err, "create the backup")
-		}
-		if _, err := cl.Backup(ctx, f); err != nil {
-			_ = f.Close()
+		write = func(f *os.File) error { _, err := cl.Backup(ctx, f); return err }
+	} else {
+		if err := existingDB(t.db); err != nil {
 			return err
 		}
-		if err := f.Sync(); err != nil {
+		db, err := storage.Open(t.db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
+		if err != nil {
+			if errors.Is(err, storage.ErrLocked) {
+				return errors.WithHint(err, "a daemon holds the file: back it up through it with --addr")
+			}
+			return err
+		}
+		done = func() { _ = db.Close() }
+		write = func(f *os.File) error {
+			return db.View(func(tx *storage.Tx) error {
+				_, err := tx.Bolt().WriteTo(f)
+				return errors.Wrap(err, "copy")
+			})
+		}
+	}
+	defer done()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return errors.WithHint(errors.Wrap(err, "create the backup"),
+			"another backup is writing this file, or one was interrupted: if none is running, remove it")
+	}
+	if err != nil {
+		return errors.Wrap(err, "create the backup")
+	}
+	defer func() {
+		if err != nil {
 			_ = f.Close()
-			return errors.Wrap(err, "sync the backup")
+			_ = os.Remove(path)
 		}
-		return errors.Wrap(f.Close(), "close the backup")
-	}
-	db, err := storage.Open(t.db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
-	if err != nil {
-		if errors.Is(err, storage.ErrLocked) {
-			return errors.WithHint(err, "a daemon holds the file: back it up through it with --addr")
-		}
+	}()
+	if err := write(f); err != nil {
 		return err
 	}
-	defer db.Close()
-	err = db.View(func(tx *storage.Tx) error { return errors.Wrap(tx.Bolt().CopyFile(path, 0o600), "copy") })
-	if err != nil {
-		return err
+	if err := f.Sync(); err != nil {
+		return errors.Wrap(err, "sync the backup")
 	}
-	return syncFile(path) // bbolt's CopyFile does not sync
+	return errors.Wrap(f.Close(), "close the backup")
 }
 
 // compactCommand implements 'sagad compact'.
@@ -131,9 +156,9 @@ func (c *compactCommand) run(ctx context.Context, args []string) int {
 
 Rewrites the database file without its free pages, reclaiming the space that
 pruned sagas and events left. bbolt files never shrink on their own. The
-daemon must be stopped: the file is rewritten to a new file, checked, and
-then put in place of the old one (kept as FILE.before-compact until the new
-one is in place).
+daemon must be stopped: the file is rewritten to a new file beside it,
+checked, and then put in place of the old one in one rename. The old file
+is not kept: take a backup first (sagad backup) if you want one.
 
 Example:
   sagad compact --db /var/lib/sagad/sagad.db
@@ -171,6 +196,9 @@ Flags:
 // writing to a file about to be replaced, and no instant leaves the path
 // without a database.
 func compact(path string) (int64, int64, error) {
+	if err := existingDB(path); err != nil {
+		return 0, 0, err
+	}
 	info, err := os.Stat(path)
 	if err != nil {
 		return 0, 0, errors.Wrap(err, "stat")
@@ -239,14 +267,4 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return errors.Wrap(d.Sync(), "sync the directory")
-}
-
-// syncFile flushes a file written by someone else to disk.
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return errors.Wrap(err, "open the copy")
-	}
-	defer f.Close()
-	return errors.Wrap(f.Sync(), "sync the copy")
 }

@@ -202,6 +202,8 @@ Example:
 			return fail(c.stderr, "check", err)
 		}
 		*db = copyPath
+	} else if err := existingDB(*db); err != nil {
+		return fail(c.stderr, "check", err)
 	}
 	d, err := storage.Open(*db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
 	if errors.Is(err, storage.ErrLocked) {

@@ -121,6 +121,9 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 	start := time.Now()
 	var finished atomic.Int64
 	changed := make(chan struct{}, 1)
+	if err := existingDB(path); err != nil {
+		return nil, err
+	}
 	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Storage: storage.Options{LockTimeout: 500 * time.Millisecond},
 		Hooks: engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) {

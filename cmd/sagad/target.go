@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -63,6 +65,9 @@ func (t *target) open() (backend, error) {
 		}
 		return online{c}, nil
 	}
+	if err := existingDB(t.db); err != nil {
+		return nil, err
+	}
 	eng, err := engine.Open(t.db, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Storage: storage.Options{LockTimeout: 500 * time.Millisecond}})
 	if err != nil {
@@ -79,6 +84,27 @@ func (t *target) open() (backend, error) {
 		return nil, err
 	}
 	return offline{eng}, nil
+}
+
+// existingDB refuses a database path that names no file. Only sagad serve
+// creates a database: an operator command given a mistyped --db (or run in
+// the wrong directory) must say so, not open a new, empty file and report
+// that it holds nothing.
+//
+// The check comes just before the open, so a file removed in between is
+// still created by it; an operator's typo is what this is for.
+func existingDB(path string) error {
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return errors.WithHint(errors.Newf("database %s does not exist", path),
+			"is the path right (--db or SAGAD_DB)? Only sagad serve creates a database; the other commands open an existing one")
+	case err != nil:
+		return errors.Wrapf(err, "database %s", path)
+	case info.IsDir():
+		return errors.WithHint(errors.Newf("database %s is a directory", path), "--db names the database file itself")
+	}
+	return nil
 }
 
 // online is a running daemon.

@@ -72,6 +72,20 @@ func TestErrorsAreProblems(t *testing.T) {
 		{name: "unknown route", method: "GET", path: "/v1/nope", status: 404, detail: []string{"GET /v1/nope"}},
 		{name: "unknown route under sagas", method: "GET", path: "/v1/sagas/" + unknown + "/nope", status: 404, detail: []string{"/nope"}},
 		{name: "root", method: "GET", path: "/", status: 404, detail: []string{"no route"}},
+		// net/http's ServeMux would redirect these to their clean form,
+		// in HTML.
+		{name: "empty segment", method: "GET", path: "/v1//sagas", status: 404,
+			detail: []string{"GET /v1//sagas", "not canonical", "write it as /v1/sagas"}, check: noLocation},
+		{name: "empty segment on a start", method: "POST", path: "/v1//sagas", body: `{"definition":"order"}`, status: 404,
+			detail: []string{"POST /v1//sagas", "write it as /v1/sagas"}, check: noLocation},
+		{name: "trailing empty segment", method: "GET", path: "/v1/sagas//", status: 404,
+			detail: []string{"write it as /v1/sagas/"}, check: noLocation},
+		{name: "dot segment", method: "GET", path: "/v1/./outbox/stats", status: 404,
+			detail: []string{"write it as /v1/outbox/stats"}, check: noLocation},
+		{name: "dot-dot segment", method: "GET", path: "/v1/outbox/../sagas/" + unknown, status: 404,
+			detail: []string{"write it as /v1/sagas/" + unknown}, check: noLocation},
+		{name: "empty segment on an unknown route", method: "GET", path: "//nope", status: 404,
+			detail: []string{"write it as /nope"}, check: noLocation},
 		{name: "wrong method", method: "DELETE", path: "/v1/sagas", status: 405, detail: []string{"DELETE", "/v1/sagas"},
 			check: func(t *testing.T, resp *http.Response) {
 				allow := resp.Header.Get("Allow")
@@ -114,6 +128,14 @@ func TestErrorsAreProblems(t *testing.T) {
 				tt.check(t, resp)
 			}
 		})
+	}
+}
+
+// noLocation fails if the answer redirects.
+func noLocation(t *testing.T, resp *http.Response) {
+	t.Helper()
+	if loc := resp.Header.Get("Location"); loc != "" {
+		t.Errorf("Location %q: want no redirect", loc)
 	}
 }
 

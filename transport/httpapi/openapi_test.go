@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"regexp"
 	"slices"
@@ -92,5 +93,42 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 				t.Errorf("the OpenAPI document has %q, which the server does not serve", d)
 			}
 		}
+	}
+}
+
+// TestNonCanonicalPathsAreProblems writes every route of the OpenAPI
+// document with an empty segment (/v1//sagas): the API names a resource by
+// one path, documents no redirect, and answers every error as a problem, so
+// each is a 404 problem, never net/http's HTML redirect to the clean path.
+func TestNonCanonicalPathsAreProblems(t *testing.T) {
+	t.Parallel()
+	a := newAPI(t, nil)
+	param := regexp.MustCompile(`\{[^}]+\}`)
+	for _, route := range a.server.Routes() {
+		method, path, _ := strings.Cut(route, " ")
+		path = param.ReplaceAllString(path, "01J9Z3K8Q5W6X7Y8Z9A0B1C2D3")
+		odd := strings.Replace(path, "/", "//", 1+strings.Count(path, "/")/2)
+		t.Run(method+" "+odd, func(t *testing.T) {
+			t.Parallel()
+			req, err := http.NewRequestWithContext(ctx(t), method, a.ts.URL+odd, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := *a.ts.Client()
+			c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireProblem(t, resp, body, http.StatusNotFound, "not canonical", "write it as "+path)
+			if loc := resp.Header.Get("Location"); loc != "" {
+				t.Errorf("Location %q: want no redirect", loc)
+			}
+		})
 	}
 }

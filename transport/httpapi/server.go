@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -116,10 +117,19 @@ func (s *Server) Routes() []string {
 }
 
 // ServeHTTP serves the API. Unknown paths and methods are answered with
-// problem documents too.
+// problem documents too, and so are paths that are not canonical (an empty,
+// "." or ".." segment, such as /v1//sagas): the API names each resource by
+// one path, and net/http's ServeMux would answer them with an HTML redirect.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	}
+	// The mux redirects such a path even when its clean form has a route,
+	// and then reports that route's pattern: catch it first.
+	if p := r.URL.EscapedPath(); r.Method != http.MethodConnect && cleanPath(p) != p {
+		writeProblem(w, r, http.StatusNotFound, "not-found", "no route for "+r.Method+" "+p+
+			": the path is not canonical (it has an empty, . or .. segment); write it as "+cleanPath(p))
+		return
 	}
 	h, pattern := s.mux.Handler(r)
 	if pattern != "" {
@@ -130,19 +140,41 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// let it decide, then answer with a problem.
 	rec := &headerRecorder{header: http.Header{}}
 	h.ServeHTTP(rec, r)
-	switch rec.status {
-	case http.StatusNotFound:
+	switch {
+	case rec.status == http.StatusNotFound:
 		writeProblem(w, r, http.StatusNotFound, "not-found", "no route for "+r.Method+" "+r.URL.Path)
-	case http.StatusMethodNotAllowed:
+	case rec.status == http.StatusMethodNotAllowed:
 		w.Header().Set("Allow", rec.header.Get("Allow"))
 		writeProblem(w, r, http.StatusMethodNotAllowed, "method-not-allowed",
 			r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+rec.header.Get("Allow"))
+	case rec.status >= 300 && rec.status < 400:
+		// A redirect the check above does not foresee (a pattern ending
+		// in "/", should one be added): the same answer.
+		writeProblem(w, r, http.StatusNotFound, "not-found", "no route for "+r.Method+" "+r.URL.Path+
+			"; write it as "+rec.header.Get("Location"))
 	default:
-		for k, v := range rec.header {
-			w.Header()[k] = v
+		status := rec.status
+		if status < 400 {
+			status = http.StatusNotFound
 		}
-		w.WriteHeader(rec.status)
+		writeProblem(w, r, status, "no-route", "no route for "+r.Method+" "+r.URL.Path)
 	}
+}
+
+// cleanPath is the canonical form of an escaped request path, as ServeMux
+// computes it before it redirects: path.Clean, keeping a trailing slash.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
 }
 
 // headerRecorder keeps the status and headers a handler writes.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -26,23 +27,20 @@ import (
 // size to the same trivial handler. httpstep is a step's action doing the
 // same call through the participant protocol (request body, headers,
 // response checks). The difference is what the protocol adds.
+// net/http-h2c is the floor over cleartext HTTP/2 (one multiplexed
+// connection instead of a connection per call in flight), to show whether
+// another protocol would make calls cheaper.
 func BenchmarkCall(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"ok":true}`))
-	}))
+	srv, client := trivialParticipant(false)
 	defer srv.Close()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
 	call := newCall(saga.PhaseAction, 0)
 	body, err := json.Marshal(map[string]any{"saga_id": call.SagaID, "definition": call.Definition, "step": call.Step,
 		"phase": call.Phase, "attempt": call.Attempt, "input": call.Input, "data": call.Data})
 	if err != nil {
 		b.Fatal(err)
 	}
-
-	b.Run("net/http", func(b *testing.B) {
-		parallel(b, func(ctx context.Context) error {
+	bare := func(srv *httptest.Server, client *http.Client, proto int) func(context.Context) error {
+		return func(ctx context.Context) error {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/reserve", bytes.NewReader(body))
 			if err != nil {
 				return err
@@ -54,8 +52,20 @@ func BenchmarkCall(b *testing.B) {
 			}
 			_, err = io.Copy(io.Discard, resp.Body)
 			_ = resp.Body.Close()
+			if err == nil && resp.ProtoMajor != proto {
+				err = fmt.Errorf("answered over HTTP/%d, want HTTP/%d", resp.ProtoMajor, proto)
+			}
 			return err
-		})
+		}
+	}
+
+	b.Run("net/http", func(b *testing.B) {
+		parallel(b, bare(srv, client, 1))
+	})
+	b.Run("net/http-h2c", func(b *testing.B) {
+		srv, client := trivialParticipant(true)
+		defer srv.Close()
+		parallel(b, bare(srv, client, 2))
 	})
 	b.Run("httpstep", func(b *testing.B) {
 		spec := &httpstep.Spec{Steps: []httpstep.StepSpec{{Name: "reserve",
@@ -70,6 +80,24 @@ func BenchmarkCall(b *testing.B) {
 			return err
 		})
 	})
+}
+
+// trivialParticipant starts a trivial participant and returns it with a client
+// for it; with h2c both speak cleartext HTTP/2 only.
+func trivialParticipant(h2c bool) (*httptest.Server, *http.Client) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		srv.Config.Protocols, tr.Protocols = &p, &p
+	}
+	srv.Start()
+	return srv, &http.Client{Transport: tr}
 }
 
 // parallel runs fn b.N times from 64 goroutines and reports the CPU time

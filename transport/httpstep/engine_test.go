@@ -25,13 +25,19 @@ import (
 // and checked for consistency.
 func runEngine(t *testing.T, spec string) (*engine.Engine, *saga.Definition) {
 	t.Helper()
+	return runEngineHooks(t, spec, engine.Hooks{})
+}
+
+// runEngineHooks is runEngine with hooks.
+func runEngineHooks(t *testing.T, spec string, hooks engine.Hooks) (*engine.Engine, *saga.Definition) {
+	t.Helper()
 	s, err := httpstep.Parse("order", []byte(spec))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	def := define(t, s, nil)
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	opts := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hooks: hooks}
 	opts.Storage.NoSync = true
 	eng, err := engine.Open(path, opts)
 	if err != nil {
@@ -243,4 +249,62 @@ func TestEngineFallback(t *testing.T) {
 	if a, f := reqs[0].Header.Get("Idempotency-Key"), reqs[1].Header.Get("Idempotency-Key"); a == f || f != s.ID+"/reserve/fallback" {
 		t.Errorf("action key %q, fallback key %q; want the fallback's to be %q", a, f, s.ID+"/reserve/fallback")
 	}
+}
+
+// TestEngineFarAwayTimes: a Retry-After of centuries and a saga timeout of
+// centuries are kept as the last instant storage can name (2262), never
+// wrapped into the past, where the retry would run at once and the deadline
+// would have passed.
+func TestEngineFarAwayTimes(t *testing.T) {
+	t.Parallel()
+	t.Run("Retry-After", func(t *testing.T) {
+		t.Parallel()
+		for _, ra := range []string{"9999999999", "Fri, 31 Dec 9999 23:59:59 GMT"} {
+			p := newParticipant(t, answer(503, `busy`, "Retry-After", ra))
+			retries := make(chan engine.AttemptInfo, 1)
+			eng, _ := runEngineHooks(t, `{"steps": [{"name": "a", "action": {"url": "`+p.URL+`/a"}, "retry": {"max_attempts": 5}}]}`,
+				engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) { retries <- a }})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			st, err := eng.Start(ctx, "order", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a := <-retries; !a.Retry {
+				t.Fatalf("Retry-After %s: attempt 1 ended the step: %v", ra, a.Err)
+			}
+			s, err := eng.Get(ctx, st.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Status != saga.StatusRunning || s.WakeAt.Year() != 2262 {
+				t.Errorf("Retry-After %s: saga %s waking at %v, want running until 2262", ra, s.Status, s.WakeAt)
+			}
+			// Abort ends the wait; the action must not have been retried.
+			if err := eng.Abort(ctx, st.ID); err != nil {
+				t.Fatal(err)
+			}
+			if s, err = eng.Wait(ctx, st.ID); err != nil || s.Status != saga.StatusCompensated {
+				t.Fatalf("Retry-After %s: after abort: %v, %v; want compensated", ra, s, err)
+			}
+			wantRequests(t, p.requests(), "POST /a action 1")
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		t.Parallel()
+		var n atomic.Int32
+		p := newParticipant(t, func(w http.ResponseWriter, r *http.Request) {
+			if n.Add(1) == 1 {
+				answer(503, `busy`)(w, r)
+				return
+			}
+			answer(200, `{}`)(w, r)
+		})
+		eng, _ := runEngine(t, `{"steps": [{"name": "a", "action": {"url": "`+p.URL+`/a"},
+			"retry": {"initial_interval": "1ms", "max_interval": "1ms"}}], "timeout": "2500000h"}`)
+		s := runSaga(t, eng, nil)
+		if s.Status != saga.StatusCompleted || s.Deadline.Year() != 2262 {
+			t.Errorf("saga %s (%v) with deadline %v, want completed with its deadline in 2262", s.Status, s.Err, s.Deadline)
+		}
+	})
 }

@@ -42,7 +42,9 @@ type Config struct {
 	ReconnectInitial, ReconnectMax time.Duration
 	// DrainTimeout is how long Run waits, once its context ends, for the
 	// confirms of messages in flight. Zero: 5s. Unconfirmed messages stay
-	// new and are published again by the next Run.
+	// new and are published again by the next Run. A second after it, a
+	// connection the broker no longer reads (it blocks publishers during a
+	// memory or disk alarm) is closed hard, so Run returns even then.
 	DrainTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval: a broker that stops
 	// answering is noticed within about two. Zero: 10s.
@@ -62,7 +64,8 @@ type Hooks struct {
 	// has just been committed.
 	Published func(n int)
 	// Retried is called when a publication failed (nack, returned message,
-	// exchange missing) and the event will be published again.
+	// exchange the broker refuses to declare) and the event will be
+	// published again.
 	Retried func(ev *storage.OutboxEvent, err error)
 	// NotProduced is called when an event ran out of attempts.
 	NotProduced func(ev *storage.OutboxEvent, err error)

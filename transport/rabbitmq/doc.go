@@ -18,14 +18,23 @@
 //     committed, and at most one of them is unconfirmed at a time: a later
 //     event never overtakes an earlier one that is being retried. Events of
 //     different sagas are pipelined (Config.Window).
-//   - One bad event parks only its own saga. An event that is nacked, or
+//   - One bad event parks only its own saga. An event that is nacked,
 //     returned because no queue is bound for it (every publish is mandatory
-//     unless Config.AllowUnroutable), is retried with exponential backoff;
-//     after Config.MaxAttempts it is marked not_produced and its saga's later
-//     events wait in the outbox until an operator re-queues or discards it
-//     (engine.OutboxRequeue, engine.OutboxDiscard). Other sagas go on.
+//     unless Config.AllowUnroutable), or whose exchange the broker refuses to
+//     declare (it exists with another kind, or is missing under
+//     Config.NoDeclare; exchanges are declared on a channel of their own, so
+//     a refusal does not touch the publishing one), is retried with
+//     exponential backoff; after Config.MaxAttempts it is marked
+//     not_produced and its saga's later events wait in the outbox until an
+//     operator re-queues or discards it (engine.OutboxRequeue,
+//     engine.OutboxDiscard). Other sagas go on.
 //   - The broker going away is normal weather: the relay reconnects with
 //     backoff and publishes what waited, while the engine keeps committing.
+//   - A broker that blocks the connection (a memory or disk alarm) pauses
+//     publishing (Stats.Blocked) until it lifts. Run still returns within
+//     Config.DrainTimeout and a second of its context ending: a connection
+//     the broker stopped reading is closed hard, and what it did not confirm
+//     stays new.
 //
 // # Messages
 //

@@ -3,7 +3,9 @@ package rabbitmq
 import (
 	"context"
 	"log/slog"
+	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +21,11 @@ import (
 // once these are out.
 const perSaga = 16
 
+// closeGrace bounds closing a connection: the broker's answer to
+// connection.close, and how long after DrainTimeout a connection that a
+// stuck write holds is closed hard when Run must return.
+const closeGrace = time.Second
+
 // Relay publishes a sagad database's outbox to RabbitMQ. Create it with New
 // and start it with Run. Its methods are safe for concurrent use.
 type Relay struct {
@@ -28,6 +35,7 @@ type Relay struct {
 
 	running                         atomic.Bool
 	connected                       atomic.Bool
+	cur                             atomic.Pointer[session] // Run's session, for Stats
 	published, retried, notProduced atomic.Int64
 	inFlight, loaded, parkedN       atomic.Int64
 }
@@ -45,6 +53,10 @@ func New(db *storage.DB, cfg Config) (*Relay, error) {
 // Stats is a snapshot of a relay's state and counters since New.
 type Stats struct {
 	Connected bool `json:"connected"`
+	// Blocked says the broker blocks the relay's connection (a memory or
+	// disk alarm): no message is published until it lifts, and events wait
+	// in the outbox.
+	Blocked bool `json:"blocked"`
 	// InFlight counts messages published and not yet confirmed.
 	InFlight int `json:"in_flight"`
 	// Loaded counts events read from the outbox and not yet marked.
@@ -58,7 +70,8 @@ type Stats struct {
 
 // Stats returns the relay's counters.
 func (r *Relay) Stats() Stats {
-	return Stats{Connected: r.connected.Load(), InFlight: int(r.inFlight.Load()), Loaded: int(r.loaded.Load()),
+	s := r.cur.Load()
+	return Stats{Connected: r.connected.Load(), Blocked: s != nil && s.blocked.Load(), InFlight: int(r.inFlight.Load()), Loaded: int(r.loaded.Load()),
 		ParkedSagas: int(r.parkedN.Load()), Published: r.published.Load(), Retried: r.retried.Load(),
 		NotProduced: r.notProduced.Load()}
 }
@@ -140,7 +153,8 @@ func (s *state) rescanFrom(id ulid.ULID) {
 	s.needLoad = true
 }
 
-// session is one connection and its confirm-mode channel.
+// session is one connection, its confirm-mode channel for publishing and a
+// channel for declaring exchanges.
 type session struct {
 	conn     *amqp.Connection
 	ch       *amqp.Channel
@@ -148,14 +162,88 @@ type session struct {
 	returns  chan amqp.Return
 	closed   chan *amqp.Error
 	inflight map[uint64]*item
+	// decl declares exchanges, so that one the broker refuses closes this
+	// channel and not ch; nil until needed again after a refusal.
+	decl     *amqp.Channel
 	declared map[string]bool
 	acked    bool // got at least one ack: the broker is healthy
+	// blocked is set while the broker blocks the connection; unblocked
+	// wakes Run when it lifts. Both are written by watchBlocked.
+	blocked   atomic.Bool
+	unblocked chan struct{}
+}
+
+// connGuard holds the network connection of Run's current session, so that
+// Run returns when its context ends even while its goroutine is stuck in a
+// write to a broker that stopped reading (a memory or disk alarm blocks a
+// publishing connection; a publish then blocks once the socket buffers are
+// full). DrainTimeout plus closeGrace after the context ends, the connection
+// is closed hard: the write fails, and what was in flight stays new.
+type connGuard struct {
+	mu      sync.Mutex
+	conn    net.Conn
+	stopped bool
+	timer   *time.Timer
+}
+
+// dial is an amqp.Config.Dial that keeps the connection it opens.
+func (g *connGuard) dial(timeout time.Duration) func(network, addr string) (net.Conn, error) {
+	dial := amqp.DefaultDial(timeout)
+	return func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.stopped {
+			_ = c.Close()
+			return nil, errors.New("rabbitmq: relay is stopping")
+		}
+		g.conn = c
+		return c, nil
+	}
+}
+
+// cutAfter closes the connection, and refuses new ones, after d.
+func (g *connGuard) cutAfter(d time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.timer == nil && !g.stopped {
+		g.timer = time.AfterFunc(d, g.cut)
+	}
+}
+
+func (g *connGuard) cut() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return
+	}
+	g.stopped = true
+	if g.conn != nil {
+		_ = g.conn.Close()
+	}
+}
+
+// release is called when Run returns: nothing is cut after that.
+func (g *connGuard) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stopped = true
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	g.conn = nil
 }
 
 // Run publishes events until ctx ends, reconnecting whenever the broker goes
 // away. When ctx ends it stops publishing, waits up to DrainTimeout for the
 // confirms of messages in flight, records what was confirmed, and returns
-// nil. It returns an error only if the database fails.
+// nil. It returns within about DrainTimeout and a second even if the broker
+// stopped reading the connection (a memory or disk alarm): the connection is
+// then closed hard, and what was not confirmed stays new. It returns an error
+// only if the database fails.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunning
@@ -179,12 +267,19 @@ func (r *Relay) Run(ctx context.Context) error {
 	reconnect.MaxElapsedTime = 0
 	reconnect.Reset()
 
+	guard := &connGuard{}
+	stopGuard := context.AfterFunc(ctx, func() { guard.cutAfter(r.cfg.DrainTimeout + closeGrace) })
+	defer func() {
+		stopGuard()
+		guard.release()
+	}()
 	var s *session
 	defer func() {
 		if s != nil {
 			// A broker that stopped answering must not hold up the return.
-			_ = s.conn.CloseDeadline(time.Now().Add(time.Second))
+			_ = s.conn.CloseDeadline(time.Now().Add(closeGrace))
 		}
+		r.cur.Store(nil)
 		r.connected.Store(false)
 		r.inFlight.Store(0)
 	}()
@@ -199,14 +294,20 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	for {
 		now := time.Now()
+		if !draining && ctx.Err() != nil {
+			// Seen here, not in the select, when a publish that the
+			// guard cut was what held the goroutine.
+			draining, drainBy = true, now.Add(r.cfg.DrainTimeout)
+		}
 		if s == nil && !draining && !now.Before(reconnectAt) {
 			var err error
-			if s, err = r.connect(); err != nil {
+			if s, err = r.connect(guard); err != nil {
 				s = nil
 				reconnectAt = now.Add(reconnect.NextBackOff())
 				r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", time.Until(reconnectAt).Round(time.Millisecond))
 				r.hookConn(false, err)
 			} else {
+				r.cur.Store(s)
 				r.connected.Store(true)
 				r.log.Info("relay connected", "exchange", r.cfg.Exchange)
 				r.hookConn(true, nil)
@@ -222,7 +323,7 @@ func (r *Relay) Run(ctx context.Context) error {
 				}
 			}
 			if err := r.publish(st, s); err != nil {
-				r.lost(st, s, err)
+				r.lost(st, s, err, ctx.Err() != nil)
 				s = nil
 				reconnectAt = now.Add(reconnect.NextBackOff())
 			}
@@ -245,8 +346,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		var confirms chan amqp.Confirmation
 		var returns chan amqp.Return
 		var closed chan *amqp.Error
+		var unblocked chan struct{}
 		if s != nil {
-			confirms, returns, closed = s.confirms, s.returns, s.closed
+			confirms, returns, closed, unblocked = s.confirms, s.returns, s.closed, s.unblocked
 		}
 		ctxDone := ctx.Done()
 		if draining {
@@ -257,13 +359,13 @@ func (r *Relay) Run(ctx context.Context) error {
 			draining, drainBy = true, time.Now().Add(r.cfg.DrainTimeout)
 		case c, ok := <-confirms:
 			if !ok {
-				r.lost(st, s, errors.New("rabbitmq: channel closed"))
+				r.lost(st, s, errors.New("rabbitmq: channel closed"), draining)
 				s = nil
 				reconnectAt = time.Now().Add(reconnect.NextBackOff())
 				continue
 			}
 			if !r.confirmAll(st, s, c) {
-				r.lost(st, s, errors.New("rabbitmq: channel closed"))
+				r.lost(st, s, errors.New("rabbitmq: channel closed"), draining)
 				s = nil
 				reconnectAt = time.Now().Add(reconnect.NextBackOff())
 				continue
@@ -273,12 +375,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 		case ret := <-returns:
 			r.returned(st, ret)
+		case <-unblocked:
+			// The loop's publish goes on where it paused.
 		case err := <-closed:
 			var cause error = errors.New("rabbitmq: channel closed")
 			if err != nil {
 				cause = err
 			}
-			r.lost(st, s, cause)
+			r.lost(st, s, cause, draining)
 			s = nil
 			reconnectAt = time.Now().Add(reconnect.NextBackOff())
 		case <-wake:
@@ -335,17 +439,22 @@ func (r *Relay) nextTimer(st *state, now time.Time, reconnecting bool, reconnect
 	return next
 }
 
-// connect dials the broker and opens a confirm-mode channel.
-func (r *Relay) connect() (*session, error) {
+// connect dials the broker, through guard, and opens a confirm-mode
+// channel.
+func (r *Relay) connect(guard *connGuard) (*session, error) {
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(r.cfg.ConnectionName)
 	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Heartbeat: r.cfg.Heartbeat, Locale: "en_US",
-		Properties: props, Dial: amqp.DefaultDial(5 * time.Second)})
+		Properties: props, Dial: guard.dial(5 * time.Second)})
 	if err != nil {
 		return nil, errors.Wrap(err, "rabbitmq: dial")
 	}
+	s := &session{conn: conn, inflight: make(map[uint64]*item), declared: make(map[string]bool),
+		unblocked: make(chan struct{}, 1)}
+	// The watcher ends when the connection closes, which closes blocks.
+	go r.watchBlocked(s, conn.NotifyBlocked(make(chan amqp.Blocking, 4)))
 	fail := func(err error, what string) (*session, error) {
-		_ = conn.Close()
+		_ = conn.CloseDeadline(time.Now().Add(closeGrace))
 		return nil, errors.Wrapf(err, "rabbitmq: %s", what)
 	}
 	ch, err := conn.Channel()
@@ -355,38 +464,80 @@ func (r *Relay) connect() (*session, error) {
 	if err := ch.Confirm(false); err != nil {
 		return fail(err, "confirm mode")
 	}
-	s := &session{conn: conn, ch: ch, inflight: make(map[uint64]*item), declared: make(map[string]bool),
-		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, r.cfg.Window+1)),
-		returns:  ch.NotifyReturn(make(chan amqp.Return, r.cfg.Window+1)),
-		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	s.ch = ch
+	s.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, r.cfg.Window+1))
+	s.returns = ch.NotifyReturn(make(chan amqp.Return, r.cfg.Window+1))
+	s.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	if err := r.declare(s, r.cfg.Exchange); err != nil {
+		// The default exchange: every event that names none needs it, so
+		// the relay stays offline, retrying, until it can be declared.
 		return fail(err, "declare exchange")
 	}
 	return s, nil
 }
 
+// watchBlocked follows the broker's connection.blocked and unblocked
+// notifications on a goroutine of its own: Run's may be the one stuck
+// writing to the blocked connection.
+func (r *Relay) watchBlocked(s *session, blocks <-chan amqp.Blocking) {
+	for b := range blocks {
+		s.blocked.Store(b.Active)
+		if b.Active {
+			r.log.Warn("the broker blocks the relay's connection (memory or disk alarm); publishing pauses until it lifts, events wait in the outbox", "reason", b.Reason)
+			continue
+		}
+		r.log.Info("the broker unblocked the relay's connection; publishing resumes")
+		select {
+		case s.unblocked <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // declare makes sure an exchange exists before the first publish to it in
-// this session. A failure closes the channel.
+// this session. It declares on a channel of its own: an exchange the broker
+// refuses (it exists with another kind, or is missing under NoDeclare)
+// closes that channel, reopened for the next declaration, and not the
+// publishing one with the other sagas' messages in flight. Such a refusal
+// is reported as refused(err).
 func (r *Relay) declare(s *session, name string) error {
 	if s.declared[name] {
 		return nil
 	}
+	if s.decl == nil {
+		ch, err := s.conn.Channel()
+		if err != nil {
+			return errors.Wrap(err, "rabbitmq: open a channel to declare exchanges")
+		}
+		s.decl = ch
+	}
 	var err error
 	if r.cfg.NoDeclare {
-		err = s.ch.ExchangeDeclarePassive(name, r.cfg.ExchangeKind, true, false, false, false, nil)
+		err = s.decl.ExchangeDeclarePassive(name, r.cfg.ExchangeKind, true, false, false, false, nil)
 	} else {
-		err = s.ch.ExchangeDeclare(name, r.cfg.ExchangeKind, true, false, false, false, nil)
+		err = s.decl.ExchangeDeclare(name, r.cfg.ExchangeKind, true, false, false, false, nil)
 	}
 	if err != nil {
+		// Either the broker closed the channel, or the connection is gone.
+		s.decl = nil
 		return errors.Wrapf(err, "exchange %q", name)
 	}
 	s.declared[name] = true
 	return nil
 }
 
+// refused reports whether err is the broker refusing one request with a
+// channel-level exception (PRECONDITION_FAILED, NOT_FOUND, ACCESS_REFUSED),
+// as opposed to the connection failing.
+func refused(err error) bool {
+	var ae *amqp.Error
+	return errors.As(err, &ae) && ae.Server && ae.Recover
+}
+
 // lost handles the end of a session: what was in flight is unconfirmed and
-// will be published again, in order, on the next connection.
-func (r *Relay) lost(st *state, s *session, cause error) {
+// will be published again, in order, on the next connection (or the next
+// Run, when stopping).
+func (r *Relay) lost(st *state, s *session, cause error, stopping bool) {
 	// Confirms and returns the broker sent before the end still count.
 	for {
 		select {
@@ -411,11 +562,18 @@ func (r *Relay) lost(st *state, s *session, cause error) {
 			drained = true
 		}
 	}
+	unconfirmed := len(s.inflight)
 	r.requeueInFlight(st, s)
-	_ = s.conn.CloseDeadline(time.Now().Add(time.Second))
+	_ = s.conn.CloseDeadline(time.Now().Add(closeGrace))
+	r.cur.Store(nil)
 	r.connected.Store(false)
 	r.inFlight.Store(0)
-	r.log.Warn("relay lost the broker; reconnecting, events wait in the outbox", "err", cause)
+	if stopping {
+		r.log.Warn("relay stopping: its connection ended before the broker confirmed everything; unconfirmed messages stay new and are published again",
+			"count", unconfirmed, "err", cause)
+	} else {
+		r.log.Warn("relay lost the broker; reconnecting, events wait in the outbox", "err", cause)
+	}
 	r.hookConn(false, cause)
 }
 
@@ -538,9 +696,10 @@ func (r *Relay) load(st *state) error {
 	return nil
 }
 
-// publish sends ready events while the window allows.
+// publish sends ready events while the window allows and the broker does
+// not block the connection. An error means the session is lost.
 func (r *Relay) publish(st *state, s *session) error {
-	for len(st.ready) > 0 && len(s.inflight) < r.cfg.Window {
+	for len(st.ready) > 0 && len(s.inflight) < r.cfg.Window && !s.blocked.Load() {
 		it := st.ready[0]
 		st.ready = st.ready[1:]
 		if it.state != stQueued || st.items[it.ev.ID] != it {
@@ -552,9 +711,13 @@ func (r *Relay) publish(st *state, s *session) error {
 			exchange = r.cfg.Exchange
 		}
 		if err := r.declare(s, exchange); err != nil {
-			// The channel is closed: count it against the event, which
-			// may name an exchange that cannot be declared.
-			r.fail(st, it, err)
+			if refused(err) {
+				// The event names an exchange that cannot be declared:
+				// that is its failed attempt; the others go on.
+				r.fail(st, it, err)
+				continue
+			}
+			st.ready = append([]*item{it}, st.ready...)
 			return err
 		}
 		headers := make(amqp.Table, len(ev.Headers)+3)
@@ -583,6 +746,8 @@ func (r *Relay) publish(st *state, s *session) error {
 		}
 		it.state, it.tag = stInFlight, tag
 		s.inflight[tag] = it
+		// Kept current here: a publish may block for long (an alarm).
+		r.inFlight.Store(int64(len(s.inflight)))
 	}
 	return nil
 }

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// TestOfflineCommandsRefuseAMissingFile runs every command that opens a
+// database file on a path that does not exist (a typo): each must fail,
+// say which path and what to do, and leave no file behind. Only sagad
+// serve creates a database.
+func TestOfflineCommandsRefuseAMissingFile(t *testing.T) {
+	t.Parallel()
+	id := ulid.Make().String()
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"sagas list", []string{"sagas", "list"}},
+		{"sagas list as JSON", []string{"sagas", "list", "--json"}},
+		{"sagas show", []string{"sagas", "show", id}},
+		{"sagas retry", []string{"sagas", "retry", id}},
+		{"sagas abort", []string{"sagas", "abort", id}},
+		{"sagas resolve", []string{"sagas", "resolve", id, "--note", "by hand"}},
+		{"outbox list", []string{"outbox", "list"}},
+		{"outbox stats", []string{"outbox", "stats"}},
+		{"outbox requeue", []string{"outbox", "requeue", id}},
+		{"outbox requeue all", []string{"outbox", "requeue", "--all-not-produced"}},
+		{"recover", []string{"recover"}},
+		{"check", []string{"check"}},
+		{"backup", []string{"backup", "--to", "copy.db"}},
+		{"compact", []string{"compact"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, "typo.db")
+			args := append([]string{}, tt.args...)
+			for i, a := range args {
+				if a == "copy.db" {
+					args[i] = filepath.Join(dir, a)
+				}
+			}
+			code, out, errOut := runCmd(t, append(args, "--db", path)...)
+			if code != exitFailed {
+				t.Errorf("exit %d, want %d (failed)\nstdout: %s\nstderr: %s", code, exitFailed, out, errOut)
+			}
+			for _, want := range []string{path + " does not exist", "hint: is the path right", "sagad serve creates"} {
+				if !strings.Contains(errOut, want) {
+					t.Errorf("stderr %q does not say %q", errOut, want)
+				}
+			}
+			if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+				var names []string
+				for _, e := range entries {
+					names = append(names, e.Name())
+				}
+				t.Errorf("the command left %v in the directory (%v), want nothing", names, err)
+			}
+		})
+	}
+}
+
+// TestOfflineCommandsRefuseADirectory: --db naming a directory is refused
+// with a hint, not reported as bbolt's open error.
+func TestOfflineCommandsRefuseADirectory(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	code, _, errOut := runCmd(t, "sagas", "list", "--db", dir)
+	if code != exitFailed || !strings.Contains(errOut, dir+" is a directory") || !strings.Contains(errOut, "hint:") {
+		t.Errorf("sagas list --db DIR: exit %d, stderr %q; want exit %d saying it is a directory, with a hint", code, errOut, exitFailed)
+	}
+}
+
+// TestBackupLeavesAnotherBackupsPartialFile: a backup whose TO.partial
+// exists already (another backup is writing it, or one was interrupted)
+// fails and leaves that file as it is, offline and online.
+func TestBackupLeavesAnotherBackupsPartialFile(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, _ := opsFile(t)
+			to := filepath.Join(t.TempDir(), "backup.db")
+			other := []byte("another backup's bytes")
+			if err := os.WriteFile(to+".partial", other, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			flags := targetFlags(t, mode, path)
+			code, out, errOut := runCmd(t, append([]string{"backup", "--to", to}, flags...)...)
+			if code != exitFailed || !strings.Contains(errOut, "another backup is writing this file") {
+				t.Errorf("backup: exit %d, stdout %q, stderr %q; want exit %d and a hint about the other backup", code, out, errOut, exitFailed)
+			}
+			if got, err := os.ReadFile(to + ".partial"); err != nil || string(got) != string(other) {
+				t.Errorf("the other backup's partial file: %q, %v; want it untouched: %q", got, err, other)
+			}
+			if _, err := os.Stat(to); err == nil {
+				t.Errorf("%s was written; want no backup", to)
+			}
+			// Once the other backup's file is gone, the backup succeeds.
+			if err := os.Remove(to + ".partial"); err != nil {
+				t.Fatal(err)
+			}
+			if code, out, errOut := runCmd(t, append([]string{"backup", "--to", to}, flags...)...); code != exitOK {
+				t.Fatalf("backup after removing the partial file: exit %d, %s %s", code, out, errOut)
+			}
+			if _, err := os.Stat(to + ".partial"); err == nil {
+				t.Errorf("a successful backup left %s.partial", to)
+			}
+		})
+	}
+}
+
+// TestCompactHelpTellsTheTruth: compact keeps no copy of the old file, so
+// its help must not promise one.
+func TestCompactHelpTellsTheTruth(t *testing.T) {
+	t.Parallel()
+	path, _ := opsFile(t)
+	code, _, help := runCmd(t, "compact", "--help")
+	if code != exitOK || strings.Contains(help, "before-compact") || !strings.Contains(help, "not kept") {
+		t.Errorf("compact --help: exit %d, %q; want it to say the old file is not kept", code, help)
+	}
+	if code, out, errOut := runCmd(t, "compact", "--db", path); code != exitOK {
+		t.Fatalf("compact: exit %d, %s %s", code, out, errOut)
+	}
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != filepath.Base(path) {
+			t.Errorf("compact left %s beside the database", e.Name())
+		}
+	}
+}
