@@ -3,7 +3,6 @@ package recovery
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -72,7 +71,7 @@ func Check(db *storage.DB) ([]Problem, error) {
 					add("saga-not-due", "saga %x has a wake time but is missing from the due index", k)
 				}
 			}
-			checkLog(stx, logs, k, h.LogHead, add)
+			checkLog(logs, k, h.LogHead, add)
 			rec, err := storage.DecodeSaga(k, v)
 			if err != nil {
 				add("saga-malformed", "saga %x: %v", k, err)
@@ -235,54 +234,35 @@ func checkOutbox(stx *storage.Tx, add func(kind, format string, args ...any)) er
 // saga's previous record (8 bytes), then the saga's id (16).
 const logHeaderLen = 24
 
-// checkLog checks a saga's log: walkLog's checks, then a read through
-// storage.Tx.LogList itself. If that fails where the walk found nothing, it
-// is reported too, so that Check never passes a log that engine.Log (and
-// sagad sagas show) cannot read.
-func checkLog(stx *storage.Tx, logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) {
-	if logs == nil || walkLog(logs, id, head, add) {
+// checkLog walks a saga's log chain from its head: every record must exist,
+// belong to the saga and point to an older record, and every entry in it
+// must decode (storage.DecodeLogRecord, as storage.Tx.LogList decodes it);
+// each entry that does not is a problem of its own.
+func checkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) {
+	if logs == nil {
 		return
 	}
-	var sid ulid.ULID
-	copy(sid[:], id)
-	if _, err := stx.LogList(sid); err != nil {
-		add("log-unreadable", "saga %x: %v", id, err)
-	}
-}
-
-// walkLog walks a saga's log chain from its head: every record must exist,
-// belong to the saga and point to an older record, and every entry in it
-// (one JSON storage.LogEntry a line) must decode, as storage.Tx.LogList
-// decodes it; each entry that does not is a problem of its own. It reports
-// whether it found any problem.
-func walkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format string, args ...any)) bool {
-	found := false
 	for head != 0 {
 		v := logs.Get(binary.BigEndian.AppendUint64(nil, head))
 		switch {
 		case v == nil:
 			add("log-missing", "saga %x: log entry %d is missing", id, head)
-			return true
+			return
 		case len(v) < logHeaderLen || !bytes.Equal(v[8:logHeaderLen], id):
 			add("log-foreign", "saga %x: log entry %d belongs to another saga", id, head)
-			return true
+			return
 		}
-		lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
-		for i, line := range lines {
-			var e storage.LogEntry
-			if err := json.Unmarshal(line, &e); err != nil {
-				add("log-undecodable", "saga %x: log entry %d, line %d of %d does not decode: %v", id, head, i+1, len(lines), err)
-				found = true
-			}
+		_, errs := storage.DecodeLogRecord(v)
+		for _, err := range errs {
+			add("log-undecodable", "saga %x: log entry %d does not decode: %v", id, head, err)
 		}
 		next := binary.BigEndian.Uint64(v)
 		if next >= head {
 			add("log-cycle", "saga %x: log entry %d points forward to %d", id, head, next)
-			return true
+			return
 		}
 		head = next
 	}
-	return found
 }
 
 // checkDefinitions parses every stored version of every declarative

@@ -288,18 +288,39 @@ func (t *Tx) LogList(id ulid.ULID) ([]LogEntry, error) {
 	}
 	var out []LogEntry
 	err := t.logWalk(id, h.LogHead, func(k, v []byte) error {
-		lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
-		for i := len(lines) - 1; i >= 0; i-- { // newest first, reversed below
-			var e LogEntry
-			if err := json.Unmarshal(lines[i], &e); err != nil {
-				return errors.Mark(errors.Wrapf(err, "storage: saga %s: log record %x", id, k), ErrCorrupt)
-			}
-			out = append(out, e)
+		entries, errs := DecodeLogRecord(v)
+		if len(errs) > 0 {
+			return errors.Wrapf(errs[0], "storage: saga %s: log record %x", id, k)
+		}
+		for i := len(entries) - 1; i >= 0; i-- { // newest first, reversed below
+			out = append(out, entries[i])
 		}
 		return nil
 	})
 	slices.Reverse(out)
 	return out, err
+}
+
+// DecodeLogRecord decodes the entries of one stored log record (a value of
+// the log bucket, which logWalk has checked belongs to its saga), oldest
+// first. Each line that does not decode is left out and gives an error of
+// its own, marked ErrCorrupt, for tools that report every one (sagad check).
+func DecodeLogRecord(v []byte) ([]LogEntry, []error) {
+	if len(v) < logHeaderLen {
+		return nil, []error{errors.Mark(errors.Newf("log record is %d bytes", len(v)), ErrCorrupt)}
+	}
+	lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
+	entries := make([]LogEntry, 0, len(lines))
+	var errs []error
+	for i, line := range lines {
+		var e LogEntry
+		if err := json.Unmarshal(line, &e); err != nil {
+			errs = append(errs, errors.Mark(errors.Wrapf(err, "line %d of %d", i+1, len(lines)), ErrCorrupt))
+			continue
+		}
+		entries = append(entries, e)
+	}
+	return entries, errs
 }
 
 // IdemGet returns the saga started with an idempotency key.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
-	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/rabbitmq"
@@ -31,24 +29,14 @@ import (
 func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	viaProxy := *u
-	viaProxy.Host = proxy.Addr()
+	proxy, viaProxy := proxied(t, brokerURL)
 
 	exchange := brokertest.Name("test.stalled")
 	sink := brokertest.NewSink(t, brokerURL, exchange, "#")
 	b := setup(t, setupOpts{noRelay: true})
 	up := make(chan struct{}, 1)
 	const drain = 500 * time.Millisecond
-	relay, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: viaProxy.String(), Exchange: exchange,
+	relay, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: viaProxy, Exchange: exchange,
 		DrainTimeout: drain, Heartbeat: time.Minute, Logger: quietLogger(), // no heartbeat within the test
 		Hooks: rabbitmq.Hooks{Connection: func(ok bool, err error) {
 			if ok {

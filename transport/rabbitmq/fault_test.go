@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
-	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/rabbitmq"
@@ -222,24 +220,14 @@ func startMany(t *testing.T, b *bundle, n, c int, input func(i int) any) []strin
 func TestRelaySurvivesBrokerOutage(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	viaProxy := *u
-	viaProxy.Host = proxy.Addr()
+	proxy, viaProxy := proxied(t, brokerURL)
 
 	exchange := brokertest.Name("test.outage")
 	sink := brokertest.NewSink(t, brokerURL, exchange, "#")
 	var ups, downs atomic.Int64
 	down := make(chan struct{}, 1)
 	const steps = 3
-	b := setup(t, setupOpts{defs: []*saga.Definition{seqDef(steps)}, cfg: rabbitmq.Config{URL: viaProxy.String(), Exchange: exchange,
+	b := setup(t, setupOpts{defs: []*saga.Definition{seqDef(steps)}, cfg: rabbitmq.Config{URL: viaProxy, Exchange: exchange,
 		ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		Hooks: rabbitmq.Hooks{Connection: func(up bool, err error) {
 			if up {
