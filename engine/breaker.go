@@ -180,12 +180,19 @@ func (e *Engine) Breakers() []BreakerState {
 		bs = append(bs, b)
 	}
 	e.mu.Unlock()
+	// Read from the engine's own record of the breaker, never from
+	// gobreaker: a BreakerStateChanged hook runs under gobreaker's lock and
+	// may call Breakers. An open breaker past its time is half-open (gobreaker
+	// moves it there on its next call).
+	now := time.Now()
 	out := make([]BreakerState, 0, len(bs))
 	for _, b := range bs {
-		st := b.cb.State()
 		b.mu.Lock()
-		until := b.openUntil
+		st, until := b.state, b.openUntil
 		b.mu.Unlock()
+		if st == gobreaker.StateOpen && !now.Before(until) {
+			st = gobreaker.StateHalfOpen
+		}
 		if st != gobreaker.StateOpen {
 			until = time.Time{}
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,12 +22,19 @@ import (
 // next, commits both in ONE write, and only then starts the next side
 // effect.
 type driver struct {
-	e     *Engine
-	def   *saga.Definition
-	rec   *storage.Saga
-	slot  bool // holds a concurrency slot
+	e    *Engine
+	def  *saga.Definition
+	rec  *storage.Saga
+	slot bool // holds a concurrency slot
+	// mu is held from deciding a transition until it is committed (see
+	// transition); Abort holds it while it records a request, so that a
+	// transition either sees the request or commits before it is made.
+	mu    sync.Mutex
 	abort atomic.Bool
 	rs    *recoveryStats // set for sagas resumed by recovery
+	// reload asks release to load the saga again from storage after a
+	// pause: a commit failed, and what was not committed is forgotten.
+	reload bool
 
 	next     effect
 	out      *outcome
@@ -66,7 +74,8 @@ type outcome struct {
 	err     error
 	dur     time.Duration
 	// cut: the attempt's timeout or the saga's deadline ended it before it
-	// answered; its outcome is unknown.
+	// answered, or it failed with saga.ErrOutcomeUnknown: its outcome is
+	// unknown.
 	cut bool
 	// blocked: the circuit breaker refused the call; nothing was attempted.
 	blocked      bool
@@ -189,12 +198,26 @@ func (d *driver) run() {
 			// Cut off by shutdown: leave the attempt in flight for recovery.
 			return
 		}
-		d.next = d.advance(time.Now())
-		if err := d.commit(); err != nil {
+		if err := d.transition(time.Now()); err != nil {
 			d.e.commitFailed(d, err)
 			return
 		}
 	}
+}
+
+// transition applies the last outcome, plans what comes next and commits
+// both, holding d.mu until the write is durable (see driver.mu). Hooks run
+// after.
+func (d *driver) transition(now time.Time) error {
+	d.mu.Lock()
+	d.next = d.advance(now)
+	err := d.write()
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d.committed()
+	return nil
 }
 
 // attempt runs the function planned in d.next and stores its outcome.
@@ -214,7 +237,9 @@ func (d *driver) attempt() {
 	}
 	ctx, cancel := context.WithTimeout(d.e.shards[r.ID[15]%byte(len(d.e.shards))], timeout)
 	defer cancel()
-	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() {
+	// Past the pivot the saga only goes forward: its deadline no longer
+	// applies (nor does it to compensations, which must run to the end).
+	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() && !d.pastPivot() {
 		var cancelD context.CancelFunc
 		ctx, cancelD = context.WithDeadline(ctx, r.Deadline)
 		defer cancelD()
@@ -227,9 +252,10 @@ func (d *driver) attempt() {
 		Phase:          n.phase,
 		Attempt:        s.Attempts,
 		IdempotencyKey: sagaID + "/" + st.Name + "/" + string(n.phase),
-		Input:          r.Input,
-		Data:           maps.Clone(r.Data),
 	}
+	// The function gets its own copies: changing them in place must not
+	// change what is stored or what later steps see.
+	call.Input, call.Data = cloneInput(r.Input, r.Data)
 	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
 	if testHook != nil {
 		testHook("before_attempt", sagaID, st.Name, n.phase)
@@ -251,14 +277,77 @@ func (d *driver) attempt() {
 		o.data, o.err = safeCall(ctx, f, call)
 	}
 	o.dur = time.Since(start)
-	o.cut = o.err != nil && !o.blocked && ctx.Err() != nil
+	// Cut off by its timeout or the deadline, or the function says it does
+	// not know whether the participant acted: the outcome is unknown.
+	o.cut = o.err != nil && !o.blocked && (ctx.Err() != nil || saga.IsOutcomeUnknown(o.err))
 	if o.err == nil && len(o.data) > 0 && !json.Valid(o.data) {
 		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, n.phase))
+	}
+	if o.err == nil && n.phase != saga.PhaseCompensation {
+		o.err = d.checkOutput(n.step, o.data)
+		// The participant acted, but its answer cannot be kept: the step
+		// fails for good and is compensated if the saga turns around.
+		o.cut = o.err != nil
 	}
 	if evs := call.Emitted(); o.err == nil {
 		o.events = evs
 	}
 	d.out = o
+}
+
+// checkOutput refuses an action's or fallback's output that is over
+// Options.MaxStepOutput, or that would take the saga's data over
+// Options.MaxSagaData.
+func (d *driver) checkOutput(step int, out json.RawMessage) error {
+	name := d.def.Steps[step].Name
+	if m := d.e.opts.MaxStepOutput; m > 0 && len(out) > m {
+		return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
+			"step %q returned %d bytes of output, over the limit of %d", name, len(out), m), ErrTooLarge),
+			"return less (an id or a URL instead of a document), or raise the engine's MaxStepOutput (sagad serve --max-step-output)"))
+	}
+	if m := d.e.opts.MaxSagaData; m > 0 && len(out) > 0 {
+		total := len(out)
+		for k, v := range d.rec.Data {
+			if k != name {
+				total += len(v)
+			}
+		}
+		if total > m {
+			return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
+				"step %q returned %d bytes of output, which would make the saga's data %d bytes, over the limit of %d",
+				name, len(out), total, m), ErrTooLarge),
+				"return less from the saga's steps, or raise the engine's MaxSagaData (sagad serve --max-saga-data)"))
+		}
+	}
+	return nil
+}
+
+// cloneInput copies a saga's input and data into one new buffer.
+func cloneInput(input json.RawMessage, data map[string]json.RawMessage) (json.RawMessage, map[string]json.RawMessage) {
+	n := len(input)
+	for _, v := range data {
+		n += len(v)
+	}
+	if n == 0 && data == nil {
+		return nil, nil
+	}
+	buf := make([]byte, 0, n)
+	take := func(v []byte) json.RawMessage {
+		if v == nil {
+			return nil
+		}
+		buf = append(buf, v...)
+		return buf[len(buf)-len(v) : len(buf) : len(buf)]
+	}
+	in := take(input)
+	var out map[string]json.RawMessage
+	if data != nil {
+		out = make(map[string]json.RawMessage, len(data))
+		for k, v := range data {
+			out[k] = take(v)
+		}
+	}
+	return in, out
 }
 
 // testHook, when set by a test, is called with "before_attempt" once an
@@ -445,7 +534,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 				if r.Data == nil {
 					r.Data = make(map[string]json.RawMessage, len(r.Steps))
 				}
-				r.Data[s.Name] = o.data
+				r.Data[s.Name] = slices.Clone(o.data) // the function may reuse its buffer
 			}
 			fallback := s.FallbackUsed
 			d.lifecycle(now, "step.succeeded", s.Name, func(b []byte) []byte {
@@ -466,8 +555,10 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	}
 	if o.phase != saga.PhaseFallback && !saga.IsPermanent(o.err) {
 		delay := retryDelay(policy, s.Attempts)
+		// A participant may ask for a later retry, up to the policy's
+		// MaxInterval: a Retry-After of centuries must not strand the saga.
 		if ra, ok := saga.RetryAfterDelay(o.err); ok && ra > delay {
-			delay = ra
+			delay = min(ra, policy.MaxInterval)
 		}
 		if next := now.Add(delay); !exhausted(policy, s.Attempts, s.PhaseStarted, next) {
 			r.WakeAt, entry.Next = next, next
@@ -527,7 +618,7 @@ func (d *driver) compensate(now time.Time, cause error) {
 			case d.inDoubt[i]:
 				why = "outcome unknown: the attempt was in flight at a crash"
 			case s.OutcomeUnknown:
-				why = "outcome unknown: the attempt was cut off before it answered"
+				why = "outcome unknown: the attempt was cut off, or its answer could not be used"
 			}
 			if why != "" && d.def.Steps[i].Compensation != nil {
 				s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
@@ -596,7 +687,10 @@ func (d *driver) retryFailed(now time.Time) error {
 		s := &r.Steps[i]
 		switch {
 		case s.Status == saga.StepCompensating:
+			// Compensating again: the saga's error goes back to why it
+			// compensated, not the compensation's failure.
 			r.Status = saga.StatusCompensating
+			r.Error, r.ErrorEnc = d.compensationCause(), nil
 			s.Attempts, s.PhaseStarted = 0, now
 		case s.Status == saga.StepFailed && d.pastPivot():
 			// Going forward again: the failure is no longer the saga's
@@ -612,6 +706,23 @@ func (d *driver) retryFailed(now time.Time) error {
 		return nil
 	}
 	return errors.Wrapf(ErrConflict, "saga %s: no failed step or compensation to retry", r.ID)
+}
+
+// compensationCause returns why the saga last turned to compensation, from
+// its log (its stored error then held the compensation's failure).
+func (d *driver) compensationCause() string {
+	var entries []storage.LogEntry
+	_ = d.e.db.View(func(tx *storage.Tx) error {
+		var err error
+		entries, err = tx.LogList(d.rec.ID)
+		return err
+	})
+	for i := len(entries) - 1; i >= 0; i-- {
+		if e := entries[i]; e.Event == storage.EventStatus && e.Status == saga.StatusCompensating {
+			return e.Error
+		}
+	}
+	return ""
 }
 
 func (d *driver) log(now time.Time, e storage.LogEntry) {
@@ -654,8 +765,18 @@ func putAll(tx *storage.Tx, enc *storage.Encoded, logs []storage.EncodedLog, eve
 }
 
 // commit writes the saga, its new log entries and its outbox events in one
-// transaction.
+// transaction, then runs what follows a durable transition (committed).
 func (d *driver) commit() error {
+	if err := d.write(); err != nil {
+		return err
+	}
+	d.committed()
+	return nil
+}
+
+// write is commit without its aftermath: hooks run after d.mu is let go
+// (see transition), so that a hook may call Abort.
+func (d *driver) write() error {
 	enc, logs, events, err := d.encode()
 	if err != nil {
 		return err
@@ -673,7 +794,7 @@ func (d *driver) commit() error {
 		d.finished = false // a waiter must never see a final state that is not durable
 		return err
 	}
-	d.committed()
+	d.e.commitSucceeded(id)
 	return nil
 }
 

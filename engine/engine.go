@@ -1,14 +1,19 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"reflect"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
@@ -38,10 +43,33 @@ type Options struct {
 	Hooks Hooks
 	// Storage configures the database file (lock timeout, ...).
 	Storage storage.Options
+	// MaxStepOutput caps the output (JSON) of one action or fallback
+	// attempt, in bytes. An attempt whose output is larger fails for good
+	// (saga.ErrPermanent), and its step is compensated if the saga turns
+	// around, since the participant acted. Zero: DefaultMaxStepOutput;
+	// negative: no limit.
+	MaxStepOutput int
+	// MaxSagaData caps the saga's data, the outputs of its steps together,
+	// in bytes: the record is rewritten on every transition and the data is
+	// handed to every later step. A step whose output would take the saga
+	// past it fails as an over-sized output does. Zero: DefaultMaxSagaData;
+	// negative: no limit.
+	MaxSagaData int
 }
+
+// Defaults of Options.
+const (
+	// DefaultMaxStepOutput is the default of Options.MaxStepOutput: 1 MiB.
+	DefaultMaxStepOutput = 1 << 20
+	// DefaultMaxSagaData is the default of Options.MaxSagaData: 4 MiB.
+	DefaultMaxSagaData = 4 << 20
+)
 
 // Hooks let the embedding program observe the engine (metrics, tracing).
 // Hooks run on the engine's goroutines: keep them fast and non-blocking.
+// A hook may call the engine's methods, but must not wait for the saga it
+// reports on to change (Wait, or Retry and Resolve, which wait for the
+// saga's driver to let go): the driver waits for the hook.
 type Hooks struct {
 	// SagaStatusChanged is called when a saga enters a status; from is empty
 	// for a new saga.
@@ -79,6 +107,9 @@ type Engine struct {
 	active   map[ulid.ULID]*driver
 	broken   map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
 	waiters  map[ulid.ULID][]chan *Saga
+	claimers map[ulid.ULID][]chan struct{} // closed when the saga's holder lets go
+	failing  map[ulid.ULID]int             // consecutive failed commits, by saga
+	nfailing atomic.Int64                  // len(failing), read without mu on the hot path
 	// running is true between recovery and shutdown: new sagas start at once.
 	// It is written under mu (with the active map) and read without it.
 	running   atomic.Bool
@@ -121,6 +152,12 @@ func Open(path string, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MaxStepOutput == 0 {
+		opts.MaxStepOutput = DefaultMaxStepOutput
+	}
+	if opts.MaxSagaData == 0 {
+		opts.MaxSagaData = DefaultMaxSagaData
+	}
 	opts.Outbox.setDefaults()
 	db, err := storage.Open(path, &opts.Storage)
 	if err != nil {
@@ -136,6 +173,8 @@ func Open(path string, opts Options) (*Engine, error) {
 		active:    make(map[ulid.ULID]*driver),
 		broken:    make(map[ulid.ULID]bool),
 		waiters:   make(map[ulid.ULID][]chan *Saga),
+		claimers:  make(map[ulid.ULID][]chan struct{}),
+		failing:   make(map[ulid.ULID]int),
 		sem:       make(chan struct{}, opts.Concurrency),
 		nudge:     make(chan struct{}, 1),
 		attempts:  actx,
@@ -204,9 +243,18 @@ func (e *Engine) Register(def *saga.Definition) error {
 	}
 	v.latest = def
 	v.byFP[fp] = def
+	// Sagas started before fingerprints covered policies recorded the
+	// legacy one; they keep running on the definition, as they did before.
+	legacy := def.LegacyFingerprint()
+	if legacy != "" {
+		v.byFP[legacy] = def
+	}
 	e.mu.Unlock()
 	if e.running.Load() {
 		e.resumeParked(def.Name, fp)
+		if legacy != "" {
+			e.resumeParked(def.Name, legacy)
+		}
 	}
 	return nil
 }
@@ -245,11 +293,20 @@ type startOptions struct {
 }
 
 // WithIdempotencyKey makes Start idempotent: if a saga was already started
-// with key, Start returns that saga (Started.Duplicate is true) and starts
-// nothing. Keys are global to the engine and kept until the saga is pruned.
+// with key and the same input, Start returns that saga (Started.Duplicate is
+// true) and starts nothing; with another input, Start fails with
+// ErrKeyReused (also marked ErrConflict). Inputs are compared as JSON
+// values: spacing and the order of object members do not matter. Keys are
+// global to the engine and kept until the saga is pruned. A key must be
+// valid UTF-8 of at most MaxIdempotencyKey bytes.
+//
+// Keys are compared byte for byte.
 func WithIdempotencyKey(key string) StartOption {
 	return func(o *startOptions) { o.idemKey = key }
 }
+
+// MaxIdempotencyKey is the longest idempotency key Start accepts, in bytes.
+const MaxIdempotencyKey = 512
 
 // Started is what Start returns.
 type Started struct {
@@ -284,12 +341,15 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	if err != nil {
 		return Started{}, errors.Wrapf(err, "engine: start %q", definition)
 	}
+	if err := checkKey(so.idemKey); err != nil {
+		return Started{}, errors.Wrapf(err, "engine: start %q", definition)
+	}
 	if so.idemKey != "" {
 		var existing ulid.ULID
 		var found bool
 		_ = e.db.View(func(tx *storage.Tx) error { existing, found = tx.IdemGet(so.idemKey); return nil })
 		if found {
-			return Started{ID: existing.String(), Duplicate: true}, nil
+			return e.duplicate(definition, so.idemKey, existing, raw)
 		}
 	}
 	now := time.Now()
@@ -322,7 +382,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 		if err != nil {
 			return Started{}, errors.Wrapf(err, "engine: start %q", definition)
 		}
-		return Started{ID: dup.String(), Duplicate: true}, nil
+		return e.duplicate(definition, so.idemKey, dup, raw)
 	}
 	e.statusHook(def.Name, "", saga.StatusRunning)
 	if fast {
@@ -333,6 +393,62 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	return Started{ID: rec.ID.String()}, nil
 }
 
+// checkKey refuses an idempotency key that is not valid UTF-8 (two
+// different invalid keys could name one saga once encoded) or too long.
+func checkKey(key string) error {
+	switch {
+	case !utf8.ValidString(key):
+		return errors.Wrapf(ErrInvalidInput, "idempotency key %q is not valid UTF-8", key)
+	case len(key) > MaxIdempotencyKey:
+		return errors.Wrapf(ErrInvalidInput, "idempotency key is %d bytes, longer than %d", len(key), MaxIdempotencyKey)
+	}
+	return nil
+}
+
+// duplicate answers a Start whose idempotency key names the saga id: the
+// same saga if it was started with the same input, else ErrKeyReused.
+func (e *Engine) duplicate(definition, key string, id ulid.ULID, input json.RawMessage) (Started, error) {
+	var rec *storage.Saga
+	err := e.db.View(func(tx *storage.Tx) error {
+		var err error
+		rec, err = tx.SagaGet(id)
+		return err
+	})
+	if err != nil {
+		return Started{}, errors.Wrapf(err, "engine: start %q: idempotency key %q names saga %s", definition, key, id)
+	}
+	if rec.Definition != definition || !sameJSON(rec.Input, input) {
+		what := "another input"
+		if rec.Definition != definition {
+			what = "definition " + strconv.Quote(rec.Definition)
+		}
+		return Started{}, errors.WithHint(errors.Mark(errors.Wrapf(ErrKeyReused,
+			"engine: start %q: idempotency key %q names saga %s, started with %s", definition, key, id, what), ErrConflict),
+			"use a new idempotency key for a new saga")
+	}
+	return Started{ID: id.String(), Duplicate: true}, nil
+}
+
+// sameJSON reports whether two JSON documents hold the same value (numbers
+// compared as written).
+func sameJSON(a, b json.RawMessage) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	decode := func(raw json.RawMessage) (any, bool) {
+		if len(raw) == 0 {
+			return nil, true
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		return v, dec.Decode(&v) == nil
+	}
+	va, oka := decode(a)
+	vb, okb := decode(b)
+	return oka && okb && reflect.DeepEqual(va, vb)
+}
+
 func encodeInput(input any) (json.RawMessage, error) {
 	switch v := input.(type) {
 	case nil:
@@ -341,7 +457,8 @@ func encodeInput(input any) (json.RawMessage, error) {
 		if !json.Valid(v) {
 			return nil, errors.Wrap(ErrInvalidInput, "input is not valid JSON")
 		}
-		return v, nil
+		// The caller may reuse its buffer once Start returns.
+		return bytes.Clone(v), nil
 	}
 	raw, err := json.Marshal(input)
 	if err != nil {
@@ -570,6 +687,13 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 				id, def.Steps[p].Name)
 		}
 	}
+	// Hold the saga while the request is written: its driver's transition
+	// (see driver.mu) either sees the request or commits before it, and
+	// then the status check below refuses a saga that has just finished.
+	d, own, err := e.holdForAbort(ctx, u)
+	if err != nil {
+		return errors.Wrapf(err, "engine: abort saga %s", id)
+	}
 	now := time.Now()
 	compensating := false
 	err = e.db.Update(func(tx *storage.Tx) error {
@@ -586,47 +710,106 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 		}
 		return errors.Wrapf(ErrConflict, "it is %s", st)
 	})
+	if err == nil && !compensating && !own {
+		d.abort.Store(true)
+	}
+	if own {
+		e.release(d)
+	} else {
+		d.mu.Unlock()
+	}
 	if err != nil || compensating {
 		return errors.Wrapf(err, "engine: abort saga %s", id)
-	}
-	e.mu.Lock()
-	d := e.active[u]
-	e.mu.Unlock()
-	if d != nil {
-		d.abort.Store(true)
 	}
 	// A saga waiting for a retry is woken to act on the abort now.
 	e.dispatchNow(u)
 	return nil
 }
 
+// holdForAbort holds a saga for Abort: it locks the transitions of the
+// driver that holds the saga, or, when none does, claims the saga itself
+// (own) so that no driver starts until the request is written. Release an
+// owned driver with e.release, else unlock d.mu.
+func (e *Engine) holdForAbort(ctx context.Context, id ulid.ULID) (d *driver, own bool, err error) {
+	for {
+		e.mu.Lock()
+		d = e.active[id]
+		if d == nil {
+			d = &driver{e: e, rec: &storage.Saga{ID: id}}
+			e.active[id] = d
+			e.drivers.Add(1)
+			e.mu.Unlock()
+			return d, true, nil
+		}
+		e.mu.Unlock()
+		d.mu.Lock()
+		e.mu.Lock()
+		still := e.active[id] == d
+		e.mu.Unlock()
+		if still {
+			return d, false, nil
+		}
+		d.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+	}
+}
+
 // Retry restarts a saga an operator wants moved: a failed saga retries the
 // compensation (or, past its pivot, the step) that failed, with a fresh
-// attempt budget; a parked saga is resumed if its definition is now
-// registered. Any other state fails with ErrConflict.
+// attempt budget; a saga waiting for a retry (of a step or of a
+// compensation) is retried now; a parked saga is resumed if its definition
+// is now registered. Any other state fails with ErrConflict. A saga whose
+// driver is letting go is waited for a few seconds.
 func (e *Engine) Retry(ctx context.Context, id string) error {
 	u, s, err := e.lookup(id)
 	if err != nil {
 		return err
 	}
-	if s.Status != saga.StatusFailed && s.Parked == "" {
-		return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed or parked", id, s.Status)
+	now := time.Now()
+	if s.Status != saga.StatusFailed && s.Parked == "" && !waiting(s.Status, s.WakeAt, s.inFlight(), now) {
+		return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed, parked or waiting for a retry", id, s.Status)
 	}
 	if e.definition(s.Definition, s.Fingerprint) == nil {
 		return errors.WithHint(errors.Wrapf(ErrUnknownDefinition, "engine: retry saga %s: definition %q version %s",
 			id, s.Definition, s.Fingerprint), "register the definition the saga started with, then retry")
 	}
-	if s.Status == saga.StatusFailed {
-		return e.claimAndDrive(u, true, func(d *driver) error {
-			// Checked again under the claim: a Resolve may have come between.
-			if d.rec.Status != saga.StatusFailed {
-				return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed", id, d.rec.Status)
-			}
-			return d.retryFailed(time.Now())
-		})
+	if s.Parked != "" {
+		e.dispatchNow(u)
+		return nil
 	}
-	e.dispatchNow(u)
-	return nil
+	err = e.claimAndDrive(ctx, u, true, func(d *driver) error {
+		// Checked again under the claim: a Resolve may have come between.
+		r, now := d.rec, time.Now()
+		switch {
+		case r.Status == saga.StatusFailed:
+			return d.retryFailed(now)
+		case r.Parked == "" && waiting(r.Status, r.WakeAt, inFlight(r), now):
+			r.WakeAt, r.UpdatedAt = now, now
+			d.log(now, storage.LogEntry{Event: storage.EventRetryRequested, Status: r.Status,
+				Note: "an operator asked to retry now instead of waiting"})
+			return nil
+		}
+		return errors.Wrapf(ErrConflict, "it is %s, not failed or waiting for a retry", r.Status)
+	})
+	return errors.Wrapf(err, "engine: retry saga %s", id)
+}
+
+// waiting reports whether an unfinished saga waits for a later attempt
+// (a retry's backoff, an open breaker) with no attempt in flight.
+func waiting(st saga.Status, wake time.Time, inFlight bool, now time.Time) bool {
+	return (st == saga.StatusRunning || st == saga.StatusCompensating) && wake.After(now) && !inFlight
+}
+
+// inFlight reports whether a stored saga has an attempt in flight.
+func inFlight(r *storage.Saga) bool {
+	return slices.ContainsFunc(r.Steps, func(s storage.Step) bool { return s.InFlight })
+}
+
+// inFlight reports whether the saga has an attempt in flight.
+func (s *Saga) inFlight() bool {
+	return slices.ContainsFunc(s.Steps, func(s Step) bool { return s.InFlight })
 }
 
 // Recovered returns a channel that is closed once Run's recovery has
@@ -638,8 +821,10 @@ func (e *Engine) Recovered() <-chan struct{} { return e.recovered }
 // given version (a saga's Fingerprint): whether its sagas can be driven.
 func (e *Engine) HasDefinition(name, version string) bool { return e.definition(name, version) != nil }
 
-// Resolve marks a failed saga as handled by hand: an operator fixed what
-// its failed compensation could not, and says how in note. The saga becomes
+// Resolve marks a saga as handled by hand: an operator fixed what its
+// failed compensation could not (a failed saga), or undid by hand what a
+// compensation waiting for a retry would have undone (a compensating saga
+// waiting for its next attempt), and says how in note. The saga becomes
 // resolved; note, by (who) and the time are kept in its log, and nothing is
 // undone or deleted. Any other state fails with ErrConflict. Its definition
 // need not be registered.
@@ -648,25 +833,35 @@ func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
 	if err != nil {
 		return err
 	}
-	if s.Status != saga.StatusFailed {
-		return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed", id, s.Status)
+	resolvable := func(st saga.Status, ok bool) error {
+		if st == saga.StatusFailed || ok {
+			return nil
+		}
+		return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed or compensating and waiting for a retry", id, st)
+	}
+	if err := resolvable(s.Status, s.Status == saga.StatusCompensating && waiting(s.Status, s.WakeAt, s.inFlight(), time.Now())); err != nil {
+		return err
 	}
 	if strings.TrimSpace(note) == "" {
 		return errors.Wrapf(ErrInvalidInput, "engine: resolve saga %s: a note saying what was done is required", id)
 	}
-	return e.claimAndDrive(u, false, func(d *driver) error {
-		if d.rec.Status != saga.StatusFailed {
-			return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed", id, d.rec.Status)
+	err = e.claimAndDrive(ctx, u, false, func(d *driver) error {
+		r, now := d.rec, time.Now()
+		if err := resolvable(r.Status, r.Status == saga.StatusCompensating && waiting(r.Status, r.WakeAt, inFlight(r), now)); err != nil {
+			return err
 		}
-		now := time.Now()
 		if by == "" {
 			by = "an operator"
 		}
-		d.rec.UpdatedAt = now // retention counts from here, not from the failure
+		r.UpdatedAt = now // retention counts from here, not from the failure
 		d.log(now, storage.LogEntry{Event: storage.EventResolved, Status: saga.StatusResolved, Note: "resolved by " + by + ": " + note})
 		d.finish(now, saga.StatusResolved)
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrConflict) {
+		return errors.Wrapf(err, "engine: resolve saga %s", id)
+	}
+	return err
 }
 
 // Run recovers every unfinished saga, then runs new and due sagas until ctx

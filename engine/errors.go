@@ -18,8 +18,17 @@ var (
 	// ErrConflict: the saga's state does not allow the operation (abort of a
 	// finished saga, retry of a saga that has not failed, ...).
 	ErrConflict = errors.New("engine: operation not allowed in the saga's state")
-	// ErrInvalidInput: the input cannot be encoded as JSON.
+	// ErrInvalidInput: the input cannot be encoded as JSON, or an argument
+	// (an idempotency key, a note) is not acceptable.
 	ErrInvalidInput = errors.New("engine: invalid input")
+	// ErrKeyReused: Start was given an idempotency key that names a saga
+	// started with another input. Errors with this mark are also marked
+	// ErrConflict.
+	ErrKeyReused = errors.New("engine: idempotency key names a saga started with another input")
+	// ErrTooLarge marks the error of a step whose output is over
+	// Options.MaxStepOutput or would take the saga's data over
+	// Options.MaxSagaData. Such an error is also permanent.
+	ErrTooLarge = errors.New("engine: step output too large")
 	// ErrDeadline is the cause recorded when a saga passes its deadline.
 	ErrDeadline = errors.New("engine: saga deadline exceeded")
 	// ErrAborted is the cause recorded when a saga is aborted.

@@ -9,3 +9,8 @@ func SetTestHook(h func(point, sagaID, step string, phase saga.Phase)) { testHoo
 // EncodeError and DecodeError expose the stored error's encoding.
 func EncodeError(err error) []byte             { return encodeError(err) }
 func DecodeError(enc []byte, msg string) error { return decodeError(enc, msg) }
+
+// SetClaimBusyHook installs a hook called when an operator's change finds
+// the saga held by a driver and starts to wait. Not safe to call while
+// sagas run.
+func SetClaimBusyHook(h func(id string)) { testClaimBusy = h }

@@ -133,9 +133,9 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 			e.release(d)
 			return
 		}
-		d.next = d.advance(time.Now())
-		if err := d.commit(); err != nil {
+		if err := d.transition(time.Now()); err != nil {
 			e.commitFailed(d, err)
+			e.release(d)
 			return
 		}
 		d.run()
@@ -168,14 +168,20 @@ func (e *Engine) dispatchNow(id ulid.ULID) {
 }
 
 // release ends a driver's claim on its saga, then wakes whoever waits for
-// it: after release, so a waiter may act on the saga at once (Retry).
+// it: after release, so a waiter may act on the saga at once (Retry). It is
+// called exactly once per driver.
 func (e *Engine) release(d *driver) {
 	id, wake := d.rec.ID, d.rec.WakeAt
 	e.mu.Lock()
 	delete(e.active, id)
 	redispatch := d.redispatch
 	_, waited := e.waiters[id]
+	claimers := e.claimers[id]
+	delete(e.claimers, id)
 	e.mu.Unlock()
+	for _, ch := range claimers {
+		close(ch)
+	}
 	if d.slot {
 		<-e.sem
 	}
@@ -191,7 +197,10 @@ func (e *Engine) release(d *driver) {
 			e.notifyFinished(rec)
 		}
 	}
-	if redispatch {
+	switch {
+	case d.reload:
+		e.reloadLater(id)
+	case redispatch:
 		e.dispatchNow(id)
 	}
 	e.drivers.Done()
@@ -200,30 +209,68 @@ func (e *Engine) release(d *driver) {
 	}
 }
 
-// commitFailed handles a transition that could not be committed: the saga
-// on disk is as it was before it (an attempt may be recorded in flight).
-// It is loaded again from disk after a pause, which treats such an attempt
-// as in doubt, as recovery would.
+// commitFailed handles a transition that could not be committed (a full
+// disk, an I/O error): the saga on disk is as it was before it (an attempt
+// may be recorded in flight). The driver forgets what it did not commit;
+// when it is released, the saga is loaded again from disk after a pause,
+// which treats such an attempt as in doubt, as recovery would. The caller
+// still releases the driver, once.
 func (e *Engine) commitFailed(d *driver, err error) {
 	id := d.rec.ID
-	e.log.Error("saga transition not committed; retrying from the stored state in 1s", "saga", id.String(), "err", err)
+	e.mu.Lock()
+	n := e.failing[id] + 1
+	e.failing[id] = n
+	if n == 1 {
+		e.nfailing.Add(1)
+	}
+	e.mu.Unlock()
+	if n == 1 {
+		e.log.Error("saga transition not committed; retrying from the stored state until a commit succeeds",
+			"saga", id.String(), "err", err)
+	} else {
+		e.log.Debug("saga transition not committed again", "saga", id.String(), "failures", n, "err", err)
+	}
 	d.rec = &storage.Saga{ID: id} // what was not committed must not be used
-	e.release(d)
-	time.AfterFunc(time.Second, func() { e.dispatchNow(id) })
+	d.reload = true
+}
+
+// reloadLater dispatches a saga whose commit failed again after a pause
+// that grows with its consecutive failures (from 100ms to 5s): the disk
+// may be full for a while, and thousands of sagas must not spin on it.
+func (e *Engine) reloadLater(id ulid.ULID) {
+	e.mu.Lock()
+	n := e.failing[id]
+	e.mu.Unlock()
+	pause := min(100*time.Millisecond<<min(max(n-1, 0), 6), 5*time.Second)
+	time.AfterFunc(pause, func() { e.dispatchNow(id) })
+}
+
+// commitSucceeded forgets a saga's failed commits, if it had any.
+func (e *Engine) commitSucceeded(id ulid.ULID) {
+	if e.nfailing.Load() == 0 {
+		return
+	}
+	e.mu.Lock()
+	n, ok := e.failing[id]
+	if ok {
+		delete(e.failing, id)
+		e.nfailing.Add(-1)
+	}
+	e.mu.Unlock()
+	if ok {
+		e.log.Info("saga transition committed again", "saga", id.String(), "failures_before", n)
+	}
 }
 
 // claimAndDrive changes a saga that no driver holds (fn), records the
-// change, and hands the saga to the scheduler.
-func (e *Engine) claimAndDrive(id ulid.ULID, needDef bool, fn func(*driver) error) error {
+// change, and hands the saga to the scheduler. A saga held by a driver is
+// waited for up to claimWait (or ctx): an operator who sees a saga failed
+// may act on it while its driver is still letting go.
+func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, fn func(*driver) error) error {
 	d := &driver{e: e, rec: &storage.Saga{ID: id}}
-	e.mu.Lock()
-	if _, busy := e.active[id]; busy {
-		e.mu.Unlock()
-		return errors.Wrapf(ErrConflict, "engine: saga %s is being driven; try again", id)
+	if err := e.claim(ctx, d); err != nil {
+		return err
 	}
-	e.active[id] = d
-	e.drivers.Add(1)
-	e.mu.Unlock()
 	defer e.release(d)
 	var rec *storage.Saga
 	err := e.db.View(func(tx *storage.Tx) error {
@@ -232,18 +279,71 @@ func (e *Engine) claimAndDrive(id ulid.ULID, needDef bool, fn func(*driver) erro
 		return err
 	})
 	if err != nil {
-		return errors.Wrapf(err, "engine: saga %s", id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return errors.Wrapf(ErrNotFound, "saga %s", id)
+		}
+		return errors.Wrapf(err, "saga %s", id)
 	}
 	d.rec = rec
 	d.from = d.rec.Status
 	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)
 	if d.def == nil && needDef {
-		return errors.Wrapf(ErrUnknownDefinition, "engine: saga %s: definition %q version %s", id, d.rec.Definition, d.rec.Fingerprint)
+		return errors.Wrapf(ErrUnknownDefinition, "saga %s: definition %q version %s", id, d.rec.Definition, d.rec.Fingerprint)
 	}
-	if err := fn(d); err != nil {
+	d.mu.Lock()
+	err = fn(d)
+	if err == nil {
+		err = errors.Wrapf(d.write(), "saga %s", id)
+	}
+	d.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	return errors.Wrapf(d.commit(), "engine: saga %s", id)
+	d.committed()
+	return nil
+}
+
+// testClaimBusy, when set by a test, is called when claim finds the saga
+// held and starts to wait.
+var testClaimBusy func(id string)
+
+// claimWait is how long an operator's change waits for a driver to let go
+// of the saga.
+const claimWait = 5 * time.Second
+
+// claim makes d the saga's holder, waiting for the current holder to let
+// go for up to claimWait.
+func (e *Engine) claim(ctx context.Context, d *driver) error {
+	id := d.rec.ID
+	var timeout <-chan time.Time
+	for {
+		e.mu.Lock()
+		if _, busy := e.active[id]; !busy {
+			e.active[id] = d
+			e.drivers.Add(1)
+			e.mu.Unlock()
+			return nil
+		}
+		ch := make(chan struct{})
+		e.claimers[id] = append(e.claimers[id], ch)
+		e.mu.Unlock()
+		if testClaimBusy != nil {
+			testClaimBusy(id.String())
+		}
+		if timeout == nil {
+			t := time.NewTimer(claimWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return errors.WithHint(errors.Wrapf(ErrConflict, "saga %s is being driven", id),
+				"it is running an attempt; wait for it to end, then try again")
+		case <-ctx.Done():
+			return errors.Wrapf(ctx.Err(), "saga %s: waiting for its driver", id)
+		}
+	}
 }
 
 // unfinished are the statuses of sagas the engine still drives.

@@ -8,6 +8,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/errors/errorspb"
 
+	"github.com/sagad/sagad/internal/errmark"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -22,7 +23,8 @@ type Saga struct {
 	Input json.RawMessage
 	Data  map[string]json.RawMessage
 	// Err is why the saga compensated or failed (nil otherwise), with its
-	// marks: errors.Is(s.Err, saga.ErrPermanent), ErrDeadline, ErrAborted.
+	// marks: errors.Is(s.Err, saga.ErrPermanent), ErrDeadline, ErrAborted,
+	// with cockroachdb/errors' Is or the standard library's.
 	Err            error
 	IdempotencyKey string
 	CreatedAt      time.Time
@@ -64,7 +66,7 @@ func sagaView(r *storage.Saga) *Saga {
 		Steps: make([]Step, len(r.Steps)),
 	}
 	if r.Error != "" {
-		s.Err = decodeError(r.ErrorEnc, r.Error)
+		s.Err = errmark.Std(decodeError(r.ErrorEnc, r.Error))
 	}
 	for i, st := range r.Steps {
 		v := Step{Name: st.Name, Status: st.Status, Phase: st.Phase, Attempts: actionAttempts(&st),

@@ -34,7 +34,8 @@ type Problem struct {
 // event decodes and is filed under exactly one known status, every outbox
 // status-index entry names a stored event and carries a value of the right
 // length, and the stored outbox counts equal the index entries per status;
-// every stored declarative definition parses. It returns the problems it
+// every stored declarative definition parses; every abort request names a
+// saga that has not finished. It returns the problems it
 // found (nil when there are none).
 func Check(db *storage.DB) ([]Problem, error) {
 	var problems []Problem
@@ -116,9 +117,30 @@ func Check(db *storage.DB) ([]Problem, error) {
 		if err != nil {
 			return err
 		}
-		return idem.ForEach(func(k, v []byte) error {
+		err = idem.ForEach(func(k, v []byte) error {
 			if sagas.Get(v) == nil {
 				add("idem-dangling", "idempotency key %q names saga %x, which does not exist", k, v)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		aborts := tx.Bucket([]byte("aborts"))
+		if aborts == nil {
+			return nil
+		}
+		// An abort request is written for a running saga and deleted in the
+		// commit that acts on it: one left on a finished saga was accepted
+		// and never acted on.
+		return aborts.ForEach(func(k, _ []byte) error {
+			v := sagas.Get(k)
+			if v == nil {
+				add("abort-dangling", "abort request names saga %x, which does not exist", k)
+				return nil
+			}
+			if rec, err := storage.DecodeSaga(k, v); err == nil && rec.Status.Finished() {
+				add("abort-unapplied", "saga %x ended %s with an abort request that was never acted on", k, rec.Status)
 			}
 			return nil
 		})

@@ -9,7 +9,13 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/internal/errmark"
 )
+
+// MaxSteps is the most steps a definition may have. It bounds the size of a
+// saga's record (rewritten on every transition) and of per-step metrics.
+const MaxSteps = 100
 
 // Definition is a named, ordered list of steps. Register it with the engine
 // before starting sagas of that name.
@@ -88,8 +94,8 @@ type RetryPolicy struct {
 	MaxAttempts int
 	// InitialInterval is the wait before the second attempt. Zero: 100ms.
 	InitialInterval time.Duration
-	// MaxInterval caps the wait between attempts. Zero: 30s, or
-	// InitialInterval if that is longer.
+	// MaxInterval caps the wait between attempts, a participant's
+	// Retry-After included. Zero: 30s, or InitialInterval if that is longer.
 	MaxInterval time.Duration
 	// Multiplier grows the interval after every attempt. Zero: 2.
 	Multiplier float64
@@ -183,7 +189,7 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // an error marked with ErrInvalidDefinition.
 func (d *Definition) Validate() error {
 	if err := d.validate(); err != nil {
-		return errors.Mark(err, ErrInvalidDefinition)
+		return errmark.Std(errors.Mark(err, ErrInvalidDefinition))
 	}
 	return nil
 }
@@ -200,6 +206,9 @@ func (d *Definition) validate() error {
 	}
 	if len(d.Steps) == 0 {
 		return errors.Newf("saga: definition %q: steps: at least one step is required", d.Name)
+	}
+	if len(d.Steps) > MaxSteps {
+		return errors.Newf("saga: definition %q: steps: %d steps, more than the limit of %d", d.Name, len(d.Steps), MaxSteps)
 	}
 	if d.Timeout < 0 {
 		return errors.Newf("saga: definition %q: timeout %s is negative", d.Name, d.Timeout)
@@ -268,12 +277,56 @@ func (d *Definition) PivotIndex() int {
 }
 
 // Fingerprint identifies the definition's version: Version if set, else a
-// hash of its name and its step names in order. Every saga records the
-// fingerprint it started with and is only ever driven by a definition with
-// the same fingerprint.
+// hash of everything in it that changes how its sagas run: its name, its
+// timeout and events, and for every step in order its name, which functions
+// it has (not their code, which cannot be hashed), its policies, timeout,
+// breaker and pivot. Every saga records the fingerprint it started with and
+// is only ever driven by a definition with the same fingerprint.
 func (d *Definition) Fingerprint() string {
 	if d.Version != "" {
 		return d.Version
+	}
+	h := sha256.New()
+	b := make([]byte, 0, 256)
+	b = strconv.AppendQuote(b, d.Name)
+	b = strconv.AppendInt(append(b, " timeout="...), int64(d.Timeout), 10)
+	b = strconv.AppendBool(append(b, " lifecycle="...), d.Events.Lifecycle)
+	b = strconv.AppendQuote(append(b, " exchange="...), d.Events.Exchange)
+	h.Write(b)
+	for _, s := range d.Steps {
+		b = strconv.AppendQuote(append(b[:0], "\nstep "...), s.Name)
+		b = strconv.AppendBool(append(b, " compensation="...), s.Compensation != nil)
+		b = strconv.AppendBool(append(b, " fallback="...), s.Fallback != nil)
+		b = appendPolicy(append(b, " retry="...), s.Retry)
+		b = appendPolicy(append(b, " compensation_retry="...), s.CompensationRetry)
+		b = strconv.AppendInt(append(b, " timeout="...), int64(s.Timeout), 10)
+		b = strconv.AppendQuote(append(b, " breaker="...), s.Breaker.Name)
+		b = strconv.AppendUint(append(b, ","...), uint64(s.Breaker.Failures), 10)
+		b = strconv.AppendInt(append(b, ","...), int64(s.Breaker.OpenFor), 10)
+		b = strconv.AppendUint(append(b, ","...), uint64(s.Breaker.HalfOpenRequests), 10)
+		b = strconv.AppendBool(append(b, " pivot="...), s.Pivot)
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func appendPolicy(b []byte, p RetryPolicy) []byte {
+	b = strconv.AppendInt(b, int64(p.MaxAttempts), 10)
+	for _, d := range []time.Duration{p.InitialInterval, p.MaxInterval, p.MaxElapsed} {
+		b = strconv.AppendInt(append(b, ","...), int64(d), 10)
+	}
+	b = strconv.AppendFloat(append(b, ","...), p.Multiplier, 'g', -1, 64)
+	return strconv.AppendFloat(append(b, ","...), p.Jitter, 'g', -1, 64)
+}
+
+// LegacyFingerprint is the fingerprint sagad gave a definition without a
+// Version before Fingerprint covered its policies: a hash of its name and
+// step names. The engine accepts it for sagas started before the change, so
+// that they keep running after an upgrade. Definitions with a Version have
+// no legacy fingerprint (the empty string).
+func (d *Definition) LegacyFingerprint() string {
+	if d.Version != "" {
+		return ""
 	}
 	h := sha256.New()
 	h.Write([]byte(d.Name))

@@ -194,6 +194,20 @@ func TestDefinitionFingerprint(t *testing.T) {
 	if len(baseFP) != 16 {
 		t.Fatalf("Fingerprint() = %q, want 16 hex digits", baseFP)
 	}
+	// with returns a copy of base changed by f.
+	with := func(f func(*saga.Definition)) *saga.Definition {
+		d := *base
+		d.Steps = append([]saga.Step(nil), base.Steps...)
+		f(&d)
+		return &d
+	}
+	// The fingerprint before it covered policies; files written then hold it.
+	if got, want := base.LegacyFingerprint(), "e1f37050364a0352"; got != want {
+		t.Errorf("LegacyFingerprint() = %s, want %s (the fingerprint older files hold must not change)", got, want)
+	}
+	if v := (&saga.Definition{Name: "x", Version: "v1"}); v.LegacyFingerprint() != "" || v.Fingerprint() != "v1" {
+		t.Errorf("a versioned definition: Fingerprint %q, LegacyFingerprint %q; want v1 and none", v.Fingerprint(), v.LegacyFingerprint())
+	}
 
 	tests := []struct {
 		name string
@@ -202,14 +216,26 @@ func TestDefinitionFingerprint(t *testing.T) {
 	}{
 		{"same names and order", &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("charge"), step("ship")}}, true},
 		{
-			name: "other functions, policies, timeouts and flags",
-			def: &saga.Definition{Name: "order", Timeout: time.Hour, Events: saga.Events{Lifecycle: true}, Steps: []saga.Step{
-				{Name: "reserve", Action: failing, Fallback: failing, Retry: saga.RetryPolicy{MaxAttempts: 9}},
-				{Name: "charge", Action: failing, Pivot: true, Breaker: saga.BreakerPolicy{Name: "pay"}, Timeout: time.Minute},
-				{Name: "ship", Action: noop, CompensationRetry: saga.RetryPolicy{InitialInterval: time.Second}},
+			name: "other functions with the same roles",
+			def: &saga.Definition{Name: "order", Steps: []saga.Step{
+				{Name: "reserve", Action: failing, Compensation: failing}, step("charge"), {Name: "ship", Action: noop, Compensation: failing},
 			}},
 			same: true,
 		},
+		{"saga timeout", with(func(d *saga.Definition) { d.Timeout = time.Hour }), false},
+		{"lifecycle events", with(func(d *saga.Definition) { d.Events.Lifecycle = true }), false},
+		{"events exchange", with(func(d *saga.Definition) { d.Events.Exchange = "x" }), false},
+		{"a fallback added", with(func(d *saga.Definition) { d.Steps[0].Fallback = noop }), false},
+		{"a compensation removed", with(func(d *saga.Definition) { d.Steps[2].Compensation = nil }), false},
+		{"retry attempts", with(func(d *saga.Definition) { d.Steps[0].Retry.MaxAttempts = 9 }), false},
+		{"retry interval", with(func(d *saga.Definition) { d.Steps[0].Retry.InitialInterval = time.Second }), false},
+		{"retry multiplier", with(func(d *saga.Definition) { d.Steps[0].Retry.Multiplier = 3 }), false},
+		{"retry jitter", with(func(d *saga.Definition) { d.Steps[0].Retry.Jitter = -1 }), false},
+		{"compensation retry", with(func(d *saga.Definition) { d.Steps[1].CompensationRetry.MaxElapsed = time.Hour }), false},
+		{"step timeout", with(func(d *saga.Definition) { d.Steps[1].Timeout = time.Minute }), false},
+		{"breaker", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay"} }), false},
+		{"breaker settings", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay", Failures: 2} }), false},
+		{"pivot", with(func(d *saga.Definition) { d.Steps[2].Pivot = true }), false},
 		{"steps reordered", &saga.Definition{Name: "order", Steps: []saga.Step{step("charge"), step("reserve"), step("ship")}}, false},
 		{"step renamed", &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("pay"), step("ship")}}, false},
 		{"step added", &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("charge"), step("ship"), step("mail")}}, false},

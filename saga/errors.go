@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+
+	"github.com/sagad/sagad/internal/errmark"
 )
 
 // ErrPermanent marks an error that retrying cannot fix. Wrap an error with
@@ -13,14 +15,42 @@ var ErrPermanent = errors.New("saga: permanent failure")
 // ErrInvalidDefinition is the mark on every error Validate returns.
 var ErrInvalidDefinition = errors.New("saga: invalid definition")
 
+// ErrOutcomeUnknown marks an error after which the participant may have
+// acted: a call that timed out, a connection dropped after the request was
+// sent, an answer that could not be read. Wrap an error with OutcomeUnknown
+// to return it; test for it with IsOutcomeUnknown.
+var ErrOutcomeUnknown = errors.New("saga: outcome unknown")
+
 // Permanent marks err as permanent: the engine does not retry the attempt
 // that returned it and goes to the step's fallback, or to compensation. The
-// returned error keeps err's message and its own marks. Permanent(nil) is nil.
+// returned error keeps err's message and its own marks. Both
+// cockroachdb/errors' Is and the standard library's errors.Is see the mark.
+// Permanent(nil) is nil.
 func Permanent(err error) error {
 	if err == nil {
 		return nil
 	}
-	return errors.Mark(err, ErrPermanent)
+	return errmark.Std(errors.Mark(err, ErrPermanent))
+}
+
+// OutcomeUnknown marks err as an attempt whose effect is unknown: the
+// participant may have acted. The engine treats it as it treats an attempt
+// cut off by its timeout: the attempt is retried (unless err is also
+// permanent) and, if the saga turns around, the step is compensated even
+// though it never succeeded. The mark survives storage and is seen by both
+// cockroachdb/errors' Is and the standard library's errors.Is.
+// OutcomeUnknown(nil) is nil.
+func OutcomeUnknown(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errmark.Std(errors.Mark(err, ErrOutcomeUnknown))
+}
+
+// IsOutcomeUnknown reports whether err, or an error it wraps, was marked
+// with OutcomeUnknown.
+func IsOutcomeUnknown(err error) bool {
+	return errors.Is(err, ErrOutcomeUnknown)
 }
 
 // IsPermanent reports whether err, or an error it wraps, was marked with
@@ -32,7 +62,9 @@ func IsPermanent(err error) bool {
 // RetryAfter wraps err with the earliest time the participant wants the next
 // attempt (an HTTP Retry-After, a rate limit's reset). The engine waits at
 // least d before the next attempt, even when the backoff policy would retry
-// sooner. RetryAfter(nil, d) is nil.
+// sooner, but never longer than the policy's MaxInterval: a participant
+// cannot park a saga for longer than its definition allows. RetryAfter(nil,
+// d) is nil.
 func RetryAfter(err error, d time.Duration) error {
 	if err == nil {
 		return nil

@@ -9,11 +9,13 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -161,8 +163,15 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: encode request", c.method, c.shown))
 	}
 
+	if err := ctx.Err(); err != nil {
+		// The engine's context ended before the call began: nothing was
+		// sent. Saying so here spares the classification below a guess.
+		return nil, errors.Wrapf(err, "httpstep: %s %s: not sent", c.method, c.shown)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	var prog progress
+	ctx = prog.trace(ctx)
 	req, err := http.NewRequestWithContext(ctx, c.method, c.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: build request", c.method, c.shown))
@@ -190,14 +199,7 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 
 	resp, err := c.client.Do(req)
 	if err != nil {
-		// url.Error repeats the method and URL, unredacted on some paths.
-		if ue := (*url.Error)(nil); errors.As(err, &ue) {
-			err = ue.Err
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errors.Wrapf(err, "httpstep: %s %s: no answer in time (attempt timeout %s)", c.method, c.shown, c.timeout)
-		}
-		return nil, errors.Wrapf(err, "httpstep: %s %s", c.method, c.shown)
+		return nil, c.noAnswer(err, prog.mayHaveArrived())
 	}
 	defer func() {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
@@ -218,6 +220,56 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 	}
 }
 
+// noAnswer describes a call that got no answer. If the request may have
+// reached the participant (sent is true), the error is marked
+// saga.OutcomeUnknown: the participant may have acted, so the engine
+// compensates the step if the saga turns around. Either way it is
+// retryable: a call cut off by the engine's own context (shutdown, the
+// saga's deadline) is handled by the engine before it looks at the error.
+func (c *caller) noAnswer(err error, sent bool) error {
+	// url.Error repeats the method and URL, unredacted on some paths.
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		err = ue.Err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		err = errors.Wrapf(err, "httpstep: %s %s: no answer in time (attempt timeout %s)", c.method, c.shown, c.timeout)
+	case sent:
+		err = errors.Wrapf(err, "httpstep: %s %s: request sent, no answer", c.method, c.shown)
+	default:
+		err = errors.Wrapf(err, "httpstep: %s %s", c.method, c.shown)
+	}
+	if sent {
+		return saga.OutcomeUnknown(err)
+	}
+	return err
+}
+
+// progress follows a request through net/http's client trace, to tell a
+// request that cannot have reached the participant (no connection, a DNS
+// failure) from one that may have. The hooks may run on the transport's
+// goroutines.
+type progress struct {
+	asked atomic.Bool // a connection was asked for: the transport reports its progress
+	wrote atomic.Bool // the request's headers were written to a connection
+}
+
+// trace returns ctx with hooks that record the request's progress in p.
+func (p *progress) trace(ctx context.Context) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GetConn:      func(string) { p.asked.Store(true) },
+		WroteHeaders: func() { p.wrote.Store(true) },
+	})
+}
+
+// mayHaveArrived reports whether the participant may have received the
+// request: its headers were written to a connection (the participant may
+// start on them at once; HTTP/2 may report the body's end late), or the
+// client's transport does not report its progress, so nothing is known.
+func (p *progress) mayHaveArrived() bool {
+	return p.wrote.Load() || !p.asked.Load()
+}
+
 // statusError describes a non-2xx answer, quoting the start of its body.
 func (c *caller) statusError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorExcerpt))
@@ -234,36 +286,51 @@ func (c *caller) statusError(resp *http.Response) error {
 }
 
 // success turns a 2xx answer into the step's output and emits its events.
+//
+// The participant says it acted, so every failure here is marked
+// saga.OutcomeUnknown: if the saga turns around, the step is compensated. A
+// body that did not arrive in full (the attempt's timeout, a dropped
+// connection) is retryable: the participant should give the same answer to
+// the same idempotency key. A body that arrived and cannot be used (not
+// JSON, too large, bad "_events") is also permanent: asking again would get
+// the same answer.
 func (c *caller) success(resp *http.Response, sc *saga.Call) (json.RawMessage, error) {
+	unusable := func(err error) error { return saga.Permanent(saga.OutcomeUnknown(err)) }
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize+1))
 	if err != nil {
-		return nil, errors.Wrapf(err, "httpstep: %s %s: read response", c.method, c.shown)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, saga.OutcomeUnknown(errors.Wrapf(err, "httpstep: %s %s answered %s; read response: not in full in time (attempt timeout %s)",
+				c.method, c.shown, resp.Status, c.timeout))
+		}
+		return nil, saga.OutcomeUnknown(errors.Wrapf(err, "httpstep: %s %s answered %s; read response", c.method, c.shown, resp.Status))
 	}
 	if len(body) > maxResponseSize {
-		return nil, saga.Permanent(errors.Newf("httpstep: %s %s: response body exceeds %d bytes",
-			c.method, c.shown, maxResponseSize))
+		return nil, unusable(errors.Newf("httpstep: %s %s answered %s; response body exceeds %d bytes",
+			c.method, c.shown, resp.Status, maxResponseSize))
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, nil
 	}
 	if !json.Valid(body) {
-		return nil, saga.Permanent(errors.Newf("httpstep: %s %s answered %s with a body that is not valid JSON: %q",
+		return nil, unusable(errors.Newf("httpstep: %s %s answered %s with a body that is not valid JSON: %q",
 			c.method, c.shown, resp.Status, strings.ToValidUTF8(excerpt(body, maxErrorExcerpt), "\uFFFD")))
 	}
 	out, events, err := splitEvents(body)
 	if err != nil {
-		return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response", c.method, c.shown))
+		return nil, unusable(errors.Wrapf(err, "httpstep: %s %s answered %s; response", c.method, c.shown, resp.Status))
 	}
 	// Validate them all first, so that a bad one emits none.
 	for i := range events {
 		if err := events[i].Validate(); err != nil {
-			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response: %s[%d]", c.method, c.shown, eventsKey, i))
+			return nil, unusable(errors.Wrapf(err, "httpstep: %s %s answered %s; response: %s[%d]",
+				c.method, c.shown, resp.Status, eventsKey, i))
 		}
 	}
 	for i, ev := range events {
 		if err := sc.Emit(ev); err != nil {
-			return nil, saga.Permanent(errors.Wrapf(err, "httpstep: %s %s: response: %s[%d]", c.method, c.shown, eventsKey, i))
+			return nil, unusable(errors.Wrapf(err, "httpstep: %s %s answered %s; response: %s[%d]",
+				c.method, c.shown, resp.Status, eventsKey, i))
 		}
 	}
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -250,6 +251,7 @@ func TestResponses(t *testing.T) {
 		wantEvents    []saga.Event
 		wantPermanent bool
 		wantRetryable bool
+		wantUnknown   bool     // the error is marked saga.OutcomeUnknown
 		wantErr       []string // substrings of the error
 		notErr        []string // not substrings of the error
 		wantDelay     *delay   // the Retry-After delay, if any
@@ -280,21 +282,21 @@ func TestResponses(t *testing.T) {
 		{name: "null events", respond: answer(200, `{"_events": null, "a": 1}`), wantOut: `{"a":1}`},
 		{name: "_events below the top level is output", respond: answer(200, `{"a": {"_events": 1}}`), wantOut: `{"a":{"_events":1}}`},
 		{name: "invalid event", respond: answer(200, `{"_events": [{"name": "ok", "payload": 1}, {"name": "bad name", "payload": 1}]}`),
-			wantPermanent: true, wantErr: []string{"_events[1]", `"bad name"`}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"_events[1]", `"bad name"`}},
 		{name: "event without payload", respond: answer(200, `{"_events": [{"name": "e"}]}`),
-			wantPermanent: true, wantErr: []string{"_events[0]", "payload is empty"}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"_events[0]", "payload is empty"}},
 		{name: "event with unknown field", respond: answer(200, `{"_events": [{"name": "e", "payload": 1, "routing": "x"}]}`),
-			wantPermanent: true, wantErr: []string{"_events[0]", `unknown field "routing"`}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"_events[0]", `unknown field "routing"`}},
 		{name: "event not an object", respond: answer(200, `{"_events": ["e"]}`),
-			wantPermanent: true, wantErr: []string{`_events[0] must be an object`}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{`_events[0] must be an object`}},
 		{name: "events not an array", respond: answer(200, `{"_events": {"name": "e"}}`),
-			wantPermanent: true, wantErr: []string{"_events must be an array"}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"_events must be an array"}},
 		{name: "events twice", respond: answer(200, `{"_events": [], "_events": []}`),
-			wantPermanent: true, wantErr: []string{"_events is given twice"}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"_events is given twice"}},
 		{name: "invalid JSON", respond: answer(200, `{"id": r1}`),
-			wantPermanent: true, wantErr: []string{"POST ", "/step answered 200 OK with a body that is not valid JSON", `{\"id\": r1}`}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"POST ", "/step answered 200 OK with a body that is not valid JSON", `{\"id\": r1}`}},
 		{name: "oversized body", respond: answer(200, `"`+strings.Repeat("a", 1<<20)+`"`),
-			wantPermanent: true, wantErr: []string{"response body exceeds 1048576 bytes"}},
+			wantPermanent: true, wantUnknown: true, wantErr: []string{"response body exceeds 1048576 bytes"}},
 		{name: "400", respond: answer(400, `{"error": "no such item"}`),
 			wantPermanent: true, wantErr: []string{"POST ", "/step answered 400 Bad Request: ", `"{\"error\": \"no such item\"}"`}},
 		{name: "404 empty", respond: answer(404, ``), wantPermanent: true, wantErr: []string{"/step answered 404 Not Found"}},
@@ -322,7 +324,7 @@ func TestResponses(t *testing.T) {
 			_, _ = io.WriteString(w, `{"id":`)
 			// Returning now leaves 94 bytes unsent: net/http closes the
 			// connection.
-		}, wantRetryable: true, wantErr: []string{"read response"}},
+		}, wantRetryable: true, wantUnknown: true, wantErr: []string{"read response"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,6 +344,9 @@ func TestResponses(t *testing.T) {
 				t.Fatalf("error %v, want none", err)
 			case err != nil && saga.IsPermanent(err) != tt.wantPermanent:
 				t.Errorf("error %q: permanent = %v, want %v", err, saga.IsPermanent(err), tt.wantPermanent)
+			}
+			if err != nil && saga.IsOutcomeUnknown(err) != tt.wantUnknown {
+				t.Errorf("error %.300q: outcome unknown = %v, want %v", err, saga.IsOutcomeUnknown(err), tt.wantUnknown)
 			}
 			for _, s := range tt.wantErr {
 				if !strings.Contains(err.Error(), s) {
@@ -455,6 +460,141 @@ func TestNoAnswer(t *testing.T) {
 			t.Fatalf("error = %v, want one without the password", err)
 		}
 	})
+}
+
+// stall returns a handler that calls start, if any, and then waits without
+// answering until the client goes away (it closes the connection when its
+// call times out). The one-minute bound only keeps a broken test from
+// hanging: nothing waits for it.
+func stall(start http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if start != nil {
+			start(w, r)
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-r.Context().Done():
+		case <-time.After(time.Minute):
+		}
+	}
+}
+
+// drop returns a handler that calls start, if any, and then takes the
+// connection over and closes it, with a TCP reset if reset is set: the
+// request was read, and no answer (or only part of one) goes back.
+func drop(reset bool, start http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if start != nil {
+			start(w, r)
+			w.(http.Flusher).Flush()
+		}
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err) // the test server is HTTP/1.1: it can always hijack
+		}
+		if tc, ok := conn.(*net.TCPConn); ok && reset {
+			_ = tc.SetLinger(0) // close sends RST instead of FIN
+		}
+		_ = conn.Close()
+	}
+}
+
+// partial starts a 2xx answer that promises 100 bytes and sends 6.
+func partial(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Length", "100")
+	w.WriteHeader(200)
+	_, _ = io.WriteString(w, `{"id":`)
+}
+
+// roundTripFunc is a transport that reports nothing through httptrace.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestOutcomeUnknown checks how a call that got no usable answer is
+// classified: marked saga.OutcomeUnknown when the participant may have
+// acted (so the engine compensates the step if the saga turns around),
+// permanent when asking again cannot help.
+func TestOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		respond       http.HandlerFunc // nil: nothing listens (connection refused)
+		client        *http.Client     // nil: the default
+		cancelled     bool             // the engine's context ended before the call
+		wantUnknown   bool
+		wantPermanent bool
+		wantErr       string // a substring of the error
+	}{
+		{name: "attempt timeout before the answer", respond: stall(nil),
+			wantUnknown: true, wantErr: "no answer in time (attempt timeout 100ms)"},
+		{name: "attempt timeout in a 2xx body", respond: stall(partial),
+			wantUnknown: true, wantErr: "answered 200 OK; read response: not in full in time (attempt timeout 100ms)"},
+		{name: "connection closed after the request", respond: drop(false, nil),
+			wantUnknown: true, wantErr: "request sent, no answer: EOF"},
+		{name: "connection reset after the request", respond: drop(true, nil),
+			wantUnknown: true, wantErr: "request sent, no answer: read tcp"},
+		{name: "connection closed in a 2xx body", respond: drop(false, partial),
+			wantUnknown: true, wantErr: "answered 200 OK; read response: unexpected EOF"},
+		// The reset may reach the client before it reads the answer's start.
+		{name: "connection reset in a 2xx body", respond: drop(true, partial),
+			wantUnknown: true, wantErr: "connection reset by peer"},
+		{name: "2xx not JSON", respond: answer(200, `<html>ok</html>`),
+			wantUnknown: true, wantPermanent: true, wantErr: "answered 200 OK with a body that is not valid JSON"},
+		{name: "2xx over 1 MiB", respond: answer(201, `[`+strings.Repeat(`1,`, 1<<19)+`1]`),
+			wantUnknown: true, wantPermanent: true, wantErr: "answered 201 Created; response body exceeds 1048576 bytes"},
+		{name: "2xx with malformed _events", respond: answer(200, `{"_events": [{"name": "e", "payload": 1, "x": 2}]}`),
+			wantUnknown: true, wantPermanent: true, wantErr: `_events[0]: json: unknown field "x"`},
+		{name: "2xx with an invalid event", respond: answer(200, `{"_events": [{"name": "e"}]}`),
+			wantUnknown: true, wantPermanent: true, wantErr: "payload is empty"},
+		{name: "4xx is permanent and known", respond: answer(422, `no`), wantPermanent: true, wantErr: "answered 422"},
+		{name: "5xx is retryable and known", respond: answer(503, ``), wantErr: "answered 503"},
+		{name: "connection refused: not sent", wantErr: "connection refused"},
+		{name: "context ended before the call: not sent", respond: answer(200, `{}`), cancelled: true,
+			wantErr: "not sent: context canceled"},
+		{name: "transport that reports no progress", respond: answer(200, `{}`),
+			client: &http.Client{Transport: roundTripFunc(func(*http.Request) (*http.Response, error) {
+				return nil, errors.New("test transport: connection lost")
+			})},
+			wantUnknown: true, wantErr: "request sent, no answer: test transport: connection lost"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			if tt.respond != nil {
+				url = newParticipant(t, tt.respond).URL + "/step"
+			} else {
+				srv := httptest.NewServer(http.NotFoundHandler())
+				url = srv.URL + "/step"
+				srv.Close()
+			}
+			spec := &httpstep.Spec{Steps: []httpstep.StepSpec{{Name: "reserve",
+				Action: &httpstep.CallSpec{URL: url, Timeout: httpstep.Duration(100 * time.Millisecond)}}}}
+			f := define(t, spec, tt.client).Steps[0].Action
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if tt.cancelled {
+				cancel()
+			}
+			_, err := f(ctx, newCall(saga.PhaseAction, 1))
+			if err == nil {
+				t.Fatalf("no error, want one containing %q", tt.wantErr)
+			}
+			if got := saga.IsOutcomeUnknown(err); got != tt.wantUnknown {
+				t.Errorf("error %.300q: outcome unknown = %v, want %v", err, got, tt.wantUnknown)
+			}
+			if got := saga.IsPermanent(err); got != tt.wantPermanent {
+				t.Errorf("error %.300q: permanent = %v, want %v", err, got, tt.wantPermanent)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %.300q does not contain %q", err, tt.wantErr)
+			}
+			if !strings.HasPrefix(err.Error(), "httpstep: POST ") {
+				t.Errorf("error %.300q does not start with the method and URL", err)
+			}
+		})
+	}
 }
 
 func TestInvalidInput(t *testing.T) {

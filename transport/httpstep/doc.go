@@ -54,7 +54,9 @@
 // Each step maps onto a saga.Step: retry (or action.retry) is Step.Retry,
 // compensation.retry is Step.CompensationRetry, circuit_breaker is
 // Step.Breaker. Step.Timeout, which the engine applies to every attempt, is
-// the largest of the step's call timeouts; each call also applies its own.
+// the largest of the step's call timeouts; each call also applies its own,
+// and a call cut off by its own timeout after its request was sent is
+// outcome unknown (below), as one cut off by the engine's would be.
 // The definition's version (saga.Definition.Version) is a hash of the
 // spec's canonical JSON: changing anything in it, a URL included, makes a
 // new version, while whitespace and key order do not.
@@ -90,30 +92,54 @@
 // The engine runs every call at least once: again after a retry or a crash,
 // with the same Idempotency-Key. A participant must de-duplicate on it.
 //
-// The answer decides the attempt's outcome:
+// The answer decides the attempt's outcome. A failed attempt is either
+// retryable (retried while the phase's retry policy allows; a fallback is
+// never retried) or permanent (saga.Permanent: not retried, and a failed
+// action goes to its fallback or to compensation). Either kind may also be
+// outcome unknown (saga.OutcomeUnknown): the participant may have acted. If
+// the saga then turns around, the step's compensation runs even though the
+// step never succeeded (unless a later attempt with the same
+// Idempotency-Key answered with a failure), so a compensation must tolerate
+// an action that never happened.
 //
 //   - 2xx succeeds. An empty body (or only whitespace, or 204) gives no
-//     output. Any other body must be JSON of at most 1 MiB, else the attempt
-//     fails permanently. If it is an object, its top-level "_events" member,
-//     if present and not null, is an array of integration events, each
-//     {"name", "routing_key", "exchange", "payload", "headers"} as in
-//     saga.Event (name and payload required; use null for no payload), that
-//     are written to the outbox atomically with the step's success. An
-//     invalid event, or an unknown field in one, fails the attempt
-//     permanently and emits none. The body without "_events", compacted
-//     (other members keep their order), is the step's output: later steps
-//     receive it as data[<step>].
-//   - 408, 425, 429 and 5xx fail the attempt, to be retried while the
-//     phase's retry policy allows (a fallback is never retried), and no
-//     sooner than a Retry-After header (delay seconds, or an HTTP date; a
-//     past date asks for no wait) says.
+//     output. Any other body must be JSON of at most 1 MiB. If it is an
+//     object, its top-level "_events" member, if present and not null, is
+//     an array of integration events, each {"name", "routing_key",
+//     "exchange", "payload", "headers"} as in saga.Event (name and payload
+//     required; use null for no payload), that are written to the outbox
+//     atomically with the step's success. The body without "_events",
+//     compacted (other members keep their order), is the step's output:
+//     later steps receive it as data[<step>].
+//   - A 2xx whose body cannot be used (not JSON, larger than 1 MiB, an
+//     "_events" member that is not an array of valid events, an unknown
+//     field in an event) fails the attempt permanently, outcome unknown:
+//     the participant says it acted. No event is emitted.
+//   - A 2xx whose body does not arrive in full (the call's timeout, the
+//     connection closed or reset before its end) fails the attempt,
+//     retryable, outcome unknown.
+//   - 408, 425, 429 and 5xx fail the attempt, retryable, no sooner than a
+//     Retry-After header (delay seconds, or an HTTP date; a past date asks
+//     for no wait) says. The outcome counts as known: the participant (or
+//     a proxy in front of it, even with 502 or 504) says it failed.
 //   - Any other status (4xx, and 3xx: the default client does not follow
-//     redirects) fails the attempt permanently (saga.Permanent): it is not
-//     retried, and a failed action goes to its fallback or to compensation.
-//     The error names the method, URL and status and quotes the first 200
-//     bytes of the body.
-//   - No answer (connection refused or reset, the attempt's timeout, a body
-//     cut short) fails the attempt, to be retried like a 5xx.
+//     redirects) fails the attempt permanently. The error names the method,
+//     URL and status and quotes the first 200 bytes of the body.
+//   - No answer after the request was sent (the call's timeout while
+//     waiting for the answer, the connection closed or reset) fails the
+//     attempt, retryable, outcome unknown. "Sent" means the request's
+//     headers were written to a connection, as net/http's client trace
+//     (net/http/httptrace) reports; with a client whose transport reports
+//     nothing, every failure without an answer counts as sent.
+//   - No answer because the request was never sent (connection refused, a
+//     DNS failure, the call's timeout while connecting, the engine's
+//     context ended before the call began) fails the attempt, retryable;
+//     nothing was done.
+//
+// An attempt cut off by the engine itself (the step's timeout, the saga's
+// deadline) is outcome unknown whatever its error says; one cut off by
+// shutdown is left in flight, for recovery to run again with the same
+// Idempotency-Key.
 //
 // The step functions return errors, with the method and URL as context; they
 // never log.

@@ -262,7 +262,8 @@ func TestEngineFarAwayTimes(t *testing.T) {
 		for _, ra := range []string{"9999999999", "Fri, 31 Dec 9999 23:59:59 GMT"} {
 			p := newParticipant(t, answer(503, `busy`, "Retry-After", ra))
 			retries := make(chan engine.AttemptInfo, 1)
-			eng, _ := runEngineHooks(t, `{"steps": [{"name": "a", "action": {"url": "`+p.URL+`/a"}, "retry": {"max_attempts": 5}}]}`,
+			eng, _ := runEngineHooks(t, `{"steps": [{"name": "a", "action": {"url": "`+p.URL+`/a"},
+				"retry": {"max_attempts": 5, "max_interval": "1h"}}]}`,
 				engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) { retries <- a }})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -277,8 +278,9 @@ func TestEngineFarAwayTimes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s.Status != saga.StatusRunning || s.WakeAt.Year() != 2262 {
-				t.Errorf("Retry-After %s: saga %s waking at %v, want running until 2262", ra, s.Status, s.WakeAt)
+			// The participant's wish is capped by the policy's max_interval.
+			if wait := time.Until(s.WakeAt); s.Status != saga.StatusRunning || wait <= 59*time.Minute || wait > time.Hour {
+				t.Errorf("Retry-After %s: saga %s waking in %v, want running for max_interval (1h)", ra, s.Status, wait)
 			}
 			// Abort ends the wait; the action must not have been retried.
 			if err := eng.Abort(ctx, st.ID); err != nil {
@@ -307,4 +309,102 @@ func TestEngineFarAwayTimes(t *testing.T) {
 			t.Errorf("saga %s (%v) with deadline %v, want completed with its deadline in 2262", s.Status, s.Err, s.Deadline)
 		}
 	})
+}
+
+// TestEngineOutcomeUnknown: an action that may have taken effect without a
+// usable answer (its own timeout, a connection dropped after the request,
+// a 2xx whose body is unusable) is compensated when the saga turns around,
+// even though the step never succeeded, and even though the step's engine
+// timeout (the largest of its calls', here the compensation's default 30s)
+// is longer than the action's. Retries use the same idempotency key.
+func TestEngineOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	// answered answers the second attempt and later ones, after first.
+	answered := func(first http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("X-Saga-Attempt") == "1" {
+				first(w, r)
+				return
+			}
+			answer(200, `{"charge": "ch-1"}`)(w, r)
+		}
+	}
+	tests := []struct {
+		name        string
+		charge      http.HandlerFunc // the charge step's action
+		maxAttempts int              // of the charge step's action
+		want        saga.Status
+		wantCharge  []string // what the charge participant received
+	}{
+		{name: "action timeout", charge: stall(nil), maxAttempts: 1, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
+		{name: "action timeout on every attempt", charge: stall(nil), maxAttempts: 2, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2", "POST /refund compensation 1"}},
+		{name: "2xx body stalls past the timeout", charge: stall(partial), maxAttempts: 1, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
+		{name: "2xx not JSON", charge: answer(200, `charged`), maxAttempts: 3, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
+		{name: "2xx over 1 MiB", charge: answer(200, `"`+strings.Repeat("x", 1<<20)+`"`), maxAttempts: 3, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
+		{name: "2xx with malformed _events", charge: answer(200, `{"id": 1, "_events": {"name": "charged"}}`), maxAttempts: 3,
+			want: saga.StatusCompensated, wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
+		{name: "connection closed after the request", charge: drop(false, nil), maxAttempts: 2, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2", "POST /refund compensation 1"}},
+		{name: "connection reset after the request", charge: drop(true, nil), maxAttempts: 2, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2", "POST /refund compensation 1"}},
+		// A later answer to the same key settles the doubt.
+		{name: "connection closed, then answered", charge: answered(drop(false, nil)), maxAttempts: 2, want: saga.StatusCompleted,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2"}},
+		{name: "timeout, then answered", charge: answered(stall(nil)), maxAttempts: 2, want: saga.StatusCompleted,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2"}},
+		// Controls: an answer that says the participant did nothing.
+		{name: "4xx is not compensated", charge: answer(402, `declined`), maxAttempts: 3, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1"}},
+		{name: "5xx is not compensated", charge: answer(503, ``), maxAttempts: 2, want: saga.StatusCompensated,
+			wantCharge: []string{"POST /charge action 1", "POST /charge action 2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// Two participants, so that charge's connections are its own:
+			// net/http resends a request with an Idempotency-Key by itself
+			// when a reused connection turns out closed.
+			shop := newParticipant(t, routes(map[string]http.HandlerFunc{
+				"/reserve": answer(200, `{"id": "r-1"}`),
+				"/release": answer(204, ``),
+			}))
+			bank := newParticipant(t, routes(map[string]http.HandlerFunc{
+				"/charge": tt.charge,
+				"/refund": answer(204, ``),
+			}))
+			eng, _ := runEngine(t, fmt.Sprintf(`{"steps": [
+				{"name": "reserve", "action": {"url": "%[1]s/reserve"}, "compensation": {"url": "%[1]s/release"}},
+				{"name": "charge", "action": {"url": "%[2]s/charge", "timeout": "100ms"}, "compensation": {"url": "%[2]s/refund"},
+				 "retry": {"max_attempts": %[3]d, "initial_interval": "1ms", "max_interval": "1ms"}}
+			]}`, shop.URL, bank.URL, tt.maxAttempts))
+
+			s := runSaga(t, eng, nil)
+			if s.Status != tt.want {
+				t.Fatalf("status = %s (%v), want %s", s.Status, s.Err, tt.want)
+			}
+			reqs := bank.requests()
+			wantRequests(t, reqs, tt.wantCharge...)
+			for _, r := range reqs {
+				want := s.ID + "/charge/" + r.Header.Get("X-Saga-Phase")
+				if got := r.Header.Get("Idempotency-Key"); got != want {
+					t.Errorf("%s %s: Idempotency-Key %q, want %q", r.Method, r.Path, got, want)
+				}
+			}
+			if tt.want == saga.StatusCompensated {
+				wantRequests(t, shop.requests(), "POST /reserve action 1", "POST /release compensation 1")
+				wantStep := saga.StepFailed
+				if tt.wantCharge[len(tt.wantCharge)-1] == "POST /refund compensation 1" {
+					wantStep = saga.StepCompensated
+				}
+				if got := s.Steps[1].Status; got != wantStep {
+					t.Errorf("charge step is %s (%s), want %s", got, s.Steps[1].Error, wantStep)
+				}
+			}
+		})
+	}
 }

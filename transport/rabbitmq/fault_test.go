@@ -142,13 +142,22 @@ func TestRelayKeepsPerSagaOrder(t *testing.T) {
 	sink := brokertest.NewSink(t, brokerURL, exchange, "k.#")
 	sink.Bind(t, "marker")
 	const sagas, steps = 100, 6
-	retried := make(chan struct{}, 1)
+	// Every saga's late event must have been refused at least once before
+	// its queue is bound: then each saga had an event that held the later
+	// ones back.
+	var mu sync.Mutex
+	refused := make(map[ulid.ULID]bool)
+	allRefused := make(chan struct{})
 	b := setup(t, setupOpts{defs: []*saga.Definition{seqDef(steps)}, cfg: rabbitmq.Config{URL: brokerURL, Exchange: exchange,
 		Window: 32, MaxAttempts: 1000, RetryInitial: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond,
-		Hooks: rabbitmq.Hooks{Retried: func(*storage.OutboxEvent, error) {
-			select {
-			case retried <- struct{}{}:
-			default:
+		Hooks: rabbitmq.Hooks{Retried: func(ev *storage.OutboxEvent, _ error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !refused[ev.SagaID] {
+				refused[ev.SagaID] = true
+				if len(refused) == sagas {
+					close(allRefused)
+				}
 			}
 		}}}})
 	ids := startMany(t, b, sagas, 25, func(i int) any {
@@ -157,9 +166,12 @@ func TestRelayKeepsPerSagaOrder(t *testing.T) {
 		return k
 	})
 	select {
-	case <-retried:
-	case <-time.After(20 * time.Second):
-		t.Fatal("no publication was retried")
+	case <-allRefused:
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		n := len(refused)
+		mu.Unlock()
+		t.Fatalf("publications of %d of %d sagas were retried, want all", n, sagas)
 	}
 	sink.Bind(t, "late.#")
 	b.drained(t, 30*time.Second)
