@@ -146,7 +146,11 @@ func (c *Client) Definitions(ctx context.Context) ([]Definition, error) {
 // StartOptions are the optional parts of a start.
 type StartOptions struct {
 	// IdempotencyKey makes the start safe to repeat: a second start with
-	// the same key returns the first saga.
+	// the same key, definition and input (compared as JSON values) returns
+	// the first saga (StartResult.Existing); one with another definition
+	// or input fails with a 409 Problem (type ending in
+	// idempotency-key-reused). A key is valid UTF-8 of at most 256 bytes;
+	// other keys fail with a 400 Problem.
 	IdempotencyKey string
 	// Wait, when positive, waits up to this long for the saga to end.
 	Wait time.Duration
@@ -217,7 +221,8 @@ type ListOptions struct {
 	Cursor     string
 }
 
-// List returns a page of sagas, newest first.
+// List returns a page of sagas, newest first. Its sagas have no Input and
+// no Data: Get returns those.
 func (c *Client) List(ctx context.Context, o ListOptions) (*Page, error) {
 	q := url.Values{}
 	for k, v := range map[string]string{"status": o.Status, "definition": o.Definition, "cursor": o.Cursor} {
@@ -248,15 +253,16 @@ func (c *Client) Abort(ctx context.Context, id string) error {
 	return err
 }
 
-// Retry retries a failed saga's failed compensation (or resumes a parked
-// saga).
+// Retry retries a failed saga's failed compensation, retries a saga that
+// waits for a retry now, or resumes a parked saga (see engine.Engine.Retry).
 func (c *Client) Retry(ctx context.Context, id string) error {
 	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/retry", nil, nil, nil)
 	return err
 }
 
-// Resolve marks a failed saga as handled by hand, with a note saying how
-// and who did it; both are kept in its log.
+// Resolve marks a failed saga, or one whose compensation waits for a
+// retry, as handled by hand, with a note saying how and who did it; both
+// are kept in its log.
 func (c *Client) Resolve(ctx context.Context, id, note, by string) error {
 	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/resolve", nil, ResolveRequest{Note: note, By: by}, nil)
 	return err
@@ -318,7 +324,9 @@ func (c *Client) Ready(ctx context.Context) error {
 }
 
 // Backup writes a consistent copy of the daemon's database file to w and
-// returns its size.
+// returns its size. The daemon cuts off a transfer that takes no data for
+// its stall timeout (30s by default), so w must keep up; a transfer that
+// ends short is an error.
 func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	u := *c.base
 	u.Path += "/v1/backup"

@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// Saga is a saga as the API reports it.
+// Saga is a saga as the API reports it. Get returns all of it; the items
+// of a List page have no Input and no Data.
 type Saga struct {
 	ID         string `json:"id"`
 	Definition string `json:"definition"`
@@ -14,9 +15,11 @@ type Saga struct {
 	Version string `json:"version"`
 	// Status is running, compensating, completed, compensated, failed or
 	// resolved.
-	Status string          `json:"status"`
-	Input  json.RawMessage `json:"input,omitempty"`
+	Status string `json:"status"`
+	// Input is the saga's input. Empty in List items: Get has it.
+	Input json.RawMessage `json:"input,omitempty"`
 	// Data holds what the saga's succeeded steps returned, by step name.
+	// Empty in List items: Get has it.
 	Data map[string]json.RawMessage `json:"data,omitempty"`
 	// Error says why the saga compensated or failed.
 	Error          string    `json:"error,omitempty"`
@@ -77,6 +80,9 @@ type LogEntry struct {
 
 // Page is one page of a saga listing.
 type Page struct {
+	// Sagas are the page's sagas, newest first, without their Input and
+	// Data (which have no size limit, and would make a page of many sagas
+	// as large as all of them): Get a saga for those.
 	Sagas []Saga `json:"sagas"`
 	// NextCursor fetches the next page; empty on the last one.
 	NextCursor string `json:"next_cursor,omitempty"`
@@ -90,9 +96,11 @@ type Started struct {
 
 // StartRequest is the body of POST /v1/sagas.
 type StartRequest struct {
-	Definition     string          `json:"definition"`
-	Input          json.RawMessage `json:"input,omitempty"`
-	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+	Definition string          `json:"definition"`
+	Input      json.RawMessage `json:"input,omitempty"`
+	// IdempotencyKey, when set, makes the start safe to repeat (see
+	// StartOptions.IdempotencyKey): valid UTF-8 of at most 256 bytes.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 // ResolveRequest is the body of POST /v1/sagas/{id}/resolve.

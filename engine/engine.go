@@ -306,7 +306,7 @@ func WithIdempotencyKey(key string) StartOption {
 }
 
 // MaxIdempotencyKey is the longest idempotency key Start accepts, in bytes.
-const MaxIdempotencyKey = 512
+const MaxIdempotencyKey = 256
 
 // Started is what Start returns.
 type Started struct {

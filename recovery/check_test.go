@@ -668,6 +668,20 @@ func TestCheckFindsDamage(t *testing.T) {
 			want: []want{{"outbox-index-bad-value", evNew}},
 		},
 		{
+			name: "abort request left on a finished saga",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("aborts")).Put(f.done[:], []byte(base.Format(time.RFC3339)))
+			},
+			want: []want{{"abort-unapplied", done}},
+		},
+		{
+			name: "abort request for no saga",
+			damage: func(f *fixture, tx *bbolt.Tx) error {
+				return tx.Bucket([]byte("aborts")).Put(f.ghost[:], []byte(base.Format(time.RFC3339)))
+			},
+			want: []want{{"abort-dangling", ghost}},
+		},
+		{
 			name: "outbox buckets missing while the counts remain",
 			damage: func(f *fixture, tx *bbolt.Tx) error {
 				if err := tx.DeleteBucket([]byte("outbox")); err != nil {

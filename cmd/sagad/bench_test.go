@@ -90,7 +90,7 @@ func TestBenchRemovesItsTemporaryFile(t *testing.T) {
 // checks the daemon's metrics of the run.
 func TestBenchAgainstADaemon(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir()+"/sagad.db")
+	d := startDaemon(t, t.TempDir()+"/sagad.db", "--metrics-step-labels")
 	url := "http://" + d.addr
 	code, stdout, stderr := runCmd(t, "bench", "-n", "80", "-c", "8", "-fail", "0.5", "-steps", "2", "-addr", url)
 	if code != exitOK {

@@ -41,6 +41,8 @@ type daemon struct {
 	done chan struct{}
 	logs *strings.Builder
 	mu   sync.Mutex
+	// logged receives (without blocking) after each line of the log.
+	logged chan struct{}
 }
 
 var addrLine = regexp.MustCompile(`msg="sagad ready" addr=(\S+)`)
@@ -49,8 +51,19 @@ var addrLine = regexp.MustCompile(`msg="sagad ready" addr=(\S+)`)
 // is ready (recovery done).
 func startDaemon(t *testing.T, path string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonLimited(t, 0, path, args...)
+}
+
+// startDaemonLimited is startDaemon with the daemon's open-file limit
+// (soft and hard, so that Go cannot raise it) set to nofile, if not 0.
+func startDaemonLimited(t *testing.T, nofile int, path string, args ...string) *daemon {
+	t.Helper()
 	all := append([]string{"serve", "--db", path, "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)
 	cmd := exec.Command(os.Args[0], "-test.run", "^$")
+	if nofile > 0 {
+		// The shell execs the daemon: its pid is the daemon's.
+		cmd = exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), os.Args[0], "-test.run", "^$")
+	}
 	cmd.Env = append(os.Environ(), "SAGAD_TEST_DAEMON=1", "SAGAD_TEST_ARGS="+strings.Join(all, " "), "SAGAD_AMQP_URL=")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -59,7 +72,7 @@ func startDaemon(t *testing.T, path string, args ...string) *daemon {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, done: make(chan struct{}), logs: &strings.Builder{}}
+	d := &daemon{cmd: cmd, done: make(chan struct{}), logs: &strings.Builder{}, logged: make(chan struct{}, 1)}
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -67,6 +80,10 @@ func startDaemon(t *testing.T, path string, args ...string) *daemon {
 			d.mu.Lock()
 			d.logs.WriteString(sc.Text() + "\n")
 			d.mu.Unlock()
+			select {
+			case d.logged <- struct{}{}:
+			default:
+			}
 			if m := addrLine.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
@@ -93,6 +110,23 @@ func (d *daemon) output() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.logs.String()
+}
+
+// waitLog waits until the daemon's log has a line containing want.
+func (d *daemon) waitLog(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for !strings.Contains(d.output(), want) {
+		select {
+		case <-d.logged:
+		case <-d.done:
+			if !strings.Contains(d.output(), want) {
+				t.Fatalf("sagad exited without logging %q:\n%s", want, d.output())
+			}
+		case <-deadline:
+			t.Fatalf("sagad did not log %q within %s:\n%s", want, timeout, d.output())
+		}
+	}
 }
 
 func (d *daemon) client(t *testing.T) *client.Client {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,18 +23,30 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	breakers *prometheus.GaugeVec
 	relayOut *prometheus.CounterVec
+	// steps bounds the step label of the attempt series; nil: the
+	// series have no step label.
+	steps *stepLabels
 }
 
-func newMetrics() *metrics {
+// newMetrics makes the daemon's metrics. With withSteps the step attempt
+// series also have a step label, for the steps of the registered
+// definitions only (see stepLabels); without, they are by definition,
+// phase and outcome, a few dozen series per definition whatever its steps.
+func newMetrics(withSteps bool) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.entered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_saga_status_changes_total",
 		Help: "Sagas that entered a status, by definition and status."}, []string{"definition", "status"})
+	attemptLabels, latencyLabels, by := []string{"definition", "phase", "outcome"}, []string{"definition", "phase"}, "definition"
+	if withSteps {
+		m.steps = newStepLabels()
+		attemptLabels, latencyLabels, by = []string{"definition", "step", "phase", "outcome"}, []string{"definition", "step", "phase"}, "definition, step"
+	}
 	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_step_attempts_total",
-		Help: "Finished step attempts, by definition, step, phase and outcome (success, retry: failed and retried, failure: failed for good)."},
-		[]string{"definition", "step", "phase", "outcome"})
+		Help: "Finished step attempts, by " + by + ", phase and outcome (success, retry: failed and retried, failure: failed for good)."},
+		attemptLabels)
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sagad_step_attempt_duration_seconds",
-		Help: "Duration of step attempts, by definition, step and phase.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
-		[]string{"definition", "step", "phase"})
+		Help: "Duration of step attempts, by " + by + " and phase.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
+		latencyLabels)
 	m.breakers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sagad_breaker_state",
 		Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open."}, []string{"breaker"})
 	m.relayOut = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_relay_events_total",
@@ -57,8 +70,12 @@ func (m *metrics) engineHooks() engine.Hooks {
 			case a.Err != nil:
 				outcome = "failure"
 			}
-			m.attempts.WithLabelValues(a.Definition, a.Step, string(a.Phase), outcome).Inc()
-			m.latency.WithLabelValues(a.Definition, a.Step, string(a.Phase)).Observe(a.Duration.Seconds())
+			if m.steps == nil {
+				m.attempts.WithLabelValues(a.Definition, string(a.Phase), outcome).Inc()
+				m.latency.WithLabelValues(a.Definition, string(a.Phase)).Observe(a.Duration.Seconds())
+				return
+			}
+			m.steps.observe(m, a, outcome)
 		},
 		BreakerStateChanged: func(name, from, to string) { m.breakers.WithLabelValues(name).Set(breakerValue[to]) },
 	}
@@ -76,6 +93,9 @@ func (m *metrics) relayHooks() rabbitmq.Hooks {
 // watch registers the gauges read from the engine (and relay, if any) at
 // scrape time.
 func (m *metrics) watch(eng *engine.Engine, relay *rabbitmq.Relay) {
+	if m.steps != nil {
+		m.steps.setSource(eng.Definitions)
+	}
 	for _, b := range eng.Breakers() {
 		m.breakers.WithLabelValues(b.Name).Set(breakerValue[b.State])
 	}
@@ -150,5 +170,90 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(relayUpDesc, prometheus.GaugeValue, up)
 		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(s.InFlight))
+	}
+}
+
+// stepLabels keeps the step label of the attempt series to the steps of
+// the latest registered version of each definition: at most saga.MaxSteps
+// per definition, however many versions come and go. An attempt of any
+// other step (one of an older version, still run by the sagas that started
+// with it) is counted with an empty step label, so the definition's totals
+// stay whole. When a definition's latest version drops a step, or the
+// definition is no longer registered, that step's series are deleted.
+type stepLabels struct {
+	mu sync.Mutex
+	// source lists the latest version of every registered definition (the
+	// engine's Definitions); nil until the engine is open.
+	source func() []*saga.Definition
+	latest map[string]*saga.Definition
+	known  map[string]map[string]bool // definition -> its latest version's step names
+}
+
+func newStepLabels() *stepLabels {
+	return &stepLabels{latest: map[string]*saga.Definition{}, known: map[string]map[string]bool{}}
+}
+
+func (s *stepLabels) setSource(source func() []*saga.Definition) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.source = source
+}
+
+// observe counts an attempt. The lock covers the series update, so that a
+// refresh deleting a dropped step's series cannot race with its last
+// increment and leave it behind.
+func (s *stepLabels) observe(m *metrics, a engine.AttemptInfo, outcome string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	step := a.Step
+	if !s.known[a.Definition][step] {
+		// A step not seen yet: a definition registered since the last
+		// look, or a step of an older version. Looking again costs a walk
+		// over the registered definitions' latest versions, whose step
+		// sets are rebuilt only when a version changed.
+		s.refresh(m)
+		if !s.known[a.Definition][step] {
+			step = ""
+		}
+	}
+	m.attempts.WithLabelValues(a.Definition, step, string(a.Phase), outcome).Inc()
+	m.latency.WithLabelValues(a.Definition, step, string(a.Phase)).Observe(a.Duration.Seconds())
+}
+
+// refresh reads the registered definitions and deletes the series of the
+// steps they no longer have. s.mu is held.
+func (s *stepLabels) refresh(m *metrics) {
+	if s.source == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, d := range s.source() {
+		seen[d.Name] = true
+		if s.latest[d.Name] == d {
+			continue
+		}
+		steps := make(map[string]bool, len(d.Steps))
+		for _, st := range d.Steps {
+			steps[st.Name] = true
+		}
+		s.drop(m, d.Name, steps)
+		s.latest[d.Name], s.known[d.Name] = d, steps
+	}
+	for name := range s.latest {
+		if !seen[name] {
+			s.drop(m, name, nil)
+			delete(s.latest, name)
+			delete(s.known, name)
+		}
+	}
+}
+
+// drop deletes the series of the definition's steps that are not in keep.
+func (s *stepLabels) drop(m *metrics, def string, keep map[string]bool) {
+	for step := range s.known[def] {
+		if !keep[step] {
+			m.attempts.DeletePartialMatch(prometheus.Labels{"definition": def, "step": step})
+			m.latency.DeletePartialMatch(prometheus.Labels{"definition": def, "step": step})
+		}
 	}
 }

@@ -1,9 +1,17 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
 )
 
 // TestMetricsHooks checks the series the engine's and the relay's hooks
@@ -11,7 +19,7 @@ import (
 // a daemon's run by TestBenchAgainstADaemon.
 func TestMetricsHooks(t *testing.T) {
 	t.Parallel()
-	m := newMetrics()
+	m := newMetrics(true)
 	eh, rh := m.engineHooks(), m.relayHooks()
 	for _, tt := range []struct {
 		to   string
@@ -34,4 +42,101 @@ func TestMetricsHooks(t *testing.T) {
 	if n, err := testutil.GatherAndCount(m.reg, "sagad_breaker_state", "sagad_relay_events_total"); err != nil || n != 4 {
 		t.Errorf("gathered %d series (%v), want 4", n, err)
 	}
+}
+
+// TestMetricsStepLabels: the step attempt series stay bounded. Without
+// step labels (the default) they are by definition, phase and outcome
+// whatever the steps; with them, only the steps of the latest registered
+// version of a definition get a label of their own, and a step the
+// definition drops loses its series.
+func TestMetricsStepLabels(t *testing.T) {
+	t.Parallel()
+	step := func(name string) saga.Step {
+		return saga.Step{Name: name, Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }}
+	}
+	v1 := &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("charge")}}
+	v2 := &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("pay")}}
+	// attempt reports one successful action attempt of each step.
+	attempt := func(m *metrics, steps ...string) {
+		for _, s := range steps {
+			m.engineHooks().AttemptFinished(engine.AttemptInfo{Definition: "order", Step: s, Phase: saga.PhaseAction})
+		}
+	}
+	many := make([]string, 500)
+	for i := range many {
+		many[i] = fmt.Sprintf("step-%d", i)
+	}
+	tests := []struct {
+		name     string
+		labels   bool
+		registry []*saga.Definition // nil: the engine is not open yet
+		steps    []string
+		want     map[string]float64 // attempts by step label ("-": no step label)
+	}{
+		{"off: one series whatever the steps", false, []*saga.Definition{v1}, many, map[string]float64{"-": 500}},
+		{"on: registered steps", true, []*saga.Definition{v1}, []string{"reserve", "charge", "charge"},
+			map[string]float64{"reserve": 1, "charge": 2}},
+		{"on: steps not registered share the empty label", true, []*saga.Definition{v1}, append([]string{"reserve"}, many...),
+			map[string]float64{"reserve": 1, "": 500}},
+		{"on: before the engine is open", true, nil, []string{"reserve"}, map[string]float64{"": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := newMetrics(tt.labels)
+			if tt.registry != nil && m.steps != nil {
+				m.steps.setSource(func() []*saga.Definition { return tt.registry })
+			}
+			attempt(m, tt.steps...)
+			if got := attemptsByStep(t, m); !maps.Equal(got, tt.want) {
+				t.Errorf("sagad_step_attempts_total by step: %v, want %v", got, tt.want)
+			}
+		})
+	}
+
+	t.Run("on: a step the new version drops loses its series", func(t *testing.T) {
+		t.Parallel()
+		m := newMetrics(true)
+		var mu sync.Mutex
+		registry := []*saga.Definition{v1}
+		m.steps.setSource(func() []*saga.Definition { mu.Lock(); defer mu.Unlock(); return registry })
+		attempt(m, "reserve", "charge")
+		mu.Lock()
+		registry = []*saga.Definition{v2}
+		mu.Unlock()
+		attempt(m, "pay", "charge") // charge: a saga still on v1
+		want := map[string]float64{"reserve": 1, "pay": 1, "": 1}
+		if got := attemptsByStep(t, m); !maps.Equal(got, want) {
+			t.Errorf("sagad_step_attempts_total by step: %v, want %v", got, want)
+		}
+		if n, err := testutil.GatherAndCount(m.reg, "sagad_step_attempt_duration_seconds"); err != nil || n != 3 {
+			t.Errorf("%d duration series (%v), want 3: one per step label", n, err)
+		}
+	})
+}
+
+// attemptsByStep sums sagad_step_attempts_total by its step label ("-"
+// for series without one).
+func attemptsByStep(t *testing.T, m *metrics) map[string]float64 {
+	t.Helper()
+	families, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "sagad_step_attempts_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			step := "-"
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "step" {
+					step = l.GetValue()
+				}
+			}
+			out[step] += s.GetCounter().GetValue()
+		}
+	}
+	return out
 }

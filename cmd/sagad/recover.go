@@ -33,6 +33,12 @@ func (c *recoverCommand) run(ctx context.Context, args []string) int {
 	token := fs.String("token", "", "the daemon's bearer token (env SAGAD_TOKEN)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up waiting for sagas after this long (a saga may wait for a retry)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	// The daemon's data limits: steps re-run here must be held to them.
+	limits := engine.Options{MaxStepOutput: engine.DefaultMaxStepOutput, MaxSagaData: engine.DefaultMaxSagaData}
+	fs.Var((*byteSize)(&limits.MaxStepOutput), "max-step-output",
+		"as for sagad serve: largest output of a step attempt, a `SIZE`; negative: no limit (env SAGAD_MAX_STEP_OUTPUT)")
+	fs.Var((*byteSize)(&limits.MaxSagaData), "max-saga-data",
+		"as for sagad serve: largest data of a saga, a `SIZE`; negative: no limit (env SAGAD_MAX_SAGA_DATA)")
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad recover [--db FILE] [--timeout 5m] [--json]
 
@@ -43,7 +49,9 @@ crash with their idempotency keys. Declarative definitions are stored in
 the file, so the daemon's sagas can be recovered here. Sagas whose
 definition is not available stay parked and are listed. A progress bar is
 drawn on a terminal; a summary ends the run. Exits 1 if sagas were left
-unfinished when the timeout passed, or parked.
+unfinished when the timeout passed, or parked. Give it the daemon's
+--max-step-output and --max-saga-data (or the same SAGAD_* variables), so
+that the steps it runs are held to the same limits.
 
 A running daemon recovers its sagas itself at start-up: with --addr, recover
 waits until the daemon is ready (its recovery has run) and lists the sagas
@@ -67,7 +75,7 @@ Flags:
 	if *addr != "" {
 		return c.online(ctx, *addr, *token, *timeout, *asJSON)
 	}
-	sum, err := c.recover(ctx, *db, *timeout)
+	sum, err := c.recover(ctx, *db, *timeout, limits)
 	if err != nil {
 		return fail(c.stderr, "recover", err)
 	}
@@ -117,7 +125,9 @@ func (s *recoverSummary) print(w io.Writer) {
 	}
 }
 
-func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.Duration) (*recoverSummary, error) {
+// recover drives the file's unfinished sagas to an end, with the data
+// limits of limits.
+func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.Duration, limits engine.Options) (*recoverSummary, error) {
 	start := time.Now()
 	var finished atomic.Int64
 	changed := make(chan struct{}, 1)
@@ -125,6 +135,7 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 		return nil, err
 	}
 	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxStepOutput: limits.MaxStepOutput, MaxSagaData: limits.MaxSagaData,
 		Storage: storage.Options{LockTimeout: 500 * time.Millisecond},
 		Hooks: engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) {
 			if to.Finished() {
@@ -142,7 +153,9 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 		return nil, err
 	}
 	defer eng.Close()
-	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil {
+	// A skipped version's sagas are reported as parked, like any saga whose
+	// definition is not available.
+	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil && !errors.Is(err, httpapi.ErrDefinitionSkipped) {
 		return nil, err
 	}
 	var ids []string

@@ -24,9 +24,9 @@ func (c *sagasCommand) run(ctx context.Context, args []string) int {
 	return runGroup(c.stderr, "sagas", []subcommand{
 		{"list", "list sagas, newest first", func(a []string) int { return c.list(ctx, a) }},
 		{"show", "show a saga, its data and its step log as a timeline", func(a []string) int { return c.show(ctx, a) }},
-		{"retry", "retry a failed saga's failed compensation, or resume a parked saga", func(a []string) int { return c.control(ctx, "retry", a) }},
+		{"retry", "retry a failed saga's failed compensation, retry a waiting saga now, or resume a parked saga", func(a []string) int { return c.control(ctx, "retry", a) }},
 		{"abort", "compensate a running saga", func(a []string) int { return c.control(ctx, "abort", a) }},
-		{"resolve", "mark a failed saga as handled by hand, with a note", func(a []string) int { return c.control(ctx, "resolve", a) }},
+		{"resolve", "mark a failed saga, or one whose compensation waits for a retry, as handled by hand, with a note", func(a []string) int { return c.control(ctx, "resolve", a) }},
 	}, args)
 }
 
@@ -269,8 +269,10 @@ var controlHelp = map[string]string{
 
 Retries a failed saga: the compensation (or, past the pivot, the step) that
 failed runs again with a fresh attempt budget. Fix the cause first. A saga
-parked because its definition version was not registered is resumed.
-Offline, the retry is recorded and the daemon (or sagad recover) runs it.
+waiting for a retry (of a step or a compensation, after a failure or a
+participant's Retry-After) is retried now. A saga parked because its
+definition version was not registered is resumed. Offline, the retry is
+recorded and the daemon (or sagad recover) runs it.
 
 Example:
   sagad sagas retry --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
@@ -279,7 +281,8 @@ Example:
 
 Marks a failed saga as handled by hand: an operator did what its failed
 compensation could not (refunded by hand, released the stock in the admin
-tool) and says so in the note. The saga becomes resolved; the note, who and
+tool) and says so in the note. A compensating saga whose compensation waits
+for a retry can be resolved the same way. The saga becomes resolved; the note, who and
 when are kept in its step log. Nothing is undone or deleted.
 
 Example:

@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/errors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -34,6 +37,14 @@ type serveConfig struct {
 	logLevel, logFormat                               string
 	concurrency                                       int
 	grace                                             time.Duration
+	// maxConnections caps the API's open connections. Zero: half the
+	// open-file limit, at most 4096 (defaultMaxConnections).
+	maxConnections int
+	// stepLabels gives the step attempt series a step label.
+	stepLabels bool
+	// maxStepOutput and maxSagaData are engine.Options' MaxStepOutput and
+	// MaxSagaData (zero: the engine's defaults; negative: no limit).
+	maxStepOutput, maxSagaData byteSize
 	// noSync turns fsync off (sagad bench -nosync only; no flag of serve).
 	noSync bool
 }
@@ -44,50 +55,38 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "HTTP listen address (env SAGAD_LISTEN)")
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
 	fs.StringVar(&cfg.exchange, "exchange", "sagad.events", "exchange for events that name none (env SAGAD_EXCHANGE)")
-	fs.StringVar(&cfg.token, "token", "", "bearer token required by the API (env SAGAD_TOKEN)")
+	fs.StringVar(&cfg.token, "token", "", "bearer token required by the API, without whitespace (env SAGAD_TOKEN)")
 	fs.StringVar(&cfg.definitions, "definitions", "", "directory of definition files NAME.json to register at start (env SAGAD_DEFINITIONS)")
 	fs.IntVar(&cfg.concurrency, "concurrency", 1024, "sagas running steps at once (env SAGAD_CONCURRENCY)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (env SAGAD_LOG_FORMAT)")
 	fs.DurationVar(&cfg.grace, "shutdown-grace", 10*time.Second, "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
+	fs.IntVar(&cfg.maxConnections, "max-connections", defaultMaxConnections(),
+		"API connections open at once, more wait; the default is half the open-file limit, at most 4096 (env SAGAD_MAX_CONNECTIONS)")
+	fs.BoolVar(&cfg.stepLabels, "metrics-step-labels", false,
+		"give the step attempt series of /metrics a step label, for the steps of registered definitions only (env SAGAD_METRICS_STEP_LABELS)")
+	cfg.maxStepOutput, cfg.maxSagaData = engine.DefaultMaxStepOutput, engine.DefaultMaxSagaData
+	fs.Var(&cfg.maxStepOutput, "max-step-output",
+		"largest output of a step attempt, a `SIZE` in bytes or with KiB, MiB or GiB; negative: no limit (env SAGAD_MAX_STEP_OUTPUT)")
+	fs.Var(&cfg.maxSagaData, "max-saga-data",
+		"largest data of a saga, its steps' outputs together, a `SIZE` as for --max-step-output; negative: no limit (env SAGAD_MAX_SAGA_DATA)")
 	return cfg
 }
 
+// engineOptions are the engine's options of the configuration.
+func (cfg *serveConfig) engineOptions(log *slog.Logger, hooks engine.Hooks) engine.Options {
+	return engine.Options{Concurrency: cfg.concurrency, Logger: log, ShutdownGrace: cfg.grace, Hooks: hooks,
+		Storage: storage.Options{NoSync: cfg.noSync}, MaxStepOutput: int(cfg.maxStepOutput), MaxSagaData: int(cfg.maxSagaData)}
+}
+
 func (c *serveCommand) run(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	cfg := c.flags(fs)
-	fs.Usage = func() {
-		fmt.Fprint(c.stderr, `Usage: sagad [serve] [flags]
-
-Runs the sagad daemon: the saga engine on a bbolt file, its HTTP API, and
-(with --amqp-url) the outbox relay to RabbitMQ. Without a broker, events
-wait in the outbox and show as pending in /metrics and /v1/outbox/stats.
-SIGINT or SIGTERM shut it down gracefully: it stops accepting requests,
-gives running attempts --shutdown-grace, and leaves the rest to recovery
-at the next start.
-
-Example:
-  sagad serve --db /var/lib/sagad/sagad.db --listen 127.0.0.1:8080 --definitions ./definitions
-
-Flags:
-`)
-		fs.PrintDefaults()
-	}
-	if code, ok := parse(fs, args, c.stderr); !ok {
+	cfg, code, ok := c.parse(args)
+	if !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(c.stderr, "sagad serve: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
 	}
 	log, err := newLogger(c.stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {
 		fmt.Fprintf(c.stderr, "sagad serve: %v\n", err)
-		return exitUsage
-	}
-	if cfg.token == "" && !loopback(cfg.listen) {
-		fmt.Fprintf(c.stderr, "sagad serve: refusing to listen on %s without a token: anyone who can reach it could start and abort sagas.\n"+
-			"Set --token (or SAGAD_TOKEN), or listen on a loopback address such as 127.0.0.1:8080.\n", cfg.listen)
 		return exitUsage
 	}
 	if err := c.serve(ctx, cfg, log); err != nil {
@@ -100,17 +99,126 @@ Flags:
 	return exitOK
 }
 
+// parse parses and checks serve's flags and their environment; when it
+// returns false, it has printed why and the exit code is code.
+func (c *serveCommand) parse(args []string) (cfg *serveConfig, code int, ok bool) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg = c.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, `Usage: sagad [serve] [flags]
+
+Runs the sagad daemon: the saga engine on a bbolt file, its HTTP API, and
+(with --amqp-url) the outbox relay to RabbitMQ. Without a broker, events
+wait in the outbox and show as pending in /metrics and /v1/outbox/stats.
+SIGINT or SIGTERM shut it down gracefully: it stops accepting requests,
+gives running attempts --shutdown-grace, and leaves the rest to recovery
+at the next start.
+
+The database file is created if it is missing, or made a database if it
+is empty (with a warning: it may be a copy that failed).
+
+Limits:
+  --max-connections caps the API's open connections. Further clients wait
+  in the listen backlog, holding none of the daemon's file descriptors,
+  which stay for participant calls and the database; the daemon warns once
+  when the cap is reached, and says when it is clear again.
+  --max-step-output fails a step attempt with a larger output for good
+  (the saga compensates); --max-saga-data does the same for an output that
+  would take the saga's data, its steps' outputs together, past it.
+  /metrics counts step attempts by definition, phase and outcome, some 70
+  series per definition. --metrics-step-labels adds a step label: some 70
+  series per step, for the steps of the latest version of each registered
+  definition (up to 100 each); other steps' attempts, those of sagas still
+  on an older version, are counted with an empty step label, and a step a
+  new version drops loses its series.
+
+Example:
+  sagad serve --db /var/lib/sagad/sagad.db --listen 127.0.0.1:8080 --definitions ./definitions
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return nil, code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(c.stderr, "sagad serve: unexpected argument %q\n", fs.Arg(0))
+		return nil, exitUsage, false
+	}
+	// The address is checked first: a malformed one is not "open".
+	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
+		fmt.Fprintf(c.stderr, "sagad serve: --listen %q: %v\n"+
+			"Give a host and a port, such as 127.0.0.1:8080 (or :8080 for every interface).\n", cfg.listen, errors.UnwrapAll(err))
+		return nil, exitUsage, false
+	}
+	if err := checkToken(cfg.token); err != nil {
+		fmt.Fprintf(c.stderr, "sagad serve: %v\n", err)
+		if h := errors.FlattenHints(err); h != "" {
+			fmt.Fprintf(c.stderr, "hint: %s\n", h)
+		}
+		return nil, exitUsage, false
+	}
+	if cfg.token == "" && !loopback(cfg.listen) {
+		fmt.Fprintf(c.stderr, "sagad serve: refusing to listen on %s without a token: anyone who can reach it could start and abort sagas.\n"+
+			"Set --token (or SAGAD_TOKEN), or listen on a loopback address such as 127.0.0.1:8080.\n", cfg.listen)
+		return nil, exitUsage, false
+	}
+	if cfg.maxConnections < 1 {
+		fmt.Fprintf(c.stderr, "sagad serve: --max-connections %d: want at least 1\n", cfg.maxConnections)
+		return nil, exitUsage, false
+	}
+	return cfg, exitOK, true
+}
+
+// checkToken refuses a token with whitespace or control characters. The
+// API trims the token a client sends, so one with surrounding whitespace
+// (a newline from a file, a space from a paste) could never match; inner
+// whitespace is refused too, as a token no generator makes and no
+// Authorization header carries safely.
+func checkToken(token string) error {
+	bad := func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }
+	i := strings.IndexFunc(token, bad)
+	if i < 0 {
+		return nil
+	}
+	_, size := utf8.DecodeRuneInString(token[i:])
+	where := "inside it"
+	switch {
+	case i == 0:
+		where = "at its start"
+	case strings.TrimLeftFunc(token[i:], bad) == "":
+		where = "at its end"
+	}
+	return errors.WithHint(errors.Newf("the API token (--token or SAGAD_TOKEN) has whitespace or a control character %s (%q at byte %d): "+
+		"no client could authenticate with it", where, token[i:i+size], i),
+		"set the token without spaces or newlines, such as the output of 'openssl rand -hex 32'")
+}
+
 func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Logger) error {
-	m := newMetrics()
-	eng, err := engine.Open(cfg.db, engine.Options{Concurrency: cfg.concurrency, Logger: log, ShutdownGrace: cfg.grace,
-		Hooks: m.engineHooks(), Storage: storage.Options{NoSync: cfg.noSync}})
+	m := newMetrics(cfg.stepLabels)
+	// An empty file is made a database, as a missing one is (an installer
+	// may create it with the daemon's owner and mode), but loudly: it may
+	// also be a restore that failed.
+	empty := false
+	if info, err := os.Stat(cfg.db); err == nil && info.Mode().IsRegular() && info.Size() == 0 {
+		empty = true
+	}
+	eng, err := engine.Open(cfg.db, cfg.engineOptions(log, m.engineHooks()))
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
+	if empty {
+		log.Warn("the database file was empty (0 bytes): it now holds a new, empty database", "db", cfg.db,
+			"hint", "if it was meant to be a copy or a restored backup, stop the daemon and copy it again")
+	}
 	defs := httpapi.NewDefinitions(eng, participantClient(cfg.concurrency))
 	n, err := defs.Load()
-	if err != nil {
+	switch {
+	case errors.Is(err, httpapi.ErrDefinitionSkipped):
+		log.Error("stored definition versions that cannot be registered were skipped", "err", err.Error())
+	case err != nil:
 		return err
 	}
 	if cfg.definitions != "" {
@@ -144,10 +252,19 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.listen)
+	tcp, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return errors.Wrapf(err, "sagad: listen on %s", cfg.listen)
 	}
+	maxConns := cfg.maxConnections
+	if maxConns <= 0 {
+		maxConns = defaultMaxConnections()
+	}
+	if limit := openFileLimit(); limit > 0 && uint64(maxConns) >= limit {
+		log.Warn("--max-connections is not below the open-file limit: a flood of API clients can still starve participant calls",
+			"max_connections", maxConns, "open_file_limit", limit)
+	}
+	ln := newLimitListener(tcp, maxConns, log)
 	// Requests' contexts end when shutdown begins, so that a start waiting
 	// for its saga answers 202 with the id at once instead of being cut off.
 	reqCtx, endRequests := context.WithCancel(context.Background())
@@ -182,7 +299,8 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 			errs <- errors.Wrap(err, "sagad: serve HTTP")
 		}
 	}()
-	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "")
+	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "",
+		"max_connections", maxConns)
 	var failed error
 	select {
 	case <-eng.Recovered():

@@ -79,17 +79,20 @@ func (t *target) open() (backend, error) {
 	}
 	// Declarative definitions are stored: register them, so that a saga
 	// of the daemon's can be retried here.
-	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil {
+	// A skipped version's sagas are reported as parked, like any saga whose
+	// definition is not available.
+	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil && !errors.Is(err, httpapi.ErrDefinitionSkipped) {
 		_ = eng.Close()
 		return nil, err
 	}
 	return offline{eng}, nil
 }
 
-// existingDB refuses a database path that names no file. Only sagad serve
-// creates a database: an operator command given a mistyped --db (or run in
-// the wrong directory) must say so, not open a new, empty file and report
-// that it holds nothing.
+// existingDB refuses a database path that names no file, or an empty file
+// (a copy that failed, most likely). Only sagad serve creates a database:
+// an operator command given a mistyped --db (or run in the wrong
+// directory, or on a failed copy) must say so, not make a new, empty
+// database and report that it holds nothing.
 //
 // The check comes just before the open, so a file removed in between is
 // still created by it; an operator's typo is what this is for.
@@ -103,6 +106,12 @@ func existingDB(path string) error {
 		return errors.Wrapf(err, "database %s", path)
 	case info.IsDir():
 		return errors.WithHint(errors.Newf("database %s is a directory", path), "--db names the database file itself")
+	case info.Size() == 0:
+		// bbolt would make a database of it, and the command report
+		// that it holds nothing.
+		return errors.WithHint(errors.Newf("database %s is empty (0 bytes): it holds no database", path),
+			"is it a copy or a restore that failed? Copy the database again (sagad backup writes a checked copy). "+
+				"Only sagad serve creates a database, of a missing or empty file; the other commands open an existing one")
 	}
 	return nil
 }
@@ -135,11 +144,7 @@ func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page,
 	if err != nil {
 		return nil, err
 	}
-	out := &client.Page{Sagas: make([]client.Saga, len(p.Sagas)), NextCursor: p.NextCursor}
-	for i, s := range p.Sagas {
-		out.Sagas[i] = *httpapi.SagaJSON(s)
-	}
-	return out, nil
+	return httpapi.PageJSON(p), nil // the same as the API's lists
 }
 
 func (o offline) Get(ctx context.Context, id string) (*client.Saga, error) {

@@ -15,38 +15,12 @@ import (
 // serve creates a database.
 func TestOfflineCommandsRefuseAMissingFile(t *testing.T) {
 	t.Parallel()
-	id := ulid.Make().String()
-	tests := []struct {
-		name string
-		args []string
-	}{
-		{"sagas list", []string{"sagas", "list"}},
-		{"sagas list as JSON", []string{"sagas", "list", "--json"}},
-		{"sagas show", []string{"sagas", "show", id}},
-		{"sagas retry", []string{"sagas", "retry", id}},
-		{"sagas abort", []string{"sagas", "abort", id}},
-		{"sagas resolve", []string{"sagas", "resolve", id, "--note", "by hand"}},
-		{"outbox list", []string{"outbox", "list"}},
-		{"outbox stats", []string{"outbox", "stats"}},
-		{"outbox requeue", []string{"outbox", "requeue", id}},
-		{"outbox requeue all", []string{"outbox", "requeue", "--all-not-produced"}},
-		{"recover", []string{"recover"}},
-		{"check", []string{"check"}},
-		{"backup", []string{"backup", "--to", "copy.db"}},
-		{"compact", []string{"compact"}},
-	}
-	for _, tt := range tests {
+	for _, tt := range offlineCommands() {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
 			path := filepath.Join(dir, "typo.db")
-			args := append([]string{}, tt.args...)
-			for i, a := range args {
-				if a == "copy.db" {
-					args[i] = filepath.Join(dir, a)
-				}
-			}
-			code, out, errOut := runCmd(t, append(args, "--db", path)...)
+			code, out, errOut := runCmd(t, tt.argsIn(dir, path)...)
 			if code != exitFailed {
 				t.Errorf("exit %d, want %d (failed)\nstdout: %s\nstderr: %s", code, exitFailed, out, errOut)
 			}
@@ -63,6 +37,82 @@ func TestOfflineCommandsRefuseAMissingFile(t *testing.T) {
 				t.Errorf("the command left %v in the directory (%v), want nothing", names, err)
 			}
 		})
+	}
+}
+
+// TestOfflineCommandsRefuseAnEmptyFile runs every command that opens a
+// database file on an empty file (a copy that failed): each must fail as
+// for a missing file, say the file is empty and what to do, and leave it
+// empty, not make a database of it and report that it holds nothing.
+func TestOfflineCommandsRefuseAnEmptyFile(t *testing.T) {
+	t.Parallel()
+	for _, tt := range offlineCommands() {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, "restored.db")
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, out, errOut := runCmd(t, tt.argsIn(dir, path)...)
+			if code != exitFailed {
+				t.Errorf("exit %d, want %d (failed)\nstdout: %s\nstderr: %s", code, exitFailed, out, errOut)
+			}
+			for _, want := range []string{path + " is empty (0 bytes)", "hint: is it a copy or a restore that failed", "sagad serve creates"} {
+				if !strings.Contains(errOut, want) {
+					t.Errorf("stderr %q does not say %q", errOut, want)
+				}
+			}
+			if info, err := os.Stat(path); err != nil || info.Size() != 0 {
+				t.Errorf("the empty file after the command: %v, %v; want it left empty", info, err)
+			}
+			if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+				var names []string
+				for _, e := range entries {
+					names = append(names, e.Name())
+				}
+				t.Errorf("the directory holds %v (%v), want the empty file only", names, err)
+			}
+		})
+	}
+}
+
+// offlineCommand is a command that opens the database file given by --db.
+type offlineCommand struct {
+	name string
+	args []string
+}
+
+// argsIn returns the command's arguments aimed at the file path, with the
+// files it writes in dir.
+func (c offlineCommand) argsIn(dir, path string) []string {
+	args := append([]string{}, c.args...)
+	for i, a := range args {
+		if a == "copy.db" {
+			args[i] = filepath.Join(dir, a)
+		}
+	}
+	return append(args, "--db", path)
+}
+
+// offlineCommands are the commands that open a database file.
+func offlineCommands() []offlineCommand {
+	id := ulid.Make().String()
+	return []offlineCommand{
+		{"sagas list", []string{"sagas", "list"}},
+		{"sagas list as JSON", []string{"sagas", "list", "--json"}},
+		{"sagas show", []string{"sagas", "show", id}},
+		{"sagas retry", []string{"sagas", "retry", id}},
+		{"sagas abort", []string{"sagas", "abort", id}},
+		{"sagas resolve", []string{"sagas", "resolve", id, "--note", "by hand"}},
+		{"outbox list", []string{"outbox", "list"}},
+		{"outbox stats", []string{"outbox", "stats"}},
+		{"outbox requeue", []string{"outbox", "requeue", id}},
+		{"outbox requeue all", []string{"outbox", "requeue", "--all-not-produced"}},
+		{"recover", []string{"recover"}},
+		{"check", []string{"check"}},
+		{"backup", []string{"backup", "--to", "copy.db"}},
+		{"compact", []string{"compact"}},
 	}
 }
 

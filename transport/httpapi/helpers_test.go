@@ -40,10 +40,11 @@ type api struct {
 
 // options configure newAPIWith.
 type options struct {
-	path   string                // database file; empty: a new one in the test's temporary directory
-	engine func(*engine.Options) // adjusts the engine's options
-	server func(*httpapi.Config) // adjusts the server's Config
-	load   bool                  // register the stored definitions (Definitions.Load) before serving
+	path       string                // database file; empty: a new one in the test's temporary directory
+	engine     func(*engine.Options) // adjusts the engine's options
+	server     func(*httpapi.Config) // adjusts the server's Config
+	httpServer func(*http.Server)    // adjusts the test server's http.Server before it starts
+	load       bool                  // register the stored definitions (Definitions.Load) before serving
 }
 
 // newAPI runs an engine and the API server until the test ends; configure,
@@ -91,7 +92,11 @@ func newAPIWith(tb testing.TB, o options) *api {
 		_ = eng.Close()
 		tb.Fatalf("httpapi.New: %v", err)
 	}
-	ts := httptest.NewServer(srv)
+	ts := httptest.NewUnstartedServer(srv)
+	if o.httpServer != nil {
+		o.httpServer(ts.Config)
+	}
+	ts.Start()
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(runCtx) }()
@@ -221,7 +226,8 @@ func mediaType(resp *http.Response) string {
 // requireProblem checks that an answer is an RFC 9457 problem document with
 // the HTTP status want, a type under httpapi.ProblemTypeBase, the status's
 // title, the request's path as instance, and a detail that contains every
-// one of details.
+// one of details. The answer to a HEAD has no body: only its status and
+// Content-Type are checked.
 func requireProblem(tb testing.TB, resp *http.Response, body []byte, want int, details ...string) client.Problem {
 	tb.Helper()
 	what := resp.Request.Method + " " + resp.Request.URL.RequestURI()
@@ -230,6 +236,9 @@ func requireProblem(tb testing.TB, resp *http.Response, body []byte, want int, d
 	}
 	if ct := mediaType(resp); ct != "application/problem+json" {
 		tb.Fatalf("%s answered Content-Type %q, want application/problem+json", what, resp.Header.Get("Content-Type"))
+	}
+	if resp.Request.Method == http.MethodHead {
+		return client.Problem{}
 	}
 	var p client.Problem
 	dec := json.NewDecoder(strings.NewReader(string(body)))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/cockroachdb/errors"
 
@@ -55,6 +56,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, http.StatusBadRequest, "invalid-id", err.Error())
 	case errors.Is(err, engine.ErrUnknownDefinition):
 		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-definition", err.Error())
+	case errors.Is(err, engine.ErrKeyReused):
+		detail := err.Error()
+		if hints := errors.GetAllHints(err); len(hints) > 0 {
+			detail += "; " + strings.Join(hints, "; ")
+		}
+		writeProblem(w, r, http.StatusConflict, "idempotency-key-reused", detail)
 	case errors.Is(err, engine.ErrConflict):
 		writeProblem(w, r, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, engine.ErrInvalidInput):

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/errors"
 
@@ -34,6 +36,12 @@ type Config struct {
 	Token string
 	// MaxBodyBytes caps request bodies. Zero: 1 MiB.
 	MaxBodyBytes int64
+	// MaxDefinitionBytes caps a definition's JSON text on
+	// PUT /v1/definitions/{name}; a larger one is refused with a 413
+	// problem (definition-too-large) that names the limit. MaxBodyBytes
+	// applies as well. Zero: 256 KiB. A definition also has at most
+	// saga.MaxSteps steps (a 422 problem).
+	MaxDefinitionBytes int64
 	// MaxWait caps the ?wait= of a request. Zero: 60s.
 	MaxWait time.Duration
 	// Metrics serves /metrics. Nil: /metrics is not found.
@@ -42,6 +50,14 @@ type Config struct {
 	Ready func() error
 	// Logger receives request errors. Nil: slog.Default().
 	Logger *slog.Logger
+	// BackupDir is where GET /v1/backup writes the temporary copy of the
+	// database it sends; the copy is removed when the request ends. Empty:
+	// os.TempDir().
+	BackupDir string
+	// BackupStallTimeout cuts off a GET /v1/backup whose client takes no
+	// chunk (64 KiB) of the copy for this long; a client that keeps reading
+	// is never cut off. Zero: 30s.
+	BackupStallTimeout time.Duration
 }
 
 // Server is the daemon's HTTP API as an http.Handler.
@@ -60,8 +76,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
+	if cfg.MaxDefinitionBytes <= 0 {
+		cfg.MaxDefinitionBytes = 256 << 10
+	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 60 * time.Second
+	}
+	if cfg.BackupStallTimeout <= 0 {
+		cfg.BackupStallTimeout = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -104,6 +126,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/outbox/stats", true, s.outboxStats},
 		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent},
 		{"GET /v1/backup", true, s.backup},
+		{"HEAD /v1/backup", true, s.backupSize},
 	}
 }
 
@@ -233,30 +256,32 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 
 // readJSON decodes a JSON request body into v, strictly.
 func readJSON(r *http.Request, v any) error {
+	_, err := readJSONBody(r, v)
+	return err
+}
+
+// readJSONBody is readJSON that also returns the body as sent.
+func readJSONBody(r *http.Request, v any) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		// Media types are case-insensitive (RFC 9110, section 8.3.1).
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return &apiError{http.StatusUnsupportedMediaType, "unsupported-media-type", errors.Newf("content type %q: send application/json", ct)}
+			return nil, &apiError{http.StatusUnsupportedMediaType, "unsupported-media-type", errors.Newf("content type %q: send application/json", ct)}
 		}
 	}
-	data, err := io.ReadAll(r.Body)
+	data, err := readBody(r)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{http.StatusRequestEntityTooLarge, "body-too-large", errors.Newf("request body is larger than %d bytes", mbe.Limit)}
-		}
-		return badRequest("bad-body", errors.Wrap(err, "read request body"))
+		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return badRequest("malformed-json", errors.Wrap(err, "request body"))
+		return nil, badRequest("malformed-json", errors.Wrap(err, "request body"))
 	}
 	if dec.More() {
-		return badRequest("malformed-json", errors.New("request body: data after the JSON value"))
+		return nil, badRequest("malformed-json", errors.New("request body: data after the JSON value"))
 	}
-	return nil
+	return data, nil
 }
 
 // readBody reads a raw request body within the size limit.
@@ -293,7 +318,8 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req client.StartRequest
-	if err := readJSON(r, &req); err != nil {
+	body, err := readJSONBody(r, &req)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -307,8 +333,8 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 	}
 	var opts []engine.StartOption
 	if req.IdempotencyKey != "" {
-		if len(req.IdempotencyKey) > 256 {
-			s.writeError(w, r, badRequest("invalid-idempotency-key", errors.New("idempotency_key is longer than 256 bytes")))
+		if err := checkIdempotencyKey(req.IdempotencyKey, body); err != nil {
+			s.writeError(w, r, err)
 			return
 		}
 		opts = append(opts, engine.WithIdempotencyKey(req.IdempotencyKey))
@@ -338,6 +364,69 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 	// Not ended within the wait, or the server is shutting down: the saga
 	// is durable, so answer with its id.
 	writeJSON(w, http.StatusAccepted, client.Started{ID: st.ID, Status: string(saga.StatusRunning)})
+}
+
+// maxIdempotencyKey is the longest idempotency key the API accepts, in
+// bytes.
+const maxIdempotencyKey = 256
+
+// checkIdempotencyKey refuses a key that is too long or is not valid
+// UTF-8. encoding/json decodes invalid UTF-8, and an escaped lone surrogate
+// (\ud800), as U+FFFD: two different keys would then name one saga, so the
+// key is checked as the client wrote it in body.
+func checkIdempotencyKey(key string, body []byte) error {
+	if len(key) > maxIdempotencyKey {
+		return badRequest("invalid-idempotency-key", errors.Newf("idempotency_key is %d bytes, longer than %d", len(key), maxIdempotencyKey))
+	}
+	if !strings.ContainsRune(key, utf8.RuneError) {
+		return nil // nothing was replaced
+	}
+	var raw struct {
+		Key json.RawMessage `json:"idempotency_key"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil || !validJSONText(raw.Key) {
+		return badRequest("invalid-idempotency-key", errors.New("idempotency_key is not valid UTF-8 text (an invalid byte or a lone surrogate escape)"))
+	}
+	return nil
+}
+
+// validJSONText reports whether the JSON string literal s (quotes
+// included, syntax already checked by the decoder) holds valid UTF-8 and
+// escapes only whole characters: every \u surrogate escape is half of a pair.
+func validJSONText(s []byte) bool {
+	if !utf8.Valid(s) {
+		return false
+	}
+	hex := func(b []byte) rune {
+		n, err := strconv.ParseUint(string(b), 16, 16)
+		if err != nil {
+			return -1
+		}
+		return rune(n)
+	}
+	for i := 1; i < len(s)-1; i++ {
+		if s[i] != '\\' {
+			continue
+		}
+		i++
+		if s[i] != 'u' || i+4 >= len(s) {
+			continue
+		}
+		r1 := hex(s[i+1 : i+5])
+		i += 4
+		if !utf16.IsSurrogate(r1) {
+			continue
+		}
+		// A pair is \uD8xx\uDCxx: the high half, then the low one.
+		if i+6 >= len(s) || s[i+1] != '\\' || s[i+2] != 'u' {
+			return false
+		}
+		if utf16.DecodeRune(r1, hex(s[i+3:i+7])) == utf8.RuneError {
+			return false
+		}
+		i += 6
+	}
+	return true
 }
 
 // waitFor waits up to d for a saga to end; nil if it has not.
@@ -405,11 +494,19 @@ func (s *Server) listSagas(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out := client.Page{Sagas: make([]client.Saga, len(page.Sagas)), NextCursor: page.NextCursor}
+	writeJSON(w, http.StatusOK, PageJSON(page))
+}
+
+// PageJSON converts a page of the engine's sagas to the wire format of a
+// list: without the sagas' input and data. A page of a thousand sagas must
+// not carry a thousand inputs and outputs; GET /v1/sagas/{id} has them.
+func PageJSON(page *engine.Page) *client.Page {
+	out := &client.Page{Sagas: make([]client.Saga, len(page.Sagas)), NextCursor: page.NextCursor}
 	for i, sg := range page.Sagas {
 		out.Sagas[i] = *SagaJSON(sg)
+		out.Sagas[i].Input, out.Sagas[i].Data = nil, nil
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
 func (s *Server) sagaLog(w http.ResponseWriter, r *http.Request) {
@@ -511,40 +608,100 @@ func (s *Server) requeueEvent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id, "status": string(storage.OutboxNew)})
 }
 
-// backup streams a consistent copy of the database file. The copy is
-// taken to a temporary file inside one read transaction, at disk speed, and
-// streamed after it has ended: a slow client must not hold a read
-// transaction (which would stall writes that grow the file). The write
-// deadline is lifted for the transfer of a large file.
+// backupChunk is how much of a backup is written at a time; each write
+// must complete within Config.BackupStallTimeout.
+const backupChunk = 64 << 10
+
+// backup serves GET /v1/backup: a consistent copy of the database file.
+//
+// The copy is taken to a temporary file inside one read transaction, at
+// disk speed, and streamed after the transaction has ended: a slow client
+// must not hold a read transaction, which keeps bbolt from reusing the
+// pages freed meanwhile and so grows the file. The server's write timeout
+// cannot bound the transfer of a large file, so each chunk has its own
+// deadline instead: a client that takes nothing for BackupStallTimeout is
+// cut off, and the temporary file is always removed when the handler
+// returns.
 func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
-	f, err := os.CreateTemp("", "sagad-backup-*.db")
-	if err != nil {
-		s.writeError(w, r, errors.Wrap(err, "backup: temporary file"))
-		return
+	sent, size, err := s.sendBackup(w)
+	switch {
+	case err == nil:
+	case size < 0: // nothing was sent: answer with a problem
+		s.writeError(w, r, err)
+	default: // logged once the temporary file is gone
+		s.log.Warn("backup failed after its answer began; a short body tells the client", "sent", sent, "size", size, "err", err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+}
+
+// sendBackup copies the database to a temporary file, which it removes
+// before it returns, and sends it. size is negative if no answer was sent.
+func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error) {
+	size = -1
+	f, err := os.CreateTemp(s.cfg.BackupDir, "sagad-backup-*.db")
+	if err != nil {
+		return 0, size, errors.Wrap(err, "backup: temporary file")
+	}
+	defer func() {
+		_ = f.Close()
+		if rerr := os.Remove(f.Name()); rerr != nil && err == nil {
+			err = errors.Wrap(rerr, "backup: remove the temporary file")
+		}
+	}()
+	var n int64
 	err = s.eng.DB().View(func(tx *storage.Tx) error {
-		_, err := tx.Bolt().WriteTo(f)
+		var err error
+		n, err = tx.Bolt().WriteTo(f)
 		return err
 	})
 	if err != nil {
-		s.writeError(w, r, errors.Wrap(err, "backup: copy"))
-		return
+		return 0, size, errors.Wrap(err, "backup: copy")
 	}
-	size, err := f.Seek(0, io.SeekCurrent)
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return 0, size, errors.Wrap(err, "backup: temporary file")
 	}
+	size = n
+	backupHeaders(w, size)
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, backupChunk)
+	for sent < size {
+		k, rerr := io.ReadFull(f, buf[:min(int64(len(buf)), size-sent)])
+		if rerr != nil {
+			return sent, size, errors.Wrap(rerr, "backup: read the temporary file")
+		}
+		// Without deadlines (a writer that does not support them), the
+		// server's write timeout bounds the transfer.
+		if derr := rc.SetWriteDeadline(time.Now().Add(s.cfg.BackupStallTimeout)); derr != nil && !errors.Is(derr, http.ErrNotSupported) {
+			return sent, size, errors.Wrap(derr, "backup: write deadline")
+		}
+		k, werr := w.Write(buf[:k])
+		sent += int64(k)
+		if werr != nil {
+			return sent, size, errors.Wrapf(werr, "backup: send (the client must take %d bytes every %s)", backupChunk, s.cfg.BackupStallTimeout)
+		}
+	}
+	return sent, size, nil
+}
+
+// backupSize serves HEAD /v1/backup: the headers of GET, Content-Length
+// included, from the database's size; nothing is copied.
+func (s *Server) backupSize(w http.ResponseWriter, r *http.Request) {
+	var size int64
+	err := s.eng.DB().View(func(tx *storage.Tx) error {
+		size = tx.Bolt().Size() // what WriteTo would write
+		return nil
+	})
 	if err != nil {
-		s.writeError(w, r, errors.Wrap(err, "backup: temporary file"))
+		s.writeError(w, r, errors.Wrap(err, "backup: size"))
 		return
 	}
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	backupHeaders(w, size)
+	w.WriteHeader(http.StatusOK)
+}
+
+func backupHeaders(w http.ResponseWriter, size int64) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Disposition", `attachment; filename="sagad.db"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	if _, err := io.Copy(w, f); err != nil {
-		s.log.Warn("backup transfer ended early; the client sees a short body", "err", err)
-	}
+	w.Header().Set("Cache-Control", "no-store")
 }

@@ -3,63 +3,17 @@ package engine_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/errors"
-
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/internal/diskfull"
 	"github.com/sagad/sagad/saga"
 )
-
-// mountTmpfs mounts a tmpfs of size bytes for the test and returns its
-// directory. It needs root (CI runs as root); elsewhere the test is
-// skipped, except under CI, where a skip would hide the test.
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("mount a tmpfs to fill: %v: %s (CI runs as root and must run this test)", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs to fill (run as root): %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fill writes a file in dir until the file system is full.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("fill: %v, want ENOSPC", err)
-			}
-			return path
-		}
-	}
-}
 
 // counter is a slog handler that counts records whose message contains
 // its substring and signals the first one.
@@ -84,7 +38,7 @@ func (c *counter) Handle(_ context.Context, r slog.Record) error {
 // driver is lost, and a Start while the disk is full answers at once.
 func TestFullDiskDoesNotWedge(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, 32<<20)
+	dir := diskfull.Mount(t, 32<<20)
 	const sagas = 40
 	gate := make(chan struct{})
 	big := json.RawMessage(`"` + strings.Repeat("x", 32<<10) + `"`)
@@ -124,7 +78,7 @@ func TestFullDiskDoesNotWedge(t *testing.T) {
 		}()
 	}
 
-	filler := fill(t, dir)
+	free := diskfull.Fill(t, dir)
 	close(gate) // the first outputs arrive on a full disk
 	select {
 	case <-failures.first:
@@ -145,9 +99,7 @@ func TestFullDiskDoesNotWedge(t *testing.T) {
 		t.Fatal("Start hung for 10s on a full disk")
 	}
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	free()
 	for range sagas {
 		r := <-results
 		if r.err != nil {
