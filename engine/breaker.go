@@ -157,19 +157,20 @@ func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
 }
 
 // blocked reports whether the breaker refuses calls now, and until when.
+// It reads the engine's own record of the breaker, never gobreaker: it is
+// called while a driver holds its transition lock, and gobreaker moves an
+// expired open breaker to half-open inside its own lock, running
+// breakerChanged and the hook there. Past its time an open breaker lets the
+// call through to gobreaker, which half-opens it then (outside any lock of
+// the engine's); a half-open breaker refuses the surplus of trial requests
+// with ErrTooManyRequests, which attempt reports as blocked.
 func (b *breaker) blocked(now time.Time) (bool, time.Time) {
-	// A half-open breaker lets trial requests through; gobreaker refuses the
-	// surplus with ErrTooManyRequests, which attempt reports as blocked.
-	if b.cb.State() != gobreaker.StateOpen {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != gobreaker.StateOpen || !now.Before(b.openUntil) {
 		return false, time.Time{}
 	}
-	b.mu.Lock()
-	until := b.openUntil
-	b.mu.Unlock()
-	if until.Before(now) {
-		until = now.Add(b.policy.OpenFor)
-	}
-	return true, until
+	return true, b.openUntil
 }
 
 // Breakers returns the state of every circuit breaker, by name.

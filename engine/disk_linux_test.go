@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/errors"
+
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/diskfull"
 	"github.com/sagad/sagad/saga"
@@ -110,8 +112,32 @@ func TestFullDiskDoesNotWedge(t *testing.T) {
 		}
 	}
 	t.Logf("%d commits failed while the disk was full", failures.n.Load())
-	// The slots and drivers are all back: a new saga runs through.
-	if s := b.run(t, "disk", nil); s.Status != saga.StatusCompleted {
-		t.Errorf("a saga after the disk was freed ended %s", s.Status)
+	// Every slot is back: Concurrency (2) sagas run their steps at once.
+	var arrived atomic.Int32
+	met := make(chan struct{})
+	pair := &saga.Definition{Name: "pair", Steps: []saga.Step{{Name: "meet", Timeout: 10 * time.Second,
+		Action: func(ctx context.Context, _ *saga.Call) (json.RawMessage, error) {
+			if arrived.Add(1) == 2 {
+				close(met)
+			}
+			select {
+			case <-met: // the other saga is running too
+				return nil, nil
+			case <-ctx.Done():
+				return nil, saga.Permanent(errors.New("the other saga never ran: a slot is lost"))
+			}
+		}}}}
+	if err := b.eng.Register(pair); err != nil {
+		t.Fatal(err)
+	}
+	first, err := b.eng.Start(context.Background(), "pair", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := b.run(t, "pair", nil); s.Status != saga.StatusCompleted {
+		t.Errorf("second saga of a pair ended %s (%v): a concurrency slot was lost", s.Status, s.Err)
+	}
+	if s := b.wait(t, first.ID); s.Status != saga.StatusCompleted {
+		t.Errorf("first saga of a pair ended %s (%v): a concurrency slot was lost", s.Status, s.Err)
 	}
 }

@@ -35,6 +35,9 @@ type driver struct {
 	// reload asks release to load the saga again from storage after a
 	// pause: a commit failed, and what was not committed is forgotten.
 	reload bool
+	// op marks an operator's hold (Abort, Retry, Resolve), not a driver
+	// that loaded the saga.
+	op bool
 
 	next     effect
 	out      *outcome
@@ -153,7 +156,11 @@ func (d *driver) load(now time.Time) (bool, error) {
 		}
 		r.Parked, r.WakeAt = reason, time.Time{}
 		d.log(now, storage.LogEntry{Event: storage.EventParked, Note: reason})
-		err := d.commit()
+		if err := d.commit(); err != nil {
+			// Not a damaged record: the saga is loaded again later.
+			d.e.commitFailed(d, err)
+			return false, nil
+		}
 		// Register may have stored the definition between the look-up and
 		// this commit, and scanned for parked sagas before it: look again.
 		if d.e.definition(r.Definition, r.Fingerprint) != nil {
@@ -161,7 +168,7 @@ func (d *driver) load(now time.Time) (bool, error) {
 			d.redispatch = true
 			d.e.mu.Unlock()
 		}
-		return false, err
+		return false, nil
 	}
 	if r.Parked != "" {
 		r.Parked = ""
@@ -481,7 +488,7 @@ func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) b
 		d.toFallback(now, s)
 		return true
 	}
-	if !r.Deadline.IsZero() && s.Phase == saga.PhaseAction && until.After(r.Deadline) {
+	if !r.Deadline.IsZero() && s.Phase == saga.PhaseAction && until.After(r.Deadline) && !d.pastPivot() {
 		until = r.Deadline
 	}
 	r.WakeAt = until
@@ -534,7 +541,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 				if r.Data == nil {
 					r.Data = make(map[string]json.RawMessage, len(r.Steps))
 				}
-				r.Data[s.Name] = slices.Clone(o.data) // the function may reuse its buffer
+				r.Data[s.Name] = o.data // the engine keeps it: see saga.Func
 			}
 			fallback := s.FallbackUsed
 			d.lifecycle(now, "step.succeeded", s.Name, func(b []byte) []byte {
@@ -576,7 +583,10 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		d.toFallback(now, s)
 	case o.phase == saga.PhaseCompensation:
 		r.WakeAt = time.Time{}
-		d.fail(now, errors.Wrapf(o.err, "compensation of step %q failed after %d attempts", s.Name, s.Attempts))
+		d.fail(now, &compensationFailed{
+			cause: errors.Wrapf(o.err, "compensation of step %q failed after %d attempts", s.Name, s.Attempts),
+			why:   decodeError(r.ErrorEnc, r.Error),
+		})
 	default:
 		s.ActionAttempts = actionAttempts(s)
 		s.Status = saga.StepFailed
@@ -690,7 +700,7 @@ func (d *driver) retryFailed(now time.Time) error {
 			// Compensating again: the saga's error goes back to why it
 			// compensated, not the compensation's failure.
 			r.Status = saga.StatusCompensating
-			r.Error, r.ErrorEnc = d.compensationCause(), nil
+			d.restoreCause()
 			s.Attempts, s.PhaseStarted = 0, now
 		case s.Status == saga.StepFailed && d.pastPivot():
 			// Going forward again: the failure is no longer the saga's
@@ -705,24 +715,31 @@ func (d *driver) retryFailed(now time.Time) error {
 			Note: "an operator asked to retry " + s.Name})
 		return nil
 	}
-	return errors.Wrapf(ErrConflict, "saga %s: no failed step or compensation to retry", r.ID)
+	return errors.Wrap(ErrConflict, "no failed step or compensation to retry")
 }
 
-// compensationCause returns why the saga last turned to compensation, from
-// its log (its stored error then held the compensation's failure).
-func (d *driver) compensationCause() string {
+// restoreCause puts back why the saga compensated as its error, in place
+// of its compensation's failure. A failure stored by an older sagad carries
+// no cause: its message is found in the log.
+func (d *driver) restoreCause() {
+	r := d.rec
+	var cf *compensationFailed
+	if errors.As(decodeError(r.ErrorEnc, r.Error), &cf) && cf.why != nil {
+		d.setError(cf.why)
+		return
+	}
 	var entries []storage.LogEntry
 	_ = d.e.db.View(func(tx *storage.Tx) error {
 		var err error
-		entries, err = tx.LogList(d.rec.ID)
+		entries, err = tx.LogList(r.ID)
 		return err
 	})
 	for i := len(entries) - 1; i >= 0; i-- {
 		if e := entries[i]; e.Event == storage.EventStatus && e.Status == saga.StatusCompensating {
-			return e.Error
+			r.Error, r.ErrorEnc = e.Error, nil
+			return
 		}
 	}
-	return ""
 }
 
 func (d *driver) log(now time.Time, e storage.LogEntry) {

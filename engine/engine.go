@@ -114,6 +114,9 @@ type Engine struct {
 	// It is written under mu (with the active map) and read without it.
 	running   atomic.Bool
 	runCalled bool
+	// stopping is set under mu once shutdown or Close has begun: no new
+	// holder may join the drivers WaitGroup then.
+	stopping bool
 
 	closed   atomic.Bool
 	sem      chan struct{}   // concurrency slots
@@ -251,10 +254,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 	}
 	e.mu.Unlock()
 	if e.running.Load() {
-		e.resumeParked(def.Name, fp)
-		if legacy != "" {
-			e.resumeParked(def.Name, legacy)
-		}
+		e.resumeParked(def.Name, fp, legacy)
 	}
 	return nil
 }
@@ -408,14 +408,9 @@ func checkKey(key string) error {
 // duplicate answers a Start whose idempotency key names the saga id: the
 // same saga if it was started with the same input, else ErrKeyReused.
 func (e *Engine) duplicate(definition, key string, id ulid.ULID, input json.RawMessage) (Started, error) {
-	var rec *storage.Saga
-	err := e.db.View(func(tx *storage.Tx) error {
-		var err error
-		rec, err = tx.SagaGet(id)
-		return err
-	})
+	rec, err := e.sagaGet(id)
 	if err != nil {
-		return Started{}, errors.Wrapf(err, "engine: start %q: idempotency key %q names saga %s", definition, key, id)
+		return Started{}, errors.Wrapf(err, "engine: start %q: idempotency key %q", definition, key)
 	}
 	if rec.Definition != definition || !sameJSON(rec.Input, input) {
 		what := "another input"
@@ -509,19 +504,28 @@ func (e *Engine) lookup(id string) (ulid.ULID, *Saga, error) {
 	if err != nil {
 		return u, nil, err
 	}
-	var rec *storage.Saga
-	err = e.db.View(func(tx *storage.Tx) error {
-		var err error
-		rec, err = tx.SagaGet(u)
-		return err
-	})
+	rec, err := e.sagaGet(u)
 	if err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return u, nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
-		}
-		return u, nil, errors.Wrapf(err, "engine: get saga %s", id)
+		return u, nil, errors.Wrap(err, "engine")
 	}
 	return u, sagaView(rec), nil
+}
+
+// sagaGet reads a saga's record; a missing one is ErrNotFound.
+func (e *Engine) sagaGet(id ulid.ULID) (*storage.Saga, error) {
+	var rec *storage.Saga
+	err := e.db.View(func(tx *storage.Tx) error {
+		var err error
+		rec, err = tx.SagaGet(id)
+		return err
+	})
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return nil, errors.Wrapf(ErrNotFound, "saga %s", id)
+	case err != nil:
+		return nil, errors.Wrapf(err, "get saga %s", id)
+	}
+	return rec, nil
 }
 
 // Wait blocks until the saga is finished (completed, compensated or failed)
@@ -697,19 +701,29 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	now := time.Now()
 	compensating := false
 	err = e.db.Update(func(tx *storage.Tx) error {
-		// Checked again in the write: the saga may have moved since.
-		st, ok := tx.SagaStatus(u)
-		compensating = st == saga.StatusCompensating
-		switch {
-		case !ok:
-			return ErrNotFound // pruned or damaged since
-		case st == saga.StatusCompensating:
+		// Checked again in the write, under the hold: the saga may have
+		// moved since, even past its pivot.
+		rec, err := tx.SagaGet(u)
+		if err != nil {
+			return err // pruned or damaged since
+		}
+		compensating = rec.Status == saga.StatusCompensating
+		switch rec.Status {
+		case saga.StatusCompensating:
 			return nil
-		case st == saga.StatusRunning:
+		case saga.StatusRunning:
+			if def := e.definition(rec.Definition, rec.Fingerprint); def != nil {
+				if p := def.PivotIndex(); p >= 0 && rec.Steps[p].Status == saga.StepSucceeded {
+					return errors.Wrapf(ErrConflict, "it is past its pivot step %q and can only go forward", def.Steps[p].Name)
+				}
+			}
 			return tx.AbortPut(u, now)
 		}
-		return errors.Wrapf(ErrConflict, "it is %s", st)
+		return errors.Wrapf(ErrConflict, "it is %s", rec.Status)
 	})
+	if errors.Is(err, storage.ErrNotFound) {
+		err = errors.Wrap(ErrNotFound, "pruned meanwhile")
+	}
 	if err == nil && !compensating && !own {
 		d.abort.Store(true)
 	}
@@ -726,22 +740,35 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	return nil
 }
 
+// testAbortHold, when set by a test, is called when Abort is about to wait
+// for the transition lock of the driver that holds the saga.
+var testAbortHold func(id string)
+
 // holdForAbort holds a saga for Abort: it locks the transitions of the
 // driver that holds the saga, or, when none does, claims the saga itself
 // (own) so that no driver starts until the request is written. Release an
-// owned driver with e.release, else unlock d.mu.
+// owned driver with e.release, else unlock d.mu. A driver holds d.mu for
+// one transition at most (a decision and its commit), so the wait is short
+// and ctx is checked between tries only.
 func (e *Engine) holdForAbort(ctx context.Context, id ulid.ULID) (d *driver, own bool, err error) {
 	for {
 		e.mu.Lock()
+		if e.stopping {
+			e.mu.Unlock()
+			return nil, false, ErrClosed
+		}
 		d = e.active[id]
 		if d == nil {
-			d = &driver{e: e, rec: &storage.Saga{ID: id}}
+			d = &driver{e: e, rec: &storage.Saga{ID: id}, op: true}
 			e.active[id] = d
 			e.drivers.Add(1)
 			e.mu.Unlock()
 			return d, true, nil
 		}
 		e.mu.Unlock()
+		if testAbortHold != nil {
+			testAbortHold(id.String())
+		}
 		d.mu.Lock()
 		e.mu.Lock()
 		still := e.active[id] == d
@@ -837,10 +864,10 @@ func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
 		if st == saga.StatusFailed || ok {
 			return nil
 		}
-		return errors.Wrapf(ErrConflict, "engine: resolve saga %s: it is %s, not failed or compensating and waiting for a retry", id, st)
+		return errors.Wrapf(ErrConflict, "it is %s, not failed or compensating and waiting for a retry", st)
 	}
 	if err := resolvable(s.Status, s.Status == saga.StatusCompensating && waiting(s.Status, s.WakeAt, s.inFlight(), time.Now())); err != nil {
-		return err
+		return errors.Wrapf(err, "engine: resolve saga %s", id)
 	}
 	if strings.TrimSpace(note) == "" {
 		return errors.Wrapf(ErrInvalidInput, "engine: resolve saga %s: a note saying what was done is required", id)
@@ -858,10 +885,7 @@ func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
 		d.finish(now, saga.StatusResolved)
 		return nil
 	})
-	if err != nil && !errors.Is(err, ErrConflict) {
-		return errors.Wrapf(err, "engine: resolve saga %s", id)
-	}
-	return err
+	return errors.Wrapf(err, "engine: resolve saga %s", id)
 }
 
 // Run recovers every unfinished saga, then runs new and due sagas until ctx
@@ -914,6 +938,7 @@ func (e *Engine) Run(ctx context.Context) error {
 func (e *Engine) shutdown() {
 	e.mu.Lock()
 	e.running.Store(false)
+	e.stopping = true
 	e.mu.Unlock()
 	done := make(chan struct{})
 	go func() { e.drivers.Wait(); close(done) }()
@@ -938,6 +963,7 @@ func (e *Engine) Close() error {
 	close(e.stopRun)
 	e.mu.Lock()
 	ran := e.runCalled
+	e.stopping = true
 	e.mu.Unlock()
 	if ran {
 		<-e.runDone

@@ -14,3 +14,8 @@ func DecodeError(enc []byte, msg string) error { return decodeError(enc, msg) }
 // the saga held by a driver and starts to wait. Not safe to call while
 // sagas run.
 func SetClaimBusyHook(h func(id string)) { testClaimBusy = h }
+
+// SetAbortHoldHook installs a hook called when Abort is about to wait for
+// the transition lock of the saga's driver. Not safe to call while sagas
+// run.
+func SetAbortHoldHook(h func(id string)) { testAbortHold = h }

@@ -6,6 +6,7 @@ import (
 	stderrors "errors"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,11 +21,21 @@ import (
 )
 
 // An Abort accepted while the saga's last step runs is acted on: the saga
-// compensates. An Abort that comes after the saga completed fails with
-// ErrConflict. Never both, never neither (the cleanup's consistency check
-// also reports an abort request left on a finished saga).
+// compensates. An Abort that comes after the saga completed (or, when the
+// step is the pivot, after it succeeded) fails with ErrConflict. Never both,
+// never neither (the cleanup's consistency check also reports an abort
+// request left on a finished saga).
 func TestAbortRacesLastStep(t *testing.T) {
 	t.Parallel()
+	for _, pivot := range []bool{false, true} {
+		t.Run(map[bool]string{false: "last step", true: "pivot"}[pivot], func(t *testing.T) {
+			t.Parallel()
+			abortRacesLastStep(t, pivot)
+		})
+	}
+}
+
+func abortRacesLastStep(t *testing.T, pivot bool) {
 	const sagas = 300
 	var mu sync.Mutex
 	abortErr := make(map[string]error)
@@ -34,7 +45,7 @@ func TestAbortRacesLastStep(t *testing.T) {
 	ready.Add(1)
 	def := &saga.Definition{Name: "race", Steps: []saga.Step{
 		{Name: "one", Action: noop, Compensation: noop},
-		{Name: "two", Compensation: noop, Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		{Name: "two", Pivot: pivot, Compensation: map[bool]saga.Func{false: noop}[pivot], Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
 			ready.Wait()
 			done := make(chan struct{})
 			mu.Lock()
@@ -55,6 +66,9 @@ func TestAbortRacesLastStep(t *testing.T) {
 			return nil, nil
 		}},
 	}}
+	if pivot {
+		def.Steps = append(def.Steps, saga.Step{Name: "three", Action: noop})
+	}
 	b = setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Concurrency: 64}})
 	ready.Done()
 	ids := make([]string, sagas)
@@ -76,7 +90,23 @@ func TestAbortRacesLastStep(t *testing.T) {
 		err := abortErr[id]
 		mu.Unlock()
 		switch {
-		case err == nil && s.Status == saga.StatusCompensated && errors.Is(s.Err, engine.ErrAborted):
+		case pivot && err == nil && s.Status == saga.StatusCompleted:
+			// Accepted while the pivot ran: the pivot's own transition
+			// ignored it (the saga could only go forward) and logged so,
+			// before the step after the pivot started. An abort written
+			// after the pivot succeeded would have been refused.
+			log, lerr := b.eng.Log(context.Background(), id)
+			ignored := slices.IndexFunc(log, func(e storage.LogEntry) bool {
+				return e.Event == storage.EventAbortRequested && strings.Contains(e.Note, "past its pivot")
+			})
+			three := slices.IndexFunc(log, func(e storage.LogEntry) bool {
+				return e.Event == storage.EventAttemptStarted && e.Step == "three"
+			})
+			if lerr != nil || ignored < 0 || ignored > three {
+				t.Errorf("saga %s: Abort returned nil, yet the pivot's transition did not see it: log %+v (%v)", id, log, lerr)
+			}
+			won[true]++
+		case !pivot && err == nil && s.Status == saga.StatusCompensated && errors.Is(s.Err, engine.ErrAborted):
 			won[true]++
 		case errors.Is(err, engine.ErrConflict) && s.Status == saga.StatusCompleted:
 			won[false]++
@@ -85,26 +115,64 @@ func TestAbortRacesLastStep(t *testing.T) {
 				id, err, s.Status, s.Err)
 		}
 	}
-	t.Logf("aborts acted on: %d, refused because the saga had completed: %d", won[true], won[false])
+	t.Logf("aborts accepted: %d, refused because the saga had completed or passed its pivot: %d", won[true], won[false])
 }
 
 func noop(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }
 
+// An Abort that read the saga before its pivot succeeded, and writes its
+// request after, is refused: the saga is past its pivot by then.
+func TestAbortAfterPivotIsRefused(t *testing.T) {
+	// Not parallel: it installs package-wide hooks.
+	var eng atomic.Pointer[engine.Engine]
+	atLock, committed, shipped := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	aborted := make(chan error, 1)
+	engine.SetAbortHoldHook(func(string) {
+		close(atLock)
+		<-committed // take the lock only once the pivot's success is durable
+	})
+	engine.SetTestHook(func(point, id, step string, _ saga.Phase) {
+		if point == "after_attempt" && step == "pay" {
+			go func() { aborted <- eng.Load().Abort(context.Background(), id) }()
+			<-atLock // the Abort found the pivot not yet succeeded
+		}
+	})
+	t.Cleanup(func() { engine.SetAbortHoldHook(nil); engine.SetTestHook(nil) })
+	def := &saga.Definition{Name: "pivot", Steps: []saga.Step{
+		{Name: "reserve", Action: noop, Compensation: noop},
+		{Name: "pay", Action: noop, Pivot: true},
+		{Name: "ship", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { <-shipped; return nil, nil }},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
+		AttemptFinished: func(a engine.AttemptInfo) {
+			if a.Step == "pay" {
+				close(committed)
+			}
+		}}}})
+	eng.Store(b.eng)
+	st, err := b.eng.Start(context.Background(), "pivot", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = <-aborted // written while the step after the pivot runs
+	close(shipped)
+	if s := b.wait(t, st.ID); !errors.Is(err, engine.ErrConflict) || s.Status != saga.StatusCompleted {
+		t.Fatalf("Abort = %v, saga %s; want ErrConflict (past its pivot) and completed", err, s.Status)
+	}
+}
+
 // A step's Call holds its own copies of the input and data; Start keeps its
-// own copy of a json.RawMessage input; a step's output buffer is copied.
+// own copy of a json.RawMessage input.
 func TestStepsCannotChangeStoredData(t *testing.T) {
 	t.Parallel()
-	var kept []byte // step one's output buffer, which it changes later
 	gate := make(chan struct{})
 	var seen [][]byte
 	def := &saga.Definition{Name: "copies", Steps: []saga.Step{
 		{Name: "one", Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
 			<-gate
-			kept = []byte(`{"v":"one"}`)
-			return kept, nil
+			return json.RawMessage(`{"v":"one"}`), nil
 		}},
 		{Name: "two", Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
-			copy(kept, `{"v":"BAD"}`) // one's buffer, after one returned it
 			copy(c.Data["one"], `{"v":"bad"}`)
 			copy(c.Input, `{"n":"bad"}`)
 			return nil, nil
@@ -190,6 +258,89 @@ func TestBreakerHookMayCallBreakers(t *testing.T) {
 	}
 	if s := <-done; s.Status != saga.StatusCompensated {
 		t.Errorf("status %s", s.Status)
+	}
+}
+
+// A BreakerStateChanged hook may call Abort, even for the saga whose
+// attempt moves the breaker.
+func TestBreakerHookMayAbort(t *testing.T) {
+	t.Parallel()
+	var eng atomic.Pointer[engine.Engine]
+	var id atomic.Value
+	aborted := make(chan error, 1)
+	var calls atomic.Int32
+	gate := make(chan struct{}) // holds the saga until its id is known
+	def := &saga.Definition{Name: "hook-abort", Steps: []saga.Step{
+		{Name: "one", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { <-gate; return nil, nil },
+			Compensation: noop},
+		{Name: "two", Retry: fastRetry(5), Compensation: noop,
+			Breaker: saga.BreakerPolicy{Name: "hook-abort-breaker", Failures: 1, OpenFor: 20 * time.Millisecond},
+			Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+				if calls.Add(1) == 1 {
+					return nil, errFlaky
+				}
+				return nil, nil
+			}},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
+		BreakerStateChanged: func(_, _, to string) {
+			if to == "half-open" {
+				aborted <- eng.Load().Abort(context.Background(), id.Load().(string))
+			}
+		}}}})
+	eng.Store(b.eng)
+	st, err := b.eng.Start(context.Background(), "hook-abort", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id.Store(st.ID)
+	close(gate)
+	select {
+	case err := <-aborted:
+		if err != nil {
+			t.Errorf("Abort from the hook: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Abort from the hook within 10s: it deadlocked")
+	}
+	if s := b.wait(t, st.ID); s.Status != saga.StatusCompensated || !errors.Is(s.Err, engine.ErrAborted) {
+		t.Errorf("status %s (%v), want compensated by the abort", s.Status, s.Err)
+	}
+}
+
+// A step past the pivot that waits for its breaker after the saga's
+// deadline waits for the breaker, without spinning on the deadline.
+func TestBreakerWaitPastPivotAfterDeadline(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	def := &saga.Definition{Name: "spin", Timeout: 20 * time.Millisecond, Steps: []saga.Step{
+		{Name: "pay", Action: noop, Pivot: true},
+		{Name: "ship", Retry: fastRetry(5),
+			Breaker: saga.BreakerPolicy{Name: "spin-breaker", Failures: 1, OpenFor: 300 * time.Millisecond},
+			Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+				if calls.Add(1) == 1 {
+					return nil, errFlaky
+				}
+				return nil, nil
+			}},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	s := b.run(t, "spin", nil)
+	if s.Status != saga.StatusCompleted {
+		t.Fatalf("status %s (%v)", s.Status, s.Err)
+	}
+	log, err := b.eng.Log(context.Background(), s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waits := 0
+	for _, e := range log {
+		if e.Event == storage.EventBreakerOpen {
+			waits++
+		}
+	}
+	if waits > 3 {
+		t.Errorf("%d breaker waits logged in 300ms, want a few: the saga spun on its passed deadline", waits)
 	}
 }
 
@@ -483,6 +634,9 @@ func TestRetriedCompensationKeepsItsCause(t *testing.T) {
 	s = b.wait(t, s.ID)
 	if s.Status != saga.StatusCompensated || s.Err == nil || s.Err.Error() != `step "two" failed: card declined` {
 		t.Fatalf("after retry: %s, err %v; want compensated with the step's failure", s.Status, s.Err)
+	}
+	if !saga.IsPermanent(s.Err) || !stderrors.Is(s.Err, saga.ErrPermanent) {
+		t.Errorf("after retry the saga's error %v lost its permanent mark", s.Err)
 	}
 }
 

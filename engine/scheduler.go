@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,10 +85,16 @@ func (e *Engine) schedule(ctx context.Context) {
 	}
 }
 
+// claimed reports whether a due saga is held. A driver dispatches it
+// again as it lets go if it is due then; an operator's hold (Abort, Retry,
+// Resolve) never read its wake time, so it is asked to.
 func (e *Engine) claimed(id ulid.ULID) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, ok := e.active[id]
+	d, ok := e.active[id]
+	if ok && d.op {
+		d.redispatch = true
+	}
 	return ok
 }
 
@@ -178,6 +185,14 @@ func (e *Engine) release(d *driver) {
 	_, waited := e.waiters[id]
 	claimers := e.claimers[id]
 	delete(e.claimers, id)
+	if !d.reload && e.nfailing.Load() > 0 {
+		// Let go without a failed commit (a reload that found nothing to
+		// write, a saga set aside): its failures are over.
+		if _, ok := e.failing[id]; ok {
+			delete(e.failing, id)
+			e.nfailing.Add(-1)
+		}
+	}
 	e.mu.Unlock()
 	for _, ch := range claimers {
 		close(ch)
@@ -267,22 +282,14 @@ func (e *Engine) commitSucceeded(id ulid.ULID) {
 // waited for up to claimWait (or ctx): an operator who sees a saga failed
 // may act on it while its driver is still letting go.
 func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, fn func(*driver) error) error {
-	d := &driver{e: e, rec: &storage.Saga{ID: id}}
+	d := &driver{e: e, rec: &storage.Saga{ID: id}, op: true}
 	if err := e.claim(ctx, d); err != nil {
 		return err
 	}
 	defer e.release(d)
-	var rec *storage.Saga
-	err := e.db.View(func(tx *storage.Tx) error {
-		var err error
-		rec, err = tx.SagaGet(id)
-		return err
-	})
+	rec, err := e.sagaGet(id)
 	if err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return errors.Wrapf(ErrNotFound, "saga %s", id)
-		}
-		return errors.Wrapf(err, "saga %s", id)
+		return err
 	}
 	d.rec = rec
 	d.from = d.rec.Status
@@ -318,6 +325,10 @@ func (e *Engine) claim(ctx context.Context, d *driver) error {
 	var timeout <-chan time.Time
 	for {
 		e.mu.Lock()
+		if e.stopping {
+			e.mu.Unlock()
+			return ErrClosed
+		}
 		if _, busy := e.active[id]; !busy {
 			e.active[id] = d
 			e.drivers.Add(1)
@@ -403,13 +414,15 @@ func (e *Engine) recover(ctx context.Context) error {
 	return nil
 }
 
-// resumeParked dispatches the parked sagas of a definition version.
-func (e *Engine) resumeParked(name, fp string) {
+// resumeParked dispatches the parked sagas of a definition version, by
+// any of its fingerprints (empty ones match nothing).
+func (e *Engine) resumeParked(name string, fps ...string) {
 	var ids []ulid.ULID
 	_ = e.db.View(func(tx *storage.Tx) error {
 		for _, st := range unfinished {
 			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
-				if r, err := tx.SagaGet(id); err == nil && r.Parked != "" && r.Definition == name && r.Fingerprint == fp {
+				if r, err := tx.SagaGet(id); err == nil && r.Parked != "" && r.Definition == name &&
+					r.Fingerprint != "" && slices.Contains(fps, r.Fingerprint) {
 					ids = append(ids, id)
 				}
 				return true

@@ -3,10 +3,12 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/errors/errorspb"
+	"github.com/gogo/protobuf/proto"
 
 	"github.com/sagad/sagad/internal/errmark"
 	"github.com/sagad/sagad/saga"
@@ -102,6 +104,36 @@ func decodeError(enc []byte, msg string) error {
 		}
 	}
 	return errors.Newf("%s", msg)
+}
+
+// compensationFailed is the error of a saga whose compensation failed for
+// good: its message is the compensation's failure; why, kept beside it
+// (not in its chain, so that the failure carries none of the cause's
+// marks), is why the saga compensated. Retrying the compensation restores
+// why as the saga's error, marks and all. It survives storage through the
+// encoder registered below.
+type compensationFailed struct {
+	cause error // the compensation's failure
+	why   error // why the saga compensated
+}
+
+func (e *compensationFailed) Error() string                 { return e.cause.Error() }
+func (e *compensationFailed) Unwrap() error                 { return e.cause }
+func (e *compensationFailed) Format(s fmt.State, verb rune) { errors.FormatError(e, s, verb) }
+
+func init() {
+	key := errors.GetTypeKey(&compensationFailed{})
+	errors.RegisterWrapperEncoder(key, func(ctx context.Context, err error) (string, []string, proto.Message) {
+		why := errors.EncodeError(ctx, err.(*compensationFailed).why)
+		return "", nil, &why
+	})
+	errors.RegisterWrapperDecoder(key, func(ctx context.Context, cause error, _ string, _ []string, payload proto.Message) error {
+		enc, ok := payload.(*errorspb.EncodedError)
+		if !ok {
+			return cause
+		}
+		return &compensationFailed{cause: cause, why: errors.DecodeError(ctx, *enc)}
+	})
 }
 
 // Output unmarshals the output of one of the saga's succeeded steps into v.

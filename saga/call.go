@@ -13,7 +13,8 @@ import (
 // It returns the step's output as JSON (nil for none). An action's or
 // fallback's output is stored as Data[step] and passed to every later step
 // and to compensations. A compensation's output is recorded in the step log
-// only.
+// only. The engine keeps the returned slice: do not change it afterwards.
+// The Call's Input and Data are the Func's own copies, free to change.
 //
 // A Func must honour ctx: it carries the attempt's timeout and the saga's
 // deadline. It must be idempotent for a given Call.IdempotencyKey, because the

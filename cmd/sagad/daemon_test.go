@@ -217,6 +217,20 @@ func chargeInFlight(t *testing.T, path string) (d *daemon, p *participants, id s
 	return d, p, st.ID
 }
 
+// killedWithChargeInFlight is chargeInFlight, then the daemon killed with
+// SIGKILL and the charge call let through: the file holds the charge in
+// doubt.
+func killedWithChargeInFlight(t *testing.T, path string) (*participants, string) {
+	t.Helper()
+	d, p, id := chargeInFlight(t, path)
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	close(p.block["/charge"])
+	return p, id
+}
+
 // sagad is killed with SIGKILL while a step's call is in flight, then
 // restarted on the same file: the saga finishes, and the participant saw the
 // interrupted call again with the same idempotency key.
@@ -377,12 +391,7 @@ func TestServeRejectsMalformedEnvironment(t *testing.T) {
 func TestRecoverAfterSIGKILL(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	d, p, id := chargeInFlight(t, path)
-	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-d.done
-	close(p.block["/charge"])
+	p, id := killedWithChargeInFlight(t, path)
 
 	code, out, errOut := runCmd(t, "recover", "--db", path)
 	if code != exitOK || !strings.Contains(out, "1 unfinished sagas found; ended: 1 completed") {

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -485,12 +484,7 @@ func TestServeDataLimits(t *testing.T) {
 func TestRecoverHoldsStepsToTheDataLimits(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	d, p, id := chargeInFlight(t, path)
-	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-d.done
-	close(p.block["/charge"])
+	_, id := killedWithChargeInFlight(t, path)
 	code, out, errOut := runCmd(t, "recover", "--db", path, "--max-step-output", "10")
 	if code != exitOK || !strings.Contains(out, "ended: 1 compensated") {
 		t.Fatalf("recover: exit %d, %s %s; want the saga compensated", code, out, errOut)

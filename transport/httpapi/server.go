@@ -628,6 +628,8 @@ func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 	case size < 0: // nothing was sent: answer with a problem
 		s.writeError(w, r, err)
+	case sent == size: // the client has it all; only the clean-up failed
+		s.log.Warn("backup sent, but its temporary file could not be removed", "err", err)
 	default: // logged once the temporary file is gone
 		s.log.Warn("backup failed after its answer began; a short body tells the client", "sent", sent, "size", size, "err", err)
 	}

@@ -120,7 +120,7 @@
 //     retryable, outcome unknown.
 //   - 408, 425, 429 and 5xx fail the attempt, retryable, no sooner than a
 //     Retry-After header (delay seconds, or an HTTP date; a past date asks
-//     for no wait) says. The outcome counts as known: the participant (or
+//     for no wait) says, up to the retry policy's max_interval. The outcome counts as known: the participant (or
 //     a proxy in front of it, even with 502 or 504) says it failed.
 //   - Any other status (4xx, and 3xx: the default client does not follow
 //     redirects) fails the attempt permanently. The error names the method,
