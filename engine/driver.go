@@ -96,24 +96,7 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 	if plan {
 		d.next = d.advance(now)
 	}
-	enc, logs, events, err := d.encode()
-	if err != nil {
-		return dup, err
-	}
-	key, id := d.rec.IdempotencyKey, d.rec.ID
-	err = d.e.db.Update(func(tx *storage.Tx) error {
-		dup = ulid.ULID{}
-		if key != "" {
-			if old, ok := tx.IdemGet(key); ok {
-				dup = old
-				return nil
-			}
-			if err := tx.IdemPut(key, id); err != nil {
-				return err
-			}
-		}
-		return putAll(tx, enc, logs, events)
-	})
+	dup, err = d.e.sagas.SagaCreate(context.Background(), d.change())
 	if err == nil && dup == (ulid.ULID{}) {
 		d.committed()
 	}
@@ -124,14 +107,14 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 // returns false when there is nothing to drive (finished, or parked).
 func (d *driver) load(now time.Time) (bool, error) {
 	id := d.rec.ID
-	var aborted bool
-	var r *storage.Saga
-	err := d.e.db.View(func(tx *storage.Tx) error {
-		var err error
-		r, err = tx.SagaGet(id)
-		aborted = tx.AbortGet(id)
-		return err
-	})
+	ctx := context.Background()
+	r, err := d.e.sagas.SagaGet(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	// Read after the record: an abort written later reaches the driver
+	// through d.abort (see Engine.Abort).
+	aborted, err := d.e.sagas.AbortGet(ctx, id)
 	if err != nil {
 		return false, err
 	}
@@ -728,12 +711,7 @@ func (d *driver) restoreCause() {
 		d.setError(cf.why)
 		return
 	}
-	var entries []storage.LogEntry
-	_ = d.e.db.View(func(tx *storage.Tx) error {
-		var err error
-		entries, err = tx.LogList(r.ID)
-		return err
-	})
+	entries, _ := d.e.sagas.LogList(context.Background(), r.ID)
 	for i := len(entries) - 1; i >= 0; i-- {
 		if e := entries[i]; e.Event == storage.EventStatus && e.Status == saga.StatusCompensating {
 			r.Error, r.ErrorEnc = e.Error, nil
@@ -747,38 +725,16 @@ func (d *driver) log(now time.Time, e storage.LogEntry) {
 	d.logs = append(d.logs, e)
 }
 
-// encode prepares the record, pending log entries and outbox events for a
-// commit.
-func (d *driver) encode() (*storage.Encoded, []storage.EncodedLog, []*storage.EncodedEvent, error) {
+// change numbers the pending log entries and returns what to commit: the
+// record, those entries, the outbox events and whether the abort request
+// is cleared.
+func (d *driver) change() *storage.Transition {
 	r := d.rec
-	logs := make([]storage.EncodedLog, len(d.logs))
 	for i := range d.logs {
 		r.LogSeq++
 		d.logs[i].Seq = r.LogSeq
-		logs[i] = storage.EncodeLog(&d.logs[i])
 	}
-	var events []*storage.EncodedEvent
-	if len(d.events) > 0 {
-		events = make([]*storage.EncodedEvent, len(d.events))
-		for i := range d.events {
-			events[i] = storage.EncodeEvent(&d.events[i], d.e.compressAbove)
-		}
-	}
-	enc, err := storage.EncodeSaga(r)
-	return enc, logs, events, err
-}
-
-// putAll writes a saga, its log entries and its outbox events.
-func putAll(tx *storage.Tx, enc *storage.Encoded, logs []storage.EncodedLog, events []*storage.EncodedEvent) error {
-	if err := tx.SagaPut(enc, logs...); err != nil {
-		return err
-	}
-	for _, ev := range events {
-		if _, err := tx.OutboxPut(ev); err != nil {
-			return err
-		}
-	}
-	return nil
+	return &storage.Transition{Saga: r, Log: d.logs, Events: d.events, ClearAbort: d.clrAbort}
 }
 
 // commit writes the saga, its new log entries and its outbox events in one
@@ -794,24 +750,11 @@ func (d *driver) commit() error {
 // write is commit without its aftermath: hooks run after d.mu is let go
 // (see transition), so that a hook may call Abort.
 func (d *driver) write() error {
-	enc, logs, events, err := d.encode()
-	if err != nil {
-		return err
-	}
-	id, clr := d.rec.ID, d.clrAbort
-	err = d.e.db.Update(func(tx *storage.Tx) error {
-		if clr {
-			if err := tx.AbortDelete(id); err != nil {
-				return err
-			}
-		}
-		return putAll(tx, enc, logs, events)
-	})
-	if err != nil {
+	if err := d.e.sagas.SagaCommit(context.Background(), d.change()); err != nil {
 		d.finished = false // a waiter must never see a final state that is not durable
 		return err
 	}
-	d.e.commitSucceeded(id)
+	d.e.commitSucceeded(d.rec.ID)
 	return nil
 }
 

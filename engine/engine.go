@@ -97,9 +97,10 @@ type AttemptInfo struct {
 // Engine runs sagas durably on a bbolt file. Its methods are safe for
 // concurrent use.
 type Engine struct {
-	db   *storage.DB
-	opts Options
-	log  *slog.Logger
+	db    *storage.DB
+	sagas storage.SagaStore // the saga side of db; the seam other backends will fill
+	opts  Options
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	defs     map[string]*versions
@@ -133,7 +134,6 @@ type Engine struct {
 	drivers   sync.WaitGroup
 	bg        sync.WaitGroup // background writes (breaker state)
 
-	compressAbove int // outbox payloads longer than this are compressed; <= 0 never
 }
 
 // versions holds the registered versions of one definition, by fingerprint.
@@ -162,6 +162,7 @@ func Open(path string, opts Options) (*Engine, error) {
 		opts.MaxSagaData = DefaultMaxSagaData
 	}
 	opts.Outbox.setDefaults()
+	opts.Storage.CompressAbove = opts.Outbox.CompressAbove
 	db, err := storage.Open(path, &opts.Storage)
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: open")
@@ -169,6 +170,7 @@ func Open(path string, opts Options) (*Engine, error) {
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
 		db:        db,
+		sagas:     db,
 		opts:      opts,
 		log:       opts.Logger,
 		defs:      make(map[string]*versions),
@@ -184,8 +186,6 @@ func Open(path string, opts Options) (*Engine, error) {
 		stopRun:   make(chan struct{}),
 		runDone:   make(chan struct{}),
 		recovered: make(chan struct{}),
-
-		compressAbove: opts.Outbox.CompressAbove,
 	}
 	var cancels [len(e.shards)]context.CancelFunc
 	for i := range e.shards {
@@ -345,9 +345,10 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 		return Started{}, errors.Wrapf(err, "engine: start %q", definition)
 	}
 	if so.idemKey != "" {
-		var existing ulid.ULID
-		var found bool
-		_ = e.db.View(func(tx *storage.Tx) error { existing, found = tx.IdemGet(so.idemKey); return nil })
+		existing, found, err := e.sagas.IdemGet(ctx, so.idemKey)
+		if err != nil {
+			return Started{}, errors.Wrapf(err, "engine: start %q", definition)
+		}
 		if found {
 			return e.duplicate(definition, so.idemKey, existing, raw)
 		}
@@ -513,12 +514,7 @@ func (e *Engine) lookup(id string) (ulid.ULID, *Saga, error) {
 
 // sagaGet reads a saga's record; a missing one is ErrNotFound.
 func (e *Engine) sagaGet(id ulid.ULID) (*storage.Saga, error) {
-	var rec *storage.Saga
-	err := e.db.View(func(tx *storage.Tx) error {
-		var err error
-		rec, err = tx.SagaGet(id)
-		return err
-	})
+	rec, err := e.sagas.SagaGet(context.Background(), id)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		return nil, errors.Wrapf(ErrNotFound, "saga %s", id)
@@ -545,12 +541,15 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
 	_, held := e.active[u]
 	e.mu.Unlock()
 	defer e.unwait(u, ch)
-	status, found := saga.StatusRunning, true
+	status := saga.StatusRunning
 	if !held {
-		_ = e.db.View(func(tx *storage.Tx) error { status, found = tx.SagaStatus(u); return nil })
-	}
-	if !found {
-		return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+		status, err = e.sagas.SagaStatus(ctx, u)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+		}
+		if err != nil {
+			return nil, errors.Wrapf(err, "engine: wait for saga %s", id)
+		}
 	}
 	if status.Finished() {
 		return e.Get(ctx, id)
@@ -630,13 +629,7 @@ func (e *Engine) List(ctx context.Context, o ListOptions) (*Page, error) {
 		}
 		so.Before = u
 	}
-	var recs []*storage.Saga
-	var more bool
-	err := e.db.View(func(tx *storage.Tx) error {
-		var err error
-		recs, more, err = tx.SagaList(so)
-		return err
-	})
+	recs, more, err := e.sagas.SagaList(ctx, so)
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: list")
 	}
@@ -656,16 +649,11 @@ func (e *Engine) Log(ctx context.Context, id string) ([]storage.LogEntry, error)
 	if err != nil {
 		return nil, err
 	}
-	var out []storage.LogEntry
-	err = e.db.View(func(tx *storage.Tx) error {
-		if !tx.SagaExists(u) {
-			return errors.Wrapf(ErrNotFound, "engine: saga %s", id)
-		}
-		var err error
-		out, err = tx.LogList(u)
-		return err
-	})
-	return out, err
+	out, err := e.sagas.LogList(ctx, u)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+	}
+	return out, errors.Wrapf(err, "engine: log of saga %s", id)
 }
 
 // Abort asks a running saga to stop going forward and compensate. The
@@ -700,27 +688,26 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	}
 	now := time.Now()
 	compensating := false
-	err = e.db.Update(func(tx *storage.Tx) error {
+	err = e.sagas.AbortPut(ctx, u, now, func(rec *storage.Saga) error {
 		// Checked again in the write, under the hold: the saga may have
 		// moved since, even past its pivot.
-		rec, err := tx.SagaGet(u)
-		if err != nil {
-			return err // pruned or damaged since
-		}
 		compensating = rec.Status == saga.StatusCompensating
 		switch rec.Status {
 		case saga.StatusCompensating:
-			return nil
+			return errNothingToDo
 		case saga.StatusRunning:
 			if def := e.definition(rec.Definition, rec.Fingerprint); def != nil {
 				if p := def.PivotIndex(); p >= 0 && rec.Steps[p].Status == saga.StepSucceeded {
 					return errors.Wrapf(ErrConflict, "it is past its pivot step %q and can only go forward", def.Steps[p].Name)
 				}
 			}
-			return tx.AbortPut(u, now)
+			return nil
 		}
 		return errors.Wrapf(ErrConflict, "it is %s", rec.Status)
 	})
+	if errors.Is(err, errNothingToDo) {
+		err = nil
+	}
 	if errors.Is(err, storage.ErrNotFound) {
 		err = errors.Wrap(ErrNotFound, "pruned meanwhile")
 	}

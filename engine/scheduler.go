@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,18 +40,11 @@ func (e *Engine) schedule(ctx context.Context) {
 		// released mid-scan may have been skipped as claimed.
 		e.planned.Store(0)
 		now := time.Now()
-		var due []ulid.ULID
-		var next time.Time
-		_ = e.db.View(func(tx *storage.Tx) error {
-			tx.DueScan(now, func(id ulid.ULID, _ time.Time) bool {
-				if !e.claimed(id) {
-					due = append(due, id)
-				}
-				return len(due) < batch
-			})
-			next, _ = tx.DueAfter(now)
-			return nil
-		})
+		due, next, err := e.sagas.SagaDue(ctx, now, batch, e.claimed)
+		if err != nil && ctx.Err() == nil {
+			e.log.Error("scan for due sagas; trying again in a second", "err", err)
+			next = now.Add(time.Second)
+		}
 		if len(due) == batch {
 			next = now
 		}
@@ -206,9 +198,7 @@ func (e *Engine) release(d *driver) {
 	case waited:
 		// A holder that did not finish the saga (a dispatch that found it
 		// finished, an operator's change) still owes its waiters a look.
-		var rec *storage.Saga
-		_ = e.db.View(func(tx *storage.Tx) error { rec, _ = tx.SagaGet(id); return nil })
-		if rec != nil && rec.Status.Finished() {
+		if rec, err := e.sagas.SagaGet(context.Background(), id); err == nil && rec.Status.Finished() {
 			e.notifyFinished(rec)
 		}
 	}
@@ -357,9 +347,6 @@ func (e *Engine) claim(ctx context.Context, d *driver) error {
 	}
 }
 
-// unfinished are the statuses of sagas the engine still drives.
-var unfinished = []saga.Status{saga.StatusRunning, saga.StatusCompensating}
-
 // recoveryStats counts what recovery found, for its summary.
 type recoveryStats struct {
 	inDoubt atomic.Int64
@@ -375,26 +362,17 @@ func (e *Engine) recover(ctx context.Context) error {
 	counts := map[saga.Status]int{}
 	var ids []ulid.ULID
 	waiting := 0
-	err := e.db.View(func(tx *storage.Tx) error {
-		for _, st := range unfinished {
-			var err error
-			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
-				// A record too short for its header (or missing) is
-				// dispatched anyway: loading it fails, and the saga is set
-				// aside and logged, not the engine stopped.
-				if wake, ok := tx.SagaWake(id); ok && !wake.IsZero() {
-					waiting++
-					return true
-				}
-				counts[st]++
-				ids = append(ids, id)
-				return true
-			})
-			if err != nil {
-				return err
-			}
+	err := e.sagas.SagaUnfinished(ctx, func(id ulid.ULID, st saga.Status, wake time.Time) bool {
+		// A record too short for its header (or missing) comes without a
+		// wake time and is dispatched anyway: loading it fails, and the
+		// saga is set aside and logged, not the engine stopped.
+		if !wake.IsZero() {
+			waiting++
+			return true
 		}
-		return nil
+		counts[st]++
+		ids = append(ids, id)
+		return true
 	})
 	if err != nil {
 		return errors.Wrap(err, "engine: recovery")
@@ -417,19 +395,10 @@ func (e *Engine) recover(ctx context.Context) error {
 // resumeParked dispatches the parked sagas of a definition version, by
 // any of its fingerprints (empty ones match nothing).
 func (e *Engine) resumeParked(name string, fps ...string) {
-	var ids []ulid.ULID
-	_ = e.db.View(func(tx *storage.Tx) error {
-		for _, st := range unfinished {
-			tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
-				if r, err := tx.SagaGet(id); err == nil && r.Parked != "" && r.Definition == name &&
-					r.Fingerprint != "" && slices.Contains(fps, r.Fingerprint) {
-					ids = append(ids, id)
-				}
-				return true
-			})
-		}
-		return nil
-	})
+	ids, err := e.sagas.SagaParked(context.Background(), name, fps...)
+	if err != nil {
+		e.log.Error("look for parked sagas to resume", "definition", name, "err", err)
+	}
 	for _, id := range ids {
 		e.dispatchNow(id)
 	}
@@ -479,39 +448,18 @@ func (e *Engine) Prune(ctx context.Context, before time.Time) (int, error) {
 			if err := ctx.Err(); err != nil {
 				return total, err
 			}
-			var batch []ulid.ULID
-			err := e.db.View(func(tx *storage.Tx) error {
-				tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
-					// Ids sort by creation time and a saga finishes after it
-					// starts: nothing created after the cut-off can be due.
-					if ulid.Time(id.Time()).After(before) {
-						return false
-					}
-					if r, err := tx.SagaGet(id); err == nil && r.UpdatedAt.Before(before) {
-						batch = append(batch, id)
-					}
-					return len(batch) < 500
-				})
-				return nil
-			})
-			if err != nil || len(batch) == 0 {
-				if err != nil {
-					return total, errors.Wrap(err, "engine: prune")
-				}
-				break
-			}
-			err = e.db.Update(func(tx *storage.Tx) error {
-				for _, id := range batch {
-					if err := tx.SagaDelete(id); err != nil && !errors.Is(err, storage.ErrNotFound) {
-						return err
-					}
-				}
-				return nil
-			})
+			batch, err := e.sagas.SagaFinishedBefore(ctx, st, before, 500)
 			if err != nil {
 				return total, errors.Wrap(err, "engine: prune")
 			}
-			total += len(batch)
+			if len(batch) == 0 {
+				break
+			}
+			n, err := e.sagas.SagaDelete(ctx, batch)
+			if err != nil {
+				return total, errors.Wrap(err, "engine: prune")
+			}
+			total += n
 			if len(batch) < 500 {
 				break
 			}

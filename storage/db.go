@@ -48,6 +48,9 @@ type Options struct {
 	// CommitMode selects how Update commits. Leave it zero (group commit);
 	// the other modes exist so benchmarks can compare.
 	CommitMode CommitMode
+	// CompressAbove stores outbox payloads longer than this many bytes
+	// DEFLATE-compressed (see SagaCommit). Zero or negative: never.
+	CompressAbove int
 }
 
 // CommitMode selects how DB.Update commits. Only benchmarks change it.
@@ -69,6 +72,8 @@ type DB struct {
 	path string
 	mode CommitMode
 	max  int
+
+	compressAbove int // see Options.CompressAbove
 
 	reqs     chan *request
 	stopOnce sync.Once
@@ -125,7 +130,7 @@ func Open(path string, opts *Options) (*DB, error) {
 		return nil, classifyOpenError(path, err)
 	}
 	b.MaxBatchDelay = 200 * time.Microsecond
-	db := &DB{bolt: b, path: path, mode: o.CommitMode, max: o.MaxBatch,
+	db := &DB{bolt: b, path: path, mode: o.CommitMode, max: o.MaxBatch, compressAbove: o.CompressAbove,
 		reqs: make(chan *request, o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{}),
 		wake: make(chan struct{})}
 	if err := db.init(o.ReadOnly); err != nil {
