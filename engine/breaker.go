@@ -22,6 +22,9 @@ type breaker struct {
 	mu        sync.Mutex
 	state     gobreaker.State
 	openUntil time.Time
+	// persist serialises the writes of the state: each reads the state
+	// when its turn comes, so the last write holds the latest state.
+	persist sync.Mutex
 }
 
 // BreakerState describes a circuit breaker.
@@ -67,8 +70,10 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) { e.breakerChanged(b, from, to) },
 	}
-	var stored []byte
-	_ = e.db.View(func(tx *storage.Tx) error { stored = tx.BreakerGet(p.Name); return nil })
+	stored, err := e.store.BreakerGet(context.Background(), p.Name)
+	if err != nil {
+		e.log.Error("read a circuit breaker's stored state; it starts closed", "breaker", p.Name, "err", err)
+	}
 	b.cb = restoreBreaker(st, stored, b)
 	e.breakers[p.Name] = b
 	return b
@@ -135,21 +140,20 @@ func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
 		h(b.name, from.String(), to.String())
 	}
 	// Persist asynchronously: this runs on a step's goroutine under the
-	// breaker's lock. Each write stores the breaker's state as of its
-	// commit, so the last commit always holds the latest state.
+	// breaker's lock. Writes take turns and each reads the state when its
+	// turn comes, so the last write always holds the latest state.
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()
-		err := e.db.Update(func(tx *storage.Tx) error {
-			b.mu.Lock()
-			shared := gobreaker.SharedState{State: b.state, Expiry: b.openUntil, Start: now, Buckets: []gobreaker.Counts{{}}}
-			b.mu.Unlock()
-			data, err := json.Marshal(shared)
-			if err != nil {
-				return err
-			}
-			return tx.BreakerPut(b.name, data)
-		})
+		b.persist.Lock()
+		defer b.persist.Unlock()
+		b.mu.Lock()
+		shared := gobreaker.SharedState{State: b.state, Expiry: b.openUntil, Start: now, Buckets: []gobreaker.Counts{{}}}
+		b.mu.Unlock()
+		data, err := json.Marshal(shared)
+		if err == nil {
+			err = e.store.BreakerPut(context.Background(), b.name, data)
+		}
 		if err != nil && !errors.Is(err, storage.ErrClosed) {
 			e.log.Error("persist circuit breaker state", "breaker", b.name, "err", err)
 		}

@@ -98,7 +98,8 @@ type AttemptInfo struct {
 // concurrent use.
 type Engine struct {
 	db    *storage.DB
-	sagas storage.SagaStore // the saga side of db; the seam other backends will fill
+	store storage.Store     // db, as the engine uses it: the seam other backends fill
+	sagas storage.SagaStore // the saga side of store
 	opts  Options
 	log   *slog.Logger
 
@@ -170,6 +171,7 @@ func Open(path string, opts Options) (*Engine, error) {
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
 		db:        db,
+		store:     db,
 		sagas:     db,
 		opts:      opts,
 		log:       opts.Logger,
@@ -200,8 +202,13 @@ func Open(path string, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// DB returns the engine's database, for tools that read it (check, backup).
+// DB returns the engine's bbolt database, for tools that read the file
+// itself (check, backup).
 func (e *Engine) DB() *storage.DB { return e.db }
+
+// Store returns the engine's store: its outbox for a relay, its stored
+// definitions for the daemon.
+func (e *Engine) Store() storage.Store { return e.store }
 
 // Register validates a definition and makes it available to Start. Register
 // may be called before or during Run. Registering a definition whose
@@ -958,7 +965,7 @@ func (e *Engine) Close() error {
 	e.cancelAt()
 	e.drivers.Wait()
 	e.bg.Wait()
-	return e.db.Close()
+	return e.store.Close()
 }
 
 func (e *Engine) statusHook(def string, from, to saga.Status) {

@@ -50,12 +50,8 @@ type OutboxStats struct {
 // two index keys: cheap enough for every metrics scrape.
 func (e *Engine) OutboxStats(ctx context.Context) (OutboxStats, error) {
 	var st OutboxStats
-	err := e.db.View(func(tx *storage.Tx) error {
-		st.Counts = tx.OutboxCounts()
-		st.OldestNew, _ = tx.OutboxOldest(storage.OutboxNew)
-		st.OldestNotProduced, _ = tx.OutboxOldest(storage.OutboxNotProduced)
-		return nil
-	})
+	var err error
+	st.Counts, st.OldestNew, st.OldestNotProduced, err = e.store.OutboxStats(ctx)
 	return st, errors.Wrap(err, "engine: outbox stats")
 }
 
@@ -86,17 +82,13 @@ func (e *Engine) OutboxList(ctx context.Context, o OutboxListOptions) (*OutboxPa
 		}
 		so.After = u
 	}
-	var page OutboxPage
-	err := e.db.View(func(tx *storage.Tx) error {
-		evs, more, err := tx.OutboxList(so)
-		page.Events = evs
-		if more && len(evs) > 0 {
-			page.NextCursor = evs[len(evs)-1].ID.String()
-		}
-		return err
-	})
+	evs, more, err := e.store.OutboxList(ctx, so)
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: outbox list")
+	}
+	page := OutboxPage{Events: evs}
+	if more && len(evs) > 0 {
+		page.NextCursor = evs[len(evs)-1].ID.String()
 	}
 	if page.Events == nil {
 		page.Events = []*storage.OutboxEvent{}
@@ -127,11 +119,7 @@ func (e *Engine) OutboxGet(ctx context.Context, id string) (*storage.OutboxEvent
 	if err != nil {
 		return nil, err
 	}
-	var ev *storage.OutboxEvent
-	err = e.db.View(func(tx *storage.Tx) error {
-		ev, err = tx.OutboxGet(u)
-		return err
-	})
+	ev, err := e.store.OutboxGet(ctx, u)
 	if err != nil {
 		return nil, eventNotFound(err, id)
 	}
@@ -146,11 +134,7 @@ func (e *Engine) OutboxRequeue(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	var changed bool
-	err = e.db.Update(func(tx *storage.Tx) error {
-		changed, err = tx.OutboxRequeue(u)
-		return err
-	})
+	changed, err := e.store.OutboxRequeue(ctx, u)
 	if err != nil {
 		return eventNotFound(err, id)
 	}
@@ -167,22 +151,7 @@ func (e *Engine) OutboxRequeueAll(ctx context.Context) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		n := 0
-		err := e.db.Update(func(tx *storage.Tx) error {
-			n = 0
-			var ids []ulid.ULID
-			tx.OutboxScan(storage.OutboxNotProduced, ulid.ULID{}, func(id ulid.ULID) bool {
-				ids = append(ids, id)
-				return len(ids) < 1000
-			})
-			for _, id := range ids {
-				if _, err := tx.OutboxRequeue(id); err != nil {
-					return err
-				}
-				n++
-			}
-			return nil
-		})
+		n, err := e.store.OutboxRequeueAll(ctx, 1000)
 		if err != nil {
 			return total, errors.Wrap(err, "engine: outbox re-queue")
 		}
@@ -200,18 +169,9 @@ func (e *Engine) OutboxDiscard(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	err = e.db.Update(func(tx *storage.Tx) error {
-		ev, err := tx.OutboxGet(u)
-		if err != nil {
-			return err
-		}
-		if ev.Status == storage.OutboxNew {
-			return errors.Wrapf(ErrConflict, "engine: outbox event %s is waiting to be published; only produced or not_produced events can be discarded", id)
-		}
-		return tx.OutboxDelete(u)
-	})
-	if errors.Is(err, ErrConflict) {
-		return err
+	err = e.store.OutboxDiscard(ctx, u)
+	if errors.Is(err, storage.ErrEventPending) {
+		return errors.Wrapf(ErrConflict, "engine: outbox event %s is waiting to be published; only produced or not_produced events can be discarded", id)
 	}
 	if err != nil {
 		return eventNotFound(err, id)
@@ -227,13 +187,7 @@ func (e *Engine) PruneOutbox(ctx context.Context, before time.Time) (int, error)
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		var n int
-		var more bool
-		err := e.db.Update(func(tx *storage.Tx) error {
-			var err error
-			n, more, err = tx.OutboxPrune(before, 1000)
-			return err
-		})
+		n, more, err := e.store.OutboxPrune(ctx, before, 1000)
 		if err != nil {
 			return total, errors.Wrap(err, "engine: prune outbox")
 		}

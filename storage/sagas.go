@@ -59,6 +59,8 @@ type SagaStore interface {
 	AbortPut(ctx context.Context, id ulid.ULID, at time.Time, check func(*Saga) error) error
 	// AbortGet reports whether a saga has an abort request.
 	AbortGet(ctx context.Context, id ulid.ULID) (bool, error)
+	// SagaCounts returns how many sagas are in each status.
+	SagaCounts(ctx context.Context) (map[saga.Status]int, error)
 }
 
 var _ SagaStore = (*DB)(nil)
@@ -326,4 +328,11 @@ func (db *DB) AbortPut(_ context.Context, id ulid.ULID, at time.Time, check func
 func (db *DB) AbortGet(_ context.Context, id ulid.ULID) (ok bool, err error) {
 	err = db.View(func(tx *Tx) error { ok = tx.AbortGet(id); return nil })
 	return ok, err
+}
+
+// SagaCounts implements SagaStore. It counts index keys without reading
+// records.
+func (db *DB) SagaCounts(_ context.Context) (counts map[saga.Status]int, err error) {
+	err = db.View(func(tx *Tx) error { counts = tx.SagaCountByStatus(); return nil })
+	return counts, err
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
-	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/recovery"
@@ -111,10 +110,8 @@ func (c *backupCommand) copy(ctx context.Context, t *target, path string) (err e
 		}
 		done = func() { _ = db.Close() }
 		write = func(f *os.File) error {
-			return db.View(func(tx *storage.Tx) error {
-				_, err := tx.Bolt().WriteTo(f)
-				return errors.Wrap(err, "copy")
-			})
+			_, err := db.Backup(f)
+			return err
 		}
 	}
 	defer done()
@@ -213,14 +210,7 @@ func compact(path string) (int64, int64, error) {
 	defer src.Close()
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".compact")
 	_ = os.Remove(tmp)
-	dst, err := bbolt.Open(tmp, info.Mode().Perm(), &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		return 0, 0, errors.Wrap(err, "create the compacted file")
-	}
-	err = bbolt.Compact(dst, src.Bolt(), 64<<20)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
+	err = src.CompactTo(tmp, info.Mode().Perm())
 	if err == nil {
 		err = errors.Wrap(recovery.CheckFile(tmp), "check the compacted file")
 	}

@@ -141,8 +141,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	var counts map[saga.Status]int
-	if err := c.eng.DB().View(func(tx *storage.Tx) error { counts = tx.SagaCountByStatus(); return nil }); err == nil {
+	if counts, err := c.eng.Store().SagaCounts(context.Background()); err == nil {
 		for st, n := range counts {
 			ch <- prometheus.MustNewConstMetric(sagasDesc, prometheus.GaugeValue, float64(n), string(st))
 		}

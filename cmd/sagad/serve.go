@@ -232,7 +232,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 
 	var relay *rabbitmq.Relay
 	if cfg.amqpURL != "" {
-		relay, err = rabbitmq.New(eng.DB(), rabbitmq.Config{URL: cfg.amqpURL, Exchange: cfg.exchange, Logger: log, Hooks: m.relayHooks()})
+		relay, err = rabbitmq.New(eng.Store(), rabbitmq.Config{URL: cfg.amqpURL, Exchange: cfg.exchange, Logger: log, Hooks: m.relayHooks()})
 		if err != nil {
 			return err
 		}

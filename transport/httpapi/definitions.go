@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -53,14 +54,7 @@ var ErrDefinitionSkipped = errors.New("httpapi: stored definition skipped")
 func (d *Definitions) Load() (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var stored []*storage.StoredDefinition
-	err := d.eng.DB().View(func(tx *storage.Tx) error {
-		tx.DefinitionList(func(sd *storage.StoredDefinition) bool {
-			stored = append(stored, sd)
-			return true
-		})
-		return nil
-	})
+	stored, err := d.eng.Store().DefinitionList(context.Background())
 	if err != nil {
 		return 0, errors.Wrap(err, "httpapi: load definitions")
 	}
@@ -146,14 +140,13 @@ func (d *Definitions) Put(name string, spec []byte) (*client.Definition, error) 
 		return nil, err
 	}
 	text := compact(spec)
-	var created bool
-	var prev *storage.StoredDefinition // the latest version before this Put
-	err = d.eng.DB().Update(func(tx *storage.Tx) error {
-		var err error
-		prev, _ = tx.DefinitionGet(name, "")
-		created, err = tx.DefinitionPut(name, def.Version, text)
-		return err
-	})
+	// d.mu makes the read and the write one step for this daemon.
+	ctx := context.Background()
+	prev, _, err := d.eng.Store().DefinitionGet(ctx, name, "") // the latest version before this Put
+	if err != nil {
+		return nil, errors.Wrapf(err, "httpapi: read definition %s", name)
+	}
+	created, err := d.eng.Store().DefinitionPut(ctx, name, def.Version, text)
 	if err != nil {
 		return nil, errors.Wrapf(err, "httpapi: store definition %s", name)
 	}
@@ -175,11 +168,7 @@ func (d *Definitions) unstore(def *saga.Definition, prev *storage.StoredDefiniti
 	if prev == nil || prev.Version == def.Version {
 		return err
 	}
-	uerr := d.eng.DB().Update(func(tx *storage.Tx) error {
-		_, err := tx.DefinitionPut(prev.Name, prev.Version, prev.Spec)
-		return err
-	})
-	if uerr != nil {
+	if _, uerr := d.eng.Store().DefinitionPut(context.Background(), prev.Name, prev.Version, prev.Spec); uerr != nil {
 		return errors.CombineErrors(err, errors.Wrapf(uerr, "httpapi: make version %s of %s the latest again", prev.Version, prev.Name))
 	}
 	return err
@@ -196,12 +185,7 @@ func compact(spec []byte) json.RawMessage {
 
 // Get returns the latest stored version of a definition.
 func (d *Definitions) Get(name string) (*client.Definition, bool, error) {
-	var sd *storage.StoredDefinition
-	var ok bool
-	err := d.eng.DB().View(func(tx *storage.Tx) error {
-		sd, ok = tx.DefinitionGet(name, "")
-		return nil
-	})
+	sd, ok, err := d.eng.Store().DefinitionGet(context.Background(), name, "")
 	if err != nil || !ok {
 		return nil, false, errors.Wrap(err, "httpapi: get definition")
 	}
@@ -211,15 +195,12 @@ func (d *Definitions) Get(name string) (*client.Definition, bool, error) {
 // List returns the latest version of every stored definition, by name.
 func (d *Definitions) List() ([]client.Definition, error) {
 	out := []client.Definition{}
-	err := d.eng.DB().View(func(tx *storage.Tx) error {
-		tx.DefinitionList(func(sd *storage.StoredDefinition) bool {
-			if sd.Latest {
-				out = append(out, client.Definition{Name: sd.Name, Version: sd.Version, Spec: sd.Spec})
-			}
-			return true
-		})
-		return nil
-	})
+	stored, err := d.eng.Store().DefinitionList(context.Background())
+	for _, sd := range stored {
+		if sd.Latest {
+			out = append(out, client.Definition{Name: sd.Name, Version: sd.Version, Spec: sd.Spec})
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, errors.Wrap(err, "httpapi: list definitions")
 }

@@ -649,12 +649,7 @@ func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error)
 			err = errors.Wrap(rerr, "backup: remove the temporary file")
 		}
 	}()
-	var n int64
-	err = s.eng.DB().View(func(tx *storage.Tx) error {
-		var err error
-		n, err = tx.Bolt().WriteTo(f)
-		return err
-	})
+	n, err := s.eng.DB().Backup(f)
 	if err != nil {
 		return 0, size, errors.Wrap(err, "backup: copy")
 	}
@@ -688,11 +683,7 @@ func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error)
 // backupSize serves HEAD /v1/backup: the headers of GET, Content-Length
 // included, from the database's size; nothing is copied.
 func (s *Server) backupSize(w http.ResponseWriter, r *http.Request) {
-	var size int64
-	err := s.eng.DB().View(func(tx *storage.Tx) error {
-		size = tx.Bolt().Size() // what WriteTo would write
-		return nil
-	})
+	size, err := s.eng.DB().BackupSize()
 	if err != nil {
 		s.writeError(w, r, errors.Wrap(err, "backup: size"))
 		return

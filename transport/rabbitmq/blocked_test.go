@@ -36,7 +36,7 @@ func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 	b := setup(t, setupOpts{noRelay: true})
 	up := make(chan struct{}, 1)
 	const drain = 500 * time.Millisecond
-	relay, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: viaProxy, Exchange: exchange,
+	relay, err := rabbitmq.New(b.eng.Store(), rabbitmq.Config{URL: viaProxy, Exchange: exchange,
 		DrainTimeout: drain, Heartbeat: time.Minute, Logger: quietLogger(), // no heartbeat within the test
 		Hooks: rabbitmq.Hooks{Connection: func(ok bool, err error) {
 			if ok {
@@ -117,7 +117,7 @@ func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 
 	// The next Run, with a broker that reads, publishes them all.
 	published := make(chan struct{}, 1)
-	relay2, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: brokerURL, Exchange: exchange, Logger: quietLogger(),
+	relay2, err := rabbitmq.New(b.eng.Store(), rabbitmq.Config{URL: brokerURL, Exchange: exchange, Logger: quietLogger(),
 		Hooks: rabbitmq.Hooks{Published: func(int) {
 			select {
 			case published <- struct{}{}:

@@ -169,7 +169,7 @@ func TestRelayCrashChild(t *testing.T) {
 	}
 	wg.Wait()
 	var once sync.Once
-	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{URL: os.Getenv("SAGAD_CRASH_AMQP"), Exchange: os.Getenv("SAGAD_CRASH_EXCHANGE"),
+	relay, err := rabbitmq.New(eng.Store(), rabbitmq.Config{URL: os.Getenv("SAGAD_CRASH_AMQP"), Exchange: os.Getenv("SAGAD_CRASH_EXCHANGE"),
 		Window: 64, Logger: quietLogger(), Hooks: rabbitmq.Hooks{Published: func(n int) {
 			once.Do(func() { fmt.Println("publishing") })
 		}}})

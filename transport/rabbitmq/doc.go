@@ -50,7 +50,7 @@
 // Run one relay per database, next to engine.Run in the same process (the
 // file is locked to one process):
 //
-//	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{URL: "amqp://guest:guest@127.0.0.1:5672/"})
+//	relay, err := rabbitmq.New(eng.Store(), rabbitmq.Config{URL: "amqp://guest:guest@127.0.0.1:5672/"})
 //	...
 //	go relay.Run(ctx)
 //

@@ -40,7 +40,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{
+	relay, err := rabbitmq.New(eng.Store(), rabbitmq.Config{
 		URL:      "amqp://guest:guest@127.0.0.1:5672/",
 		Exchange: "orders", // a durable topic exchange, declared by the relay
 	})

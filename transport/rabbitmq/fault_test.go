@@ -336,7 +336,7 @@ func TestRelayKeepsOrderBeyondItsPerSagaBuffer(t *testing.T) {
 	first := make(chan struct{})
 	published := make(chan struct{}, 1)
 	var once sync.Once
-	relay, err := rabbitmq.New(b.eng.DB(), rabbitmq.Config{URL: brokerURL, Exchange: exchange, Logger: quietLogger(),
+	relay, err := rabbitmq.New(b.eng.Store(), rabbitmq.Config{URL: brokerURL, Exchange: exchange, Logger: quietLogger(),
 		Hooks: rabbitmq.Hooks{Published: func(int) {
 			once.Do(func() { close(first) })
 			select {

@@ -75,7 +75,7 @@ func setup(t *testing.T, so setupOpts) *bundle {
 			default:
 			}
 		}
-		b.relay, err = rabbitmq.New(eng.DB(), cfg)
+		b.relay, err = rabbitmq.New(eng.Store(), cfg)
 		if err != nil {
 			t.Fatalf("new relay: %v", err)
 		}

@@ -29,7 +29,7 @@ const closeGrace = time.Second
 // Relay publishes a sagad database's outbox to RabbitMQ. Create it with New
 // and start it with Run. Its methods are safe for concurrent use.
 type Relay struct {
-	db  *storage.DB
+	db  storage.OutboxStore
 	cfg Config
 	log *slog.Logger
 
@@ -40,9 +40,9 @@ type Relay struct {
 	inFlight, loaded, parkedN       atomic.Int64
 }
 
-// New returns a relay for db (engine.DB() gives an engine's). It checks cfg
-// and does not connect: Run does.
-func New(db *storage.DB, cfg Config) (*Relay, error) {
+// New returns a relay for a store's outbox (engine.Store() gives an
+// engine's). It checks cfg and does not connect: Run does.
+func New(db storage.OutboxStore, cfg Config) (*Relay, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -598,15 +598,10 @@ func (r *Relay) requeueInFlight(st *state, s *session) {
 // loadParked finds the sagas that have a not_produced event.
 func (r *Relay) loadParked(st *state) error {
 	clear(st.parked)
-	err := r.db.View(func(tx *storage.Tx) error {
-		tx.OutboxScan(storage.OutboxNotProduced, ulid.ULID{}, func(id ulid.ULID) bool {
-			if sid, ok := tx.OutboxSaga(id); ok {
-				st.parked[sid] = true
-			}
-			return true
-		})
-		return nil
-	})
+	sagas, err := r.db.OutboxNotProducedSagas(context.Background())
+	for _, sid := range sagas {
+		st.parked[sid] = true
+	}
 	r.parkedN.Store(int64(len(st.parked)))
 	return errors.Wrap(err, "rabbitmq: read parked sagas")
 }
@@ -636,51 +631,44 @@ func (r *Relay) load(st *state) error {
 	n := 0
 	exhausted := true
 	var last ulid.ULID
-	err := r.db.View(func(tx *storage.Tx) error {
-		tx.OutboxScan(storage.OutboxNew, start, func(id ulid.ULID) bool {
-			if n >= limit {
-				exhausted = false
-				return false
-			}
-			last = id
-			if id.Compare(st.cursor) > 0 {
-				st.cursor = id
-			}
-			if _, known := st.items[id]; known {
-				return true
-			}
-			sid, ok := tx.OutboxSaga(id)
-			if !ok || st.parked[sid] {
-				return true
-			}
-			q := st.sagas[sid]
-			if q != nil && (q.overflow || len(q.items) >= perSaga) {
-				// Once one event of the saga was skipped, so are all later
-				// ones until the rescan that reads them in order.
-				q.overflow = true
-				return true
-			}
-			ev, err := tx.OutboxGet(id)
-			if err != nil {
-				r.log.Error("relay: unreadable outbox event; its saga's events are held until a restart", "event", id.String(), "saga", sid.String(), "err", err)
-				st.parked[sid] = true
-				return true
-			}
-			it := &item{ev: ev}
-			st.items[id] = it
-			if q == nil {
-				q = &sagaQueue{}
-				st.sagas[sid] = q
-			}
-			q.items = append(q.items, it)
-			q.last = id
-			if len(q.items) == 1 {
-				st.ready = append(st.ready, it)
-			}
-			n++
+	err := r.db.OutboxScanNew(context.Background(), start, func(id, sid ulid.ULID, event func() (*storage.OutboxEvent, error)) bool {
+		if n >= limit {
+			exhausted = false
+			return false
+		}
+		last = id
+		if id.Compare(st.cursor) > 0 {
+			st.cursor = id
+		}
+		if _, known := st.items[id]; known || st.parked[sid] {
 			return true
-		})
-		return nil
+		}
+		q := st.sagas[sid]
+		if q != nil && (q.overflow || len(q.items) >= perSaga) {
+			// Once one event of the saga was skipped, so are all later
+			// ones until the rescan that reads them in order.
+			q.overflow = true
+			return true
+		}
+		ev, err := event()
+		if err != nil {
+			r.log.Error("relay: unreadable outbox event; its saga's events are held until a restart", "event", id.String(), "saga", sid.String(), "err", err)
+			st.parked[sid] = true
+			return true
+		}
+		it := &item{ev: ev}
+		st.items[id] = it
+		if q == nil {
+			q = &sagaQueue{}
+			st.sagas[sid] = q
+		}
+		q.items = append(q.items, it)
+		q.last = id
+		if len(q.items) == 1 {
+			st.ready = append(st.ready, it)
+		}
+		n++
+		return true
 	})
 	if err != nil {
 		return errors.Wrap(err, "rabbitmq: read outbox")
@@ -853,27 +841,16 @@ func (r *Relay) fail(st *state, it *item, err error) {
 func (r *Relay) marker(in <-chan markBatch, out chan<- markResult, done chan<- struct{}) {
 	defer close(done)
 	for b := range in {
-		res := markResult{batch: b, attempts: make([]int, len(b.failed))}
+		res := markResult{batch: b}
 		ids := make([]ulid.ULID, len(b.produced))
 		for i, it := range b.produced {
 			ids[i] = it.ev.ID
 		}
-		now := time.Now()
-		res.err = r.db.Update(func(tx *storage.Tx) error {
-			if _, err := tx.OutboxProduced(ids, now); err != nil {
-				return err
-			}
-			for i, f := range b.failed {
-				n, err := tx.OutboxFailed(f.it.ev.ID, f.err.Error(), f.final, now)
-				if errors.Is(err, storage.ErrEventNotFound) {
-					n = -1 // discarded meanwhile
-				} else if err != nil {
-					return err
-				}
-				res.attempts[i] = n
-			}
-			return nil
-		})
+		failed := make([]storage.OutboxFailure, len(b.failed))
+		for i, f := range b.failed {
+			failed[i] = storage.OutboxFailure{ID: f.it.ev.ID, Error: f.err.Error(), Final: f.final}
+		}
+		res.attempts, res.err = r.db.OutboxMark(context.Background(), ids, failed, time.Now())
 		out <- res
 	}
 }

@@ -86,7 +86,7 @@ func TestRelayCrashSoakChild(t *testing.T) {
 		t.Skip("run by TestRelayCrashSoak")
 	}
 	eng, ctx := runChildEngine(t)
-	relay, err := rabbitmq.New(eng.DB(), rabbitmq.Config{URL: os.Getenv("SAGAD_CRASH_AMQP"),
+	relay, err := rabbitmq.New(eng.Store(), rabbitmq.Config{URL: os.Getenv("SAGAD_CRASH_AMQP"),
 		Exchange: os.Getenv("SAGAD_CRASH_EXCHANGE"), Window: 64, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
