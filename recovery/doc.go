@@ -1,12 +1,11 @@
-// Package recovery holds what an operator needs to find and mend sagas that
-// did not end well: a consistency check of a sagad database (bbolt's own
-// check plus the engine's invariants), and, built on the engine, the tools
-// behind the recovery CLI.
+// Package recovery is what an operator and a test use to tell whether a
+// sagad database is sound after an incident: Check and CheckFile run the
+// bbolt backend's own consistency check (bbolt's page check, then the
+// engine's invariants: indexes, due times, idempotency keys, log chains,
+// the outbox's counts, abort requests). The check itself lives with the
+// format it checks, in package storage; this package gives it to the
+// recovery CLI (sagad check) and to tests.
 //
-// The check reads the file through package storage, and parses the stored
-// declarative definitions with transport/httpstep, as the daemon does when
-// it loads them.
-//
-// The engine itself resumes unfinished sagas when it starts (engine.Run);
-// this package does not drive sagas on its own.
+// The engine resumes unfinished sagas when it starts (engine.Run), and
+// sagad recover drives a stopped daemon's sagas to an end; neither is here.
 package recovery

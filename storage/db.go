@@ -370,9 +370,6 @@ func (db *DB) committer() {
 	}
 }
 
-// commit runs batch in one transaction. If one request fails, the
-// transaction is rolled back, that request gets its error and the others are
-// committed again without it.
 // Stats counts the committer's work since Open.
 type Stats struct {
 	// Commits is the number of bbolt write transactions committed.
@@ -396,6 +393,9 @@ func (db *DB) Stats() Stats {
 		PagesWritten: bs.TxStats.GetWrite()}
 }
 
+// commit runs batch in one transaction. If one request fails, the
+// transaction is rolled back, that request gets its error and the others are
+// committed again without it.
 func (db *DB) commit(batch []*request) {
 	t0 := time.Now()
 	db.commits.Add(1)

@@ -17,4 +17,12 @@ var (
 	ErrNotFound = errors.New("storage: saga not found")
 	// ErrClosed: the database was closed.
 	ErrClosed = errors.New("storage: database is closed")
+	// ErrEventNotFound: no outbox event with that id.
+	ErrEventNotFound = errors.New("storage: outbox event not found")
+	// ErrEventPending: the outbox event is new (waiting to be published),
+	// and the operation is only for events the relay is done with.
+	ErrEventPending = errors.New("storage: outbox event waiting to be published")
+	// ErrInconsistent marks the error CheckFile returns when it finds
+	// problems.
+	ErrInconsistent = errors.New("storage: database is inconsistent")
 )

@@ -56,9 +56,6 @@ var (
 	keyOutboxCounts    = []byte("outbox_counts")
 )
 
-// ErrEventNotFound: no outbox event with that id.
-var ErrEventNotFound = errors.New("storage: outbox event not found")
-
 // OutboxEvent is an integration event in the outbox.
 type OutboxEvent struct {
 	ID         ulid.ULID `json:"id"`

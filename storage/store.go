@@ -87,10 +87,6 @@ type OutboxFailure struct {
 
 var _ Store = (*DB)(nil)
 
-// ErrEventPending: the outbox event is new (waiting to be published), and
-// the operation is only for events the relay is done with.
-var ErrEventPending = errors.New("storage: outbox event waiting to be published")
-
 // BreakerGet implements Store.
 func (db *DB) BreakerGet(_ context.Context, name string) (state []byte, err error) {
 	err = db.View(func(tx *Tx) error { state = tx.BreakerGet(name); return nil })

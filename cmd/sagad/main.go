@@ -28,6 +28,7 @@ import (
 
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/transport/httpstep"
 )
 
 // Exit codes.
@@ -217,7 +218,10 @@ Example:
 		return exitFailed
 	}
 	defer d.Close()
-	problems, err := recovery.Check(d)
+	problems, err := recovery.Check(d, func(name string, spec []byte) error {
+		_, err := httpstep.Parse(name, spec)
+		return err
+	})
 	if err != nil {
 		fmt.Fprintf(c.stderr, "sagad check: %v\n", err)
 		return exitFailed
