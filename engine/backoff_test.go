@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
-	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 )
 
 // errBackoffUnavailable is the retryable error the backoff tests' step
@@ -282,8 +282,8 @@ func BenchmarkBackoffMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var used int64
-	if err := eng.DB().Bolt().View(func(tx *bbolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+	used, err := eng.Store().(*storage.DB).BackupSize() // the pages in use
+	if err != nil {
 		b.Fatal(err)
 	}
 	inuse := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / n

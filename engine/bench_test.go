@@ -117,7 +117,7 @@ func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool)
 	slices.Sort(lat)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "sagas/s")
 	// How the committer grouped the work, and what bbolt wrote for it.
-	cs := eng.DB().Stats()
+	cs := eng.Store().Stats()
 	if cs.Commits > 0 {
 		n := float64(cs.Commits)
 		b.ReportMetric(float64(cs.Writes)/n, "writes/commit")

@@ -97,8 +97,7 @@ type AttemptInfo struct {
 // Engine runs sagas durably on a bbolt file. Its methods are safe for
 // concurrent use.
 type Engine struct {
-	db    *storage.DB
-	store storage.Store     // db, as the engine uses it: the seam other backends fill
+	store storage.Store
 	sagas storage.SagaStore // the saga side of store
 	opts  Options
 	log   *slog.Logger
@@ -147,6 +146,28 @@ type versions struct {
 // clear error if the file is locked by another process, corrupt, or not a
 // sagad database (see the storage package's errors).
 func Open(path string, opts Options) (*Engine, error) {
+	opts.Outbox.setDefaults()
+	so := opts.Storage
+	so.CompressAbove = opts.Outbox.CompressAbove
+	db, err := storage.Open(path, &so)
+	if err != nil {
+		return nil, errors.Wrap(err, "engine: open")
+	}
+	e, err := New(db, opts)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// New returns an engine on store, which it owns from then on: Close closes
+// it. Options.Storage and Options.Outbox.CompressAbove configure the bbolt
+// file Open opens; a store given here comes configured.
+func New(store storage.Store, opts Options) (*Engine, error) {
+	if store == nil {
+		return nil, errors.New("engine: new: a store is required")
+	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 1024
 	}
@@ -163,16 +184,10 @@ func Open(path string, opts Options) (*Engine, error) {
 		opts.MaxSagaData = DefaultMaxSagaData
 	}
 	opts.Outbox.setDefaults()
-	opts.Storage.CompressAbove = opts.Outbox.CompressAbove
-	db, err := storage.Open(path, &opts.Storage)
-	if err != nil {
-		return nil, errors.Wrap(err, "engine: open")
-	}
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
-		db:        db,
-		store:     db,
-		sagas:     db,
+		store:     store,
+		sagas:     store,
 		opts:      opts,
 		log:       opts.Logger,
 		defs:      make(map[string]*versions),
@@ -202,12 +217,9 @@ func Open(path string, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// DB returns the engine's bbolt database, for tools that read the file
-// itself (check, backup).
-func (e *Engine) DB() *storage.DB { return e.db }
-
 // Store returns the engine's store: its outbox for a relay, its stored
-// definitions for the daemon.
+// definitions for the daemon. For an engine from Open it is a *storage.DB,
+// whose file tools (backup, check) need.
 func (e *Engine) Store() storage.Store { return e.store }
 
 // Register validates a definition and makes it available to Start. Register

@@ -172,7 +172,7 @@ func TestWriteFormatFixture(t *testing.T) {
 		}
 	}
 	now := time.Now()
-	err = eng.DB().Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		if _, err := tx.OutboxProduced(mine[:1], now); err != nil {
 			return err
 		}

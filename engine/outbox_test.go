@@ -172,7 +172,7 @@ func TestOutboxOperatorActions(t *testing.T) {
 	evs := outbox(t, b.eng, storage.OutboxNew)
 	ctx := context.Background()
 	// Mark the first produced, the second not_produced, as a relay would.
-	err := b.eng.DB().Update(func(tx *storage.Tx) error {
+	err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		if _, err := tx.OutboxProduced([]ulid.ULID{evs[0].ID}, time.Now().Add(-time.Hour)); err != nil {
 			return err
 		}
@@ -229,7 +229,7 @@ func TestOutboxPrune(t *testing.T) {
 	}
 	evs := outbox(t, b.eng, storage.OutboxNew)
 	now := time.Now()
-	err := b.eng.DB().Update(func(tx *storage.Tx) error {
+	err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		if _, err := tx.OutboxProduced([]ulid.ULID{evs[0].ID}, now); err != nil {
 			return err
 		}

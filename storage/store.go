@@ -25,6 +25,8 @@ type Store interface {
 	DefinitionGet(ctx context.Context, name, version string) (*StoredDefinition, bool, error)
 	// DefinitionList returns every stored version, each name's latest last.
 	DefinitionList(ctx context.Context) ([]*StoredDefinition, error)
+	// Stats counts the store's writes since it was opened.
+	Stats() Stats
 	// Close releases the store.
 	Close() error
 }

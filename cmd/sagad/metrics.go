@@ -156,7 +156,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age)
 	}
-	ds := c.eng.DB().Stats()
+	ds := c.eng.Store().Stats()
 	ch <- prometheus.MustNewConstMetric(commitsDesc, prometheus.CounterValue, float64(ds.Commits))
 	ch <- prometheus.MustNewConstMetric(writesDesc, prometheus.CounterValue, float64(ds.Writes))
 	ch <- prometheus.MustNewConstMetric(commitTimeDesc, prometheus.CounterValue, ds.CommitTime.Seconds())

@@ -77,7 +77,7 @@ func opsFile(t *testing.T) (string, map[string]string) {
 	if err != nil || len(page.Events) != 3 {
 		t.Fatalf("outbox %+v %v: want one event per reserve", page, err)
 	}
-	err = eng.DB().Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		_, err := tx.OutboxFailed(page.Events[0].ID, "NO_ROUTE", true, time.Now())
 		return err
 	})

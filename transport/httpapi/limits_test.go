@@ -291,7 +291,7 @@ func TestLoadSkipsWhatNoLongerValidates(t *testing.T) {
 		b.WriteString(`]}`)
 		return []byte(b.String())
 	}
-	err = eng.DB().Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		if _, err := tx.DefinitionPut("huge", "v1", spec(101)); err != nil {
 			return err
 		}

@@ -639,6 +639,10 @@ func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 // before it returns, and sends it. size is negative if no answer was sent.
 func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error) {
 	size = -1
+	files, ok := s.eng.Store().(fileStore)
+	if !ok {
+		return 0, size, errNoBackup
+	}
 	f, err := os.CreateTemp(s.cfg.BackupDir, "sagad-backup-*.db")
 	if err != nil {
 		return 0, size, errors.Wrap(err, "backup: temporary file")
@@ -649,7 +653,7 @@ func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error)
 			err = errors.Wrap(rerr, "backup: remove the temporary file")
 		}
 	}()
-	n, err := s.eng.DB().Backup(f)
+	n, err := files.Backup(f)
 	if err != nil {
 		return 0, size, errors.Wrap(err, "backup: copy")
 	}
@@ -680,10 +684,26 @@ func (s *Server) sendBackup(w http.ResponseWriter) (sent, size int64, err error)
 	return sent, size, nil
 }
 
+// fileStore is a store kept in one file that can be copied whole: the
+// bbolt backend.
+type fileStore interface {
+	Backup(io.Writer) (int64, error)
+	BackupSize() (int64, error)
+}
+
+// errNoBackup answers a backup of a store that is not one file.
+var errNoBackup = &apiError{http.StatusNotImplemented, "backup-not-supported",
+	errors.New("backup: this store is not a file; back up its database with its own tools")}
+
 // backupSize serves HEAD /v1/backup: the headers of GET, Content-Length
 // included, from the database's size; nothing is copied.
 func (s *Server) backupSize(w http.ResponseWriter, r *http.Request) {
-	size, err := s.eng.DB().BackupSize()
+	files, ok := s.eng.Store().(fileStore)
+	if !ok {
+		s.writeError(w, r, errNoBackup)
+		return
+	}
+	size, err := files.BackupSize()
 	if err != nil {
 		s.writeError(w, r, errors.Wrap(err, "backup: size"))
 		return

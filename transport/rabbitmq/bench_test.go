@@ -147,7 +147,7 @@ func relayDrain(b *testing.B, url, exchange string, n int, payload []byte, sagas
 	if err := eng.Register(def); err != nil {
 		b.Fatal(err)
 	}
-	db := eng.DB()
+	db := eng.Store().(*storage.DB)
 	now := time.Now()
 	for i := 0; i < n; i += 1000 {
 		err := db.Update(func(tx *storage.Tx) error {

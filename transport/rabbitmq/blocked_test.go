@@ -65,7 +65,7 @@ func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 	const events = 32
 	payload := json.RawMessage(`"` + strings.Repeat("x", saga.MaxEventSize-2) + `"`)
 	ids := map[string]bool{}
-	err = b.eng.DB().Update(func(tx *storage.Tx) error {
+	err = b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 		for range events {
 			ev := &storage.OutboxEvent{SagaID: ulid.Make(), Definition: "d", Name: "big", RoutingKey: "big",
 				Payload: payload, CreatedAt: time.Now()}

@@ -318,7 +318,7 @@ func TestRelayKeepsOrderBeyondItsPerSagaBuffer(t *testing.T) {
 	sid := ulid.Make()
 	put := func(from, to int) {
 		t.Helper()
-		err := b.eng.DB().Update(func(tx *storage.Tx) error {
+		err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
 			for i := from; i < to; i++ {
 				ev := &storage.OutboxEvent{SagaID: sid, Definition: "d", Name: "seq.event", RoutingKey: "k.x",
 					Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, i)), CreatedAt: time.Now()}
