@@ -74,7 +74,7 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 	if err != nil {
 		e.log.Error("read a circuit breaker's stored state; it starts closed", "breaker", p.Name, "err", err)
 	}
-	b.cb = restoreBreaker(st, stored, b)
+	b.cb = restoreBreaker(st, stored, b, e.clock.Now())
 	e.breakers[p.Name] = b
 	return b
 }
@@ -83,10 +83,10 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 // it back in that state with its original expiry. gobreaker's distributed
 // breaker knows how to inject a SharedState; it is used once, here, over an
 // in-memory store, and the plain breaker it wraps serves every call after.
-func restoreBreaker(st gobreaker.Settings, stored []byte, b *breaker) *gobreaker.CircuitBreaker[json.RawMessage] {
+func restoreBreaker(st gobreaker.Settings, stored []byte, b *breaker, now time.Time) *gobreaker.CircuitBreaker[json.RawMessage] {
 	var shared gobreaker.SharedState
 	if stored == nil || json.Unmarshal(stored, &shared) != nil || shared.State != gobreaker.StateOpen ||
-		!shared.Expiry.After(time.Now()) {
+		!shared.Expiry.After(now) {
 		return gobreaker.NewCircuitBreaker[json.RawMessage](st)
 	}
 	// With Interval zero gobreaker keeps one counting bucket; a state
@@ -124,7 +124,7 @@ func (m *memStore) SetData(name string, v []byte) error { m.data[name] = v; retu
 
 // breakerChanged runs inside gobreaker's lock: it must not call the breaker.
 func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
-	now := time.Now()
+	now := e.clock.Now()
 	b.mu.Lock()
 	b.state = to
 	if to == gobreaker.StateOpen {
@@ -189,7 +189,7 @@ func (e *Engine) Breakers() []BreakerState {
 	// gobreaker: a BreakerStateChanged hook runs under gobreaker's lock and
 	// may call Breakers. An open breaker past its time is half-open (gobreaker
 	// moves it there on its next call).
-	now := time.Now()
+	now := e.clock.Now()
 	out := make([]BreakerState, 0, len(bs))
 	for _, b := range bs {
 		b.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -188,7 +189,7 @@ func (d *driver) run() {
 			// Cut off by shutdown: leave the attempt in flight for recovery.
 			return
 		}
-		if err := d.transition(time.Now()); err != nil {
+		if err := d.transition(d.e.clock.Now()); err != nil {
 			d.e.commitFailed(d, err)
 			return
 		}
@@ -225,13 +226,13 @@ func (d *driver) attempt() {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(d.e.shards[r.ID[15]%byte(len(d.e.shards))], timeout)
+	ctx, cancel := clock.WithTimeout(d.e.clock, d.e.shards[r.ID[15]%byte(len(d.e.shards))], timeout)
 	defer cancel()
 	// Past the pivot the saga only goes forward: its deadline no longer
 	// applies (nor does it to compensations, which must run to the end).
 	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() && !d.pastPivot() {
 		var cancelD context.CancelFunc
-		ctx, cancelD = context.WithDeadline(ctx, r.Deadline)
+		ctx, cancelD = d.e.clock.WithDeadline(ctx, r.Deadline)
 		defer cancelD()
 	}
 	sagaID := r.ID.String()
@@ -251,7 +252,7 @@ func (d *driver) attempt() {
 		testHook("before_attempt", sagaID, st.Name, n.phase)
 		defer testHook("after_attempt", sagaID, st.Name, n.phase)
 	}
-	start := time.Now()
+	start := d.e.clock.Now()
 	if b := d.breaker(n); b != nil {
 		o.data, o.err = b.cb.Execute(func() (json.RawMessage, error) { return safeCall(ctx, f, call) })
 		if errors.Is(o.err, gobreaker.ErrOpenState) || errors.Is(o.err, gobreaker.ErrTooManyRequests) {
@@ -266,7 +267,7 @@ func (d *driver) attempt() {
 	} else {
 		o.data, o.err = safeCall(ctx, f, call)
 	}
-	o.dur = time.Since(start)
+	o.dur = clock.Since(d.e.clock, start)
 	// Cut off by its timeout or the deadline, or the function says it does
 	// not know whether the participant acted: the outcome is unknown.
 	o.cut = o.err != nil && !o.blocked && (ctx.Err() != nil || saga.IsOutcomeUnknown(o.err))

@@ -18,6 +18,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -49,6 +50,10 @@ type Options struct {
 	// around, since the participant acted. Zero: DefaultMaxStepOutput;
 	// negative: no limit.
 	MaxStepOutput int
+	// Clock is the engine's time: retries, timeouts, deadlines, waits and
+	// every time it records. Nil: the wall clock (clock.Real). Tests move a
+	// clock.Fake instead of waiting.
+	Clock clock.Clock
 	// MaxSagaData caps the saga's data, the outputs of its steps together,
 	// in bytes: the record is rewritten on every transition and the data is
 	// handed to every later step. A step whose output would take the saga
@@ -99,6 +104,7 @@ type AttemptInfo struct {
 type Engine struct {
 	store storage.Store
 	sagas storage.SagaStore // the saga side of store
+	clock clock.Clock
 	opts  Options
 	log   *slog.Logger
 
@@ -149,6 +155,9 @@ func Open(path string, opts Options) (*Engine, error) {
 	opts.Outbox.setDefaults()
 	so := opts.Storage
 	so.CompressAbove = opts.Outbox.CompressAbove
+	if so.Clock == nil {
+		so.Clock = opts.Clock
+	}
 	db, err := storage.Open(path, &so)
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: open")
@@ -186,6 +195,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 	opts.Outbox.setDefaults()
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
+		clock:     clock.Or(opts.Clock),
 		store:     store,
 		sagas:     store,
 		opts:      opts,
@@ -372,7 +382,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 			return e.duplicate(definition, so.idemKey, existing, raw)
 		}
 	}
-	now := time.Now()
+	now := e.clock.Now()
 	rec := newRecord(def, raw, so.idemKey, now)
 	d := &driver{e: e, def: def, rec: rec}
 
@@ -705,7 +715,7 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	if err != nil {
 		return errors.Wrapf(err, "engine: abort saga %s", id)
 	}
-	now := time.Now()
+	now := e.clock.Now()
 	compensating := false
 	err = e.sagas.AbortPut(ctx, u, now, func(rec *storage.Saga) error {
 		// Checked again in the write, under the hold: the saga may have
@@ -800,7 +810,7 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
+	now := e.clock.Now()
 	if s.Status != saga.StatusFailed && s.Parked == "" && !waiting(s.Status, s.WakeAt, s.inFlight(), now) {
 		return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is %s, not failed, parked or waiting for a retry", id, s.Status)
 	}
@@ -814,7 +824,7 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 	}
 	err = e.claimAndDrive(ctx, u, true, func(d *driver) error {
 		// Checked again under the claim: a Resolve may have come between.
-		r, now := d.rec, time.Now()
+		r, now := d.rec, e.clock.Now()
 		switch {
 		case r.Status == saga.StatusFailed:
 			return d.retryFailed(now)
@@ -872,14 +882,14 @@ func (e *Engine) Resolve(ctx context.Context, id, note, by string) error {
 		}
 		return errors.Wrapf(ErrConflict, "it is %s, not failed or compensating and waiting for a retry", st)
 	}
-	if err := resolvable(s.Status, s.Status == saga.StatusCompensating && waiting(s.Status, s.WakeAt, s.inFlight(), time.Now())); err != nil {
+	if err := resolvable(s.Status, s.Status == saga.StatusCompensating && waiting(s.Status, s.WakeAt, s.inFlight(), e.clock.Now())); err != nil {
 		return errors.Wrapf(err, "engine: resolve saga %s", id)
 	}
 	if strings.TrimSpace(note) == "" {
 		return errors.Wrapf(ErrInvalidInput, "engine: resolve saga %s: a note saying what was done is required", id)
 	}
 	err = e.claimAndDrive(ctx, u, false, func(d *driver) error {
-		r, now := d.rec, time.Now()
+		r, now := d.rec, e.clock.Now()
 		if err := resolvable(r.Status, r.Status == saga.StatusCompensating && waiting(r.Status, r.WakeAt, inFlight(r), now)); err != nil {
 			return err
 		}
@@ -948,11 +958,11 @@ func (e *Engine) shutdown() {
 	e.mu.Unlock()
 	done := make(chan struct{})
 	go func() { e.drivers.Wait(); close(done) }()
-	t := time.NewTimer(e.opts.ShutdownGrace)
+	t := e.clock.NewTimer(e.opts.ShutdownGrace)
 	defer t.Stop()
 	select {
 	case <-done:
-	case <-t.C:
+	case <-t.C():
 		e.log.Warn("shutdown grace over: cancelling running attempts; recovery will re-run them")
 		e.cancelAt()
 		<-done

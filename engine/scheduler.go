@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -32,14 +33,14 @@ func (e *Engine) wakeAt(t time.Time) {
 
 // schedule runs until ctx ends.
 func (e *Engine) schedule(ctx context.Context) {
-	timer := time.NewTimer(time.Hour)
+	timer := e.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	const batch = 1024
 	for {
 		// While scanning, planned is 0 so that every wakeAt nudges: a saga
 		// released mid-scan may have been skipped as claimed.
 		e.planned.Store(0)
-		now := time.Now()
+		now := e.clock.Now()
 		due, next, err := e.sagas.SagaDue(ctx, now, batch, e.claimed)
 		if err != nil && ctx.Err() == nil {
 			e.log.Error("scan for due sagas; trying again in a second", "err", err)
@@ -58,12 +59,12 @@ func (e *Engine) schedule(ctx context.Context) {
 			wait = time.Hour
 			e.planned.Store(now.Add(wait).UnixNano())
 		} else {
-			wait = time.Until(next)
+			wait = clock.Until(e.clock, next)
 			e.planned.Store(next.UnixNano())
 		}
 		if !timer.Stop() {
 			select {
-			case <-timer.C:
+			case <-timer.C():
 			default:
 			}
 		}
@@ -72,7 +73,7 @@ func (e *Engine) schedule(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-e.nudge:
-		case <-timer.C:
+		case <-timer.C():
 		}
 	}
 }
@@ -115,7 +116,7 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 		rs.loaded.Add(1)
 	}
 	go func() {
-		ok, err := d.load(time.Now())
+		ok, err := d.load(e.clock.Now())
 		if rs != nil {
 			rs.loaded.Done()
 		}
@@ -132,7 +133,7 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 			e.release(d)
 			return
 		}
-		if err := d.transition(time.Now()); err != nil {
+		if err := d.transition(e.clock.Now()); err != nil {
 			e.commitFailed(d, err)
 			e.release(d)
 			return
@@ -247,7 +248,7 @@ func (e *Engine) reloadLater(id ulid.ULID) {
 	n := e.failing[id]
 	e.mu.Unlock()
 	pause := min(100*time.Millisecond<<min(max(n-1, 0), 6), 5*time.Second)
-	time.AfterFunc(pause, func() { e.dispatchNow(id) })
+	e.clock.AfterFunc(pause, func() { e.dispatchNow(id) })
 }
 
 // commitSucceeded forgets a saga's failed commits, if it had any.
@@ -332,9 +333,9 @@ func (e *Engine) claim(ctx context.Context, d *driver) error {
 			testClaimBusy(id.String())
 		}
 		if timeout == nil {
-			t := time.NewTimer(claimWait)
+			t := e.clock.NewTimer(claimWait)
 			defer t.Stop()
-			timeout = t.C
+			timeout = t.C()
 		}
 		select {
 		case <-ch:
@@ -358,7 +359,7 @@ type recoveryStats struct {
 // retry; those waiting are in the due index and the scheduler wakes them.
 // It reads the status index, never the finished sagas.
 func (e *Engine) recover(ctx context.Context) error {
-	start := time.Now()
+	start := e.clock.Now()
 	counts := map[saga.Status]int{}
 	var ids []ulid.ULID
 	waiting := 0
@@ -388,7 +389,7 @@ func (e *Engine) recover(ctx context.Context) error {
 	e.log.Info("recovery: resumed unfinished sagas",
 		"running", counts[saga.StatusRunning], "compensating", counts[saga.StatusCompensating],
 		"waiting_for_retry", waiting, "in_doubt", rs.inDoubt.Load(), "parked", rs.parked.Load(),
-		"took", time.Since(start).Round(time.Microsecond))
+		"took", clock.Since(e.clock, start).Round(time.Microsecond))
 	return nil
 }
 
@@ -413,18 +414,18 @@ func (e *Engine) pruneLoop(ctx context.Context) {
 			every = min(every, max(r/10, time.Second))
 		}
 	}
-	t := time.NewTicker(every)
+	t := e.clock.NewTimer(every)
 	defer t.Stop()
 	for {
 		if e.opts.Retention > 0 {
-			if n, err := e.Prune(ctx, time.Now().Add(-e.opts.Retention)); err != nil && ctx.Err() == nil {
+			if n, err := e.Prune(ctx, e.clock.Now().Add(-e.opts.Retention)); err != nil && ctx.Err() == nil {
 				e.log.Error("prune finished sagas", "err", err)
 			} else if n > 0 {
 				e.log.Info("pruned finished sagas", "count", n)
 			}
 		}
 		if e.opts.Outbox.Retention > 0 {
-			if n, err := e.PruneOutbox(ctx, time.Now().Add(-e.opts.Outbox.Retention)); err != nil && ctx.Err() == nil {
+			if n, err := e.PruneOutbox(ctx, e.clock.Now().Add(-e.opts.Outbox.Retention)); err != nil && ctx.Err() == nil {
 				e.log.Error("prune produced outbox events", "err", err)
 			} else if n > 0 {
 				e.log.Info("pruned produced outbox events", "count", n)
@@ -433,7 +434,8 @@ func (e *Engine) pruneLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
+			t.Reset(every)
 		}
 	}
 }

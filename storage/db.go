@@ -11,6 +11,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.etcd.io/bbolt"
 	bberrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sagad/sagad/clock"
 )
 
 // SchemaVersion is the layout version this package reads and writes.
@@ -51,6 +53,9 @@ type Options struct {
 	// CompressAbove stores outbox payloads longer than this many bytes
 	// DEFLATE-compressed (see SagaCommit). Zero or negative: never.
 	CompressAbove int
+	// Clock stamps outbox events' ids (ULIDs, in commit order). Nil: the
+	// wall clock. The commit counters (Stats) always measure wall time.
+	Clock clock.Clock
 }
 
 // CommitMode selects how DB.Update commits. Only benchmarks change it.
@@ -74,6 +79,7 @@ type DB struct {
 	max  int
 
 	compressAbove int // see Options.CompressAbove
+	clock         clock.Clock
 
 	reqs     chan *request
 	stopOnce sync.Once
@@ -130,7 +136,7 @@ func Open(path string, opts *Options) (*DB, error) {
 		return nil, classifyOpenError(path, err)
 	}
 	b.MaxBatchDelay = 200 * time.Microsecond
-	db := &DB{bolt: b, path: path, mode: o.CommitMode, max: o.MaxBatch, compressAbove: o.CompressAbove,
+	db := &DB{bolt: b, path: path, mode: o.CommitMode, max: o.MaxBatch, compressAbove: o.CompressAbove, clock: clock.Or(o.Clock),
 		reqs: make(chan *request, o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{}),
 		wake: make(chan struct{})}
 	if err := db.init(o.ReadOnly); err != nil {

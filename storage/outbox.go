@@ -329,7 +329,7 @@ func (t *Tx) flush() error {
 // OutboxPut adds an event to the outbox as new, and returns the id it
 // assigned. The relay is woken when the transaction has committed.
 func (t *Tx) OutboxPut(e *EncodedEvent) (ulid.ULID, error) {
-	id := t.db.ids.next(time.Now())
+	id := t.db.ids.next(t.db.clock.Now())
 	if err := t.bucket(bucketOutbox).Put(id[:], e.value); err != nil {
 		return id, errors.Wrapf(err, "storage: outbox event %s", id)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/storage"
 )
 
@@ -55,6 +56,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Hooks observe the relay (metrics).
 	Hooks Hooks
+	// Clock is the relay's time: retry backoff, polling, draining and the
+	// times it records. Nil: the wall clock. Connection deadlines stay on
+	// the wall clock.
+	Clock clock.Clock
 }
 
 // Hooks let the embedding program observe the relay. They run on the
@@ -75,6 +80,7 @@ type Hooks struct {
 }
 
 func (c *Config) setDefaults() {
+	c.Clock = clock.Or(c.Clock)
 	if c.Exchange == "" {
 		c.Exchange = "sagad.events"
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/storage"
 )
 
@@ -25,6 +26,10 @@ const perSaga = 16
 // connection.close, and how long after DrainTimeout a connection that a
 // stuck write holds is closed hard when Run must return.
 const closeGrace = time.Second
+
+// pollEvery is how often the relay reads the whole new index again: the
+// safety net under wake-ups, and how a store it cannot be woken by is read.
+const pollEvery = 5 * time.Second
 
 // Relay publishes a sagad database's outbox to RabbitMQ. Create it with New
 // and start it with Run. Its methods are safe for concurrent use.
@@ -284,16 +289,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.inFlight.Store(0)
 	}()
 	wake := r.db.OutboxWake()
-	poll := time.NewTicker(5 * time.Second)
+	poll := r.cfg.Clock.NewTimer(pollEvery)
 	defer poll.Stop()
-	timer := time.NewTimer(time.Hour)
+	timer := r.cfg.Clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	var reconnectAt, drainBy time.Time
 	draining := false
 	var fatal error
 
 	for {
-		now := time.Now()
+		now := r.cfg.Clock.Now()
 		if !draining && ctx.Err() != nil {
 			// Seen here, not in the select, when a publish that the
 			// guard cut was what held the goroutine.
@@ -304,7 +309,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			if s, err = r.connect(guard); err != nil {
 				s = nil
 				reconnectAt = now.Add(reconnect.NextBackOff())
-				r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", time.Until(reconnectAt).Round(time.Millisecond))
+				r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", clock.Until(r.cfg.Clock, reconnectAt).Round(time.Millisecond))
 				r.hookConn(false, err)
 			} else {
 				r.cur.Store(s)
@@ -356,18 +361,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctxDone:
-			draining, drainBy = true, time.Now().Add(r.cfg.DrainTimeout)
+			draining, drainBy = true, r.cfg.Clock.Now().Add(r.cfg.DrainTimeout)
 		case c, ok := <-confirms:
 			if !ok {
 				r.lost(st, s, errors.New("rabbitmq: channel closed"), draining)
 				s = nil
-				reconnectAt = time.Now().Add(reconnect.NextBackOff())
+				reconnectAt = r.cfg.Clock.Now().Add(reconnect.NextBackOff())
 				continue
 			}
 			if !r.confirmAll(st, s, c) {
 				r.lost(st, s, errors.New("rabbitmq: channel closed"), draining)
 				s = nil
-				reconnectAt = time.Now().Add(reconnect.NextBackOff())
+				reconnectAt = r.cfg.Clock.Now().Add(reconnect.NextBackOff())
 				continue
 			}
 			if s.acked {
@@ -384,12 +389,13 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			r.lost(st, s, cause, draining)
 			s = nil
-			reconnectAt = time.Now().Add(reconnect.NextBackOff())
+			reconnectAt = r.cfg.Clock.Now().Add(reconnect.NextBackOff())
 		case <-wake:
 			wake = r.db.OutboxWake()
 			st.needLoad = true
 			r.checkRequeues(st)
-		case <-poll.C:
+		case <-poll.C():
+			poll.Reset(pollEvery)
 			// A safety net: read the whole new index again now and then,
 			// so that nothing skipped can wait longer than this.
 			st.rescanFrom(ulid.ULID{})
@@ -399,10 +405,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			if err := r.marked(st, res); err != nil {
 				fatal = err
 				draining = true
-				drainBy = time.Now()
+				drainBy = r.cfg.Clock.Now()
 			}
-		case <-timer.C:
-			r.wakeRetries(st, time.Now())
+		case <-timer.C():
+			r.wakeRetries(st, r.cfg.Clock.Now())
 		}
 	}
 }
@@ -850,7 +856,7 @@ func (r *Relay) marker(in <-chan markBatch, out chan<- markResult, done chan<- s
 		for i, f := range b.failed {
 			failed[i] = storage.OutboxFailure{ID: f.it.ev.ID, Error: f.err.Error(), Final: f.final}
 		}
-		res.attempts, res.err = r.db.OutboxMark(context.Background(), ids, failed, time.Now())
+		res.attempts, res.err = r.db.OutboxMark(context.Background(), ids, failed, r.cfg.Clock.Now())
 		out <- res
 	}
 }
@@ -864,7 +870,7 @@ func (r *Relay) marked(st *state, res markResult) error {
 		r.log.Error("relay: recording outbox marks failed; trying again", "err", res.err)
 		st.pending.produced = append(res.batch.produced, st.pending.produced...)
 		st.pending.failed = append(res.batch.failed, st.pending.failed...)
-		time.Sleep(100 * time.Millisecond) // a failing disk: do not spin
+		<-r.cfg.Clock.NewTimer(100 * time.Millisecond).C() // a failing disk: do not spin
 		return nil
 	}
 	for _, it := range res.batch.produced {
@@ -877,7 +883,7 @@ func (r *Relay) marked(st *state, res markResult) error {
 		}
 		st.needLoad = true
 	}
-	now := time.Now()
+	now := r.cfg.Clock.Now()
 	parked := false
 	defer func() {
 		if parked {
@@ -912,7 +918,7 @@ func (r *Relay) marked(st *state, res markResult) error {
 		it.state, it.retryAt = stBackoff, now.Add(r.retryDelay(n))
 		st.backoff = append(st.backoff, it)
 		r.log.Info("outbox event publication failed; retrying", "event", it.ev.ID.String(), "attempt", n, "err", f.err,
-			"retry_in", time.Until(it.retryAt).Round(time.Millisecond))
+			"retry_in", clock.Until(r.cfg.Clock, it.retryAt).Round(time.Millisecond))
 		if h := r.cfg.Hooks.Retried; h != nil {
 			h(it.ev, f.err)
 		}
