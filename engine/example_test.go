@@ -9,12 +9,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
+	"github.com/sagad/sagad/storage"
 )
 
 // Order is the input of the order sagas in these examples.
@@ -288,4 +291,61 @@ func runExampleEngine(def *saga.Definition) (eng *engine.Engine, stop func()) {
 		}
 		os.RemoveAll(dir)
 	}
+}
+
+// An engine on a store of your choosing, here the bbolt backend opened by
+// hand, with a fake clock: the hour-long retry passes when the clock moves.
+func ExampleNew() {
+	dir, err := os.MkdirTemp("", "sagad-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	store, err := storage.Open(filepath.Join(dir, "sagad.db"), &storage.Options{})
+	if err != nil {
+		panic(err)
+	}
+	start := time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC)
+	fake := clock.NewFake(start)
+	retrying := make(chan struct{}, 1)
+	eng, err := engine.New(store, engine.Options{Clock: fake, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Hooks: engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) {
+			if a.Retry {
+				retrying <- struct{}{}
+			}
+		}}})
+	if err != nil {
+		panic(err)
+	}
+	defer eng.Close() // closes the store too
+
+	tries := 0
+	err = eng.Register(&saga.Definition{Name: "remind", Steps: []saga.Step{{Name: "send",
+		Retry: saga.RetryPolicy{InitialInterval: time.Hour, MaxInterval: time.Hour, Jitter: -1},
+		Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+			if tries++; tries == 1 {
+				return nil, errors.New("mail server busy")
+			}
+			return nil, nil
+		}}}})
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = eng.Run(ctx) }()
+	<-eng.Recovered()
+	st, err := eng.Start(ctx, "remind", nil)
+	if err != nil {
+		panic(err)
+	}
+	<-retrying                                   // the first try failed; the next is due at 10:00
+	fake.BlockUntilWaiting(start.Add(time.Hour)) // the engine waits for it on the fake clock
+	fake.Advance(time.Hour)
+	s, err := eng.Wait(ctx, st.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(s.Status, "after", tries, "tries, at", s.UpdatedAt.Format("15:04"))
+	// Output: completed after 2 tries, at 10:00
 }
