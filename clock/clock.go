@@ -4,8 +4,14 @@
 // default; Fake is a clock a test advances by hand, firing every timer and
 // deadline that falls due.
 //
-// Network deadlines (a broker connection's) and the circuit breakers'
-// internal timing (github.com/sony/gobreaker) stay on the wall clock.
+// Some times stay on the wall clock: network deadlines (a broker
+// connection's), the circuit breakers' (github.com/sony/gobreaker keeps its
+// own time; a breaker opened under a fake clock stays open for its real
+// OpenFor), and in-process pauses (a shutdown's grace, the pause before a
+// saga whose commit failed is loaded again, an operator's wait for a
+// driver). A fake deadline reports its Deadline on the wall clock, as far
+// away as it is on the fake one, for code that sets network deadlines from
+// it.
 package clock
 
 import (

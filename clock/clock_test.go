@@ -59,8 +59,9 @@ func TestFakeDeadline(t *testing.T) {
 	f := clock.NewFake(start)
 	ctx, cancel := clock.WithTimeout(f, context.Background(), time.Minute)
 	defer cancel()
-	if d, ok := ctx.Deadline(); !ok || !d.Equal(start.Add(time.Minute)) {
-		t.Errorf("Deadline = %v, %v", d, ok)
+	// The deadline is reported on the wall clock, as far away as the fake one.
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) < 50*time.Second || time.Until(d) > time.Minute {
+		t.Errorf("Deadline = %v, %v; want a minute from now on the wall clock", d, ok)
 	}
 	f.BlockUntilWaiting(start.Add(time.Minute))
 	f.Advance(time.Minute)
@@ -68,10 +69,48 @@ func TestFakeDeadline(t *testing.T) {
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Errorf("Err = %v, want DeadlineExceeded", ctx.Err())
 	}
-	ctx2, cancel2 := f.WithDeadline(context.Background(), start.Add(time.Hour))
+	// A child made by the context package ends with the same error.
+	parent, cancelP := f.WithDeadline(context.Background(), f.Now().Add(time.Second))
+	defer cancelP()
+	child, cancelC := context.WithCancel(parent)
+	defer cancelC()
+	f.Advance(time.Second)
+	<-child.Done()
+	if !errors.Is(child.Err(), context.DeadlineExceeded) {
+		t.Errorf("child Err = %v, want DeadlineExceeded", child.Err())
+	}
+	// A deadline already passed is done at once.
+	past, cancelPast := f.WithDeadline(context.Background(), f.Now().Add(-time.Second))
+	defer cancelPast()
+	if !errors.Is(past.Err(), context.DeadlineExceeded) {
+		t.Errorf("a passed deadline: Err = %v right away, want DeadlineExceeded", past.Err())
+	}
+	if d, ok := past.Deadline(); !ok || time.Until(d) > 0 {
+		t.Errorf("a passed deadline's Deadline = %v, %v; want a wall-clock instant in the past", d, ok)
+	}
+	ctx2, cancel2 := f.WithDeadline(context.Background(), f.Now().Add(time.Hour))
 	cancel2()
 	if !errors.Is(ctx2.Err(), context.Canceled) || f.Waiters() != 0 {
 		t.Errorf("cancelled: Err = %v, %d waiters; want Canceled and none", ctx2.Err(), f.Waiters())
+	}
+}
+
+// No time sent by a timer arrives after Stop or Reset returned.
+func TestFakeStopLeavesNoStaleTime(t *testing.T) {
+	t.Parallel()
+	f := clock.NewFake(start)
+	for i := range 2000 {
+		tm := f.NewTimer(time.Second)
+		done := make(chan struct{})
+		go func() { f.Advance(time.Second); close(done) }()
+		tm.Stop()
+		<-done
+		select {
+		case <-tm.C():
+			// Only if Advance fired before Stop and Stop... drained it: never.
+			t.Fatalf("run %d: a time arrived after Stop", i)
+		default:
+		}
 	}
 }
 

@@ -8,8 +8,9 @@ import (
 )
 
 // Fake is a clock that moves only when told (Advance, Set). Timers,
-// AfterFunc calls and context deadlines fire, in time order, when the fake
-// time reaches them. It is safe for concurrent use.
+// AfterFunc calls and context deadlines fire when the fake time reaches
+// them, in time order (those due at one instant in the order they were
+// set). It is safe for concurrent use.
 type Fake struct {
 	mu      sync.Mutex
 	changed *sync.Cond // broadcast when a timer is set
@@ -24,17 +25,6 @@ func NewFake(t time.Time) *Fake {
 	return f
 }
 
-// BlockUntilWaiting blocks until a timer, AfterFunc call or deadline waits
-// for the time at or before t: a test knows then that the code under test
-// set it, and that advancing to t fires it.
-func (f *Fake) BlockUntilWaiting(t time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for !slices.ContainsFunc(f.waiters, func(w *fakeTimer) bool { return !w.at.After(t) }) {
-		f.changed.Wait()
-	}
-}
-
 // Now implements Clock.
 func (f *Fake) Now() time.Time {
 	f.mu.Lock()
@@ -43,41 +33,58 @@ func (f *Fake) Now() time.Time {
 }
 
 // Advance moves the time forward by d and fires what falls due.
-func (f *Fake) Advance(d time.Duration) { f.Set(f.Now().Add(d)) }
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.moveTo(f.now.Add(d))
+}
 
-// Set moves the time to t (never backwards) and fires what falls due, in
-// time order.
+// Set moves the time to t (never backwards) and fires what falls due.
 func (f *Fake) Set(t time.Time) {
-	for {
-		f.mu.Lock()
-		if t.Before(f.now) {
-			t = f.now
-		}
-		slices.SortFunc(f.waiters, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
-		if len(f.waiters) == 0 || f.waiters[0].at.After(t) {
-			f.now = t
-			f.mu.Unlock()
-			return
-		}
-		w := f.waiters[0]
-		f.waiters = f.waiters[1:]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.moveTo(t)
+}
+
+// moveTo fires, in time order, every waiter due by t; f.mu is held. Firing
+// never blocks: a timer's send is non-blocking on a buffered channel, an
+// AfterFunc's function starts in its own goroutine.
+func (f *Fake) moveTo(t time.Time) {
+	if t.Before(f.now) {
+		t = f.now
+	}
+	slices.SortStableFunc(f.waiters, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
+	i := 0
+	for ; i < len(f.waiters) && !f.waiters[i].at.After(t); i++ {
+		w := f.waiters[i]
 		w.active = false
 		if w.at.After(f.now) {
 			f.now = w.at
 		}
-		at := f.now
-		f.mu.Unlock()
-		w.fire(at)
+		w.fire(f.now)
 	}
+	f.waiters = slices.Delete(f.waiters, 0, i)
+	f.now = t
 }
 
-// Waiters returns how many timers, AfterFunc calls and deadlines wait: a
-// test can tell that the code under test has set its timer before it
-// advances the time.
+// Waiters returns how many timers, AfterFunc calls and deadlines wait.
 func (f *Fake) Waiters() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.waiters)
+}
+
+// BlockUntilWaiting blocks until some timer, AfterFunc call or deadline
+// waits for a time at or before t. It tells a test that advancing to t
+// fires something; which waiter it is, the test must know by other means
+// (a hook), since the code under test may keep timers of its own (an idle
+// scheduler's, a prune loop's).
+func (f *Fake) BlockUntilWaiting(t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !slices.ContainsFunc(f.waiters, func(w *fakeTimer) bool { return !w.at.After(t) }) {
+		f.changed.Wait()
+	}
 }
 
 // NewTimer implements Clock.
@@ -101,42 +108,88 @@ func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
 }
 
 // WithDeadline implements Clock: the context ends with
-// context.DeadlineExceeded when the fake time reaches t.
+// context.DeadlineExceeded when the fake time reaches t (at once if it has),
+// and its children see the same error. Its Deadline reports the wall-clock
+// instant as far away as t is from the fake now, so that code that sets
+// network deadlines from it (net.Dialer) gets a sensible one.
 func (f *Fake) WithDeadline(parent context.Context, t time.Time) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancelCause(parent)
-	dc := &deadlineCtx{Context: ctx, deadline: t}
-	timer := f.AfterFunc(t.Sub(f.Now()), func() { cancel(context.DeadlineExceeded) })
-	return dc, func() { timer.Stop(); cancel(context.Canceled) }
+	c := &deadlineCtx{parent: parent, f: f, deadline: t, done: make(chan struct{})}
+	if parent.Err() != nil {
+		c.cancel(parent.Err())
+		return c, func() {}
+	}
+	stopParent := context.AfterFunc(parent, func() { c.cancel(parent.Err()) })
+	f.mu.Lock()
+	due := !t.After(f.now)
+	f.mu.Unlock()
+	if due {
+		c.cancel(context.DeadlineExceeded)
+	} else {
+		timer := f.AfterFunc(t.Sub(f.Now()), func() { c.cancel(context.DeadlineExceeded) })
+		c.mu.Lock()
+		if c.err != nil {
+			timer.Stop() // ended meanwhile
+		}
+		c.timer = timer
+		c.mu.Unlock()
+	}
+	return c, func() {
+		stopParent()
+		c.cancel(context.Canceled)
+	}
 }
 
-// deadlineCtx reports its fake deadline and DeadlineExceeded as its error
-// once that deadline cancelled it.
+// deadlineCtx is a context that a Fake ends. It does not wrap a
+// context.cancelCtx of its own, so that children created with the context
+// package take its Err (DeadlineExceeded), not Canceled.
 type deadlineCtx struct {
-	context.Context
+	parent   context.Context
+	f        *Fake
 	deadline time.Time
+	done     chan struct{}
+	timer    Timer
+
+	mu  sync.Mutex
+	err error
 }
 
 func (c *deadlineCtx) Deadline() (time.Time, bool) {
-	if d, ok := c.Context.Deadline(); ok && d.Before(c.deadline) {
+	wall := time.Now().Add(c.deadline.Sub(c.f.Now()))
+	if d, ok := c.parent.Deadline(); ok && d.Before(wall) {
 		return d, true
 	}
-	return c.deadline, true
+	return wall, true
 }
 
+func (c *deadlineCtx) Done() <-chan struct{} { return c.done }
+
 func (c *deadlineCtx) Err() error {
-	if err := c.Context.Err(); err != nil {
-		if cause := context.Cause(c.Context); cause == context.DeadlineExceeded {
-			return cause
-		}
-		return err
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *deadlineCtx) Value(key any) any { return c.parent.Value(key) }
+
+func (c *deadlineCtx) cancel(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
 	}
-	return nil
+	c.err = err
+	close(c.done)
+	timer := c.timer
+	c.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
 }
 
 type fakeTimer struct {
 	f      *Fake
 	c      chan time.Time
-	fire   func(time.Time)
+	fire   func(time.Time) // called with f.mu held; must not block
 	at     time.Time
 	active bool
 }
@@ -152,22 +205,23 @@ func (t *fakeTimer) Stop() bool {
 }
 
 func (t *fakeTimer) Reset(d time.Duration) bool {
-	t.f.mu.Lock()
+	f := t.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	was := t.active
 	t.remove()
-	t.at, t.active = t.f.now.Add(d), true
-	t.f.waiters = append(t.f.waiters, t)
-	due := d <= 0
-	t.f.changed.Broadcast()
-	t.f.mu.Unlock()
-	if due {
-		t.f.Set(t.f.Now()) // fire at once, as a timer of zero does
+	t.at, t.active = f.now.Add(d), true
+	f.waiters = append(f.waiters, t)
+	f.changed.Broadcast()
+	if d <= 0 {
+		f.moveTo(f.now) // fire at once, as a timer of zero does
 	}
 	return was
 }
 
-// remove takes t out of the waiters, and drops a time it sent that was not
-// received, as time.Timer does since Go 1.23; f.mu is held.
+// remove takes t out of the waiters and drops a time it sent that was not
+// received, as time.Timer does since Go 1.23; f.mu is held, and fire sends
+// under it, so no stale time can arrive after Stop or Reset.
 func (t *fakeTimer) remove() {
 	t.active = false
 	if t.c != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -25,6 +26,9 @@ type breaker struct {
 	// persist serialises the writes of the state: each reads the state
 	// when its turn comes, so the last write holds the latest state.
 	persist sync.Mutex
+	// wallClock is set when the engine runs on the wall clock too: its
+	// times and the breaker's are the same then.
+	wallClock bool
 }
 
 // BreakerState describes a circuit breaker.
@@ -53,7 +57,7 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 	if b, ok := e.breakers[p.Name]; ok {
 		return b
 	}
-	b := &breaker{name: p.Name, policy: p, state: gobreaker.StateClosed}
+	b := &breaker{name: p.Name, policy: p, state: gobreaker.StateClosed, wallClock: e.clock == clock.Real}
 	st := gobreaker.Settings{
 		Name:        p.Name,
 		MaxRequests: p.HalfOpenRequests,
@@ -74,7 +78,7 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 	if err != nil {
 		e.log.Error("read a circuit breaker's stored state; it starts closed", "breaker", p.Name, "err", err)
 	}
-	b.cb = restoreBreaker(st, stored, b, e.clock.Now())
+	b.cb = restoreBreaker(st, stored, b, time.Now())
 	e.breakers[p.Name] = b
 	return b
 }
@@ -124,7 +128,7 @@ func (m *memStore) SetData(name string, v []byte) error { m.data[name] = v; retu
 
 // breakerChanged runs inside gobreaker's lock: it must not call the breaker.
 func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
-	now := e.clock.Now()
+	now := time.Now() // breakers keep gobreaker's time: the wall clock
 	b.mu.Lock()
 	b.state = to
 	if to == gobreaker.StateOpen {
@@ -168,13 +172,21 @@ func (e *Engine) breakerChanged(b *breaker, from, to gobreaker.State) {
 // call through to gobreaker, which half-opens it then (outside any lock of
 // the engine's); a half-open breaker refuses the surplus of trial requests
 // with ErrTooManyRequests, which attempt reports as blocked.
+//
+// The breaker's times are the wall clock's (gobreaker keeps its own); the
+// time it returns is now (the engine's clock) plus what is left of the
+// wait.
 func (b *breaker) blocked(now time.Time) (bool, time.Time) {
+	wall := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != gobreaker.StateOpen || !now.Before(b.openUntil) {
+	if b.state != gobreaker.StateOpen || !wall.Before(b.openUntil) {
 		return false, time.Time{}
 	}
-	return true, b.openUntil
+	if b.wallClock {
+		return true, b.openUntil
+	}
+	return true, now.Add(b.openUntil.Sub(wall))
 }
 
 // Breakers returns the state of every circuit breaker, by name.
@@ -189,7 +201,7 @@ func (e *Engine) Breakers() []BreakerState {
 	// gobreaker: a BreakerStateChanged hook runs under gobreaker's lock and
 	// may call Breakers. An open breaker past its time is half-open (gobreaker
 	// moves it there on its next call).
-	now := e.clock.Now()
+	now := time.Now() // breakers keep the wall clock's time, as gobreaker does
 	out := make([]BreakerState, 0, len(bs))
 	for _, b := range bs {
 		b.mu.Lock()

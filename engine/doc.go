@@ -1,6 +1,7 @@
-// Package engine runs sagas durably on a bbolt file.
+// Package engine runs sagas durably on a storage.Store: a bbolt file with
+// Open, any backend with New.
 //
-// An Engine is opened on a file, given definitions (Register), and run
+// An Engine is opened on a store, given definitions (Register), and run
 // (Run). Start records a saga and returns; the engine drives it forward step
 // by step and, when a step fails for good, compensates the steps that
 // succeeded, last first. Wait returns a saga once it has finished.

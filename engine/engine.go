@@ -50,9 +50,12 @@ type Options struct {
 	// around, since the participant acted. Zero: DefaultMaxStepOutput;
 	// negative: no limit.
 	MaxStepOutput int
-	// Clock is the engine's time: retries, timeouts, deadlines, waits and
-	// every time it records. Nil: the wall clock (clock.Real). Tests move a
-	// clock.Fake instead of waiting.
+	// Clock is the engine's time: retries, timeouts, deadlines, the
+	// scheduler's waits and every time it records. Nil: the wall clock
+	// (clock.Real). Tests move a clock.Fake instead of waiting. Open gives
+	// the store the same clock (for its outbox ids); a store passed to New
+	// keeps its own. Breakers and in-process pauses keep the wall clock (see
+	// package clock).
 	Clock clock.Clock
 	// MaxSagaData caps the saga's data, the outputs of its steps together,
 	// in bytes: the record is rewritten on every transition and the data is
@@ -99,7 +102,7 @@ type AttemptInfo struct {
 	Retry bool
 }
 
-// Engine runs sagas durably on a bbolt file. Its methods are safe for
+// Engine runs sagas durably on a storage.Store. Its methods are safe for
 // concurrent use.
 type Engine struct {
 	store storage.Store
@@ -723,7 +726,7 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 		compensating = rec.Status == saga.StatusCompensating
 		switch rec.Status {
 		case saga.StatusCompensating:
-			return errNothingToDo
+			return storage.ErrNoWrite
 		case saga.StatusRunning:
 			if def := e.definition(rec.Definition, rec.Fingerprint); def != nil {
 				if p := def.PivotIndex(); p >= 0 && rec.Steps[p].Status == saga.StepSucceeded {
@@ -734,9 +737,6 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 		}
 		return errors.Wrapf(ErrConflict, "it is %s", rec.Status)
 	})
-	if errors.Is(err, errNothingToDo) {
-		err = nil
-	}
 	if errors.Is(err, storage.ErrNotFound) {
 		err = errors.Wrap(ErrNotFound, "pruned meanwhile")
 	}
@@ -958,11 +958,13 @@ func (e *Engine) shutdown() {
 	e.mu.Unlock()
 	done := make(chan struct{})
 	go func() { e.drivers.Wait(); close(done) }()
-	t := e.clock.NewTimer(e.opts.ShutdownGrace)
+	// The grace is a real wait for real work, not part of the sagas'
+	// time: it runs on the wall clock even under a fake one.
+	t := time.NewTimer(e.opts.ShutdownGrace)
 	defer t.Stop()
 	select {
 	case <-done:
-	case <-t.C():
+	case <-t.C:
 		e.log.Warn("shutdown grace over: cancelling running attempts; recovery will re-run them")
 		e.cancelAt()
 		<-done

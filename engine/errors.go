@@ -38,8 +38,6 @@ var (
 	ErrBreakerOpen = errors.New("engine: circuit breaker open")
 	// errPanic marks the error of a step function that panicked.
 	errPanic = errors.New("engine: step panicked")
-	// errNothingToDo ends a write that finds nothing to change.
-	errNothingToDo = errors.New("engine: nothing to do")
 	// errShutdown cancels attempts cut off by Close; their outcome is not
 	// recorded and recovery re-runs them.
 	errShutdown = errors.New("engine: shutting down")

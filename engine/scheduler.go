@@ -248,7 +248,8 @@ func (e *Engine) reloadLater(id ulid.ULID) {
 	n := e.failing[id]
 	e.mu.Unlock()
 	pause := min(100*time.Millisecond<<min(max(n-1, 0), 6), 5*time.Second)
-	e.clock.AfterFunc(pause, func() { e.dispatchNow(id) })
+	time.AfterFunc(pause, func() { e.dispatchNow(id) }) // an in-process pause: the wall clock's
+
 }
 
 // commitSucceeded forgets a saga's failed commits, if it had any.
@@ -333,9 +334,9 @@ func (e *Engine) claim(ctx context.Context, d *driver) error {
 			testClaimBusy(id.String())
 		}
 		if timeout == nil {
-			t := e.clock.NewTimer(claimWait)
+			t := time.NewTimer(claimWait) // how long a person's call waits: the wall clock's
 			defer t.Stop()
-			timeout = t.C()
+			timeout = t.C
 		}
 		select {
 		case <-ch:

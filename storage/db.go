@@ -51,7 +51,9 @@ type Options struct {
 	// the other modes exist so benchmarks can compare.
 	CommitMode CommitMode
 	// CompressAbove stores outbox payloads longer than this many bytes
-	// DEFLATE-compressed (see SagaCommit). Zero or negative: never.
+	// DEFLATE-compressed; they are published as emitted. Zero or
+	// negative: never (engine.Open passes engine.OutboxOptions'
+	// CompressAbove, 4 KiB by default).
 	CompressAbove int
 	// Clock stamps outbox events' ids (ULIDs, in commit order). Nil: the
 	// wall clock. The commit counters (Stats) always measure wall time.

@@ -22,6 +22,9 @@ var (
 	// ErrEventPending: the outbox event is new (waiting to be published),
 	// and the operation is only for events the relay is done with.
 	ErrEventPending = errors.New("storage: outbox event waiting to be published")
+	// ErrNoWrite is what a check passed to AbortPut returns to write
+	// nothing without failing: AbortPut then returns nil.
+	ErrNoWrite = errors.New("storage: nothing to write")
 	// ErrInconsistent marks the error CheckFile returns when it finds
 	// problems.
 	ErrInconsistent = errors.New("storage: database is inconsistent")

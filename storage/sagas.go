@@ -55,7 +55,8 @@ type SagaStore interface {
 	IdemGet(ctx context.Context, key string) (ulid.ULID, bool, error)
 	// AbortPut records an abort request for a saga, in one transaction with
 	// check, which sees the saga as stored and may refuse (its error is
-	// returned and nothing is written).
+	// returned and nothing is written) or return ErrNoWrite (nothing is
+	// written and AbortPut returns nil). A missing saga is ErrNotFound.
 	AbortPut(ctx context.Context, id ulid.ULID, at time.Time, check func(*Saga) error) error
 	// AbortGet reports whether a saga has an abort request.
 	AbortGet(ctx context.Context, id ulid.ULID) (bool, error)
@@ -239,6 +240,7 @@ func (db *DB) SagaParked(_ context.Context, definition string, fingerprints ...s
 
 // SagaFinishedBefore implements SagaStore.
 func (db *DB) SagaFinishedBefore(_ context.Context, st saga.Status, before time.Time, limit int) ([]ulid.ULID, error) {
+	limit = orDefault(limit)
 	var ids []ulid.ULID
 	err := db.View(func(tx *Tx) error {
 		tx.SagaIDsByStatus(st, func(id ulid.ULID) bool {
@@ -277,6 +279,7 @@ func (db *DB) SagaDelete(_ context.Context, ids []ulid.ULID) (int, error) {
 
 // SagaDue implements SagaStore.
 func (db *DB) SagaDue(_ context.Context, now time.Time, limit int, skip func(ulid.ULID) bool) (due []ulid.ULID, next time.Time, err error) {
+	limit = orDefault(limit)
 	err = db.View(func(tx *Tx) error {
 		tx.DueScan(now, func(id ulid.ULID, _ time.Time) bool {
 			if skip == nil || !skip(id) {
@@ -310,18 +313,29 @@ func (db *DB) IdemGet(_ context.Context, key string) (id ulid.ULID, ok bool, err
 	return id, ok, err
 }
 
-// AbortPut implements SagaStore.
+// AbortPut implements SagaStore. A refusal writes nothing and is returned
+// without failing the group commit it shares (the others' writes stand).
 func (db *DB) AbortPut(_ context.Context, id ulid.ULID, at time.Time, check func(*Saga) error) error {
-	return db.Update(func(tx *Tx) error {
+	var refused error
+	err := db.Update(func(tx *Tx) error {
+		refused = nil
 		rec, err := tx.SagaGet(id)
-		if err != nil {
-			return err
+		if err == nil {
+			err = check(rec)
 		}
-		if err := check(rec); err != nil {
-			return err
+		switch {
+		case errors.Is(err, ErrNoWrite):
+			return nil
+		case err != nil:
+			refused = err
+			return nil
 		}
 		return tx.AbortPut(id, at)
 	})
+	if err != nil {
+		return err
+	}
+	return refused
 }
 
 // AbortGet implements SagaStore.

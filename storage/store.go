@@ -10,7 +10,11 @@ import (
 
 // Store is a sagad backend: everything the engine, the relay and the
 // daemon keep, in terms of records. Each method is its own transaction. DB
-// implements it on bbolt.
+// implements it on bbolt; storagetest checks an implementation.
+//
+// One engine drives a store's sagas: its in-process holds (a driver's claim,
+// an abort's hold) are what keep two writers of one saga apart. Limits of
+// zero or less mean 1000.
 type Store interface {
 	SagaStore
 	OutboxStore
@@ -18,10 +22,12 @@ type Store interface {
 	BreakerGet(ctx context.Context, name string) ([]byte, error)
 	// BreakerPut stores a circuit breaker's state.
 	BreakerPut(ctx context.Context, name string, state []byte) error
-	// DefinitionPut stores a version of a declarative definition and
-	// reports whether it was new.
+	// DefinitionPut stores a version of a declarative definition, makes it
+	// the latest (even when it was stored before), and reports whether it
+	// was new.
 	DefinitionPut(ctx context.Context, name, version string, spec []byte) (bool, error)
-	// DefinitionGet reads one stored version.
+	// DefinitionGet reads one stored version; version "" reads the latest
+	// (the one put last).
 	DefinitionGet(ctx context.Context, name, version string) (*StoredDefinition, bool, error)
 	// DefinitionList returns every stored version, each name's latest last.
 	DefinitionList(ctx context.Context) ([]*StoredDefinition, error)
@@ -42,13 +48,14 @@ type OutboxStore interface {
 	// OutboxGet reads one event; a missing one is ErrEventNotFound.
 	OutboxGet(ctx context.Context, id ulid.ULID) (*OutboxEvent, error)
 	// OutboxRequeue makes an event that is not new new again, with a fresh
-	// attempt budget; it reports false for an event already new.
+	// attempt budget; it reports false for an event already new, and
+	// ErrEventNotFound for an unknown one.
 	OutboxRequeue(ctx context.Context, id ulid.ULID) (bool, error)
 	// OutboxRequeueAll re-queues up to limit not_produced events and
 	// returns how many.
 	OutboxRequeueAll(ctx context.Context, limit int) (int, error)
 	// OutboxDiscard deletes an event that is not new; a new one is
-	// ErrEventPending.
+	// ErrEventPending, an unknown one ErrEventNotFound.
 	OutboxDiscard(ctx context.Context, id ulid.ULID) error
 	// OutboxPrune deletes up to limit events produced before the given time
 	// and says whether more remain.
@@ -69,9 +76,12 @@ type OutboxStore interface {
 	// event: their later events wait.
 	OutboxNotProducedSagas(ctx context.Context) ([]ulid.ULID, error)
 	// OutboxScanNew calls fn with every new event after the given id, in id
-	// (commit) order, with its saga and a function that reads the whole
-	// event, until fn returns false. fn runs inside the store's read: it
-	// must be quick.
+	// order, with its saga and a function that reads the whole event, until
+	// fn returns false. fn runs inside the store's read: it must be quick.
+	// Ids must grow in commit order (the bbolt backend assigns them in its
+	// single writer): an event committed after a scan must not sort before
+	// what the scan saw. A backend that cannot promise that (concurrent
+	// transactions) must make the relay rescan; it does every 5s anyway.
 	OutboxScanNew(ctx context.Context, after ulid.ULID, fn func(id, saga ulid.ULID, event func() (*OutboxEvent, error)) bool) error
 	// OutboxMark records the relay's outcomes in one transaction: events
 	// produced, and failed attempts. It returns each failed event's
@@ -165,6 +175,7 @@ func (db *DB) OutboxRequeue(_ context.Context, id ulid.ULID) (changed bool, err 
 
 // OutboxRequeueAll implements OutboxStore.
 func (db *DB) OutboxRequeueAll(_ context.Context, limit int) (n int, err error) {
+	limit = orDefault(limit)
 	err = db.Update(func(tx *Tx) error {
 		n = 0
 		var ids []ulid.ULID
@@ -199,6 +210,7 @@ func (db *DB) OutboxDiscard(_ context.Context, id ulid.ULID) error {
 
 // OutboxPrune implements OutboxStore.
 func (db *DB) OutboxPrune(_ context.Context, before time.Time, limit int) (n int, more bool, err error) {
+	limit = orDefault(limit)
 	err = db.Update(func(tx *Tx) error {
 		n, more, err = tx.OutboxPrune(before, limit)
 		return err
@@ -255,4 +267,12 @@ func (db *DB) OutboxMark(_ context.Context, produced []ulid.ULID, failed []Outbo
 		return nil
 	})
 	return attempts, err
+}
+
+// orDefault is a limit, 1000 when it is zero or less.
+func orDefault(limit int) int {
+	if limit <= 0 {
+		return 1000
+	}
+	return limit
 }

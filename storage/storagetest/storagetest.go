@@ -325,6 +325,17 @@ func testPaging(t *testing.T, h Harness) {
 	if err != nil || len(recs) != 0 {
 		t.Errorf("SagaList(completed) = %d sagas, %v; want none", len(recs), err)
 	}
+	other := newSaga(5000, "")
+	other.Definition = "refund"
+	create(t, s, other)
+	other.Status = saga.StatusCompleted
+	commit(t, s, change(other, nil))
+	for _, o := range []storage.ListOptions{{Definition: "refund"}, {Status: saga.StatusCompleted}} {
+		recs, _, err := s.SagaList(ctx, o)
+		if err != nil || len(recs) != 1 || recs[0].ID != other.ID {
+			t.Errorf("SagaList(%+v) = %d sagas, %v; want only the refund saga", o, len(recs), err)
+		}
+	}
 }
 
 func testDue(t *testing.T, h Harness) {
@@ -400,6 +411,19 @@ func testScans(t *testing.T, h Harness) {
 	if n, err := s.SagaDelete(ctx, append(ids, ulid.Make())); err != nil || n != 1 {
 		t.Errorf("SagaDelete = %d, %v; want 1 (an unknown id is not counted)", n, err)
 	}
+	// A deleted saga leaves nothing behind that the engine reads.
+	if err := s.AbortPut(ctx, running.ID, base, func(*storage.Saga) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SagaDelete(ctx, []ulid.ULID{running.ID}); err != nil || n != 1 {
+		t.Fatalf("SagaDelete(running) = %d, %v", n, err)
+	}
+	if due, _, err := s.SagaDue(ctx, base.Add(time.Hour), 10, nil); err != nil || len(due) != 0 {
+		t.Errorf("SagaDue after its saga was deleted = %v, %v; want none", due, err)
+	}
+	if ok, err := s.AbortGet(ctx, running.ID); err != nil || ok {
+		t.Errorf("AbortGet after its saga was deleted = %v, %v; want none", ok, err)
+	}
 	if _, err := s.SagaGet(ctx, done.ID); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("SagaGet after SagaDelete = %v, want ErrNotFound", err)
 	}
@@ -444,7 +468,13 @@ func testAbort(t *testing.T, h Harness) {
 func testOutbox(t *testing.T, h Harness) {
 	s, ctx := open(t, h), context.Background()
 	a, b := newSaga(1, ""), newSaga(2, "")
+	wake := s.OutboxWake()
 	create(t, s, a, "a1")
+	select {
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OutboxWake's channel was not closed after a commit that added an event")
+	}
 	create(t, s, b, "b1")
 	commit(t, s, change(a, nil, "a2", "a3"))
 	commit(t, s, change(b, nil, "b2"))
@@ -483,6 +513,13 @@ func testOutbox(t *testing.T, h Harness) {
 	if rest := scan(all[2].id); len(rest) != 2 || rest[0].name != "a3" {
 		t.Errorf("OutboxScanNew after the third event = %v, want a3 and b2", rest)
 	}
+	calls := 0
+	if err := s.OutboxScanNew(ctx, ulid.ULID{}, func(ulid.ULID, ulid.ULID, func() (*storage.OutboxEvent, error)) bool {
+		calls++
+		return false
+	}); err != nil || calls != 1 {
+		t.Errorf("OutboxScanNew whose fn returns false called it %d times (%v), want once", calls, err)
+	}
 
 	// a1 produced; b1 failed once, then for good; an event gone meanwhile is -1.
 	attempts, err := s.OutboxMark(ctx, []ulid.ULID{all[0].id}, []storage.OutboxFailure{
@@ -516,6 +553,15 @@ func testOutbox(t *testing.T, h Harness) {
 	if changed, err := s.OutboxRequeue(ctx, all[1].id); err != nil || !changed {
 		t.Errorf("OutboxRequeue(not_produced) = %v, %v; want it new again", changed, err)
 	}
+	if ev, err := s.OutboxGet(ctx, all[1].id); err != nil || ev.Status != storage.OutboxNew || ev.Attempts != 0 {
+		t.Errorf("after OutboxRequeue: %+v, %v; want new with a fresh attempt budget", ev, err)
+	}
+	if _, err := s.OutboxRequeue(ctx, ulid.Make()); !errors.Is(err, storage.ErrEventNotFound) {
+		t.Errorf("OutboxRequeue(unknown) = %v, want ErrEventNotFound", err)
+	}
+	if err := s.OutboxDiscard(ctx, ulid.Make()); !errors.Is(err, storage.ErrEventNotFound) {
+		t.Errorf("OutboxDiscard(unknown) = %v, want ErrEventNotFound", err)
+	}
 	if changed, err := s.OutboxRequeue(ctx, all[1].id); err != nil || changed {
 		t.Errorf("OutboxRequeue(new) = %v, %v; want no change", changed, err)
 	}
@@ -540,6 +586,23 @@ func testOutbox(t *testing.T, h Harness) {
 	counts, _, _, err = s.OutboxStats(ctx)
 	if err != nil || counts != (storage.OutboxCounts{New: 3}) {
 		t.Errorf("OutboxStats at the end = %+v, %v; want 3 new", counts, err)
+	}
+	// Every not_produced event re-queued at once; discarding one counts as
+	// a re-queue too (its saga may go on).
+	for _, e := range all[3:] {
+		if _, err := s.OutboxMark(ctx, nil, []storage.OutboxFailure{{ID: e.id, Error: "x", Final: true}}, base); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.OutboxRequeueAll(ctx, 0); err != nil || n != 2 {
+		t.Errorf("OutboxRequeueAll = %d, %v; want the 2 not_produced events", n, err)
+	}
+	if _, err := s.OutboxMark(ctx, nil, []storage.OutboxFailure{{ID: all[4].id, Error: "x", Final: true}}, base); err != nil {
+		t.Fatal(err)
+	}
+	requeues = s.OutboxRequeues()
+	if err := s.OutboxDiscard(ctx, all[4].id); err != nil || s.OutboxRequeues() <= requeues {
+		t.Errorf("OutboxDiscard(not_produced) = %v, requeues %d -> %d; want it counted", err, requeues, s.OutboxRequeues())
 	}
 }
 
@@ -651,5 +714,20 @@ func testPersistence(t *testing.T, h Harness) {
 	}
 	if _, ok, err := s.DefinitionGet(ctx, "order", "v1"); err != nil || !ok {
 		t.Errorf("after reopening DefinitionGet = %v, %v", ok, err)
+	}
+	// Events committed after the reopen sort after those before it.
+	var before []ulid.ULID
+	_ = s.OutboxScanNew(ctx, ulid.ULID{}, func(id, _ ulid.ULID, _ func() (*storage.OutboxEvent, error)) bool {
+		before = append(before, id)
+		return true
+	})
+	commit(t, s, change(r, nil, "e2"))
+	var after []ulid.ULID
+	_ = s.OutboxScanNew(ctx, before[len(before)-1], func(id, _ ulid.ULID, _ func() (*storage.OutboxEvent, error)) bool {
+		after = append(after, id)
+		return true
+	})
+	if len(after) != 1 {
+		t.Errorf("an event committed after reopening: %d new events after the old ones, want 1", len(after))
 	}
 }
