@@ -107,8 +107,7 @@ func TestFakeStopLeavesNoStaleTime(t *testing.T) {
 		<-done
 		select {
 		case <-tm.C():
-			// Only if Advance fired before Stop and Stop... drained it: never.
-			t.Fatalf("run %d: a time arrived after Stop", i)
+			t.Fatalf("run %d: a time arrived after Stop returned", i)
 		default:
 		}
 	}

@@ -33,12 +33,7 @@ func TestFakeClockMovesRetriesAndTimeouts(t *testing.T) {
 			}
 			return nil, nil
 		}}}}
-	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Clock: f, Hooks: engine.Hooks{
-		AttemptFinished: func(a engine.AttemptInfo) {
-			if a.Retry {
-				retried <- struct{}{}
-			}
-		}}}})
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Clock: f, Hooks: onRetry(retried)}})
 	st, err := b.eng.Start(context.Background(), "slow", nil)
 	if err != nil {
 		t.Fatal(err)

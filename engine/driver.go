@@ -55,6 +55,7 @@ type driver struct {
 	statuses   []saga.Status // statuses entered since the last commit, for the hook
 	hooks      []AttemptInfo
 	events     []storage.OutboxEvent // outbox events for the next commit
+	tr         storage.Transition    // the change change() hands to the store, reused
 }
 
 type effectKind int
@@ -735,7 +736,10 @@ func (d *driver) change() *storage.Transition {
 		r.LogSeq++
 		d.logs[i].Seq = r.LogSeq
 	}
-	return &storage.Transition{Saga: r, Log: d.logs, Events: d.events, ClearAbort: d.clrAbort}
+	// The store encodes the change before it returns and keeps none of it:
+	// one Transition serves every commit of this driver.
+	d.tr = storage.Transition{Saga: r, Log: d.logs, Events: d.events, ClearAbort: d.clrAbort}
+	return &d.tr
 }
 
 // commit writes the saga, its new log entries and its outbox events in one

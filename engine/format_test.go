@@ -111,11 +111,7 @@ func TestWriteFormatFixture(t *testing.T) {
 	}
 
 	retrying := make(chan struct{}, 1)
-	o := engine.Options{ShutdownGrace: 50 * time.Millisecond, Hooks: engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) {
-		if a.Retry {
-			retrying <- struct{}{}
-		}
-	}}}
+	o := engine.Options{ShutdownGrace: 50 * time.Millisecond, Hooks: onRetry(retrying)}
 	eng = openEngine(t, path, o, order)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

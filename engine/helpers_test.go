@@ -190,3 +190,13 @@ func (b *bundle) close(t *testing.T) {
 		t.Fatalf("close: %v", err)
 	}
 }
+
+// onRetry returns hooks that signal ch each time a failed attempt's retry
+// is committed (a saga then waits for its next attempt).
+func onRetry(ch chan<- struct{}) engine.Hooks {
+	return engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) {
+		if a.Retry {
+			ch <- struct{}{}
+		}
+	}}
+}

@@ -176,8 +176,11 @@ func (e *Engine) release(d *driver) {
 	delete(e.active, id)
 	redispatch := d.redispatch
 	_, waited := e.waiters[id]
-	claimers := e.claimers[id]
-	delete(e.claimers, id)
+	var claimers []chan struct{}
+	if len(e.claimers) > 0 { // rare: an operator waits for some saga
+		claimers = e.claimers[id]
+		delete(e.claimers, id)
+	}
 	if !d.reload && e.nfailing.Load() > 0 {
 		// Let go without a failed commit (a reload that found nothing to
 		// write, a saga set aside): its failures are over.

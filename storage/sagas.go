@@ -25,7 +25,8 @@ type SagaStore interface {
 	SagaCreate(ctx context.Context, t *Transition) (existing ulid.ULID, err error)
 	// SagaCommit writes one transition of a saga: its record, the log
 	// entries and outbox events it adds and the index changes they imply,
-	// all or nothing, durable when it returns.
+	// all or nothing, durable when it returns. It keeps no reference to t
+	// (SagaCreate neither): the caller may reuse it.
 	SagaCommit(ctx context.Context, t *Transition) error
 	// SagaGet reads a saga; a missing one is ErrNotFound.
 	SagaGet(ctx context.Context, id ulid.ULID) (*Saga, error)

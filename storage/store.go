@@ -76,8 +76,9 @@ type OutboxStore interface {
 	// event: their later events wait.
 	OutboxNotProducedSagas(ctx context.Context) ([]ulid.ULID, error)
 	// OutboxScanNew calls fn with every new event after the given id, in id
-	// order, with its saga and a function that reads the whole event, until
-	// fn returns false. fn runs inside the store's read: it must be quick.
+	// order, with its saga and a function that reads the whole event fn was
+	// called for (call it only inside fn), until fn returns false. fn runs
+	// inside the store's read: it must be quick.
 	// Ids must grow in commit order (the bbolt backend assigns them in its
 	// single writer): an event committed after a scan must not sort before
 	// what the scan saw. A backend that cannot promise that (concurrent
@@ -237,12 +238,15 @@ func (db *DB) OutboxNotProducedSagas(_ context.Context) (out []ulid.ULID, err er
 // OutboxScanNew implements OutboxStore.
 func (db *DB) OutboxScanNew(_ context.Context, after ulid.ULID, fn func(id, saga ulid.ULID, event func() (*OutboxEvent, error)) bool) error {
 	return db.View(func(tx *Tx) error {
+		var cur ulid.ULID
+		event := func() (*OutboxEvent, error) { return tx.OutboxGet(cur) } // one reader per scan
 		tx.OutboxScan(OutboxNew, after, func(id ulid.ULID) bool {
 			sid, ok := tx.OutboxSaga(id)
 			if !ok {
 				return true
 			}
-			return fn(id, sid, func() (*OutboxEvent, error) { return tx.OutboxGet(id) })
+			cur = id
+			return fn(id, sid, event)
 		})
 		return nil
 	})

@@ -29,12 +29,8 @@ func TestOfflineCommandsRefuseAMissingFile(t *testing.T) {
 					t.Errorf("stderr %q does not say %q", errOut, want)
 				}
 			}
-			if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
-				var names []string
-				for _, e := range entries {
-					names = append(names, e.Name())
-				}
-				t.Errorf("the command left %v in the directory (%v), want nothing", names, err)
+			if names := dirNames(t, dir); len(names) != 0 {
+				t.Errorf("the command left %v in the directory, want nothing", names)
 			}
 		})
 	}
@@ -66,15 +62,25 @@ func TestOfflineCommandsRefuseAnEmptyFile(t *testing.T) {
 			if info, err := os.Stat(path); err != nil || info.Size() != 0 {
 				t.Errorf("the empty file after the command: %v, %v; want it left empty", info, err)
 			}
-			if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
-				var names []string
-				for _, e := range entries {
-					names = append(names, e.Name())
-				}
-				t.Errorf("the directory holds %v (%v), want the empty file only", names, err)
+			if names := dirNames(t, dir); len(names) != 1 {
+				t.Errorf("the directory holds %v, want the empty file only", names)
 			}
 		})
 	}
+}
+
+// dirNames returns the names of the entries of dir.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name()
+	}
+	return names
 }
 
 // offlineCommand is a command that opens the database file given by --db.

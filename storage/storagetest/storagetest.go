@@ -201,6 +201,8 @@ func testCommit(t *testing.T, h Harness) {
 	}
 }
 
+// testRefused: a transition the backend refuses (here a record it cannot
+// store) changes nothing: neither the record, nor its log, nor the outbox.
 func testRefused(t *testing.T, h Harness) {
 	s, ctx := open(t, h), context.Background()
 	r := newSaga(1, "")

@@ -366,17 +366,13 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, client.Started{ID: st.ID, Status: string(saga.StatusRunning)})
 }
 
-// maxIdempotencyKey is the longest idempotency key the API accepts, in
-// bytes.
-const maxIdempotencyKey = 256
-
 // checkIdempotencyKey refuses a key that is too long or is not valid
 // UTF-8. encoding/json decodes invalid UTF-8, and an escaped lone surrogate
 // (\ud800), as U+FFFD: two different keys would then name one saga, so the
 // key is checked as the client wrote it in body.
 func checkIdempotencyKey(key string, body []byte) error {
-	if len(key) > maxIdempotencyKey {
-		return badRequest("invalid-idempotency-key", errors.Newf("idempotency_key is %d bytes, longer than %d", len(key), maxIdempotencyKey))
+	if len(key) > engine.MaxIdempotencyKey {
+		return badRequest("invalid-idempotency-key", errors.Newf("idempotency_key is %d bytes, longer than %d", len(key), engine.MaxIdempotencyKey))
 	}
 	if !strings.ContainsRune(key, utf8.RuneError) {
 		return nil // nothing was replaced
