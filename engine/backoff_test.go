@@ -20,7 +20,7 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // errBackoffUnavailable is the retryable error the backoff tests' step
@@ -242,8 +242,11 @@ func BenchmarkBackoffMemory(b *testing.B) {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Hooks:  engine.Hooks{AttemptFinished: rc.hook},
 	}
-	o.Storage.NoSync = true
-	eng, err := engine.Open(path, o)
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng, err := engine.New(db, o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -282,7 +285,7 @@ func BenchmarkBackoffMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	used, err := eng.Store().(*storage.DB).BackupSize() // the pages in use
+	used, err := eng.Store().(*bolt.DB).BackupSize() // the pages in use
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/sagad/sagad/internal/cputime"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // BenchmarkSaga runs 3-step sagas of no-op steps, durably (fsync on), at
@@ -27,37 +27,40 @@ import (
 //
 // The same command runs BenchmarkSagaRawUpdate and BenchmarkSagaBatch, so
 // the gain from group commit shows in the same run.
-func BenchmarkSaga(b *testing.B) { benchModes(b, storage.CommitGroup) }
+func BenchmarkSaga(b *testing.B) { benchModes(b, bolt.CommitGroup) }
 
 // BenchmarkSagaRawUpdate is BenchmarkSaga with every transition committed
 // by its own DB.Update (one fsync each): the baseline group commit beats.
-func BenchmarkSagaRawUpdate(b *testing.B) { benchModes(b, storage.CommitEach) }
+func BenchmarkSagaRawUpdate(b *testing.B) { benchModes(b, bolt.CommitEach) }
 
 // BenchmarkSagaBatch is BenchmarkSaga with transitions committed through
 // bbolt's DB.Batch instead of the engine's committer.
-func BenchmarkSagaBatch(b *testing.B) { benchModes(b, storage.CommitBatch) }
+func BenchmarkSagaBatch(b *testing.B) { benchModes(b, bolt.CommitBatch) }
 
 // BenchmarkSagaLifecycle is BenchmarkSaga with lifecycle events on: each
 // saga writes five outbox events (started, three step.succeeded,
 // completed) in the transactions of the transitions they describe.
 func BenchmarkSagaLifecycle(b *testing.B) {
 	for _, c := range []int{1, 64, 1024} {
-		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, storage.CommitGroup, true) })
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, bolt.CommitGroup, true) })
 	}
 }
 
-func benchModes(b *testing.B, mode storage.CommitMode) {
+func benchModes(b *testing.B, mode bolt.CommitMode) {
 	for _, c := range []int{1, 64, 1024} {
 		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, mode, false) })
 	}
 }
 
-func benchSagas(b *testing.B, conc int, mode storage.CommitMode, lifecycle bool) {
+func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
 	path := filepath.Join(b.TempDir(), "bench.db")
-	eng, err := engine.Open(path, engine.Options{
+	db, err := bolt.Open(path, &bolt.Options{CommitMode: mode})
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng, err := engine.New(db, engine.Options{
 		Concurrency: max(conc, 1024),
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Storage:     storage.Options{CommitMode: mode},
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // Options configures an Engine. The zero value is a sensible default.
@@ -42,8 +43,6 @@ type Options struct {
 	Outbox OutboxOptions
 	// Hooks are called after the changes they report are committed.
 	Hooks Hooks
-	// Storage configures the database file (lock timeout, ...).
-	Storage storage.Options
 	// MaxStepOutput caps the output (JSON) of one action or fallback
 	// attempt, in bytes. An attempt whose output is larger fails for good
 	// (saga.ErrPermanent), and its step is compensated if the saga turns
@@ -151,17 +150,14 @@ type versions struct {
 	byFP   map[string]*saga.Definition
 }
 
-// Open opens (or creates) the engine's database at path. It fails with a
-// clear error if the file is locked by another process, corrupt, or not a
-// sagad database (see the storage package's errors).
+// Open opens (or creates) the engine's bbolt database at path, with the
+// defaults of package storage/bolt and the engine's clock, and returns an
+// engine on it (see New). It fails with a clear error if the file is locked
+// by another process, corrupt, or not a sagad database (see storage/bolt's
+// errors). To set the file's options (lock timeout, compression), open it
+// with bolt.Open and pass it to New.
 func Open(path string, opts Options) (*Engine, error) {
-	opts.Outbox.setDefaults()
-	so := opts.Storage
-	so.CompressAbove = opts.Outbox.CompressAbove
-	if so.Clock == nil {
-		so.Clock = opts.Clock
-	}
-	db, err := storage.Open(path, &so)
+	db, err := bolt.Open(path, &bolt.Options{Clock: opts.Clock})
 	if err != nil {
 		return nil, errors.Wrap(err, "engine: open")
 	}
@@ -174,8 +170,7 @@ func Open(path string, opts Options) (*Engine, error) {
 }
 
 // New returns an engine on store, which it owns from then on: Close closes
-// it. Options.Storage and Options.Outbox.CompressAbove configure the bbolt
-// file Open opens; a store given here comes configured.
+// it. The store comes configured: its options are its backend's.
 func New(store storage.Store, opts Options) (*Engine, error) {
 	if store == nil {
 		return nil, errors.New("engine: new: a store is required")
@@ -231,7 +226,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 }
 
 // Store returns the engine's store: its outbox for a relay, its stored
-// definitions for the daemon. For an engine from Open it is a *storage.DB,
+// definitions for the daemon. For an engine from Open it is a *bolt.DB,
 // whose file tools (backup, check) need.
 func (e *Engine) Store() storage.Store { return e.store }
 

@@ -15,11 +15,12 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
+	"github.com/sagad/sagad/storage/bolt/bolttest"
 )
 
 var errFlaky = errors.New("flaky participant")
@@ -682,8 +683,8 @@ func TestOpenLockedFile(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{})
 	start := time.Now()
-	_, err := engine.Open(b.path, engine.Options{Storage: storage.Options{LockTimeout: 100 * time.Millisecond}})
-	if !errors.Is(err, storage.ErrLocked) {
+	_, err := engine.Open(b.path, engine.Options{}) // waits 1s for the lock
+	if !errors.Is(err, bolt.ErrLocked) {
 		t.Fatalf("second open: %v, want ErrLocked", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
@@ -1020,18 +1021,7 @@ func damagedRecordIsSetAside(t *testing.T, keep int) {
 	}
 	b.close(t)
 	// Keep the record's header and cut its body short.
-	db, err := bbolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := ulid.MustParse(bad.ID)
-	err = db.Update(func(tx *bbolt.Tx) error {
-		sagas := tx.Bucket([]byte("sagas"))
-		v := append([]byte(nil), sagas.Get(id[:])...)
-		return sagas.Put(id[:], v[:keep])
-	})
-	db.Close()
-	if err != nil {
+	if err := bolttest.TruncateSaga(path, ulid.MustParse(bad.ID), keep); err != nil {
 		t.Fatal(err)
 	}
 	b2 := setupNoCleanup(t, path, def, true)

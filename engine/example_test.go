@@ -17,7 +17,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // Order is the input of the order sagas in these examples.
@@ -301,12 +301,12 @@ func ExampleNew() {
 		panic(err)
 	}
 	defer os.RemoveAll(dir)
-	store, err := storage.Open(filepath.Join(dir, "sagad.db"), &storage.Options{})
+	start := time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC)
+	fake := clock.NewFake(start)
+	store, err := bolt.Open(filepath.Join(dir, "sagad.db"), &bolt.Options{Clock: fake})
 	if err != nil {
 		panic(err)
 	}
-	start := time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC)
-	fake := clock.NewFake(start)
 	retrying := make(chan struct{}, 1)
 	eng, err := engine.New(store, engine.Options{Clock: fake, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Hooks: engine.Hooks{AttemptFinished: func(a engine.AttemptInfo) {

@@ -12,10 +12,12 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // formatFixture is a database written by sagad before the storage seam
@@ -87,6 +89,31 @@ func fixtureIDs(t *testing.T, eng *engine.Engine) map[string]string {
 		ids[s.IdempotencyKey] = s.ID
 	}
 	return ids
+}
+
+// fixtureTime is when the fixture at path was last written: its newest
+// saga's last update.
+func fixtureTime(t *testing.T, path string) time.Time {
+	t.Helper()
+	db, err := bolt.Open(path, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, _, err := db.SagaList(context.Background(), storage.ListOptions{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last time.Time
+	for _, r := range recs {
+		if r.UpdatedAt.After(last) {
+			last = r.UpdatedAt
+		}
+	}
+	if last.IsZero() {
+		t.Fatalf("%s holds no saga", path)
+	}
+	return last
 }
 
 // TestWriteFormatFixture writes formatFixture. It runs only with
@@ -168,7 +195,7 @@ func TestWriteFormatFixture(t *testing.T) {
 		}
 	}
 	now := time.Now()
-	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		if _, err := tx.OutboxProduced(mine[:1], now); err != nil {
 			return err
 		}
@@ -196,7 +223,11 @@ func TestFormatFixtureFinishes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sagad.db")
 	copyFile(t, formatFixture, path)
 	order, parked := fixtureDefs(false)
-	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{order}})
+	// The engine runs at the time the fixture was written, so that the
+	// backed-off saga still waits for its retry (an hour), whenever the
+	// test runs. Nothing here waits on the clock.
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{order},
+		opts: engine.Options{Clock: clock.NewFake(fixtureTime(t, path))}})
 	ids := fixtureIDs(t, b.eng)
 	ctx := context.Background()
 	if len(ids) != 5 {

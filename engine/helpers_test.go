@@ -13,6 +13,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // bundle is a per-test engine on a temporary file, running until the test
@@ -25,7 +26,10 @@ type bundle struct {
 }
 
 type setupOpts struct {
-	opts  engine.Options
+	opts engine.Options
+	// store configures the bbolt file (NoSync and the engine's clock are
+	// set).
+	store bolt.Options
 	defs  []*saga.Definition
 	noRun bool
 	path  string
@@ -37,7 +41,7 @@ func setup(t *testing.T, so setupOpts) *bundle {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "sagad.db")
 	}
-	eng := openEngine(t, path, so.opts, so.defs...)
+	eng := openStore(t, path, so.store, so.opts, so.defs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	if !so.noRun {
@@ -165,12 +169,27 @@ func setupNoCleanup(t *testing.T, path string, def *saga.Definition, run bool, h
 // and registers defs.
 func openEngine(t *testing.T, path string, o engine.Options, defs ...*saga.Definition) *engine.Engine {
 	t.Helper()
+	return openStore(t, path, bolt.Options{}, o, defs...)
+}
+
+// openStore opens an engine on the bbolt file at path with the options bo
+// (made NoSync, on the engine's clock).
+func openStore(t *testing.T, path string, bo bolt.Options, o engine.Options, defs ...*saga.Definition) *engine.Engine {
+	t.Helper()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	o.Storage.NoSync = true
-	eng, err := engine.Open(path, o)
+	bo.NoSync = true
+	if bo.Clock == nil {
+		bo.Clock = o.Clock
+	}
+	db, err := bolt.Open(path, &bo)
 	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	eng, err := engine.New(db, o)
+	if err != nil {
+		_ = db.Close()
 		t.Fatalf("open engine: %v", err)
 	}
 	for _, d := range defs {

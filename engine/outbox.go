@@ -13,10 +13,6 @@ import (
 // OutboxOptions configures the transactional outbox. The zero value is a
 // sensible default.
 type OutboxOptions struct {
-	// CompressAbove stores payloads longer than this many bytes compressed
-	// (DEFLATE). Relays publish them decompressed. Zero: 4096. Negative:
-	// never compress.
-	CompressAbove int
 	// Retention deletes produced events once they have been produced this
 	// long. not_produced events are kept until an operator re-queues or
 	// discards them. Zero: 24 hours. Negative: keep produced events.
@@ -24,9 +20,6 @@ type OutboxOptions struct {
 }
 
 func (o *OutboxOptions) setDefaults() {
-	if o.CompressAbove == 0 {
-		o.CompressAbove = 4096
-	}
 	if o.Retention == 0 {
 		o.Retention = 24 * time.Hour
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // outbox returns every event in the outbox in status s, oldest first.
@@ -154,7 +155,7 @@ func TestOutboxCompressesLargePayloads(t *testing.T) {
 			}
 			return nil, c.Emit(saga.Event{Name: "big", Payload: big})
 		}}}}
-	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Outbox: engine.OutboxOptions{CompressAbove: 256}}})
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, store: bolt.Options{CompressAbove: 256}})
 	b.run(t, "big", 1)
 	evs := outbox(t, b.eng, storage.OutboxNew)
 	if len(evs) != 2 || evs[0].Compressed || !evs[1].Compressed || string(evs[1].Payload) != string(big) {
@@ -172,7 +173,7 @@ func TestOutboxOperatorActions(t *testing.T) {
 	evs := outbox(t, b.eng, storage.OutboxNew)
 	ctx := context.Background()
 	// Mark the first produced, the second not_produced, as a relay would.
-	err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err := b.eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		if _, err := tx.OutboxProduced([]ulid.ULID{evs[0].ID}, time.Now().Add(-time.Hour)); err != nil {
 			return err
 		}
@@ -229,7 +230,7 @@ func TestOutboxPrune(t *testing.T) {
 	}
 	evs := outbox(t, b.eng, storage.OutboxNew)
 	now := time.Now()
-	err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err := b.eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		if _, err := tx.OutboxProduced([]ulid.ULID{evs[0].ID}, now); err != nil {
 			return err
 		}

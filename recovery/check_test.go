@@ -8,7 +8,7 @@ import (
 	"github.com/cockroachdb/errors"
 
 	"github.com/sagad/sagad/recovery"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // Check runs the backend's check with the definition parser it is given;
@@ -16,7 +16,7 @@ import (
 func TestCheckValidatesDefinitionsWhenAsked(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

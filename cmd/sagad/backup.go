@@ -15,7 +15,7 @@ import (
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/recovery"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // backupCommand implements 'sagad backup --to FILE'.
@@ -101,9 +101,9 @@ func (c *backupCommand) copy(ctx context.Context, t *target, path string) (err e
 		if err := existingDB(t.db); err != nil {
 			return err
 		}
-		db, err := storage.Open(t.db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
+		db, err := bolt.Open(t.db, &bolt.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
 		if err != nil {
-			if errors.Is(err, storage.ErrLocked) {
+			if errors.Is(err, bolt.ErrLocked) {
 				return errors.WithHint(err, "a daemon holds the file: back it up through it with --addr")
 			}
 			return err
@@ -200,9 +200,9 @@ func compact(path string) (int64, int64, error) {
 	if err != nil {
 		return 0, 0, errors.Wrap(err, "stat")
 	}
-	src, err := storage.Open(path, &storage.Options{LockTimeout: 500 * time.Millisecond})
+	src, err := bolt.Open(path, &bolt.Options{LockTimeout: 500 * time.Millisecond})
 	if err != nil {
-		if errors.Is(err, storage.ErrLocked) {
+		if errors.Is(err, bolt.ErrLocked) {
 			return 0, 0, errors.WithHint(err, "stop the daemon first: a live file cannot be compacted")
 		}
 		return 0, 0, err

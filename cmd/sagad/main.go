@@ -27,7 +27,7 @@ import (
 	"github.com/cockroachdb/errors"
 
 	"github.com/sagad/sagad/recovery"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpstep"
 )
 
@@ -206,8 +206,8 @@ Example:
 	} else if err := existingDB(*db); err != nil {
 		return fail(c.stderr, "check", err)
 	}
-	d, err := storage.Open(*db, &storage.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
-	if errors.Is(err, storage.ErrLocked) {
+	d, err := bolt.Open(*db, &bolt.Options{ReadOnly: true, LockTimeout: 500 * time.Millisecond})
+	if errors.Is(err, bolt.ErrLocked) {
 		err = errors.WithHint(err, "a daemon holds the file: check it online with --addr http://HOST:PORT")
 	}
 	if err != nil {

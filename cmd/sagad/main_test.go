@@ -9,31 +9,28 @@ import (
 	"testing"
 
 	"github.com/oklog/ulid/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
+	"github.com/sagad/sagad/storage/bolt/bolttest"
 )
 
 func TestCheckCommand(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []storage.Encoded
+	var ids []ulid.ULID
 	for range 3 {
 		s := &storage.Saga{ID: ulid.Make(), Definition: "d", Status: saga.StatusRunning,
 			Steps: []storage.Step{{Name: "a", Status: saga.StepPending}}}
-		e, err := storage.EncodeSaga(s)
-		if err != nil {
+		if _, err := db.SagaCreate(context.Background(), &storage.Transition{Saga: s}); err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, *e)
-		if err := db.Update(func(tx *storage.Tx) error { return tx.SagaPut(e) }); err != nil {
-			t.Fatal(err)
-		}
+		ids = append(ids, s.ID)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
@@ -54,16 +51,7 @@ func TestCheckCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		if tt.break_ {
-			b, err := bbolt.Open(path, 0o600, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			id := ids[1].ID
-			err = b.Update(func(tx *bbolt.Tx) error {
-				return tx.Bucket([]byte("status")).Delete(append([]byte{1}, id[:]...))
-			})
-			b.Close()
-			if err != nil {
+			if err := bolttest.Unindex(path, ids[1]); err != nil {
 				t.Fatal(err)
 			}
 		}

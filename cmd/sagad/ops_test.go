@@ -19,6 +19,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 )
 
@@ -77,7 +78,7 @@ func opsFile(t *testing.T) (string, map[string]string) {
 	if err != nil || len(page.Events) != 3 {
 		t.Fatalf("outbox %+v %v: want one event per reserve", page, err)
 	}
-	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		_, err := tx.OutboxFailed(page.Events[0].ID, "NO_ROUTE", true, time.Now())
 		return err
 	})
@@ -342,16 +343,16 @@ func TestBackupAndCompact(t *testing.T) {
 
 	// Fill the copy with events, then prune them: the file keeps its size
 	// until it is compacted.
-	db, err := storage.Open(offlineCopy, &storage.Options{NoSync: true})
+	db, err := bolt.Open(offlineCopy, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	payload := json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`)
 	for range 5 {
-		err = db.Update(func(tx *storage.Tx) error {
+		err = db.Update(func(tx *bolt.Tx) error {
 			var put []ulid.ULID
 			for range 500 {
-				id, err := tx.OutboxPut(storage.EncodeEvent(&storage.OutboxEvent{SagaID: ulid.Make(), Name: "filler", RoutingKey: "f", Payload: payload}, 0))
+				id, err := tx.OutboxPut(bolt.EncodeEvent(&storage.OutboxEvent{SagaID: ulid.Make(), Name: "filler", RoutingKey: "f", Payload: payload}, 0))
 				if err != nil {
 					return err
 				}
@@ -364,7 +365,7 @@ func TestBackupAndCompact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	err = db.Update(func(tx *storage.Tx) error {
+	err = db.Update(func(tx *bolt.Tx) error {
 		for more := true; more; {
 			var err error
 			if _, more, err = tx.OutboxPrune(time.Now(), 10000); err != nil {

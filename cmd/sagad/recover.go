@@ -17,7 +17,7 @@ import (
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 )
 
@@ -134,9 +134,8 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 	if err := existingDB(path); err != nil {
 		return nil, err
 	}
-	eng, err := engine.Open(path, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	eng, err := openEngine(path, bolt.Options{LockTimeout: 500 * time.Millisecond}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxStepOutput: limits.MaxStepOutput, MaxSagaData: limits.MaxSagaData,
-		Storage: storage.Options{LockTimeout: 500 * time.Millisecond},
 		Hooks: engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) {
 			if to.Finished() {
 				finished.Add(1)
@@ -147,7 +146,7 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 			}
 		}}})
 	if err != nil {
-		if errors.Is(err, storage.ErrLocked) {
+		if errors.Is(err, bolt.ErrLocked) {
 			return nil, errors.WithHint(err, "a running daemon holds the file and recovers its sagas itself: stop it to recover offline")
 		}
 		return nil, err

@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
@@ -76,7 +76,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 // engineOptions are the engine's options of the configuration.
 func (cfg *serveConfig) engineOptions(log *slog.Logger, hooks engine.Hooks) engine.Options {
 	return engine.Options{Concurrency: cfg.concurrency, Logger: log, ShutdownGrace: cfg.grace, Hooks: hooks,
-		Storage: storage.Options{NoSync: cfg.noSync}, MaxStepOutput: int(cfg.maxStepOutput), MaxSagaData: int(cfg.maxSagaData)}
+		MaxStepOutput: int(cfg.maxStepOutput), MaxSagaData: int(cfg.maxSagaData)}
 }
 
 func (c *serveCommand) run(ctx context.Context, args []string) int {
@@ -204,7 +204,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	if info, err := os.Stat(cfg.db); err == nil && info.Mode().IsRegular() && info.Size() == 0 {
 		empty = true
 	}
-	eng, err := engine.Open(cfg.db, cfg.engineOptions(log, m.engineHooks()))
+	eng, err := openEngine(cfg.db, bolt.Options{NoSync: cfg.noSync}, cfg.engineOptions(log, m.engineHooks()))
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 )
 
@@ -68,10 +69,9 @@ func (t *target) open() (backend, error) {
 	if err := existingDB(t.db); err != nil {
 		return nil, err
 	}
-	eng, err := engine.Open(t.db, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Storage: storage.Options{LockTimeout: 500 * time.Millisecond}})
+	eng, err := openEngine(t.db, bolt.Options{LockTimeout: 500 * time.Millisecond}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
-		if errors.Is(err, storage.ErrLocked) {
+		if errors.Is(err, bolt.ErrLocked) {
 			return nil, errors.WithHint(errors.Wrapf(err, "%s is held by a running process", t.db),
 				"a daemon holds the file: talk to it with --addr http://HOST:PORT (and --token)")
 		}

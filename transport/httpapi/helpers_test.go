@@ -18,6 +18,7 @@ import (
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 )
 
@@ -67,11 +68,15 @@ func newAPIWith(tb testing.TB, o options) *api {
 		path = filepath.Join(tb.TempDir(), "sagad.db")
 	}
 	opts := engine.Options{Logger: logger}
-	opts.Storage.NoSync = true // consistency on a clean close does not need fsync; speed does
 	if o.engine != nil {
 		o.engine(&opts)
 	}
-	eng, err := engine.Open(path, opts)
+	// Consistency on a clean close does not need fsync; speed does.
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true, Clock: opts.Clock})
+	if err != nil {
+		tb.Fatalf("open store %s: %v", path, err)
+	}
+	eng, err := engine.New(db, opts)
 	if err != nil {
 		tb.Fatalf("open engine on %s: %v", path, err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 )
 
@@ -291,7 +291,7 @@ func TestLoadSkipsWhatNoLongerValidates(t *testing.T) {
 		b.WriteString(`]}`)
 		return []byte(b.String())
 	}
-	err = eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err = eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		if _, err := tx.DefinitionPut("huge", "v1", spec(101)); err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpstep"
 )
 
@@ -38,8 +39,11 @@ func runEngineHooks(t *testing.T, spec string, hooks engine.Hooks) (*engine.Engi
 	def := define(t, s, nil)
 	path := filepath.Join(t.TempDir(), "sagad.db")
 	opts := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hooks: hooks}
-	opts.Storage.NoSync = true
-	eng, err := engine.Open(path, opts)
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	eng, err := engine.New(db, opts)
 	if err != nil {
 		t.Fatalf("open engine: %v", err)
 	}

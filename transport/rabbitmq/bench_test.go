@@ -15,6 +15,7 @@ import (
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -147,14 +148,14 @@ func relayDrain(b *testing.B, url, exchange string, n int, payload []byte, sagas
 	if err := eng.Register(def); err != nil {
 		b.Fatal(err)
 	}
-	db := eng.Store().(*storage.DB)
+	db := eng.Store().(*bolt.DB)
 	now := time.Now()
 	for i := 0; i < n; i += 1000 {
-		err := db.Update(func(tx *storage.Tx) error {
+		err := db.Update(func(tx *bolt.Tx) error {
 			for j := i; j < min(i+1000, n); j++ {
 				ev := &storage.OutboxEvent{SagaID: sagas[j%len(sagas)], Definition: "order", Step: "place",
 					Name: "order.placed", RoutingKey: "order.placed", Payload: payload, CreatedAt: now}
-				if _, err := tx.OutboxPut(storage.EncodeEvent(ev, 4096)); err != nil {
+				if _, err := tx.OutboxPut(bolt.EncodeEvent(ev, 4096)); err != nil {
 					return err
 				}
 			}

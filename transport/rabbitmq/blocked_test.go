@@ -17,6 +17,7 @@ import (
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -65,11 +66,11 @@ func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 	const events = 32
 	payload := json.RawMessage(`"` + strings.Repeat("x", saga.MaxEventSize-2) + `"`)
 	ids := map[string]bool{}
-	err = b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+	err = b.eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 		for range events {
 			ev := &storage.OutboxEvent{SagaID: ulid.Make(), Definition: "d", Name: "big", RoutingKey: "big",
 				Payload: payload, CreatedAt: time.Now()}
-			id, err := tx.OutboxPut(storage.EncodeEvent(ev, 0))
+			id, err := tx.OutboxPut(bolt.EncodeEvent(ev, 0))
 			if err != nil {
 				return err
 			}

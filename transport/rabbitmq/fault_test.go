@@ -18,6 +18,7 @@ import (
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -318,11 +319,11 @@ func TestRelayKeepsOrderBeyondItsPerSagaBuffer(t *testing.T) {
 	sid := ulid.Make()
 	put := func(from, to int) {
 		t.Helper()
-		err := b.eng.Store().(*storage.DB).Update(func(tx *storage.Tx) error {
+		err := b.eng.Store().(*bolt.DB).Update(func(tx *bolt.Tx) error {
 			for i := from; i < to; i++ {
 				ev := &storage.OutboxEvent{SagaID: sid, Definition: "d", Name: "seq.event", RoutingKey: "k.x",
 					Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, i)), CreatedAt: time.Now()}
-				if _, err := tx.OutboxPut(storage.EncodeEvent(ev, 0)); err != nil {
+				if _, err := tx.OutboxPut(bolt.EncodeEvent(ev, 0)); err != nil {
 					return err
 				}
 			}

@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"encoding/json"
@@ -9,10 +9,11 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 )
 
 // roundTrip encodes s, decodes it, and asserts nothing changed.
-func roundTrip(t *testing.T, s *Saga) {
+func roundTrip(t *testing.T, s *storage.Saga) {
 	t.Helper()
 	e, err := EncodeSaga(s)
 	if err != nil {
@@ -29,7 +30,7 @@ func roundTrip(t *testing.T, s *Saga) {
 
 // normalize makes times comparable with DeepEqual (same instant, same
 // location, no monotonic reading) and empty collections nil.
-func normalize(s *Saga) *Saga {
+func normalize(s *storage.Saga) *storage.Saga {
 	c := *s
 	tm := func(t time.Time) time.Time {
 		if t.IsZero() {
@@ -47,7 +48,7 @@ func normalize(s *Saga) *Saga {
 	if len(c.ErrorEnc) == 0 {
 		c.ErrorEnc = nil
 	}
-	c.Steps = append([]Step(nil), s.Steps...)
+	c.Steps = append([]storage.Step(nil), s.Steps...)
 	for i := range c.Steps {
 		c.Steps[i].PhaseStarted = tm(c.Steps[i].PhaseStarted)
 	}
@@ -60,11 +61,11 @@ func normalize(s *Saga) *Saga {
 func TestEncodeSagaRoundTrip(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
-	full := &Saga{
+	full := &storage.Saga{
 		ID: ulid.Make(), Definition: "order", Fingerprint: "abc", Status: saga.StatusCompensating,
 		Input: json.RawMessage(`{"a":[1,2,{"b":"c"}]}`),
 		Data:  map[string]json.RawMessage{"reserve": json.RawMessage(`{"id":"r1"}`), "z": json.RawMessage(`"x"`)},
-		Steps: []Step{
+		Steps: []storage.Step{
 			{Name: "reserve", Status: saga.StepSucceeded, Phase: saga.PhaseAction, Attempts: 2},
 			{Name: "charge", Status: saga.StepCompensating, Phase: saga.PhaseCompensation, InFlight: true, Attempts: 1,
 				PhaseStarted: now, ActionAttempts: 3, FallbackUsed: true, Error: "quote \" nl \n \xff"},
@@ -75,7 +76,7 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 		CreatedAt: now, UpdatedAt: now.Add(time.Second), Deadline: now.Add(time.Hour), WakeAt: now.Add(time.Minute),
 		Parked: "definition missing", LogSeq: 70000,
 	}
-	for _, s := range []*Saga{full, {ID: ulid.Make(), Status: saga.StatusRunning}} {
+	for _, s := range []*storage.Saga{full, {ID: ulid.Make(), Status: saga.StatusRunning}} {
 		roundTrip(t, s)
 	}
 	e, _ := EncodeSaga(full)
@@ -97,20 +98,20 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 func TestEncodeLogParity(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
-	e := &LogEntry{Seq: 9, At: now, Event: EventAttemptFailed, Step: "s", Phase: saga.PhaseAction, Attempt: 2,
+	e := &storage.LogEntry{Seq: 9, At: now, Event: storage.EventAttemptFailed, Step: "s", Phase: saga.PhaseAction, Attempt: 2,
 		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y <&> \u2028 \xff", Next: now.Add(time.Second), Note: "retry"}
 	checkLogParity(t, e)
-	checkLogParity(t, &LogEntry{At: now})
+	checkLogParity(t, &storage.LogEntry{At: now})
 }
 
-func checkLogParity(t *testing.T, e *LogEntry) {
+func checkLogParity(t *testing.T, e *storage.LogEntry) {
 	t.Helper()
 	mine := appendLog(nil, e)
 	theirs, err := json.Marshal(e)
 	if err != nil {
 		t.Skip("encoding/json cannot encode this entry either")
 	}
-	var a, b LogEntry
+	var a, b storage.LogEntry
 	if err := json.Unmarshal(mine, &a); err != nil {
 		t.Fatalf("appendLog wrote invalid JSON %s: %v", mine, err)
 	}
@@ -133,12 +134,12 @@ func FuzzEncodeSaga(f *testing.F) {
 			t.Skip() // 0 is the zero time; attempts are stored as 32-bit
 		}
 		at := time.Unix(0, nanos)
-		s := &Saga{ID: ulid.Make(), Definition: def, Fingerprint: key, Status: saga.StatusFailed, Error: msg,
+		s := &storage.Saga{ID: ulid.Make(), Definition: def, Fingerprint: key, Status: saga.StatusFailed, Error: msg,
 			IdempotencyKey: key, Input: input, CreatedAt: at, UpdatedAt: at, Parked: msg,
 			// A wake-up before 1970 is stored as the first instant after it: due.
 			WakeAt: time.Unix(0, max(nanos, 1)),
 			Data:   map[string]json.RawMessage{step: input, key: json.RawMessage(msg)},
-			Steps:  []Step{{Name: step, Status: saga.StepFailed, Error: msg, Attempts: attempts, PhaseStarted: at}}}
+			Steps:  []storage.Step{{Name: step, Status: saga.StepFailed, Error: msg, Attempts: attempts, PhaseStarted: at}}}
 		if len(input) == 0 {
 			s.Data[step] = nil
 		}
@@ -152,7 +153,7 @@ func FuzzEncodeSaga(f *testing.F) {
 // FuzzDecodeSaga feeds arbitrary bytes to the record parser: it must fail
 // cleanly, never panic, and what it accepts must encode back to itself.
 func FuzzDecodeSaga(f *testing.F) {
-	e, _ := EncodeSaga(&Saga{Definition: "d", Status: saga.StatusRunning, Steps: []Step{{Name: "a", Status: saga.StepPending}}})
+	e, _ := EncodeSaga(&storage.Saga{Definition: "d", Status: saga.StatusRunning, Steps: []storage.Step{{Name: "a", Status: saga.StepPending}}})
 	f.Add(e.value)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
@@ -178,6 +179,6 @@ func FuzzEncodeLog(f *testing.F) {
 	f.Add("\xff\xfe<&>", "\u2028\x00", int64(-1))
 	f.Fuzz(func(t *testing.T, step, msg string, nanos int64) {
 		at := time.Unix(0, nanos).UTC()
-		checkLogParity(t, &LogEntry{At: at, Step: step, Error: msg, Note: msg, Next: at, Event: Event(step)})
+		checkLogParity(t, &storage.LogEntry{At: at, Step: step, Error: msg, Note: msg, Next: at, Event: storage.Event(step)})
 	})
 }

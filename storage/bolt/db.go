@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sagad/sagad/clock"
+	"github.com/sagad/sagad/storage"
 )
 
 // SchemaVersion is the layout version this package reads and writes.
@@ -51,9 +52,8 @@ type Options struct {
 	// the other modes exist so benchmarks can compare.
 	CommitMode CommitMode
 	// CompressAbove stores outbox payloads longer than this many bytes
-	// DEFLATE-compressed; they are published as emitted. Zero or
-	// negative: never (engine.Open passes engine.OutboxOptions'
-	// CompressAbove, 4 KiB by default).
+	// DEFLATE-compressed; they are read back (and published) as emitted.
+	// Zero: 4096. Negative: never.
 	CompressAbove int
 	// Clock stamps outbox events' ids (ULIDs, in commit order). Nil: the
 	// wall clock. The commit counters (Stats) always measure wall time.
@@ -106,9 +106,9 @@ type request struct {
 
 // Open opens (creating if needed) the sagad database at path. It fails with
 // ErrLocked if another process holds the file for longer than
-// opts.LockTimeout, ErrCorrupt if the file is not a readable bbolt file,
-// ErrNotSagad if it is someone else's bbolt file, and ErrSchema if its
-// schema version is unknown. opts may be nil.
+// opts.LockTimeout, storage.ErrCorrupt if the file is not a readable bbolt
+// file, ErrNotSagad if it is someone else's bbolt file, and
+// storage.ErrSchema if its schema version is unknown. opts may be nil.
 func Open(path string, opts *Options) (*DB, error) {
 	var o Options
 	if opts != nil {
@@ -119,6 +119,9 @@ func Open(path string, opts *Options) (*DB, error) {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
+	}
+	if o.CompressAbove == 0 {
+		o.CompressAbove = 4096
 	}
 	bo := &bbolt.Options{
 		Timeout:        o.LockTimeout,
@@ -156,14 +159,14 @@ func classifyOpenError(path string, err error) error {
 			"another process (a running sagad?) holds this file; stop it or talk to it over HTTP")
 	case errors.Is(err, bberrors.ErrInvalid), errors.Is(err, bberrors.ErrChecksum),
 		errors.Is(err, bberrors.ErrVersionMismatch), errors.Is(err, bberrors.ErrInvalidMapping):
-		return errors.WithHint(errors.Mark(errors.Wrapf(err, "storage: open %s", path), ErrCorrupt),
+		return errors.WithHint(errors.Mark(errors.Wrapf(err, "storage: open %s", path), storage.ErrCorrupt),
 			"restore the file from a backup; sagad never writes to a file it cannot read")
 	case os.IsNotExist(err), os.IsPermission(err):
 		return errors.Wrapf(err, "storage: open %s", path)
 	}
 	// bbolt reports some damage as plain errors or panics on read; treat
 	// anything else at open as damage too, keeping the cause.
-	return errors.Mark(errors.Wrapf(err, "storage: open %s", path), ErrCorrupt)
+	return errors.Mark(errors.Wrapf(err, "storage: open %s", path), storage.ErrCorrupt)
 }
 
 // init checks the file's identity and schema and creates missing buckets.
@@ -184,11 +187,11 @@ func (db *DB) init(readOnly bool) error {
 		}
 		v := meta.Get([]byte("schema"))
 		if len(v) != 4 {
-			return false, errors.Newf("storage: %s: schema version missing: %w", db.path, ErrCorrupt)
+			return false, errors.Newf("storage: %s: schema version missing: %w", db.path, storage.ErrCorrupt)
 		}
 		if got := binary.BigEndian.Uint32(v); got != SchemaVersion {
 			return false, errors.WithHint(errors.Newf("storage: %s: schema version %d, this build reads %d: %w",
-				db.path, got, SchemaVersion, ErrSchema), "use the sagad release that wrote this file")
+				db.path, got, SchemaVersion, storage.ErrSchema), "use the sagad release that wrote this file")
 		}
 		return false, nil
 	}
@@ -313,7 +316,7 @@ func (db *DB) Update(fn func(*Tx) error) error {
 		db.mu.RLock()
 		defer db.mu.RUnlock()
 		if db.closed {
-			return ErrClosed
+			return storage.ErrClosed
 		}
 	}
 	// t is the transaction of fn's last run: the one that counts.
@@ -337,7 +340,7 @@ func (db *DB) Update(fn func(*Tx) error) error {
 	db.mu.RLock()
 	if db.closed {
 		db.mu.RUnlock()
-		return ErrClosed
+		return storage.ErrClosed
 	}
 	db.reqs <- r
 	db.mu.RUnlock()
@@ -378,26 +381,10 @@ func (db *DB) committer() {
 	}
 }
 
-// Stats counts the committer's work since Open.
-type Stats struct {
-	// Commits is the number of bbolt write transactions committed.
-	Commits int64
-	// Writes is the number of Update calls they carried; Writes/Commits is
-	// the average group size.
-	Writes int64
-	// CommitTime is the total time spent committing, fsync included.
-	CommitTime time.Duration
-	// PagesWritten is bbolt's count of page writes since Open, by every
-	// write transaction (the committer's, and Open's own), meta pages
-	// included; a page with overflow pages counts once.
-	// PagesWritten/Commits is what a commit costs the disk.
-	PagesWritten int64
-}
-
 // Stats returns the committer's counters.
-func (db *DB) Stats() Stats {
+func (db *DB) Stats() storage.Stats {
 	bs := db.bolt.Stats()
-	return Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load()),
+	return storage.Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load()),
 		PagesWritten: bs.TxStats.GetWrite()}
 }
 

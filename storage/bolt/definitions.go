@@ -1,9 +1,10 @@
-package storage
+package bolt
 
 import (
 	"bytes"
 
 	"github.com/cockroachdb/errors"
+	"github.com/sagad/sagad/storage"
 )
 
 // Declarative definitions (JSON documents the daemon registers) are stored
@@ -15,15 +16,6 @@ import (
 //	             name + 0x00           -> the latest version
 
 var bucketDefinitions = []byte("definitions")
-
-// StoredDefinition is one stored version of a declarative definition.
-type StoredDefinition struct {
-	Name    string
-	Version string
-	Spec    []byte
-	// Latest is true for the version registered last.
-	Latest bool
-}
 
 func defKey(name, version string) []byte {
 	k := make([]byte, 0, len(name)+1+len(version))
@@ -51,7 +43,7 @@ func (t *Tx) DefinitionPut(name, version string, spec []byte) (bool, error) {
 
 // DefinitionGet returns a stored version of a definition; version "" means
 // the latest.
-func (t *Tx) DefinitionGet(name, version string) (*StoredDefinition, bool) {
+func (t *Tx) DefinitionGet(name, version string) (*storage.StoredDefinition, bool) {
 	b := t.tx.Bucket(bucketDefinitions)
 	if b == nil {
 		return nil, false
@@ -67,19 +59,19 @@ func (t *Tx) DefinitionGet(name, version string) (*StoredDefinition, bool) {
 	if v == nil {
 		return nil, false
 	}
-	return &StoredDefinition{Name: name, Version: version, Spec: bytes.Clone(v), Latest: version == latest}, true
+	return &storage.StoredDefinition{Name: name, Version: version, Spec: bytes.Clone(v), Latest: version == latest}, true
 }
 
 // DefinitionList calls fn with every stored version of every definition,
 // by name; each name's latest version comes last among its versions.
-func (t *Tx) DefinitionList(fn func(*StoredDefinition) bool) {
+func (t *Tx) DefinitionList(fn func(*storage.StoredDefinition) bool) {
 	b := t.tx.Bucket(bucketDefinitions)
 	if b == nil {
 		return
 	}
 	var name string
-	var latest *StoredDefinition
-	var pending []*StoredDefinition
+	var latest *storage.StoredDefinition
+	var pending []*storage.StoredDefinition
 	flush := func() bool {
 		for _, d := range pending {
 			if !fn(d) {
@@ -110,7 +102,7 @@ func (t *Tx) DefinitionList(fn func(*StoredDefinition) bool) {
 		if ver == "" {
 			continue // the latest marker: read below
 		}
-		d := &StoredDefinition{Name: n, Version: ver, Spec: bytes.Clone(v)}
+		d := &storage.StoredDefinition{Name: n, Version: ver, Spec: bytes.Clone(v)}
 		if string(b.Get(defKey(n, ""))) == ver {
 			d.Latest = true
 			latest = d

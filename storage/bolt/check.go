@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/sagad/sagad/storage"
 	"go.etcd.io/bbolt"
 )
 
@@ -168,13 +169,13 @@ func checkOutbox(stx *Tx, add func(kind, format string, args ...any)) error {
 	events, idx := tx.Bucket(bucketOutbox), tx.Bucket(bucketOutboxStatus)
 	// entries counts the index entries per status, in OutboxStatuses
 	// (code) order.
-	entries := make([]int64, len(OutboxStatuses))
+	entries := make([]int64, len(storage.OutboxStatuses))
 	// status names a status code: storage numbers OutboxStatuses from 1.
-	status := func(code byte) (OutboxStatus, bool) {
-		if code == 0 || int(code) > len(OutboxStatuses) {
+	status := func(code byte) (storage.OutboxStatus, bool) {
+		if code == 0 || int(code) > len(storage.OutboxStatuses) {
 			return "", false
 		}
-		return OutboxStatuses[code-1], true
+		return storage.OutboxStatuses[code-1], true
 	}
 	if idx != nil {
 		err := idx.ForEach(func(k, v []byte) error {
@@ -188,7 +189,7 @@ func checkOutbox(stx *Tx, add func(kind, format string, args ...any)) error {
 				entries[k[0]-1]++
 			}
 			wantLen := 8
-			if s == OutboxNew {
+			if s == storage.OutboxNew {
 				wantLen = 0
 			}
 			switch {
@@ -213,7 +214,7 @@ func checkOutbox(stx *Tx, add func(kind, format string, args ...any)) error {
 			}
 			var in []string
 			if idx != nil {
-				for code, s := range OutboxStatuses {
+				for code, s := range storage.OutboxStatuses {
 					if idx.Get(append([]byte{byte(code + 1)}, k...)) != nil {
 						in = append(in, string(s))
 					}
@@ -244,12 +245,12 @@ func checkOutbox(stx *Tx, add func(kind, format string, args ...any)) error {
 	}
 	switch {
 	case stored == nil:
-		stored = make([]byte, 8*len(OutboxStatuses)) // no counts yet: all zero
-	case len(stored) != 8*len(OutboxStatuses):
-		add("outbox-counts-malformed", "meta outbox_counts is %d bytes, want %d (a big-endian uint64 per status)", len(stored), 8*len(OutboxStatuses))
+		stored = make([]byte, 8*len(storage.OutboxStatuses)) // no counts yet: all zero
+	case len(stored) != 8*len(storage.OutboxStatuses):
+		add("outbox-counts-malformed", "meta outbox_counts is %d bytes, want %d (a big-endian uint64 per status)", len(stored), 8*len(storage.OutboxStatuses))
 		return nil
 	}
-	for i, s := range OutboxStatuses {
+	for i, s := range storage.OutboxStatuses {
 		if n := int64(binary.BigEndian.Uint64(stored[8*i:])); n != entries[i] {
 			add("outbox-counts", "outbox counts say %d %s events, the outbox status index holds %d", n, s, entries[i])
 		}
@@ -292,7 +293,7 @@ func checkLog(logs *bbolt.Bucket, id []byte, head uint64, add func(kind, format 
 // definition, as the daemon does when it loads them: one that does not
 // validate is skipped and its sagas park.
 func checkDefinitions(stx *Tx, validate func(name string, spec []byte) error, add func(kind, format string, args ...any)) {
-	stx.DefinitionList(func(sd *StoredDefinition) bool {
+	stx.DefinitionList(func(sd *storage.StoredDefinition) bool {
 		if err := validate(sd.Name, sd.Spec); err != nil {
 			add("definition-invalid", "definition %q version %q does not parse: %v", sd.Name, sd.Version, err)
 		}

@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"encoding/json"
@@ -9,11 +9,12 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
+	"github.com/sagad/sagad/storage"
 )
 
 // normalizeEvent makes decoded events comparable with DeepEqual: times as
 // UTC instants without a monotonic reading, empty collections nil.
-func normalizeEvent(ev *OutboxEvent) *OutboxEvent {
+func normalizeEvent(ev *storage.OutboxEvent) *storage.OutboxEvent {
 	c := *ev
 	tm := func(t time.Time) time.Time {
 		if t.IsZero() {
@@ -32,7 +33,7 @@ func normalizeEvent(ev *OutboxEvent) *OutboxEvent {
 }
 
 // requireEventEqual fails unless got and want hold the same event.
-func requireEventEqual(t *testing.T, what string, got, want *OutboxEvent) {
+func requireEventEqual(t *testing.T, what string, got, want *storage.OutboxEvent) {
 	t.Helper()
 	if g, w := normalizeEvent(got), normalizeEvent(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("%s:\ngot  %+v\nwant %+v", what, g, w)
@@ -40,8 +41,8 @@ func requireEventEqual(t *testing.T, what string, got, want *OutboxEvent) {
 }
 
 // seedEvent is a stored-record seed with every field set.
-func seedEvent() *OutboxEvent {
-	return &OutboxEvent{
+func seedEvent() *storage.OutboxEvent {
+	return &storage.OutboxEvent{
 		SagaID: ulid.MustParse("01HZZZZZZZZZZZZZZZZZZZZZZZ"), Definition: "order", Step: "charge",
 		Name: "payment.charged", Exchange: "payments", RoutingKey: "payment.charged.eu",
 		Payload: json.RawMessage(`{"amount":42}`), Headers: map[string]string{"tenant": "acme", "empty": ""},
@@ -68,7 +69,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(plain)
 	f.Add(compressed)
 	f.Add(rewriteTail(head, 3, "connection reset", rest)) // after OutboxFailed
-	f.Add(EncodeEvent(&OutboxEvent{}, 0).value)           // every field empty
+	f.Add(EncodeEvent(&storage.OutboxEvent{}, 0).value)   // every field empty
 	f.Add([]byte{})
 	f.Add(make([]byte, 18))
 	f.Add(plain[:len(plain)-1])
@@ -78,7 +79,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		id := ulid.Make()
 		ev, err := decodeEvent(id[:], v)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
+			if !errors.Is(err, storage.ErrCorrupt) {
 				t.Fatalf("decodeEvent rejected %x with %v, want an error marked ErrCorrupt", v, err)
 			}
 			return
@@ -141,11 +142,11 @@ func FuzzEncodeEvent(f *testing.F) {
 		if hk != "" || hv != "" {
 			headers = map[string]string{hk: hv, hk + "-2": hv + hv}
 		}
-		ev := &OutboxEvent{
+		ev := &storage.OutboxEvent{
 			SagaID: sagaID, Definition: def, Step: step, Name: name, Exchange: exchange, RoutingKey: rk,
 			Payload: payload, Headers: headers, CreatedAt: time.Unix(0, nanos),
 			// Assigned by storage, ignored by EncodeEvent:
-			ID: ulid.Make(), Status: OutboxProduced, StatusAt: time.Unix(0, nanos), Attempts: 5, LastError: hv,
+			ID: ulid.Make(), Status: storage.OutboxProduced, StatusAt: time.Unix(0, nanos), Attempts: 5, LastError: hv,
 			Compressed: true,
 		}
 		enc := EncodeEvent(ev, compressAbove)
@@ -160,7 +161,7 @@ func FuzzEncodeEvent(f *testing.F) {
 		if got.Compressed && (compressAbove <= 0 || len(payload) <= compressAbove) {
 			t.Fatalf("payload of %d bytes compressed with threshold %d", len(payload), compressAbove)
 		}
-		want := &OutboxEvent{
+		want := &storage.OutboxEvent{
 			ID: id, SagaID: sagaID, Definition: def, Step: step, Name: name, Exchange: exchange, RoutingKey: rk,
 			Payload: payload, Headers: headers, CreatedAt: ev.CreatedAt, Compressed: got.Compressed,
 		}

@@ -1,10 +1,11 @@
-package storage_test
+package bolt_test
 
 import (
 	"path/filepath"
 	"testing"
 
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/storage/storagetest"
 )
 
@@ -13,7 +14,7 @@ func TestConformance(t *testing.T) {
 	t.Parallel()
 	open := func(t *testing.T, path string) storage.Store {
 		t.Helper()
-		db, err := storage.Open(path, &storage.Options{NoSync: true, CompressAbove: 64})
+		db, err := bolt.Open(path, &bolt.Options{NoSync: true, CompressAbove: 64})
 		if err != nil {
 			t.Fatalf("open %s: %v", path, err)
 		}
@@ -22,7 +23,7 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, storagetest.Harness{
 		Open: func(t *testing.T) storage.Store { return open(t, filepath.Join(t.TempDir(), "sagad.db")) },
 		Reopen: func(t *testing.T, s storage.Store) storage.Store {
-			path := s.(*storage.DB).Path()
+			path := s.(*bolt.DB).Path()
 			if err := s.Close(); err != nil {
 				t.Fatalf("close: %v", err)
 			}

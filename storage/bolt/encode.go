@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"encoding/binary"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/sagad/sagad/internal/jsonw"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 )
 
 // A saga record is rewritten on every transition, and the pages holding the
@@ -45,7 +46,7 @@ const (
 )
 
 // appendSaga appends the body of s (everything after the header).
-func appendSaga(b []byte, s *Saga) []byte {
+func appendSaga(b []byte, s *storage.Saga) []byte {
 	b = append(b, recordFormat)
 	b = appendBytes(b, s.Definition)
 	b = appendBytes(b, s.Fingerprint)
@@ -131,22 +132,22 @@ func appendTime(b []byte, t time.Time) []byte {
 
 // decodeSaga decodes a stored record: key is the saga's id, v the value
 // with its header.
-func decodeSaga(key, v []byte) (*Saga, error) {
+func decodeSaga(key, v []byte) (*storage.Saga, error) {
 	h, ok := DecodeHeader(v)
 	if !ok || len(key) != 16 {
-		return nil, errors.Mark(errors.Newf("storage: saga %x: record is %d bytes", key, len(v)), ErrCorrupt)
+		return nil, errors.Mark(errors.Newf("storage: saga %x: record is %d bytes", key, len(v)), storage.ErrCorrupt)
 	}
-	s := &Saga{}
+	s := &storage.Saga{}
 	copy(s.ID[:], key)
 	if s.Status, ok = statusOf[h.Status]; !ok {
-		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown status code %d", key, h.Status), ErrCorrupt)
+		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown status code %d", key, h.Status), storage.ErrCorrupt)
 	}
 	if h.Wake != 0 {
 		s.WakeAt = wakeTime(h.Wake)
 	}
 	r := reader{b: v[headerLen:]}
 	if f := r.byte(); f != recordFormat && r.err == nil {
-		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, f), ErrCorrupt)
+		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, f), storage.ErrCorrupt)
 	}
 	s.Definition = r.string()
 	s.Fingerprint = r.string()
@@ -159,7 +160,7 @@ func decodeSaga(key, v []byte) (*Saga, error) {
 		}
 	}
 	if n := r.count(); r.err == nil {
-		s.Steps = make([]Step, n)
+		s.Steps = make([]storage.Step, n)
 		for i := range s.Steps {
 			st := &s.Steps[i]
 			st.Name = r.string()
@@ -196,7 +197,7 @@ func decodeSaga(key, v []byte) (*Saga, error) {
 		r.err = errors.Newf("%d bytes after the record", len(r.b))
 	}
 	if r.err != nil {
-		return nil, errors.Mark(errors.Wrapf(r.err, "storage: saga %x: decode", key), ErrCorrupt)
+		return nil, errors.Mark(errors.Wrapf(r.err, "storage: saga %x: decode", key), storage.ErrCorrupt)
 	}
 	return s, nil
 }
@@ -301,7 +302,7 @@ func (r *reader) time() time.Time {
 
 // appendLog appends e as JSON, as encoding/json would for its struct tags
 // (FuzzEncodeLog holds the two together) without reflection's cost.
-func appendLog(b []byte, e *LogEntry) []byte {
+func appendLog(b []byte, e *storage.LogEntry) []byte {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, uint64(e.Seq), 10)
 	b = appendJSONTime(b, "at", e.At, false)

@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // base is a fixed instant the tests build ids and wake times from.
@@ -30,14 +31,14 @@ var base = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // openDB opens a new database in a temporary directory with NoSync unless
 // opts says otherwise, and closes it when the test ends.
-func openDB(t *testing.T, opts *storage.Options) (*storage.DB, string) {
+func openDB(t *testing.T, opts *bolt.Options) (*bolt.DB, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	o := storage.Options{NoSync: true}
+	o := bolt.Options{NoSync: true}
 	if opts != nil {
 		o = *opts
 	}
-	db, err := storage.Open(path, &o)
+	db, err := bolt.Open(path, &o)
 	if err != nil {
 		t.Fatalf("Open(%s) = %v, want a new database", path, err)
 	}
@@ -68,9 +69,9 @@ func newSaga(id ulid.ULID, def string, st saga.Status, wake time.Time) *storage.
 	}
 }
 
-func encode(t *testing.T, s *storage.Saga) *storage.Encoded {
+func encode(t *testing.T, s *storage.Saga) *bolt.Encoded {
 	t.Helper()
-	e, err := storage.EncodeSaga(s)
+	e, err := bolt.EncodeSaga(s)
 	if err != nil {
 		t.Fatalf("EncodeSaga(%s): %v", s.ID, err)
 	}
@@ -78,13 +79,13 @@ func encode(t *testing.T, s *storage.Saga) *storage.Encoded {
 }
 
 // put stores sagas in one Update.
-func put(t *testing.T, db *storage.DB, sagas ...*storage.Saga) {
+func put(t *testing.T, db *bolt.DB, sagas ...*storage.Saga) {
 	t.Helper()
-	encs := make([]*storage.Encoded, len(sagas))
+	encs := make([]*bolt.Encoded, len(sagas))
 	for i, s := range sagas {
 		encs[i] = encode(t, s)
 	}
-	err := db.Update(func(tx *storage.Tx) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		for _, e := range encs {
 			if err := tx.SagaPut(e); err != nil {
 				return err
@@ -98,7 +99,7 @@ func put(t *testing.T, db *storage.DB, sagas ...*storage.Saga) {
 }
 
 // view runs fn in a read transaction and fails the test on error.
-func view(t *testing.T, db *storage.DB, fn func(tx *storage.Tx) error) {
+func view(t *testing.T, db *bolt.DB, fn func(tx *bolt.Tx) error) {
 	t.Helper()
 	if err := db.View(fn); err != nil {
 		t.Fatalf("View: %v", err)
@@ -118,7 +119,7 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("stat before Open: %v, want not-exist", err)
 	}
-	db, err := storage.Open(path, nil) // nil options: the defaults, with fsync
+	db, err := bolt.Open(path, nil) // nil options: the defaults, with fsync
 	if err != nil {
 		t.Fatalf("Open(new file): %v", err)
 	}
@@ -133,7 +134,7 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Errorf("second Close = %v, want nil", err)
 	}
-	if err := db.Update(func(*storage.Tx) error { return nil }); !errors.Is(err, storage.ErrClosed) {
+	if err := db.Update(func(*bolt.Tx) error { return nil }); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Update after Close = %v, want ErrClosed", err)
 	}
 	if _, err := os.Stat(path); err != nil {
@@ -144,11 +145,11 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err = storage.Open(path, &storage.Options{NoSync: true})
+	db, err = bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		s, err := tx.SagaGet(id)
 		if err != nil {
 			return err
@@ -174,11 +175,11 @@ func TestOpenLocked(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
-		opts    *storage.Options
+		opts    *bolt.Options
 		atLeast time.Duration
 	}{
-		{"read-write", &storage.Options{LockTimeout: 200 * time.Millisecond, NoSync: true}, 150 * time.Millisecond},
-		{"read-only", &storage.Options{LockTimeout: 200 * time.Millisecond, ReadOnly: true}, 150 * time.Millisecond},
+		{"read-write", &bolt.Options{LockTimeout: 200 * time.Millisecond, NoSync: true}, 150 * time.Millisecond},
+		{"read-only", &bolt.Options{LockTimeout: 200 * time.Millisecond, ReadOnly: true}, 150 * time.Millisecond},
 		{"default timeout", nil, 900 * time.Millisecond},
 	}
 	for _, tt := range tests {
@@ -186,13 +187,13 @@ func TestOpenLocked(t *testing.T) {
 			t.Parallel()
 			_, path := openDB(t, nil)
 			start := time.Now()
-			db2, err := storage.Open(path, tt.opts)
+			db2, err := bolt.Open(path, tt.opts)
 			took := time.Since(start)
 			if err == nil {
 				db2.Close()
 				t.Fatalf("second Open of a held file succeeded, want ErrLocked")
 			}
-			requireIs(t, "second Open", err, storage.ErrLocked)
+			requireIs(t, "second Open", err, bolt.ErrLocked)
 			if errors.Is(err, storage.ErrCorrupt) {
 				t.Errorf("second Open = %v, must not be marked ErrCorrupt", err)
 			}
@@ -209,14 +210,14 @@ func TestOpenLocked(t *testing.T) {
 func TestOpenReleasesLockOnClose(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	db, err = storage.Open(path, &storage.Options{NoSync: true, LockTimeout: 200 * time.Millisecond})
+	db, err = bolt.Open(path, &bolt.Options{NoSync: true, LockTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("Open after Close = %v, want the lock released", err)
 	}
@@ -259,7 +260,7 @@ func boltFile(t *testing.T, path string, fn func(tx *bbolt.Tx) error) string {
 func sagadFile(t *testing.T, fn func(tx *bbolt.Tx) error) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -312,7 +313,7 @@ func TestOpenRejects(t *testing.T) {
 	t.Parallel()
 	random := make([]byte, 64<<10)
 	rand.New(rand.NewSource(7)).Read(random)
-	sentinels := []error{storage.ErrLocked, storage.ErrNotSagad, storage.ErrSchema, storage.ErrCorrupt}
+	sentinels := []error{bolt.ErrLocked, bolt.ErrNotSagad, storage.ErrSchema, storage.ErrCorrupt}
 
 	tests := []struct {
 		name     string
@@ -327,7 +328,7 @@ func TestOpenRejects(t *testing.T) {
 			file: func(t *testing.T) string {
 				return boltFile(t, "", func(tx *bbolt.Tx) error { _, err := tx.CreateBucket([]byte("foo")); return err })
 			},
-			want: storage.ErrNotSagad,
+			want: bolt.ErrNotSagad,
 		},
 		{
 			name: "someone else's bbolt file, read-only",
@@ -335,7 +336,7 @@ func TestOpenRejects(t *testing.T) {
 				return boltFile(t, "", func(tx *bbolt.Tx) error { _, err := tx.CreateBucket([]byte("foo")); return err })
 			},
 			readOnly: true,
-			want:     storage.ErrNotSagad,
+			want:     bolt.ErrNotSagad,
 		},
 		{
 			name: "someone else's bbolt file with a meta bucket",
@@ -348,13 +349,13 @@ func TestOpenRejects(t *testing.T) {
 					return b.Put([]byte("magic"), []byte("other"))
 				})
 			},
-			want: storage.ErrNotSagad,
+			want: bolt.ErrNotSagad,
 		},
 		{
 			name:     "empty bbolt file, read-only",
 			file:     func(t *testing.T) string { return boltFile(t, "", nil) },
 			readOnly: true,
-			want:     storage.ErrNotSagad,
+			want:     bolt.ErrNotSagad,
 			msg:      "read-only",
 		},
 		{
@@ -425,7 +426,7 @@ func TestOpenRejects(t *testing.T) {
 			file: func(t *testing.T) string {
 				return sagadFile(t, func(tx *bbolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("magic"), []byte("sagae")) })
 			},
-			want: storage.ErrNotSagad,
+			want: bolt.ErrNotSagad,
 		},
 	}
 	for _, tt := range tests {
@@ -436,7 +437,7 @@ func TestOpenRejects(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			db, err := storage.Open(path, &storage.Options{ReadOnly: tt.readOnly, NoSync: true, LockTimeout: 200 * time.Millisecond})
+			db, err := bolt.Open(path, &bolt.Options{ReadOnly: tt.readOnly, NoSync: true, LockTimeout: 200 * time.Millisecond})
 			if err == nil {
 				db.Close()
 				t.Fatalf("Open succeeded, want an error marked %q", tt.want)
@@ -468,7 +469,7 @@ func TestOpenRejects(t *testing.T) {
 func TestOpenMissingDirectory(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "no", "such", "dir", "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err == nil {
 		db.Close()
 		t.Fatalf("Open in a missing directory succeeded, want an error")
@@ -484,7 +485,7 @@ func TestOpenMissingDirectory(t *testing.T) {
 func TestOpenReadOnly(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,25 +495,25 @@ func TestOpenReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ro1, err := storage.Open(path, &storage.Options{ReadOnly: true})
+	ro1, err := bolt.Open(path, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("Open read-only: %v", err)
 	}
 	defer ro1.Close()
 	// Read-only opens share the lock.
-	ro2, err := storage.Open(path, &storage.Options{ReadOnly: true, LockTimeout: 200 * time.Millisecond})
+	ro2, err := bolt.Open(path, &bolt.Options{ReadOnly: true, LockTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("second read-only Open = %v, want it to share the lock", err)
 	}
 	defer ro2.Close()
-	view(t, ro2, func(tx *storage.Tx) error {
+	view(t, ro2, func(tx *bolt.Tx) error {
 		if !tx.SagaExists(id) {
 			t.Errorf("SagaExists(%s) = false in read-only db, want true", id)
 		}
 		return nil
 	})
 	ran := false
-	err = ro1.Update(func(tx *storage.Tx) error {
+	err = ro1.Update(func(tx *bolt.Tx) error {
 		ran = true
 		return tx.SagaPut(encode(t, newSaga(ids(2)[1], "order", saga.StatusRunning, time.Time{})))
 	})
@@ -529,14 +530,14 @@ func TestOpenEmptyFileReadOnly(t *testing.T) {
 	// A new, empty file created by bbolt: read-write Open makes it a sagad
 	// file; read-only Open refuses it (above) and leaves it empty.
 	path := boltFile(t, "", nil)
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("Open(empty bbolt file) = %v, want it adopted", err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = storage.Open(path, &storage.Options{ReadOnly: true})
+	db, err = bolt.Open(path, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("read-only Open after adoption = %v, want success", err)
 	}
@@ -546,7 +547,7 @@ func TestOpenEmptyFileReadOnly(t *testing.T) {
 func TestEncodeSagaUnknownStatus(t *testing.T) {
 	t.Parallel()
 	for _, st := range []saga.Status{"", "done"} {
-		if _, err := storage.EncodeSaga(newSaga(ids(1)[0], "order", st, time.Time{})); err == nil {
+		if _, err := bolt.EncodeSaga(newSaga(ids(1)[0], "order", st, time.Time{})); err == nil {
 			t.Errorf("EncodeSaga(status %q) = nil error, want unknown status", st)
 		}
 	}
@@ -554,11 +555,11 @@ func TestEncodeSagaUnknownStatus(t *testing.T) {
 
 var commitModes = []struct {
 	name string
-	mode storage.CommitMode
+	mode bolt.CommitMode
 }{
-	{"group", storage.CommitGroup},
-	{"each", storage.CommitEach},
-	{"batch", storage.CommitBatch},
+	{"group", bolt.CommitGroup},
+	{"each", bolt.CommitEach},
+	{"batch", bolt.CommitBatch},
 }
 
 func TestUpdateConcurrentWritesLand(t *testing.T) {
@@ -567,7 +568,7 @@ func TestUpdateConcurrentWritesLand(t *testing.T) {
 	for _, cm := range commitModes {
 		t.Run(cm.name, func(t *testing.T) {
 			t.Parallel()
-			db, _ := openDB(t, &storage.Options{NoSync: true, CommitMode: cm.mode})
+			db, _ := openDB(t, &bolt.Options{NoSync: true, CommitMode: cm.mode})
 			var wg sync.WaitGroup
 			errs := make(chan error, goroutines*writes)
 			for g := range goroutines {
@@ -575,12 +576,12 @@ func TestUpdateConcurrentWritesLand(t *testing.T) {
 					entropy := rand.New(rand.NewSource(int64(g)))
 					for i := range writes {
 						id := ulid.MustNew(ulid.Timestamp(base)+uint64(g), entropy)
-						enc, err := storage.EncodeSaga(newSaga(id, fmt.Sprintf("def%d", i%3), saga.StatusRunning, time.Time{}))
+						enc, err := bolt.EncodeSaga(newSaga(id, fmt.Sprintf("def%d", i%3), saga.StatusRunning, time.Time{}))
 						if err != nil {
 							errs <- err
 							continue
 						}
-						errs <- db.Update(func(tx *storage.Tx) error { return tx.SagaPut(enc) })
+						errs <- db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(enc) })
 					}
 				})
 			}
@@ -591,7 +592,7 @@ func TestUpdateConcurrentWritesLand(t *testing.T) {
 					t.Fatalf("concurrent Update: %v", err)
 				}
 			}
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if got := tx.SagaCountByStatus()[saga.StatusRunning]; got != goroutines*writes {
 					t.Errorf("running sagas in the status index = %d, want %d", got, goroutines*writes)
 				}
@@ -615,7 +616,7 @@ func errFor(i int) error { return errors.Newf("storage_test: write %d refused", 
 // fails. It checks that each failing write gets its own error and leaves no
 // trace, and that every other write lands. It returns how often each write's
 // function ran.
-func runMixedWrites(t *testing.T, db *storage.DB, start func(), n int) []int32 {
+func runMixedWrites(t *testing.T, db *bolt.DB, start func(), n int) []int32 {
 	t.Helper()
 	all := ids(n)
 	runs := make([]int32, n)
@@ -624,7 +625,7 @@ func runMixedWrites(t *testing.T, db *storage.DB, start func(), n int) []int32 {
 	for i := range n {
 		enc := encode(t, newSaga(all[i], "order", saga.StatusRunning, base.Add(time.Duration(i)*time.Second)))
 		wg.Go(func() {
-			results[i] = db.Update(func(tx *storage.Tx) error {
+			results[i] = db.Update(func(tx *bolt.Tx) error {
 				atomic.AddInt32(&runs[i], 1)
 				if err := tx.SagaPut(enc); err != nil {
 					return err
@@ -638,7 +639,7 @@ func runMixedWrites(t *testing.T, db *storage.DB, start func(), n int) []int32 {
 	}
 	start()
 	wg.Wait()
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for i, err := range results {
 			fails := i%5 == 2
 			switch {
@@ -681,7 +682,7 @@ func TestUpdateFailingWriteInGroup(t *testing.T) {
 	for _, cm := range commitModes {
 		t.Run(cm.name, func(t *testing.T) {
 			t.Parallel()
-			db, _ := openDB(t, &storage.Options{NoSync: true, CommitMode: cm.mode})
+			db, _ := openDB(t, &bolt.Options{NoSync: true, CommitMode: cm.mode})
 			runMixedWrites(t, db, func() {}, 100)
 		})
 	}
@@ -695,14 +696,14 @@ func TestGroupCommitRetriesWithoutFailedWrite(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "sagad.db")
-		db, err := storage.Open(path, &storage.Options{NoSync: true})
+		db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 		if err != nil {
 			t.Fatalf("Open: %v", err)
 		}
 		gate, inside := make(chan struct{}), make(chan struct{})
 		held := make(chan error, 1)
 		go func() {
-			held <- db.Update(func(*storage.Tx) error { close(inside); <-gate; return nil })
+			held <- db.Update(func(*bolt.Tx) error { close(inside); <-gate; return nil })
 		}()
 		<-inside
 		const n = 20
@@ -737,7 +738,7 @@ func TestGroupCommitRetriesWithoutFailedWrite(t *testing.T) {
 func TestCloseCommitsQueuedWrites(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -747,18 +748,18 @@ func TestCloseCommitsQueuedWrites(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		enc := encode(t, newSaga(all[i], "order", saga.StatusRunning, time.Time{}))
-		wg.Go(func() { results[i] = db.Update(func(tx *storage.Tx) error { return tx.SagaPut(enc) }) })
+		wg.Go(func() { results[i] = db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(enc) }) })
 	}
 	if err := db.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	wg.Wait()
-	db, err = storage.Open(path, &storage.Options{NoSync: true})
+	db, err = bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for i, err := range results {
 			switch {
 			case err == nil && !tx.SagaExists(all[i]):
@@ -781,12 +782,12 @@ func TestCloseCommitsQueuedWritesHeld(t *testing.T) {
 	for round := range 10 {
 		synctest.Test(t, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "sagad.db")
-			db, err := storage.Open(path, &storage.Options{NoSync: true})
+			db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 			if err != nil {
 				t.Fatalf("Open: %v", err)
 			}
 			gate, inside := make(chan struct{}), make(chan struct{})
-			go func() { _ = db.Update(func(*storage.Tx) error { close(inside); <-gate; return nil }) }()
+			go func() { _ = db.Update(func(*bolt.Tx) error { close(inside); <-gate; return nil }) }()
 			<-inside
 			const n = 20
 			all := ids(n)
@@ -794,7 +795,7 @@ func TestCloseCommitsQueuedWritesHeld(t *testing.T) {
 			var wg sync.WaitGroup
 			for i := range n {
 				enc := encode(t, newSaga(all[i], "order", saga.StatusRunning, time.Time{}))
-				wg.Go(func() { results[i] = db.Update(func(tx *storage.Tx) error { return tx.SagaPut(enc) }) })
+				wg.Go(func() { results[i] = db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(enc) }) })
 			}
 			synctest.Wait() // every write is queued
 			closed := make(chan error, 1)
@@ -810,11 +811,11 @@ func TestCloseCommitsQueuedWritesHeld(t *testing.T) {
 					t.Errorf("round %d: write %d, queued before Close, returned %v; want nil", round, i, err)
 				}
 			}
-			db, err = storage.Open(path, &storage.Options{NoSync: true})
+			db, err = bolt.Open(path, &bolt.Options{NoSync: true})
 			if err != nil {
 				t.Fatal(err)
 			}
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if got := tx.SagaCountByStatus()[saga.StatusRunning]; got != n {
 					t.Errorf("round %d: %d sagas stored after Close, want %d", round, got, n)
 				}
@@ -834,7 +835,7 @@ type indexState struct {
 	dueWakes []time.Time
 }
 
-func readIndexes(tx *storage.Tx) indexState {
+func readIndexes(tx *bolt.Tx) indexState {
 	st := indexState{byStatus: map[saga.Status][]ulid.ULID{}}
 	for _, s := range saga.Statuses {
 		tx.SagaIDsByStatus(s, func(id ulid.ULID) bool { st.byStatus[s] = append(st.byStatus[s], id); return true })
@@ -900,7 +901,7 @@ func TestSagaPutKeepsIndexes(t *testing.T) {
 	}
 	for _, st := range steps {
 		put(t, db, st.put...)
-		view(t, db, func(tx *storage.Tx) error {
+		view(t, db, func(tx *bolt.Tx) error {
 			got := readIndexes(tx)
 			for _, s := range saga.Statuses {
 				if !slices.Equal(got.byStatus[s], st.byStatus[s]) {
@@ -937,7 +938,7 @@ func TestDueQueries(t *testing.T) {
 	put(t, db, newSaga(id[0], "d", saga.StatusRunning, t2), newSaga(id[1], "d", saga.StatusRunning, t1),
 		newSaga(id[2], "d", saga.StatusCompleted, time.Time{}))
 
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if next, ok := tx.DueNext(); !ok || !next.Equal(t1) {
 			t.Errorf("DueNext() = %v, %v; want %v, true", next, ok, t1)
 		}
@@ -996,7 +997,7 @@ func TestDueQueries(t *testing.T) {
 	})
 
 	empty, _ := openDB(t, nil)
-	view(t, empty, func(tx *storage.Tx) error {
+	view(t, empty, func(tx *bolt.Tx) error {
 		if _, ok := tx.DueNext(); ok {
 			t.Errorf("DueNext() on an empty db found a time")
 		}
@@ -1035,7 +1036,7 @@ func TestTimesOutOfRange(t *testing.T) {
 	}
 	put(t, db, sagas...)
 
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for _, tt := range tests {
 			got, err := tx.SagaGet(tt.s.ID)
 			if err != nil {
@@ -1066,16 +1067,16 @@ func TestTimesOutOfRange(t *testing.T) {
 	})
 }
 
-func logEntries(t *testing.T, seqs ...uint32) []storage.EncodedLog {
+func logEntries(t *testing.T, seqs ...uint32) []bolt.EncodedLog {
 	t.Helper()
-	out := make([]storage.EncodedLog, len(seqs))
+	out := make([]bolt.EncodedLog, len(seqs))
 	for i, s := range seqs {
-		out[i] = storage.EncodeLog(&storage.LogEntry{Seq: s, At: base, Event: storage.EventAttemptStarted, Note: fmt.Sprint(s)})
+		out[i] = bolt.EncodeLog(&storage.LogEntry{Seq: s, At: base, Event: storage.EventAttemptStarted, Note: fmt.Sprint(s)})
 	}
 	return out
 }
 
-func logSeqs(t *testing.T, tx *storage.Tx, id ulid.ULID) []uint32 {
+func logSeqs(t *testing.T, tx *bolt.Tx, id ulid.ULID) []uint32 {
 	t.Helper()
 	entries, err := tx.LogList(id)
 	if err != nil {
@@ -1095,16 +1096,16 @@ func TestSagaPutLog(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
 	id := ids(4)
-	sagas := make([]*storage.Encoded, 3)
+	sagas := make([]*bolt.Encoded, 3)
 	for i := range sagas {
-		e, err := storage.EncodeSaga(newSaga(id[i], "d", saga.StatusRunning, time.Time{}))
+		e, err := bolt.EncodeSaga(newSaga(id[i], "d", saga.StatusRunning, time.Time{}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		sagas[i] = e
 	}
 	// Interleave the sagas' entries in one transaction, then add more.
-	err := db.Update(func(tx *storage.Tx) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		if err := tx.SagaPut(sagas[1], logEntries(t, 1, 2)...); err != nil {
 			return err
 		}
@@ -1119,15 +1120,15 @@ func TestSagaPutLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *storage.Tx) error { return tx.SagaPut(sagas[1], logEntries(t, 256, 70000)...) })
+	err = db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(sagas[1], logEntries(t, 256, 70000)...) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *storage.Tx) error { return tx.SagaPut(sagas[0]) }) // no new entries
+	err = db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(sagas[0]) }) // no new entries
 	if err != nil {
 		t.Fatal(err)
 	}
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		tests := []struct {
 			id   ulid.ULID
 			want []uint32
@@ -1159,9 +1160,9 @@ func TestSagaDelete(t *testing.T) {
 	sb.IdempotencyKey = "key-before"
 	sa := newSaga(after, "d", saga.StatusRunning, base.Add(2*time.Second))
 	put(t, db, sb, sv, sa)
-	err := db.Update(func(tx *storage.Tx) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		for _, s := range []*storage.Saga{sb, sv, sa} {
-			e, err := storage.EncodeSaga(s)
+			e, err := bolt.EncodeSaga(s)
 			if err != nil {
 				return err
 			}
@@ -1180,13 +1181,13 @@ func TestSagaDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *storage.Tx) error { return tx.SagaDelete(victim) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.SagaDelete(victim) }); err != nil {
 		t.Fatalf("SagaDelete: %v", err)
 	}
-	err = db.Update(func(tx *storage.Tx) error { return tx.SagaDelete(victim) })
+	err = db.Update(func(tx *bolt.Tx) error { return tx.SagaDelete(victim) })
 	requireIs(t, "second SagaDelete", err, storage.ErrNotFound)
 
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if tx.SagaExists(victim) {
 			t.Errorf("SagaExists(deleted) = true")
 		}
@@ -1240,7 +1241,7 @@ func TestSagaDelete(t *testing.T) {
 func TestSagaGetMissing(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		_, err := tx.SagaGet(ids(1)[0])
 		requireIs(t, "SagaGet(missing)", err, storage.ErrNotFound)
 		return nil
@@ -1252,7 +1253,7 @@ func TestSmallRecords(t *testing.T) {
 	db, _ := openDB(t, nil)
 	id := ids(2)
 	state := []byte(`{"state":"open"}`)
-	err := db.Update(func(tx *storage.Tx) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		if err := tx.IdemPut("k1", id[0]); err != nil {
 			return err
 		}
@@ -1265,7 +1266,7 @@ func TestSmallRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	var breaker []byte
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if got, ok := tx.IdemGet("k1"); !ok || got != id[0] {
 			t.Errorf("IdemGet(k1) = %s, %v; want %s, true", got, ok, id[0])
 		}
@@ -1285,10 +1286,10 @@ func TestSmallRecords(t *testing.T) {
 	if string(breaker) != string(state) {
 		t.Errorf("BreakerGet(payments) = %q, want %q", breaker, state)
 	}
-	if err := db.Update(func(tx *storage.Tx) error { return tx.AbortDelete(id[1]) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.AbortDelete(id[1]) }); err != nil {
 		t.Fatal(err)
 	}
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if tx.AbortGet(id[1]) {
 			t.Errorf("AbortGet after AbortDelete = true")
 		}
@@ -1350,7 +1351,7 @@ func TestSagaList(t *testing.T) {
 				}
 				var recs []*storage.Saga
 				var more bool
-				view(t, db, func(tx *storage.Tx) error {
+				view(t, db, func(tx *bolt.Tx) error {
 					var err error
 					recs, more, err = tx.SagaList(o)
 					return err
@@ -1390,7 +1391,7 @@ func TestSagaList(t *testing.T) {
 		if between.Compare(all[9]) <= 0 || between.Compare(all[10]) >= 0 {
 			t.Fatalf("fixture: %s is not between %s and %s", between, all[9], all[10])
 		}
-		view(t, db, func(tx *storage.Tx) error {
+		view(t, db, func(tx *bolt.Tx) error {
 			recs, more, err := tx.SagaList(storage.ListOptions{Before: between, Limit: 3})
 			if err != nil {
 				return err
@@ -1415,7 +1416,7 @@ func TestSagaList(t *testing.T) {
 
 	t.Run("unknown status", func(t *testing.T) {
 		t.Parallel()
-		view(t, db, func(tx *storage.Tx) error {
+		view(t, db, func(tx *bolt.Tx) error {
 			if _, _, err := tx.SagaList(storage.ListOptions{Status: "done"}); err == nil {
 				t.Errorf("SagaList(status done) = nil error, want unknown status")
 			}
@@ -1427,7 +1428,7 @@ func TestSagaList(t *testing.T) {
 func TestSagaListEmpty(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for _, o := range []storage.ListOptions{{}, {Status: saga.StatusRunning}, {Before: ids(1)[0]}} {
 			recs, more, err := tx.SagaList(o)
 			if err != nil || len(recs) != 0 || more {
@@ -1442,7 +1443,7 @@ func TestUpdateSync(t *testing.T) {
 	t.Parallel()
 	// With fsync on (the default), writes land and survive a reopen.
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, nil)
+	db, err := bolt.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1451,7 +1452,7 @@ func TestUpdateSync(t *testing.T) {
 	for _, id := range all {
 		enc := encode(t, newSaga(id, "d", saga.StatusRunning, time.Time{}))
 		wg.Go(func() {
-			if err := db.Update(func(tx *storage.Tx) error { return tx.SagaPut(enc) }); err != nil {
+			if err := db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(enc) }); err != nil {
 				t.Errorf("Update: %v", err)
 			}
 		})
@@ -1460,12 +1461,12 @@ func TestUpdateSync(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = storage.Open(path, &storage.Options{ReadOnly: true})
+	db, err = bolt.Open(path, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if got := tx.SagaCountByStatus()[saga.StatusRunning]; got != len(all) {
 			t.Errorf("after reopen: %d running sagas, want %d", got, len(all))
 		}
@@ -1477,16 +1478,16 @@ func TestOpenTruncatedFile(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "trunc.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 300 {
-		e, err := storage.EncodeSaga(newSaga(ulid.Make(), fmt.Sprint("d", i), saga.StatusRunning, time.Time{}))
+		e, err := bolt.EncodeSaga(newSaga(ulid.Make(), fmt.Sprint("d", i), saga.StatusRunning, time.Time{}))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := db.Update(func(tx *storage.Tx) error { return tx.SagaPut(e, logEntries(t, 1, 2, 3)...) }); err != nil {
+		if err := db.Update(func(tx *bolt.Tx) error { return tx.SagaPut(e, logEntries(t, 1, 2, 3)...) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1497,7 +1498,7 @@ func TestOpenTruncatedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ro := range []bool{false, true} {
-		_, err := storage.Open(path, &storage.Options{ReadOnly: ro})
+		_, err := bolt.Open(path, &bolt.Options{ReadOnly: ro})
 		if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "truncated") {
 			t.Fatalf("open truncated file (read-only %v): %v, want ErrCorrupt saying it is truncated", ro, err)
 		}
@@ -1509,12 +1510,12 @@ func TestOpenTruncatedFile(t *testing.T) {
 // behind a commit share the next one.
 func TestStats(t *testing.T) {
 	t.Parallel()
-	put := func(db *storage.DB, i int) error {
-		return db.Update(func(tx *storage.Tx) error {
+	put := func(db *bolt.DB, i int) error {
+		return db.Update(func(tx *bolt.Tx) error {
 			return tx.Bolt().Bucket([]byte("meta")).Put(fmt.Appendf(nil, "k%03d", i), []byte("v"))
 		})
 	}
-	db, _ := openDB(t, &storage.Options{NoSync: true})
+	db, _ := openDB(t, &bolt.Options{NoSync: true})
 	s0 := db.Stats()
 	for i := range 3 {
 		if err := put(db, i); err != nil {
@@ -1530,7 +1531,7 @@ func TestStats(t *testing.T) {
 	}
 
 	synctest.Test(t, func(t *testing.T) {
-		db, err := storage.Open(filepath.Join(t.TempDir(), "sagad.db"), &storage.Options{NoSync: true})
+		db, err := bolt.Open(filepath.Join(t.TempDir(), "sagad.db"), &bolt.Options{NoSync: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1539,7 +1540,7 @@ func TestStats(t *testing.T) {
 		gate, inside := make(chan struct{}), make(chan struct{})
 		held := make(chan error, 1)
 		go func() {
-			held <- db.Update(func(*storage.Tx) error { close(inside); <-gate; return nil })
+			held <- db.Update(func(*bolt.Tx) error { close(inside); <-gate; return nil })
 		}()
 		<-inside
 		var wg sync.WaitGroup

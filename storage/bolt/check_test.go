@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // bigPayload is stored compressed.
@@ -26,7 +27,7 @@ var bigPayload = `{"items":"` + strings.Repeat("abc", 100) + `"}`
 
 // fixture is a database holding a few consistent sagas.
 type fixture struct {
-	db   *storage.DB
+	db   *bolt.DB
 	path string
 	// running has a wake time and an idempotency key, done is completed with
 	// neither, undoing is compensating with a wake time.
@@ -43,7 +44,7 @@ const idemKey = "order-42"
 func setup(t *testing.T) *fixture {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -66,20 +67,20 @@ func setup(t *testing.T) *fixture {
 			Steps: []storage.Step{{Name: "reserve", Status: saga.StepSucceeded}, {Name: "charge", Status: saga.StepPending}},
 		}
 	}
-	var encs []*storage.Encoded
+	var encs []*bolt.Encoded
 	for _, s := range []*storage.Saga{
 		mk(f.running, saga.StatusRunning, base.Add(time.Second), idemKey),
 		mk(f.done, saga.StatusCompleted, time.Time{}, ""),
 		mk(f.undoing, saga.StatusCompensating, base.Add(2*time.Second), ""),
 	} {
-		e, err := storage.EncodeSaga(s)
+		e, err := bolt.EncodeSaga(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		encs = append(encs, e)
 	}
-	logEntry := storage.EncodeLog(&storage.LogEntry{Seq: 1, At: base, Event: storage.EventStarted, Status: saga.StatusRunning})
-	err = db.Update(func(tx *storage.Tx) error {
+	logEntry := bolt.EncodeLog(&storage.LogEntry{Seq: 1, At: base, Event: storage.EventStarted, Status: saga.StatusRunning})
+	err = db.Update(func(tx *bolt.Tx) error {
 		for _, e := range encs {
 			if err := tx.SagaPut(e, logEntry); err != nil {
 				return err
@@ -104,13 +105,13 @@ func setup(t *testing.T) *fixture {
 // putOutbox stores the fixture's outbox events through storage's API.
 func (f *fixture) putOutbox(t *testing.T) {
 	t.Helper()
-	ev := func(name, payload string, compressAbove int) *storage.EncodedEvent {
-		return storage.EncodeEvent(&storage.OutboxEvent{
+	ev := func(name, payload string, compressAbove int) *bolt.EncodedEvent {
+		return bolt.EncodeEvent(&storage.OutboxEvent{
 			SagaID: f.running, Definition: "order", Step: "charge", Name: name, RoutingKey: "order." + name,
 			Payload: json.RawMessage(payload), Headers: map[string]string{"tenant": "t1"}, CreatedAt: base,
 		}, compressAbove)
 	}
-	err := f.db.Update(func(tx *storage.Tx) error {
+	err := f.db.Update(func(tx *bolt.Tx) error {
 		var err error
 		if f.evNew, err = tx.OutboxPut(ev("created", `{"n":1}`, 0)); err != nil {
 			return err
@@ -124,7 +125,7 @@ func (f *fixture) putOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatalf("put outbox events: %v", err)
 	}
-	err = f.db.Update(func(tx *storage.Tx) error {
+	err = f.db.Update(func(tx *bolt.Tx) error {
 		if n, err := tx.OutboxProduced([]ulid.ULID{f.evProduced}, base.Add(time.Minute)); err != nil || n != 1 {
 			return errors.Newf("OutboxProduced = %d, %v; want 1 event marked", n, err)
 		}
@@ -138,7 +139,7 @@ func (f *fixture) putOutbox(t *testing.T) {
 	}
 	// The fixture must really cover every status, or the clean check proves
 	// less than it claims.
-	err = f.db.View(func(tx *storage.Tx) error {
+	err = f.db.View(func(tx *bolt.Tx) error {
 		for id, want := range map[ulid.ULID]storage.OutboxStatus{
 			f.evNew: storage.OutboxNew, f.evProduced: storage.OutboxProduced, f.evFailed: storage.OutboxNotProduced,
 		} {
@@ -170,7 +171,7 @@ func (f *fixture) close(t *testing.T) {
 
 // check runs DB.Check and turns a panic into a test failure: Check
 // exists for damaged files and must report damage, not crash on it.
-func check(t *testing.T, db *storage.DB) (problems []storage.Problem, err error) {
+func check(t *testing.T, db *bolt.DB) (problems []bolt.Problem, err error) {
 	t.Helper()
 	defer func() {
 		if r := recover(); r != nil {
@@ -180,7 +181,7 @@ func check(t *testing.T, db *storage.DB) (problems []storage.Problem, err error)
 	}()
 	// Stored definitions must be JSON objects with steps, a stand-in for the
 	// daemon's parser (storage does not know their format).
-	return db.Check(&storage.CheckOptions{Definition: validDefinition})
+	return db.Check(&bolt.CheckOptions{Definition: validDefinition})
 }
 
 func hexID(id ulid.ULID) string { return hex.EncodeToString(id[:]) }
@@ -189,7 +190,7 @@ func statusKey(code byte, id ulid.ULID) []byte { return append([]byte{code}, id[
 
 func outboxStatusKey(code byte, id ulid.ULID) []byte { return append([]byte{code}, id[:]...) }
 
-// deflate compresses b as storage.EncodeEvent does.
+// deflate compresses b as bolt.EncodeEvent does.
 func deflate(b string) []byte {
 	var buf bytes.Buffer
 	w, _ := flate.NewWriter(&buf, flate.BestSpeed) // fails only for a bad level
@@ -218,7 +219,7 @@ func putRecord(tx *bbolt.Tx, id ulid.ULID, edit func(v []byte) []byte) error {
 
 // logKey is the key of a saga's newest log record.
 func logKey(tx *bbolt.Tx, id ulid.ULID) []byte {
-	h, _ := storage.DecodeHeader(tx.Bucket([]byte("sagas")).Get(id[:]))
+	h, _ := bolt.DecodeHeader(tx.Bucket([]byte("sagas")).Get(id[:]))
 	return binary.BigEndian.AppendUint64(nil, h.LogHead)
 }
 
@@ -243,7 +244,7 @@ func TestCheckConsistent(t *testing.T) {
 		t.Fatalf("Check found %v in a consistent database, want none", problems)
 	}
 	f.close(t)
-	if err := storage.CheckFile(f.path, nil); err != nil {
+	if err := bolt.CheckFile(f.path, nil); err != nil {
 		t.Fatalf("CheckFile(consistent) = %v, want nil", err)
 	}
 }
@@ -251,7 +252,7 @@ func TestCheckConsistent(t *testing.T) {
 func TestCheckEmpty(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestCheckEmpty(t *testing.T) {
 		t.Errorf("Check(empty db) = %v, %v; want no problems", problems, err)
 	}
 	db.Close()
-	if err := storage.CheckFile(path, nil); err != nil {
+	if err := bolt.CheckFile(path, nil); err != nil {
 		t.Errorf("CheckFile(empty db) = %v, want nil", err)
 	}
 }
@@ -285,7 +286,7 @@ func TestCheckWithoutOutbox(t *testing.T) {
 	}
 	f.close(t)
 	// A read-only open does not create the missing buckets.
-	if err := storage.CheckFile(f.path, nil); err != nil {
+	if err := bolt.CheckFile(f.path, nil); err != nil {
 		t.Errorf("CheckFile(no outbox) = %v, want nil", err)
 	}
 }
@@ -718,7 +719,7 @@ func TestCheckFindsDamage(t *testing.T) {
 				if w.id == nil {
 					continue
 				}
-				i := slices.IndexFunc(problems, func(p storage.Problem) bool {
+				i := slices.IndexFunc(problems, func(p bolt.Problem) bool {
 					return p.Kind == w.kind && strings.Contains(p.Detail, hexID(w.id(f)))
 				})
 				if i < 0 {
@@ -727,8 +728,8 @@ func TestCheckFindsDamage(t *testing.T) {
 			}
 
 			f.close(t)
-			err = storage.CheckFile(f.path, &storage.CheckOptions{Definition: validDefinition})
-			if !errors.Is(err, storage.ErrInconsistent) {
+			err = bolt.CheckFile(f.path, &bolt.CheckOptions{Definition: validDefinition})
+			if !errors.Is(err, bolt.ErrInconsistent) {
 				t.Fatalf("CheckFile = %v, want an error marked ErrInconsistent", err)
 			}
 			for _, w := range tt.want {
@@ -777,7 +778,7 @@ func TestCheckTruncatedRecords(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Check = %v, want the problems listed", err)
 			}
-			if !slices.ContainsFunc(problems, func(p storage.Problem) bool {
+			if !slices.ContainsFunc(problems, func(p bolt.Problem) bool {
 				return p.Kind == "saga-malformed" && strings.Contains(p.Detail, hexID(id))
 			}) {
 				t.Errorf("Check found %v, want a saga-malformed problem naming %s", problems, hexID(id))
@@ -791,8 +792,8 @@ func TestCheckFileErrors(t *testing.T) {
 	t.Run("missing file", func(t *testing.T) {
 		t.Parallel()
 		// Read-only open does not create the file.
-		err := storage.CheckFile(filepath.Join(t.TempDir(), "nope.db"), nil)
-		if err == nil || errors.Is(err, storage.ErrInconsistent) {
+		err := bolt.CheckFile(filepath.Join(t.TempDir(), "nope.db"), nil)
+		if err == nil || errors.Is(err, bolt.ErrInconsistent) {
 			t.Errorf("CheckFile(missing) = %v, want an open error that is not ErrInconsistent", err)
 		}
 	})
@@ -800,8 +801,8 @@ func TestCheckFileErrors(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		start := time.Now()
-		err := storage.CheckFile(f.path, nil)
-		if !errors.Is(err, storage.ErrLocked) {
+		err := bolt.CheckFile(f.path, nil)
+		if !errors.Is(err, bolt.ErrLocked) {
 			t.Errorf("CheckFile(open db) = %v, want ErrLocked", err)
 		}
 		if took := time.Since(start); took > 5*time.Second {

@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // wakeTimeout bounds the wait for a wake channel that must be closed. The
@@ -48,7 +49,7 @@ func simpleEvents(n int) []*storage.OutboxEvent {
 }
 
 // update runs fn in a write transaction and fails the test on error.
-func update(t *testing.T, db *storage.DB, what string, fn func(tx *storage.Tx) error) {
+func update(t *testing.T, db *bolt.DB, what string, fn func(tx *bolt.Tx) error) {
 	t.Helper()
 	if err := db.Update(fn); err != nil {
 		t.Fatalf("Update(%s): %v", what, err)
@@ -57,14 +58,14 @@ func update(t *testing.T, db *storage.DB, what string, fn func(tx *storage.Tx) e
 
 // putEvents encodes evs (payloads longer than compressAbove compressed) and
 // stores them in one Update, returning the ids OutboxPut assigned, in order.
-func putEvents(t *testing.T, db *storage.DB, compressAbove int, evs ...*storage.OutboxEvent) []ulid.ULID {
+func putEvents(t *testing.T, db *bolt.DB, compressAbove int, evs ...*storage.OutboxEvent) []ulid.ULID {
 	t.Helper()
-	encs := make([]*storage.EncodedEvent, len(evs))
+	encs := make([]*bolt.EncodedEvent, len(evs))
 	for i, ev := range evs {
-		encs[i] = storage.EncodeEvent(ev, compressAbove)
+		encs[i] = bolt.EncodeEvent(ev, compressAbove)
 	}
 	var out []ulid.ULID
-	update(t, db, "OutboxPut", func(tx *storage.Tx) error {
+	update(t, db, "OutboxPut", func(tx *bolt.Tx) error {
 		out = out[:0] // fn may run again in a retried group
 		for _, e := range encs {
 			id, err := tx.OutboxPut(e)
@@ -79,10 +80,10 @@ func putEvents(t *testing.T, db *storage.DB, compressAbove int, evs ...*storage.
 }
 
 // getEvent reads one event and fails the test if it cannot.
-func getEvent(t *testing.T, db *storage.DB, id ulid.ULID) *storage.OutboxEvent {
+func getEvent(t *testing.T, db *bolt.DB, id ulid.ULID) *storage.OutboxEvent {
 	t.Helper()
 	var ev *storage.OutboxEvent
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		var err error
 		ev, err = tx.OutboxGet(id)
 		return err
@@ -91,7 +92,7 @@ func getEvent(t *testing.T, db *storage.DB, id ulid.ULID) *storage.OutboxEvent {
 }
 
 // scanIDs collects what OutboxScan reports for status s after after.
-func scanIDs(tx *storage.Tx, s storage.OutboxStatus, after ulid.ULID) []ulid.ULID {
+func scanIDs(tx *bolt.Tx, s storage.OutboxStatus, after ulid.ULID) []ulid.ULID {
 	var out []ulid.ULID
 	tx.OutboxScan(s, after, func(id ulid.ULID) bool { out = append(out, id); return true })
 	return out
@@ -99,9 +100,9 @@ func scanIDs(tx *storage.Tx, s storage.OutboxStatus, after ulid.ULID) []ulid.ULI
 
 // requireCounts checks OutboxCounts against want, and against what the
 // status index and the record bucket actually hold.
-func requireCounts(t *testing.T, db *storage.DB, want storage.OutboxCounts) {
+func requireCounts(t *testing.T, db *bolt.DB, want storage.OutboxCounts) {
 	t.Helper()
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		if got := tx.OutboxCounts(); got != want {
 			t.Errorf("OutboxCounts() = %+v, want %+v", got, want)
 		}
@@ -122,7 +123,7 @@ func requireCounts(t *testing.T, db *storage.DB, want storage.OutboxCounts) {
 }
 
 // requireStatus checks an event's status and the time it reached it.
-func requireStatus(t *testing.T, db *storage.DB, id ulid.ULID, want storage.OutboxStatus, at time.Time) {
+func requireStatus(t *testing.T, db *bolt.DB, id ulid.ULID, want storage.OutboxStatus, at time.Time) {
 	t.Helper()
 	ev := getEvent(t, db, id)
 	if ev.Status != want || !ev.StatusAt.Equal(at) {
@@ -160,12 +161,12 @@ func trim(b []byte) string {
 
 // eventIn stores one event and moves it to status s (produced at at, or
 // failed for good at at), returning its id.
-func eventIn(t *testing.T, db *storage.DB, s storage.OutboxStatus, at time.Time) ulid.ULID {
+func eventIn(t *testing.T, db *bolt.DB, s storage.OutboxStatus, at time.Time) ulid.ULID {
 	t.Helper()
 	id := putEvents(t, db, 0, simpleEvents(1)...)[0]
 	switch s {
 	case storage.OutboxProduced:
-		update(t, db, "OutboxProduced", func(tx *storage.Tx) error {
+		update(t, db, "OutboxProduced", func(tx *bolt.Tx) error {
 			n, err := tx.OutboxProduced([]ulid.ULID{id}, at)
 			if err == nil && n != 1 {
 				err = errors.Newf("OutboxProduced marked %d events, want 1", n)
@@ -173,7 +174,7 @@ func eventIn(t *testing.T, db *storage.DB, s storage.OutboxStatus, at time.Time)
 			return err
 		})
 	case storage.OutboxNotProduced:
-		update(t, db, "OutboxFailed", func(tx *storage.Tx) error {
+		update(t, db, "OutboxFailed", func(tx *bolt.Tx) error {
 			_, err := tx.OutboxFailed(id, "broker said no", true, at)
 			return err
 		})
@@ -259,7 +260,7 @@ func TestOutboxRoundTrip(t *testing.T) {
 				t.Errorf("fresh event: status=%q status_at=%v attempts=%d last_error=%q compressed=%v; want new, zero, 0, \"\", false",
 					got.Status, got.StatusAt, got.Attempts, got.LastError, got.Compressed)
 			}
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if s, ok := tx.OutboxSaga(id); !ok || s != tt.ev.SagaID {
 					t.Errorf("OutboxSaga(%s) = %s, %v; want %s, true", id, s, ok, tt.ev.SagaID)
 				}
@@ -274,7 +275,7 @@ func TestOutboxGetUnknown(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
 	putEvents(t, db, 0, simpleEvents(1)...)
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		ev, err := tx.OutboxGet(ulid.Make())
 		if ev != nil {
 			t.Errorf("OutboxGet(unknown) = %+v, want nil", ev)
@@ -293,8 +294,8 @@ func TestOutboxGetUnknown(t *testing.T) {
 func TestOutboxSameTransaction(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
-	enc := storage.EncodeEvent(simpleEvents(1)[0], 0)
-	update(t, db, "put then read", func(tx *storage.Tx) error {
+	enc := bolt.EncodeEvent(simpleEvents(1)[0], 0)
+	update(t, db, "put then read", func(tx *bolt.Tx) error {
 		id, err := tx.OutboxPut(enc)
 		if err != nil {
 			return err
@@ -323,10 +324,10 @@ func TestOutboxSameTransaction(t *testing.T) {
 }
 
 // storedLen returns the length of an event's stored record.
-func storedLen(t *testing.T, db *storage.DB, id ulid.ULID) int {
+func storedLen(t *testing.T, db *bolt.DB, id ulid.ULID) int {
 	t.Helper()
 	n := -1
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		n = len(tx.Bolt().Bucket([]byte("outbox")).Get(id[:]))
 		return nil
 	})
@@ -403,8 +404,8 @@ func TestOutboxIDsIncrease(t *testing.T) {
 	errs := make(chan error, 8)
 	for range 8 {
 		go func() {
-			enc := storage.EncodeEvent(simpleEvents(1)[0], 0)
-			errs <- db.Update(func(tx *storage.Tx) error { _, err := tx.OutboxPut(enc); return err })
+			enc := bolt.EncodeEvent(simpleEvents(1)[0], 0)
+			errs <- db.Update(func(tx *bolt.Tx) error { _, err := tx.OutboxPut(enc); return err })
 		}()
 	}
 	for range 8 {
@@ -412,7 +413,7 @@ func TestOutboxIDsIncrease(t *testing.T) {
 			t.Fatalf("concurrent OutboxPut: %v", err)
 		}
 	}
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		got := scanIDs(tx, storage.OutboxNew, ulid.ULID{})
 		if len(got) != len(all)+8 || !slices.Equal(got[:len(all)], all) {
 			t.Errorf("OutboxScan(new) = %d ids, want the %d put in order followed by 8 more", len(got), len(all))
@@ -442,14 +443,14 @@ func TestOutboxIDsIncrease(t *testing.T) {
 		}
 		return idx.Put(append([]byte{1}, future[:]...), []byte{})
 	})
-	db2, err := storage.Open(path, &storage.Options{NoSync: true})
+	db2, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
 	t.Cleanup(func() { db2.Close() })
 	if _, err := func() (*storage.OutboxEvent, error) {
 		var ev *storage.OutboxEvent
-		err := db2.View(func(tx *storage.Tx) (err error) { ev, err = tx.OutboxGet(future); return err })
+		err := db2.View(func(tx *bolt.Tx) (err error) { ev, err = tx.OutboxGet(future); return err })
 		return ev, err
 	}(); err != nil {
 		t.Fatalf("OutboxGet(moved event) after reopen: %v", err)
@@ -468,7 +469,7 @@ func TestOutboxScan(t *testing.T) {
 	db, _ := openDB(t, nil)
 	id := putEvents(t, db, 0, simpleEvents(8)...)
 	at := time.Now().Add(time.Hour)
-	update(t, db, "move", func(tx *storage.Tx) error {
+	update(t, db, "move", func(tx *bolt.Tx) error {
 		if _, err := tx.OutboxProduced([]ulid.ULID{id[1], id[3], id[4]}, at); err != nil {
 			return err
 		}
@@ -497,7 +498,7 @@ func TestOutboxScan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if got := scanIDs(tx, tt.status, tt.after); !slices.Equal(got, tt.want) {
 					t.Errorf("OutboxScan(%q, after %s) = %v, want %v", tt.status, tt.after, got, tt.want)
 				}
@@ -507,7 +508,7 @@ func TestOutboxScan(t *testing.T) {
 	}
 	t.Run("stops when fn returns false", func(t *testing.T) {
 		t.Parallel()
-		view(t, db, func(tx *storage.Tx) error {
+		view(t, db, func(tx *bolt.Tx) error {
 			var got []ulid.ULID
 			tx.OutboxScan(storage.OutboxNew, ulid.ULID{}, func(id ulid.ULID) bool {
 				got = append(got, id)
@@ -541,14 +542,14 @@ func TestOutboxProduced(t *testing.T) {
 		{"nothing", nil, t2, 0, storage.OutboxCounts{New: 1, Produced: 3, NotProduced: 1}},
 		{"not produced is skipped", []ulid.ULID{id[4]}, t2, 0, storage.OutboxCounts{New: 1, Produced: 3, NotProduced: 1}},
 	}
-	update(t, db, "fail id[4] for good", func(tx *storage.Tx) error {
+	update(t, db, "fail id[4] for good", func(tx *bolt.Tx) error {
 		_, err := tx.OutboxFailed(id[4], "gave up", true, t1)
 		return err
 	})
 	requireCounts(t, db, storage.OutboxCounts{New: 4, NotProduced: 1})
 	for _, st := range steps {
 		var n int
-		update(t, db, st.name, func(tx *storage.Tx) (err error) {
+		update(t, db, st.name, func(tx *bolt.Tx) (err error) {
 			n, err = tx.OutboxProduced(st.ids, st.at)
 			return err
 		})
@@ -587,7 +588,7 @@ func TestOutboxFailed(t *testing.T) {
 			at := time.Now().Add(time.Hour)
 			for attempt, msg := range []string{"connection reset", strings.Repeat("long error ", 100), ""} {
 				var n int
-				update(t, db, "OutboxFailed", func(tx *storage.Tx) (err error) {
+				update(t, db, "OutboxFailed", func(tx *bolt.Tx) (err error) {
 					n, err = tx.OutboxFailed(id, msg, false, at)
 					return err
 				})
@@ -605,7 +606,7 @@ func TestOutboxFailed(t *testing.T) {
 				requireCounts(t, db, storage.OutboxCounts{New: 1})
 			}
 			var n int
-			update(t, db, "final OutboxFailed", func(tx *storage.Tx) (err error) {
+			update(t, db, "final OutboxFailed", func(tx *bolt.Tx) (err error) {
 				n, err = tx.OutboxFailed(id, "no route", true, at)
 				return err
 			})
@@ -623,7 +624,7 @@ func TestOutboxFailed(t *testing.T) {
 			// Only new events can fail.
 			produced := eventIn(t, db, storage.OutboxProduced, at)
 			for what, target := range map[string]ulid.ULID{"not produced": id, "produced": produced, "unknown": ulid.Make()} {
-				err := db.Update(func(tx *storage.Tx) error {
+				err := db.Update(func(tx *bolt.Tx) error {
 					_, err := tx.OutboxFailed(target, "again", false, at)
 					return err
 				})
@@ -659,13 +660,13 @@ func TestOutboxRequeue(t *testing.T) {
 			ev := simpleEvents(1)[0]
 			id := putEvents(t, db, 0, ev)[0]
 			for range tt.failures {
-				update(t, db, "OutboxFailed", func(tx *storage.Tx) error { _, err := tx.OutboxFailed(id, "nack", false, at); return err })
+				update(t, db, "OutboxFailed", func(tx *bolt.Tx) error { _, err := tx.OutboxFailed(id, "nack", false, at); return err })
 			}
 			switch tt.from {
 			case storage.OutboxNotProduced:
-				update(t, db, "OutboxFailed", func(tx *storage.Tx) error { _, err := tx.OutboxFailed(id, "gave up", true, at); return err })
+				update(t, db, "OutboxFailed", func(tx *bolt.Tx) error { _, err := tx.OutboxFailed(id, "gave up", true, at); return err })
 			case storage.OutboxProduced:
-				update(t, db, "OutboxProduced", func(tx *storage.Tx) error { _, err := tx.OutboxProduced([]ulid.ULID{id}, at); return err })
+				update(t, db, "OutboxProduced", func(tx *bolt.Tx) error { _, err := tx.OutboxProduced([]ulid.ULID{id}, at); return err })
 			}
 			requireCounts(t, db, tt.before)
 			was := getEvent(t, db, id)
@@ -673,7 +674,7 @@ func TestOutboxRequeue(t *testing.T) {
 			wake := db.OutboxWake()
 
 			var changed bool
-			update(t, db, "OutboxRequeue", func(tx *storage.Tx) (err error) {
+			update(t, db, "OutboxRequeue", func(tx *bolt.Tx) (err error) {
 				changed, err = tx.OutboxRequeue(id)
 				if got := db.OutboxRequeues(); got != requeues {
 					t.Errorf("OutboxRequeues() = %d inside the transaction, want %d until it commits", got, requeues)
@@ -704,7 +705,7 @@ func TestOutboxRequeue(t *testing.T) {
 				t.Errorf("OutboxRequeues() = %d after the commit, want %d", n, requeues+1)
 			}
 			requireClosed(t, wake, "requeue")
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if got := scanIDs(tx, storage.OutboxNew, ulid.ULID{}); !slices.Equal(got, []ulid.ULID{id}) {
 					t.Errorf("OutboxScan(new) = %v, want [%s]", got, id)
 				}
@@ -716,7 +717,7 @@ func TestOutboxRequeue(t *testing.T) {
 		t.Parallel()
 		db, _ := openDB(t, nil)
 		putEvents(t, db, 0, simpleEvents(1)...)
-		err := db.Update(func(tx *storage.Tx) error { _, err := tx.OutboxRequeue(ulid.Make()); return err })
+		err := db.Update(func(tx *bolt.Tx) error { _, err := tx.OutboxRequeue(ulid.Make()); return err })
 		requireIs(t, "OutboxRequeue(unknown)", err, storage.ErrEventNotFound)
 		requireCounts(t, db, storage.OutboxCounts{New: 1})
 	})
@@ -726,7 +727,7 @@ func TestOutboxRequeue(t *testing.T) {
 		a := eventIn(t, db, storage.OutboxNotProduced, at)
 		b := eventIn(t, db, storage.OutboxProduced, at)
 		before := db.OutboxRequeues()
-		update(t, db, "two requeues", func(tx *storage.Tx) error {
+		update(t, db, "two requeues", func(tx *bolt.Tx) error {
 			for _, id := range []ulid.ULID{a, b} {
 				if ok, err := tx.OutboxRequeue(id); err != nil || !ok {
 					return errors.Newf("OutboxRequeue(%s) = %v, %v", id, ok, err)
@@ -769,9 +770,9 @@ func TestOutboxDelete(t *testing.T) {
 				want.NotProduced++
 			}
 			requireCounts(t, db, want)
-			update(t, db, "OutboxDelete", func(tx *storage.Tx) error { return tx.OutboxDelete(id) })
+			update(t, db, "OutboxDelete", func(tx *bolt.Tx) error { return tx.OutboxDelete(id) })
 			requireCounts(t, db, storage.OutboxCounts{New: 1})
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				_, err := tx.OutboxGet(id)
 				requireIs(t, "OutboxGet(deleted)", err, storage.ErrEventNotFound)
 				if _, ok := tx.OutboxSaga(id); ok {
@@ -783,7 +784,7 @@ func TestOutboxDelete(t *testing.T) {
 				return nil
 			})
 			getEvent(t, db, keep)
-			err := db.Update(func(tx *storage.Tx) error { return tx.OutboxDelete(id) })
+			err := db.Update(func(tx *bolt.Tx) error { return tx.OutboxDelete(id) })
 			requireIs(t, "second OutboxDelete", err, storage.ErrEventNotFound)
 		})
 	}
@@ -791,7 +792,7 @@ func TestOutboxDelete(t *testing.T) {
 		t.Parallel()
 		db, _ := openDB(t, nil)
 		putEvents(t, db, 0, simpleEvents(1)...)
-		err := db.Update(func(tx *storage.Tx) error { return tx.OutboxDelete(ulid.Make()) })
+		err := db.Update(func(tx *bolt.Tx) error { return tx.OutboxDelete(ulid.Make()) })
 		requireIs(t, "OutboxDelete(unknown)", err, storage.ErrEventNotFound)
 		requireCounts(t, db, storage.OutboxCounts{New: 1})
 	})
@@ -805,10 +806,10 @@ func TestOutboxPrune(t *testing.T) {
 
 	// setup stores: e0..e2 produced early, e3 produced late, e4 new, e5
 	// failed for good early.
-	setup := func(t *testing.T) (*storage.DB, []ulid.ULID) {
+	setup := func(t *testing.T) (*bolt.DB, []ulid.ULID) {
 		db, _ := openDB(t, nil)
 		id := putEvents(t, db, 0, simpleEvents(6)...)
-		update(t, db, "move", func(tx *storage.Tx) error {
+		update(t, db, "move", func(tx *bolt.Tx) error {
 			if _, err := tx.OutboxProduced(id[:3], early); err != nil {
 				return err
 			}
@@ -820,9 +821,9 @@ func TestOutboxPrune(t *testing.T) {
 		})
 		return db, id
 	}
-	prune := func(t *testing.T, db *storage.DB, before time.Time, limit int) (n int, more bool) {
+	prune := func(t *testing.T, db *bolt.DB, before time.Time, limit int) (n int, more bool) {
 		t.Helper()
-		update(t, db, "OutboxPrune", func(tx *storage.Tx) (err error) {
+		update(t, db, "OutboxPrune", func(tx *bolt.Tx) (err error) {
 			n, more, err = tx.OutboxPrune(before, limit)
 			return err
 		})
@@ -864,7 +865,7 @@ func TestOutboxPrune(t *testing.T) {
 			for _, i := range tt.left {
 				want = append(want, id[i])
 			}
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				if got := scanIDs(tx, storage.OutboxProduced, ulid.ULID{}); !slices.Equal(got, want) {
 					t.Errorf("produced events left = %v, want %v", got, want)
 				}
@@ -882,7 +883,7 @@ func TestOutboxPrune(t *testing.T) {
 func TestOutboxOldest(t *testing.T) {
 	t.Parallel()
 	db, _ := openDB(t, nil)
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for _, s := range storage.OutboxStatuses {
 			if at, ok := tx.OutboxOldest(s); ok {
 				t.Errorf("OutboxOldest(%q) on an empty outbox = %v, true; want false", s, at)
@@ -895,7 +896,7 @@ func TestOutboxOldest(t *testing.T) {
 	// first put says it was created last.
 	evs[0].CreatedAt = base.Add(time.Hour)
 	id := putEvents(t, db, 0, evs...)
-	update(t, db, "OutboxProduced", func(tx *storage.Tx) error {
+	update(t, db, "OutboxProduced", func(tx *bolt.Tx) error {
 		_, err := tx.OutboxProduced(id[1:2], time.Now())
 		return err
 	})
@@ -909,7 +910,7 @@ func TestOutboxOldest(t *testing.T) {
 		{storage.OutboxNotProduced, time.Time{}, false},
 		{storage.OutboxStatus("lost"), time.Time{}, false},
 	}
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for _, tt := range tests {
 			at, ok := tx.OutboxOldest(tt.status)
 			if ok != tt.found || !at.Equal(tt.want) {
@@ -918,8 +919,8 @@ func TestOutboxOldest(t *testing.T) {
 		}
 		return nil
 	})
-	update(t, db, "delete the oldest new", func(tx *storage.Tx) error { return tx.OutboxDelete(id[0]) })
-	view(t, db, func(tx *storage.Tx) error {
+	update(t, db, "delete the oldest new", func(tx *bolt.Tx) error { return tx.OutboxDelete(id[0]) })
+	view(t, db, func(tx *bolt.Tx) error {
 		if at, ok := tx.OutboxOldest(storage.OutboxNew); !ok || !at.Equal(evs[2].CreatedAt) {
 			t.Errorf("OutboxOldest(new) after deleting e0 = %v, %v; want %v, true", at, ok, evs[2].CreatedAt)
 		}
@@ -936,7 +937,7 @@ func TestOutboxSaga(t *testing.T) {
 		evs[i] = outboxEvent(s, "e", `{}`)
 	}
 	id := putEvents(t, db, 0, evs...)
-	view(t, db, func(tx *storage.Tx) error {
+	view(t, db, func(tx *bolt.Tx) error {
 		for i := range id {
 			if got, ok := tx.OutboxSaga(id[i]); !ok || got != sagas[i] {
 				t.Errorf("OutboxSaga(%s) = %s, %v; want %s, true", id[i], got, ok, sagas[i])
@@ -955,7 +956,7 @@ func TestOutboxList(t *testing.T) {
 	evs := simpleEvents(105)
 	id := putEvents(t, db, 0, evs...)
 	at := time.Now().Add(time.Hour)
-	update(t, db, "move", func(tx *storage.Tx) error {
+	update(t, db, "move", func(tx *bolt.Tx) error {
 		if _, err := tx.OutboxProduced(id[100:103], at); err != nil {
 			return err
 		}
@@ -983,7 +984,7 @@ func TestOutboxList(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			view(t, db, func(tx *storage.Tx) error {
+			view(t, db, func(tx *bolt.Tx) error {
 				got, more, err := tx.OutboxList(tt.opts)
 				if err != nil {
 					t.Fatalf("OutboxList(%+v): %v", tt.opts, err)
@@ -1010,7 +1011,7 @@ func TestOutboxList(t *testing.T) {
 	}
 	t.Run("unknown status", func(t *testing.T) {
 		t.Parallel()
-		view(t, db, func(tx *storage.Tx) error {
+		view(t, db, func(tx *bolt.Tx) error {
 			got, more, err := tx.OutboxList(storage.OutboxListOptions{Status: "lost"})
 			if err == nil || got != nil || more {
 				t.Errorf("OutboxList(status lost) = %d events, %v, %v; want an error", len(got), more, err)
@@ -1033,45 +1034,45 @@ func TestOutboxWake(t *testing.T) {
 	t.Parallel()
 	at := time.Now().Add(time.Hour)
 	sagaEnc := encode(t, newSaga(ids(1)[0], "order", saga.StatusRunning, time.Time{}))
-	enc := storage.EncodeEvent(simpleEvents(1)[0], 0)
+	enc := bolt.EncodeEvent(simpleEvents(1)[0], 0)
 	tests := []struct {
 		name         string
 		from         storage.OutboxStatus // status of an event stored first; "" for none
-		act          func(tx *storage.Tx, id ulid.ULID) error
+		act          func(tx *bolt.Tx, id ulid.ULID) error
 		wantClosed   bool
 		wantRequeues int64
 	}{
-		{"put", "", func(tx *storage.Tx, _ ulid.ULID) error { _, err := tx.OutboxPut(enc); return err }, true, 0},
-		{"saga put only", "", func(tx *storage.Tx, _ ulid.ULID) error { return tx.SagaPut(sagaEnc) }, false, 0},
-		{"empty commit", storage.OutboxNew, func(*storage.Tx, ulid.ULID) error { return nil }, false, 0},
-		{"produced", storage.OutboxNew, func(tx *storage.Tx, id ulid.ULID) error {
+		{"put", "", func(tx *bolt.Tx, _ ulid.ULID) error { _, err := tx.OutboxPut(enc); return err }, true, 0},
+		{"saga put only", "", func(tx *bolt.Tx, _ ulid.ULID) error { return tx.SagaPut(sagaEnc) }, false, 0},
+		{"empty commit", storage.OutboxNew, func(*bolt.Tx, ulid.ULID) error { return nil }, false, 0},
+		{"produced", storage.OutboxNew, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxProduced([]ulid.ULID{id}, at)
 			return err
 		}, false, 0},
-		{"failed", storage.OutboxNew, func(tx *storage.Tx, id ulid.ULID) error {
+		{"failed", storage.OutboxNew, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxFailed(id, "nack", false, at)
 			return err
 		}, false, 0},
-		{"failed for good", storage.OutboxNew, func(tx *storage.Tx, id ulid.ULID) error {
+		{"failed for good", storage.OutboxNew, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxFailed(id, "nack", true, at)
 			return err
 		}, false, 0},
-		{"requeue not produced", storage.OutboxNotProduced, func(tx *storage.Tx, id ulid.ULID) error {
+		{"requeue not produced", storage.OutboxNotProduced, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxRequeue(id)
 			return err
 		}, true, 1},
-		{"requeue produced", storage.OutboxProduced, func(tx *storage.Tx, id ulid.ULID) error {
+		{"requeue produced", storage.OutboxProduced, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxRequeue(id)
 			return err
 		}, true, 1},
-		{"requeue new", storage.OutboxNew, func(tx *storage.Tx, id ulid.ULID) error {
+		{"requeue new", storage.OutboxNew, func(tx *bolt.Tx, id ulid.ULID) error {
 			_, err := tx.OutboxRequeue(id)
 			return err
 		}, false, 0},
-		{"delete new", storage.OutboxNew, func(tx *storage.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, true, 1},
-		{"delete not produced", storage.OutboxNotProduced, func(tx *storage.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, true, 1},
-		{"delete produced", storage.OutboxProduced, func(tx *storage.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, false, 0},
-		{"prune", storage.OutboxProduced, func(tx *storage.Tx, _ ulid.ULID) error {
+		{"delete new", storage.OutboxNew, func(tx *bolt.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, true, 1},
+		{"delete not produced", storage.OutboxNotProduced, func(tx *bolt.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, true, 1},
+		{"delete produced", storage.OutboxProduced, func(tx *bolt.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }, false, 0},
+		{"prune", storage.OutboxProduced, func(tx *bolt.Tx, _ ulid.ULID) error {
 			_, _, err := tx.OutboxPrune(at.Add(time.Hour), 10)
 			return err
 		}, false, 0},
@@ -1086,7 +1087,7 @@ func TestOutboxWake(t *testing.T) {
 			}
 			wake, requeues := db.OutboxWake(), db.OutboxRequeues()
 			requireOpen(t, wake, "before the commit")
-			update(t, db, tt.name, func(tx *storage.Tx) error { return tt.act(tx, id) })
+			update(t, db, tt.name, func(tx *bolt.Tx) error { return tt.act(tx, id) })
 			if tt.wantClosed {
 				requireClosed(t, wake, tt.name)
 				next := db.OutboxWake()
@@ -1110,15 +1111,15 @@ func TestOutboxWakeRolledBack(t *testing.T) {
 	t.Parallel()
 	at := time.Now().Add(time.Hour)
 	refused := errors.New("storage_test: refused on purpose")
-	enc := storage.EncodeEvent(simpleEvents(1)[0], 0)
+	enc := bolt.EncodeEvent(simpleEvents(1)[0], 0)
 	tests := []struct {
 		name string
 		from storage.OutboxStatus
-		act  func(tx *storage.Tx, id ulid.ULID) error
+		act  func(tx *bolt.Tx, id ulid.ULID) error
 	}{
-		{"put", "", func(tx *storage.Tx, _ ulid.ULID) error { _, err := tx.OutboxPut(enc); return err }},
-		{"requeue", storage.OutboxNotProduced, func(tx *storage.Tx, id ulid.ULID) error { _, err := tx.OutboxRequeue(id); return err }},
-		{"delete", storage.OutboxNotProduced, func(tx *storage.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }},
+		{"put", "", func(tx *bolt.Tx, _ ulid.ULID) error { _, err := tx.OutboxPut(enc); return err }},
+		{"requeue", storage.OutboxNotProduced, func(tx *bolt.Tx, id ulid.ULID) error { _, err := tx.OutboxRequeue(id); return err }},
+		{"delete", storage.OutboxNotProduced, func(tx *bolt.Tx, id ulid.ULID) error { return tx.OutboxDelete(id) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1129,14 +1130,14 @@ func TestOutboxWakeRolledBack(t *testing.T) {
 				id = eventIn(t, db, tt.from, at)
 			}
 			wake, requeues := db.OutboxWake(), db.OutboxRequeues()
-			err := db.Update(func(tx *storage.Tx) error {
+			err := db.Update(func(tx *bolt.Tx) error {
 				if err := tt.act(tx, id); err != nil {
 					return err
 				}
 				return refused
 			})
 			requireIs(t, "Update that fails after "+tt.name, err, refused)
-			update(t, db, "unrelated commit", func(*storage.Tx) error { return nil })
+			update(t, db, "unrelated commit", func(*bolt.Tx) error { return nil })
 			requireOpen(t, wake, "unrelated commit after a rolled-back "+tt.name)
 			if got := db.OutboxRequeues(); got != requeues {
 				t.Errorf("OutboxRequeues() = %d after a rolled-back %s and an unrelated commit, want %d", got, tt.name, requeues)
@@ -1149,7 +1150,7 @@ func TestOutboxWakeRolledBack(t *testing.T) {
 func TestOutboxCountsAcrossReopen(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	db, err := storage.Open(path, &storage.Options{NoSync: true})
+	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -1162,7 +1163,7 @@ func TestOutboxCountsAcrossReopen(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = storage.Open(path, &storage.Options{ReadOnly: true})
+	db, err = bolt.Open(path, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("reopen read-only: %v", err)
 	}

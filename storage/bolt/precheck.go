@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"encoding/binary"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+	"github.com/sagad/sagad/storage"
 	"go.etcd.io/bbolt"
 )
 
@@ -80,7 +81,7 @@ func precheck(path string) error {
 	}
 	if need := int64(best.pages) * int64(best.pageSize); st.Size() < need {
 		return errors.WithHint(errors.Mark(errors.Newf("storage: %s is truncated: %d bytes, but its meta page records %d pages of %d bytes (%d bytes)",
-			path, st.Size(), best.pages, best.pageSize, need), ErrCorrupt),
+			path, st.Size(), best.pages, best.pageSize, need), storage.ErrCorrupt),
 			"restore the file from a backup; sagad never writes to a file it cannot read")
 	}
 	return nil
@@ -111,7 +112,7 @@ func scan(path string) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = errors.WithHint(errors.Mark(errors.Newf("storage: %s is damaged: %v", path, r), ErrCorrupt),
+			err = errors.WithHint(errors.Mark(errors.Newf("storage: %s is damaged: %v", path, r), storage.ErrCorrupt),
 				"restore the file from a backup; sagad never writes to a file it cannot read")
 		}
 	}()

@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 )
 
 // Tx is a read or write transaction. Byte slices it returns are copies.
@@ -43,10 +44,10 @@ func (t *Tx) bucket(name []byte) *bbolt.Bucket {
 func (t *Tx) Bolt() *bbolt.Tx { return t.tx }
 
 // SagaGet returns the saga with the given id, or ErrNotFound.
-func (t *Tx) SagaGet(id ulid.ULID) (*Saga, error) {
+func (t *Tx) SagaGet(id ulid.ULID) (*storage.Saga, error) {
 	v := t.tx.Bucket(bucketSagas).Get(id[:])
 	if v == nil {
-		return nil, errors.Wrapf(ErrNotFound, "storage: saga %s", id)
+		return nil, errors.Wrapf(storage.ErrNotFound, "storage: saga %s", id)
 	}
 	return decodeSaga(id[:], v)
 }
@@ -69,7 +70,7 @@ func (t *Tx) SagaPut(e *Encoded, logs ...EncodedLog) error {
 	if v := sagas.Get(e.ID[:]); v != nil {
 		var ok bool
 		if old, ok = DecodeHeader(v); !ok {
-			return errors.Mark(errors.Newf("storage: saga %s: stored record is %d bytes", e.ID, len(v)), ErrCorrupt)
+			return errors.Mark(errors.Newf("storage: saga %s: stored record is %d bytes", e.ID, len(v)), storage.ErrCorrupt)
 		}
 	}
 	if old.Status != e.status {
@@ -135,14 +136,14 @@ func (t *Tx) logWalk(id ulid.ULID, head uint64, fn func(key, v []byte) error) er
 		k := binary.BigEndian.AppendUint64(nil, head)
 		v := lb.Get(k)
 		if len(v) < logHeaderLen || !bytes.Equal(v[8:logHeaderLen], id[:]) {
-			return errors.Mark(errors.Newf("storage: saga %s: log entry %d is missing or belongs to another saga", id, head), ErrCorrupt)
+			return errors.Mark(errors.Newf("storage: saga %s: log entry %d is missing or belongs to another saga", id, head), storage.ErrCorrupt)
 		}
 		if err := fn(k, v); err != nil {
 			return err
 		}
 		next := binary.BigEndian.Uint64(v)
 		if next >= head {
-			return errors.Mark(errors.Newf("storage: saga %s: log entry %d points forward to %d", id, head, next), ErrCorrupt)
+			return errors.Mark(errors.Newf("storage: saga %s: log entry %d points forward to %d", id, head, next), storage.ErrCorrupt)
 		}
 		head = next
 	}
@@ -155,7 +156,7 @@ func (t *Tx) SagaDelete(id ulid.ULID) error {
 	sagas := t.tx.Bucket(bucketSagas)
 	v := sagas.Get(id[:])
 	if v == nil {
-		return errors.Wrapf(ErrNotFound, "storage: saga %s", id)
+		return errors.Wrapf(storage.ErrNotFound, "storage: saga %s", id)
 	}
 	s, err := decodeSaga(id[:], v)
 	if err != nil {
@@ -216,22 +217,9 @@ func (t *Tx) SagaCountByStatus() map[saga.Status]int {
 	return out
 }
 
-// ListOptions filters SagaList.
-type ListOptions struct {
-	// Status keeps only sagas in this status (read through the status index).
-	Status saga.Status
-	// Definition keeps only sagas of this definition.
-	Definition string
-	// Before starts the listing after this id (exclusive): pass the last id of
-	// the previous page. Zero starts at the newest saga.
-	Before ulid.ULID
-	// Limit caps the result. Zero: 100.
-	Limit int
-}
-
 // SagaList returns sagas newest first. It returns, as more, whether sagas
 // beyond the limit match.
-func (t *Tx) SagaList(o ListOptions) (out []*Saga, more bool, err error) {
+func (t *Tx) SagaList(o storage.ListOptions) (out []*storage.Saga, more bool, err error) {
 	if o.Limit <= 0 {
 		o.Limit = 100
 	}
@@ -263,7 +251,7 @@ func (t *Tx) SagaList(o ListOptions) (out []*Saga, more bool, err error) {
 		id := k[len(prefix):]
 		v := sagas.Get(id)
 		if v == nil {
-			return nil, false, errors.Mark(errors.Newf("storage: status index names missing saga %x", id), ErrCorrupt)
+			return nil, false, errors.Mark(errors.Newf("storage: status index names missing saga %x", id), storage.ErrCorrupt)
 		}
 		s, err := decodeSaga(id, v)
 		if err != nil {
@@ -281,12 +269,12 @@ func (t *Tx) SagaList(o ListOptions) (out []*Saga, more bool, err error) {
 }
 
 // LogList returns a saga's log in order, oldest first.
-func (t *Tx) LogList(id ulid.ULID) ([]LogEntry, error) {
+func (t *Tx) LogList(id ulid.ULID) ([]storage.LogEntry, error) {
 	h, ok := DecodeHeader(t.tx.Bucket(bucketSagas).Get(id[:]))
 	if !ok {
-		return nil, errors.Wrapf(ErrNotFound, "storage: saga %s", id)
+		return nil, errors.Wrapf(storage.ErrNotFound, "storage: saga %s", id)
 	}
-	var out []LogEntry
+	var out []storage.LogEntry
 	err := t.logWalk(id, h.LogHead, func(k, v []byte) error {
 		entries, errs := DecodeLogRecord(v)
 		if len(errs) > 0 {
@@ -305,17 +293,17 @@ func (t *Tx) LogList(id ulid.ULID) ([]LogEntry, error) {
 // the log bucket, which logWalk has checked belongs to its saga), oldest
 // first. Each line that does not decode is left out and gives an error of
 // its own, marked ErrCorrupt, for tools that report every one (sagad check).
-func DecodeLogRecord(v []byte) ([]LogEntry, []error) {
+func DecodeLogRecord(v []byte) ([]storage.LogEntry, []error) {
 	if len(v) < logHeaderLen {
-		return nil, []error{errors.Mark(errors.Newf("log record is %d bytes", len(v)), ErrCorrupt)}
+		return nil, []error{errors.Mark(errors.Newf("log record is %d bytes", len(v)), storage.ErrCorrupt)}
 	}
 	lines := bytes.Split(v[logHeaderLen:], []byte{'\n'})
-	entries := make([]LogEntry, 0, len(lines))
+	entries := make([]storage.LogEntry, 0, len(lines))
 	var errs []error
 	for i, line := range lines {
-		var e LogEntry
+		var e storage.LogEntry
 		if err := json.Unmarshal(line, &e); err != nil {
-			errs = append(errs, errors.Mark(errors.Wrapf(err, "line %d of %d", i+1, len(lines)), ErrCorrupt))
+			errs = append(errs, errors.Mark(errors.Wrapf(err, "line %d of %d", i+1, len(lines)), storage.ErrCorrupt))
 			continue
 		}
 		entries = append(entries, e)
