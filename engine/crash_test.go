@@ -26,6 +26,7 @@ import (
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // The crash test runs the engine in a child process (this test binary,
@@ -249,9 +250,17 @@ func TestCrashChild(t *testing.T) {
 // file must survive the kill as the engine left it.
 func runChildEngine(t *testing.T, path string, def *saga.Definition) (*engine.Engine, context.Context, func()) {
 	t.Helper()
-	eng, err := engine.Open(path, engine.Options{
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	o := engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	var eng *engine.Engine
+	var err error
+	if isPostgres(path) {
+		var db *postgres.DB
+		if db, err = postgres.Open(context.Background(), path, &postgres.Options{Logger: o.Logger}); err == nil {
+			eng, err = engine.New(db, o)
+		}
+	} else {
+		eng, err = engine.Open(path, o)
+	}
 	if err != nil {
 		t.Fatalf("open engine: %v", err)
 	}
@@ -346,11 +355,27 @@ func TestCrash(t *testing.T) {
 	if os.Getenv(crashEnvChild) != "" {
 		t.Skip("in the child process")
 	}
+	testCrash(t, func(t *testing.T, dir string) string { return filepath.Join(dir, "sagad.db") })
+}
+
+// TestCrashPostgres is TestCrash on PostgreSQL: the child's engine writes
+// to a schema of the test's, and the next engine recovers from it.
+func TestCrashPostgres(t *testing.T) {
+	t.Parallel()
+	if os.Getenv(crashEnvChild) != "" {
+		t.Skip("in the child process")
+	}
+	testCrash(t, func(t *testing.T, _ string) string { return postgresURL(t) })
+}
+
+// testCrash kills a child at each crash point, on the database db makes,
+// and checks what the next engine makes of it.
+func testCrash(t *testing.T, db func(t *testing.T, dir string) string) {
 	for _, tc := range crashCases {
 		t.Run(tc.point, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			dbPath, jpath := filepath.Join(dir, "sagad.db"), filepath.Join(dir, "journal")
+			dbPath, jpath := db(t, dir), filepath.Join(dir, "journal")
 
 			start := time.Now()
 			out, err := runCrashChild(t, tc, dbPath, jpath)
@@ -380,8 +405,10 @@ func TestCrash(t *testing.T) {
 			kill := kills[0]
 
 			// The file as the killed process left it is consistent.
-			if err := recovery.CheckFile(dbPath); err != nil {
-				t.Fatalf("consistency check right after the crash: %v", err)
+			if !isPostgres(dbPath) {
+				if err := recovery.CheckFile(dbPath); err != nil {
+					t.Fatalf("consistency check right after the crash: %v", err)
+				}
 			}
 
 			j, err := openJournal(jpath)

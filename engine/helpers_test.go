@@ -6,14 +6,18 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/internal/pgtest"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // bundle is a per-test engine on a temporary file, running until the test
@@ -58,6 +62,9 @@ func setup(t *testing.T, so setupOpts) *bundle {
 		wg.Wait()
 		if err := eng.Close(); err != nil {
 			t.Errorf("close engine: %v", err)
+		}
+		if isPostgres(path) {
+			return
 		}
 		if err := recovery.CheckFile(path); err != nil {
 			t.Errorf("consistency check after test: %v", err)
@@ -173,7 +180,8 @@ func openEngine(t *testing.T, path string, o engine.Options, defs ...*saga.Defin
 }
 
 // openStore opens an engine on the bbolt file at path with the options bo
-// (made NoSync, on the engine's clock).
+// (made NoSync, on the engine's clock), or on the PostgreSQL database when
+// path is a postgres:// URL (bo is then not used).
 func openStore(t *testing.T, path string, bo bolt.Options, o engine.Options, defs ...*saga.Definition) *engine.Engine {
 	t.Helper()
 	if o.Logger == nil {
@@ -183,7 +191,13 @@ func openStore(t *testing.T, path string, bo bolt.Options, o engine.Options, def
 	if bo.Clock == nil {
 		bo.Clock = o.Clock
 	}
-	db, err := bolt.Open(path, &bo)
+	var db storage.Store
+	var err error
+	if isPostgres(path) {
+		db, err = postgres.Open(context.Background(), path, &postgres.Options{Clock: o.Clock, Logger: o.Logger, MaxConns: 4})
+	} else {
+		db, err = bolt.Open(path, &bo)
+	}
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -218,4 +232,20 @@ func onRetry(ch chan<- struct{}) engine.Hooks {
 			ch <- struct{}{}
 		}
 	}}
+}
+
+// isPostgres reports whether a test's database is a PostgreSQL URL rather
+// than a bbolt file.
+func isPostgres(path string) bool { return strings.HasPrefix(path, "postgres://") }
+
+// postgresURL returns a URL of the test PostgreSQL with a schema of its own
+// (dropped when the test ends), or skips the test as pgtest.URL does.
+func postgresURL(t *testing.T) string {
+	t.Helper()
+	url := pgtest.URL(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "schema=" + pgtest.Schema(t, url)
 }

@@ -8,8 +8,9 @@ import (
 )
 
 // Store is a sagad backend: everything the engine, the relay and the
-// daemon keep, in terms of records. Each method is its own transaction. DB
-// implements it on bbolt; storagetest checks an implementation.
+// daemon keep, in terms of records. Each method is its own transaction.
+// storage/bolt implements it on bbolt; storagetest checks an
+// implementation.
 //
 // One engine drives a store's sagas: its in-process holds (a driver's claim,
 // an abort's hold) are what keep two writers of one saga apart. Limits of
@@ -38,6 +39,11 @@ type Store interface {
 
 // OutboxStore is the outbox side of a backend, for the engine's operators'
 // calls and the relay.
+//
+// The relay reads batches of new events in id order (OutboxScanNew),
+// publishes each saga's events in that order, one saga's at a time, and
+// records the outcomes (OutboxMark). One relay publishes a store's outbox
+// at a time: its claims on the events it read are in its own memory.
 type OutboxStore interface {
 	// OutboxStats returns the events by status and the creation times of
 	// the oldest new and not_produced ones (zero: none).

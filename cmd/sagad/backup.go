@@ -98,6 +98,9 @@ func (c *backupCommand) copy(ctx context.Context, t *target, path string) (err e
 		}
 		write = func(f *os.File) error { _, err := cl.Backup(ctx, f); return err }
 	} else {
+		if err := fileOnly("backup", t.db, "back PostgreSQL up with its own tools, such as pg_dump --schema=sagad, or back up through a node with --addr"); err != nil {
+			return err
+		}
 		if err := existingDB(t.db); err != nil {
 			return err
 		}
@@ -193,6 +196,9 @@ Flags:
 // writing to a file about to be replaced, and no instant leaves the path
 // without a database.
 func compact(path string) (int64, int64, error) {
+	if err := fileOnly("compact", path, "PostgreSQL reclaims space itself (autovacuum): there is nothing to compact"); err != nil {
+		return 0, 0, err
+	}
 	if err := existingDB(path); err != nil {
 		return 0, 0, err
 	}

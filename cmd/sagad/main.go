@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&compactCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "recover":
 		return (&recoverCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "migrate":
+		return (&migrateCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
 	fmt.Fprintf(stderr, "sagad: unknown command %q\n\n", args[0])
 	usage(stderr)
@@ -93,6 +95,7 @@ Commands:
   backup   write a consistent, checked copy of the database (offline or online)
   compact  rewrite a stopped daemon's file to reclaim free space
   recover  drive every unfinished saga of a stopped daemon's file to an end
+  migrate  apply (or print) the migrations of a PostgreSQL schema
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)
@@ -203,6 +206,8 @@ Example:
 			return fail(c.stderr, "check", err)
 		}
 		*db = copyPath
+	} else if err := fileOnly("check", *db, "the schema's constraints (keys, foreign keys) keep a PostgreSQL database's indexes whole; a check of its invariants is not written yet"); err != nil {
+		return fail(c.stderr, "check", err)
 	} else if err := existingDB(*db); err != nil {
 		return fail(c.stderr, "check", err)
 	}

@@ -131,6 +131,9 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 	start := time.Now()
 	var finished atomic.Int64
 	changed := make(chan struct{}, 1)
+	if err := fileOnly("recover", path, "on PostgreSQL, sagad serve recovers the database's unfinished sagas when it starts"); err != nil {
+		return nil, err
+	}
 	if err := existingDB(path); err != nil {
 		return nil, err
 	}

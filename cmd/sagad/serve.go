@@ -51,7 +51,7 @@ type serveConfig struct {
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	cfg := &serveConfig{}
-	fs.StringVar(&cfg.db, "db", "sagad.db", "database file (env SAGAD_DB)")
+	fs.StringVar(&cfg.db, "db", "sagad.db", "database: a bbolt file, or a postgres:// URL (its schema parameter names the schema, default sagad) (env SAGAD_DB)")
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "HTTP listen address (env SAGAD_LISTEN)")
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
 	fs.StringVar(&cfg.exchange, "exchange", "sagad.events", "exchange for events that name none (env SAGAD_EXCHANGE)")
@@ -201,7 +201,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	// may create it with the daemon's owner and mode), but loudly: it may
 	// also be a restore that failed.
 	empty := false
-	if info, err := os.Stat(cfg.db); err == nil && info.Mode().IsRegular() && info.Size() == 0 {
+	if info, err := os.Stat(cfg.db); !isPostgres(cfg.db) && err == nil && info.Mode().IsRegular() && info.Size() == 0 {
 		empty = true
 	}
 	eng, err := openEngine(cfg.db, bolt.Options{NoSync: cfg.noSync}, cfg.engineOptions(log, m.engineHooks()))

@@ -66,6 +66,10 @@ func (t *target) open() (backend, error) {
 		}
 		return online{c}, nil
 	}
+	if isPostgres(t.db) {
+		return nil, errors.WithHint(errors.New("operator commands reach a PostgreSQL database through a running sagad"),
+			"give the address of any node with --addr http://HOST:PORT (and --token)")
+	}
 	if err := existingDB(t.db); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -32,6 +33,8 @@ type setupOpts struct {
 	cfg     rabbitmq.Config
 	noRelay bool
 	defs    []*saga.Definition
+	// outbox, when set, is what the relay reads the store through.
+	outbox func(storage.Store) storage.OutboxStore
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -75,7 +78,11 @@ func setup(t *testing.T, so setupOpts) *bundle {
 			default:
 			}
 		}
-		b.relay, err = rabbitmq.New(eng.Store(), cfg)
+		var store storage.OutboxStore = eng.Store()
+		if so.outbox != nil {
+			store = so.outbox(eng.Store())
+		}
+		b.relay, err = rabbitmq.New(store, cfg)
 		if err != nil {
 			t.Fatalf("new relay: %v", err)
 		}

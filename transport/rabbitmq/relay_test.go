@@ -3,7 +3,9 @@ package rabbitmq_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,5 +150,61 @@ func checkDelivery(t *testing.T, d amqp.Delivery, ev *storage.OutboxEvent, excha
 		t.Errorf("%s: x-saga-step %v, want %s", ev.ID, d.Headers["x-saga-step"], ev.Step)
 	case d.Timestamp.Unix() != ev.CreatedAt.Unix():
 		t.Errorf("%s: timestamp %s, want %s", ev.ID, d.Timestamp, ev.CreatedAt)
+	}
+}
+
+// pollingOutbox hides the store's in-process wake-ups from the relay, as a
+// backend written to by other processes would: its wake channel closes on
+// a timer.
+type pollingOutbox struct {
+	storage.OutboxStore
+	every time.Duration
+	polls atomic.Int64
+}
+
+func (p *pollingOutbox) OutboxWake() <-chan struct{} {
+	p.polls.Add(1)
+	ch := make(chan struct{})
+	time.AfterFunc(p.every, func() { close(ch) })
+	return ch
+}
+
+// A backend that learns of new events by polling serves the relay as well:
+// every event is published, in per-saga order.
+func TestRelayOnPollingStore(t *testing.T) {
+	t.Parallel()
+	url := brokertest.URL(t)
+	exchange := brokertest.Name("test.polling")
+	sink := brokertest.NewSink(t, url, exchange, "#")
+	poller := &pollingOutbox{every: 20 * time.Millisecond}
+	b := setup(t, setupOpts{cfg: rabbitmq.Config{URL: url, Exchange: exchange}, defs: []*saga.Definition{orderDef()},
+		outbox: func(s storage.Store) storage.OutboxStore { poller.OutboxStore = s; return poller }})
+	var ids []string
+	for i := range 5 {
+		s := b.run(t, "order", orderInput{SKU: fmt.Sprint("sku-", i)})
+		if s.Status != saga.StatusCompleted {
+			t.Fatalf("saga %s: %s", s.ID, s.Status)
+		}
+		ids = append(ids, s.ID)
+	}
+	b.drained(t, 20*time.Second)
+	sink.Marker(t, "marker-1")
+	bySaga := map[string][]string{}
+	for _, d := range sink.Collect(t, "marker-1", 20*time.Second) {
+		sid, _ := d.Headers["x-saga-id"].(string)
+		bySaga[sid] = append(bySaga[sid], d.Type)
+	}
+	want := []string{"saga.started", "stock.reserved", "step.succeeded", "payment.charged", "step.succeeded",
+		"order.shipped", "step.succeeded", "saga.completed"}
+	for _, id := range ids {
+		if !slices.Equal(bySaga[id], want) {
+			t.Errorf("saga %s: got events %v, want %v", id, bySaga[id], want)
+		}
+	}
+	if len(bySaga) != len(ids) {
+		t.Errorf("events from %d sagas, want %d", len(bySaga), len(ids))
+	}
+	if n := poller.polls.Load(); n < 2 {
+		t.Errorf("the relay took %d wake channels, want it to poll", n)
 	}
 }

@@ -1,0 +1,471 @@
+package postgres
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/storage"
+)
+
+// statements are the store's SQL for one schema.
+type statements struct {
+	create, commit string
+}
+
+// transitionSQL writes one transition as one statement: the saga row
+// (inserted, or upserted), its log entries and its outbox events, and the
+// abort request it acted on, all conditional on the saga row's write, so
+// that the transition is all or nothing within a shared batch.
+func transitionSQL(s string, create bool) string {
+	var b strings.Builder
+	if create {
+		b.WriteString(`WITH s AS (
+	INSERT INTO ` + s + `.sagas (id, definition, fingerprint, status, wake_ns, idempotency_key, parked, updated_ns, log_seq, record)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+	ON CONFLICT DO NOTHING`)
+	} else {
+		// A saga's definition and idempotency key never change: a
+		// transition that says otherwise writes nothing.
+		b.WriteString(`WITH s AS (
+	UPDATE ` + s + `.sagas SET fingerprint = $3, status = $4, wake_ns = $5, parked = $7, updated_ns = $8, log_seq = $9, record = $10
+	WHERE id = $1 AND definition = $2 AND idempotency_key IS NOT DISTINCT FROM $6::text`)
+	}
+	b.WriteString(`
+	RETURNING id
+), l AS (
+	INSERT INTO ` + s + `.saga_log (saga_id, seq, entry)
+	SELECT s.id, u.seq, u.entry FROM s, unnest($11::integer[], $12::bytea[]) AS u(seq, entry)
+), e AS (
+	INSERT INTO ` + s + `.outbox (id, saga_id, definition, step, name, exchange, routing_key, headers, payload, created_ns)
+	SELECT u.id, s.id, u.definition, u.step, u.name, u.exchange, u.routing_key, nullif(u.headers, '')::json, u.payload, u.created_ns
+	FROM s, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[], $21::bigint[])
+		WITH ORDINALITY AS u(id, definition, step, name, exchange, routing_key, headers, payload, created_ns, ord)
+	ORDER BY u.ord
+), a AS (
+	DELETE FROM ` + s + `.aborts WHERE $22::boolean AND saga_id IN (SELECT id FROM s)
+)
+SELECT s.id, true FROM s`)
+	if create {
+		// The saga that holds the key, when it is not this one. A holder
+		// that committed after this statement began is not seen here: the
+		// caller then reads it once the batch has committed.
+		b.WriteString(`
+UNION ALL
+SELECT t.id, false FROM ` + s + `.sagas t WHERE $6::text IS NOT NULL AND t.idempotency_key = $6 AND NOT EXISTS (SELECT 1 FROM s)`)
+	}
+	return b.String()
+}
+
+func newStatements(schema string) *statements {
+	return &statements{create: transitionSQL(schema, true), commit: transitionSQL(schema, false)}
+}
+
+// request is a transition queued for the committer.
+type request struct {
+	create bool
+	id     ulid.ULID
+	key    string
+	args   []any
+	events int
+	// Set by the committer.
+	err      error
+	existing ulid.ULID
+	done     chan struct{}
+}
+
+// encode turns a transition into a request; the committer assigns the
+// events' ids.
+func encode(t *storage.Transition, create bool) (*request, error) {
+	s := t.Saga
+	code, ok := statusCodes[s.Status]
+	if !ok {
+		return nil, errors.Newf("postgres: saga %s: unknown status %q", s.ID, s.Status)
+	}
+	rec, err := json.Marshal(s)
+	if err != nil {
+		return nil, errors.Wrapf(err, "postgres: saga %s: encode", s.ID)
+	}
+	var wake *int64
+	if !s.WakeAt.IsZero() {
+		w := max(unixNano(s.WakeAt), 1) // a wake-up before 1970 is due
+		wake = &w
+	}
+	var key *string
+	if s.IdempotencyKey != "" {
+		key = &s.IdempotencyKey
+	}
+	seqs := make([]int32, len(t.Log))
+	entries := make([][]byte, len(t.Log))
+	for i := range t.Log {
+		b, err := json.Marshal(&t.Log[i])
+		if err != nil {
+			return nil, errors.Wrapf(err, "postgres: saga %s: encode log entry", s.ID)
+		}
+		seqs[i], entries[i] = int32(t.Log[i].Seq), b
+	}
+	n := len(t.Events)
+	ids := make([]pgtype.UUID, n)
+	defs, stepNames, names, exchanges, keys, headers := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads, created := make([][]byte, n), make([]int64, n)
+	for i := range t.Events {
+		ev := &t.Events[i]
+		defs[i], stepNames[i], names[i], exchanges[i], keys[i] = ev.Definition, ev.Step, ev.Name, ev.Exchange, ev.RoutingKey
+		if len(ev.Headers) > 0 {
+			h, err := json.Marshal(ev.Headers)
+			if err != nil {
+				return nil, errors.Wrapf(err, "postgres: saga %s: encode event headers", s.ID)
+			}
+			headers[i] = string(h)
+		}
+		payloads[i] = ev.Payload
+		if payloads[i] == nil {
+			payloads[i] = []byte{}
+		}
+		created[i] = unixNano(ev.CreatedAt)
+	}
+	args := []any{
+		pgtype.UUID{Bytes: s.ID, Valid: true}, s.Definition, s.Fingerprint, code, wake, key, s.Parked != "",
+		unixNano(s.UpdatedAt), int32(s.LogSeq), rec,
+		seqs, entries,
+		ids, defs, stepNames, names, exchanges, keys, headers, payloads, created,
+		t.ClearAbort,
+	}
+	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, done: make(chan struct{})}, nil
+}
+
+// submit queues r for the committer and waits for its commit.
+func (db *DB) submit(r *request) error {
+	db.closeMu.RLock()
+	if db.closed.Load() {
+		db.closeMu.RUnlock()
+		return errors.Wrap(storage.ErrClosed, "postgres")
+	}
+	db.reqs <- r
+	db.closeMu.RUnlock()
+	<-r.done
+	return r.err
+}
+
+// eventIDs assigns outbox ids, in increasing order, to the events of the
+// batches the committers send, and keeps the first id of each batch until
+// it has committed: no event of this process below the lowest of those
+// (the horizon) can commit later.
+type eventIDs struct {
+	mu       sync.Mutex
+	entropy  *ulid.MonotonicEntropy
+	last     ulid.ULID
+	inflight []ulid.ULID // first ids of the batches committing
+}
+
+// maxID is above every id: the horizon when nothing commits.
+var maxID = ulid.ULID{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// assign gives the batch's events their ids and returns the first (zero:
+// the batch has none); pass it to done once the batch has committed.
+func (g *eventIDs) assign(now time.Time, batch []*request) ulid.ULID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var first ulid.ULID
+	for _, r := range batch {
+		if r.events == 0 {
+			continue
+		}
+		ids := r.args[12].([]pgtype.UUID)
+		for i := range ids {
+			id := g.next(now)
+			if first == (ulid.ULID{}) {
+				first = id
+			}
+			ids[i] = pgtype.UUID{Bytes: id, Valid: true}
+		}
+	}
+	if first != (ulid.ULID{}) {
+		g.inflight = append(g.inflight, first)
+	}
+	return first
+}
+
+func (g *eventIDs) next(now time.Time) ulid.ULID {
+	if g.entropy == nil {
+		g.entropy = ulid.Monotonic(crand.Reader, 0)
+	}
+	ms := max(ulid.Timestamp(now), g.last.Time())
+	id, err := ulid.New(ms, g.entropy)
+	if err != nil { // the entropy ran out within one millisecond
+		id, err = ulid.New(ms+1, g.entropy)
+		if err != nil {
+			panic(err)
+		}
+	}
+	g.last = id
+	return id
+}
+
+// done forgets a committed batch.
+func (g *eventIDs) done(first ulid.ULID) {
+	if first == (ulid.ULID{}) {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, id := range g.inflight {
+		if id == first {
+			g.inflight = append(g.inflight[:i], g.inflight[i+1:]...)
+			return
+		}
+	}
+}
+
+// horizon is the lowest id still committing, or maxID.
+func (g *eventIDs) horizon() ulid.ULID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	h := maxID
+	for _, id := range g.inflight {
+		if id.Compare(h) < 0 {
+			h = id
+		}
+	}
+	return h
+}
+
+// committer commits queued transitions: everything queued while the
+// previous batch ran goes in the next one. Several committers send batches
+// at once, each on its own connection.
+func (db *DB) committer() {
+	defer db.committers.Done()
+	batch := make([]*request, 0, db.max)
+	for r := range db.reqs {
+		batch = append(batch[:0], r)
+	fill:
+		for len(batch) < db.max {
+			select {
+			case r, ok := <-db.reqs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		db.commit(batch)
+	}
+}
+
+// commit sends batch as one pipelined batch, one implicit transaction. If
+// it fails, each transition is sent again on its own, so that one bad
+// transition fails alone (a lost connection fails each).
+func (db *DB) commit(batch []*request) {
+	t0 := time.Now()
+	first := db.ids.assign(db.clock.Now(), batch)
+	defer db.ids.done(first)
+	err := db.send(batch)
+	if err != nil && len(batch) > 1 {
+		for _, r := range batch {
+			r.err = db.send([]*request{r})
+		}
+	} else {
+		for _, r := range batch {
+			r.err = err
+		}
+	}
+	db.commits.Add(1)
+	db.writes.Add(int64(len(batch)))
+	db.commitNanos.Add(int64(time.Since(t0)))
+	woke := false
+	for _, r := range batch {
+		if r.err == nil && r.events > 0 && !woke {
+			db.wakeUp()
+			woke = true
+		}
+		close(r.done)
+	}
+}
+
+// send runs the requests in one batch and sets each one's outcome; the
+// error is the batch's.
+func (db *DB) send(reqs []*request) error {
+	b := &pgx.Batch{}
+	notify := false
+	for _, r := range reqs {
+		q := db.sql.commit
+		if r.create {
+			q = db.sql.create
+		}
+		b.Queue(q, r.args...)
+		notify = notify || r.events > 0 || r.create
+	}
+	if notify {
+		b.Queue("SELECT pg_notify($1, 'sagas')", db.channel)
+	}
+	ctx, cancel := context.WithTimeout(db.ctx, 30*time.Second)
+	defer cancel()
+	br := db.pool.SendBatch(ctx, b)
+	var first error
+	for _, r := range reqs {
+		r.existing = ulid.ULID{}
+		rows, err := br.Query()
+		if err == nil {
+			found := false
+			for rows.Next() {
+				var id pgtype.UUID
+				var mine bool
+				if err = rows.Scan(&id, &mine); err != nil {
+					break
+				}
+				found = true
+				if !mine {
+					r.existing = ulid.ULID(id.Bytes)
+				}
+			}
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+			if err == nil && !found {
+				if r.create {
+					r.existing = pendingHolder
+				} else {
+					err = errors.Newf("postgres: saga %s: transition wrote nothing", r.id)
+				}
+			}
+		}
+		if err != nil && first == nil {
+			first = db.wrap(err, r.id)
+		}
+	}
+	if notify {
+		if _, err := br.Exec(); err != nil && first == nil {
+			first = db.wrap(err, ulid.ULID{})
+		}
+	}
+	if err := br.Close(); err != nil && first == nil {
+		first = db.wrap(err, ulid.ULID{})
+	}
+	return first
+}
+
+// pendingHolder marks a create whose key is held by a saga its statement
+// could not see; SagaCreate reads the holder once the batch committed.
+var pendingHolder = ulid.ULID{0xff}
+
+func (db *DB) wrap(err error, id ulid.ULID) error {
+	if db.ctx.Err() != nil {
+		return errors.Wrap(storage.ErrClosed, "postgres")
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" && strings.Contains(pe.ConstraintName, "pkey") {
+		return errors.Newf("postgres: saga %s already exists", id)
+	}
+	if id != (ulid.ULID{}) {
+		return errors.Wrapf(err, "postgres: saga %s: commit", id)
+	}
+	return errors.Wrap(err, "postgres: commit")
+}
+
+// wakeUp closes the current wake channel: the relay looks again.
+func (db *DB) wakeUp() {
+	db.wakeMu.Lock()
+	close(db.wake)
+	db.wake = make(chan struct{})
+	db.wakeMu.Unlock()
+}
+
+// OutboxWake implements storage.OutboxStore: the channel closes after this
+// process commits events, when another process's notification arrives,
+// and at least every PollInterval.
+func (db *DB) OutboxWake() <-chan struct{} {
+	db.wakeMu.Lock()
+	defer db.wakeMu.Unlock()
+	return db.wake
+}
+
+// OutboxRequeues implements storage.OutboxStore: the schema's count of
+// re-queues and discards, as this process last read or made it.
+func (db *DB) OutboxRequeues() int64 { return db.requeues.Load() }
+
+// readRequeues reads the stored re-queue count.
+func (db *DB) readRequeues(ctx context.Context) error {
+	var n int64
+	err := db.pool.QueryRow(ctx, "SELECT value FROM "+quote(db.schema)+".counters WHERE name = 'outbox_requeues'").Scan(&n)
+	if err != nil {
+		return errors.Wrap(err, "postgres: read the outbox's re-queue count")
+	}
+	for {
+		old := db.requeues.Load()
+		if n <= old || db.requeues.CompareAndSwap(old, n) {
+			return nil
+		}
+	}
+}
+
+// listen wakes this process when another one notifies the schema's
+// channel, and polls every PollInterval in case a notification was lost
+// (its connection dropped, or the process missed it while reconnecting).
+func (db *DB) listen(cfg *pgx.ConnConfig) {
+	defer db.bg.Done()
+	notes := make(chan struct{}, 1)
+	db.bg.Add(1)
+	go func() {
+		defer db.bg.Done()
+		for db.ctx.Err() == nil {
+			err := db.listenOnce(cfg, notes)
+			if db.ctx.Err() != nil {
+				return
+			}
+			db.log.Warn("postgres: lost the notification connection; polling until it is back", "err", err)
+			select {
+			case <-db.ctx.Done():
+				return
+			case <-time.After(db.poll):
+			}
+		}
+	}()
+	tick := time.NewTicker(db.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-db.ctx.Done():
+			return
+		case <-notes:
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(db.ctx, 5*time.Second)
+		if err := db.readRequeues(ctx); err != nil && db.ctx.Err() == nil {
+			db.log.Debug("postgres: poll", "err", err)
+		}
+		cancel()
+		db.wakeUp()
+	}
+}
+
+func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- struct{}) error {
+	conn, err := pgx.ConnectConfig(db.ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(db.ctx))
+	if _, err := conn.Exec(db.ctx, "LISTEN "+pgx.Identifier{db.channel}.Sanitize()); err != nil {
+		return err
+	}
+	for {
+		if _, err := conn.WaitForNotification(db.ctx); err != nil {
+			return err
+		}
+		select {
+		case notes <- struct{}{}:
+		default:
+		}
+	}
+}

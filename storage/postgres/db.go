@@ -1,0 +1,299 @@
+package postgres
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	neturl "net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagad/sagad/clock"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// DefaultSchema is the schema sagad's tables live in unless Options.Schema
+// names another.
+const DefaultSchema = "sagad"
+
+// Options configures Open. The zero value is a sensible default.
+type Options struct {
+	// Schema holds sagad's tables. Empty: DefaultSchema.
+	Schema string
+	// MaxConns caps the connections the store opens. Zero: 16. Concurrent
+	// sagas share them: their writes go to the committer, one connection.
+	MaxConns int32
+	// MaxBatch caps the transitions grouped into one commit. Zero: 1024.
+	MaxBatch int
+	// Committers is how many batches of transitions may commit at once,
+	// each on its own connection, so that PostgreSQL runs them on several
+	// cores. Zero: 2.
+	Committers int
+	// NoMigrate makes Open check the schema instead of applying missing
+	// migrations: a schema that lacks some is refused (run Migrate, or
+	// sagad migrate, first).
+	NoMigrate bool
+	// PollInterval is how often the store looks for work other processes
+	// left without a notification reaching it. Zero: 1s.
+	PollInterval time.Duration
+	// Clock stamps outbox events' ids. Nil: the wall clock. The commit
+	// counters (Stats) measure wall time.
+	Clock clock.Clock
+	// Logger receives the store's logs (a lost notification connection).
+	// Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// DB is a storage.Store on PostgreSQL. Its methods are safe for
+// concurrent use.
+type DB struct {
+	pool    *pgxpool.Pool
+	schema  string
+	sql     *statements
+	clock   clock.Clock
+	log     *slog.Logger
+	max     int
+	poll    time.Duration
+	channel string // the schema's notification channel
+
+	reqs       chan *request
+	ctx        context.Context // ends at Close, once the committers are done
+	cancel     context.CancelFunc
+	committers sync.WaitGroup
+	bg         sync.WaitGroup
+	closeOnce  sync.Once
+	closed     atomic.Bool
+	closeMu    sync.RWMutex // held for reading while a request is queued
+
+	ids eventIDs
+
+	wakeMu sync.Mutex
+	wake   chan struct{}
+
+	requeues    atomic.Int64
+	commits     atomic.Int64
+	writes      atomic.Int64
+	commitNanos atomic.Int64
+}
+
+var _ storage.Store = (*DB)(nil)
+
+// Open connects to the PostgreSQL database at url (a postgres:// URL or a
+// key=value connection string; a URL's "schema" parameter, which is
+// sagad's, names the schema unless opts does), applies the schema's missing migrations
+// (see Options.NoMigrate) and returns a store on it. opts may be nil. A
+// schema newer than this package is refused with storage.ErrSchema.
+func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Schema == "" {
+		o.Schema = DefaultSchema
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 16
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1024
+	}
+	if o.Committers <= 0 {
+		o.Committers = 2
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if schema, rest, ok := schemaParam(url); ok {
+		url = rest
+		if opts == nil || opts.Schema == "" {
+			o.Schema = schema
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, errors.WithHint(errors.Wrap(err, "postgres: parse the database URL"),
+			"give a URL such as postgres://user@host:5432/dbname")
+	}
+	cfg.MaxConns = o.MaxConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, errors.Wrap(err, "postgres: connect")
+	}
+	fail := func(err error) (*DB, error) {
+		pool.Close()
+		return nil, err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fail(errors.WithHint(errors.Wrapf(err, "postgres: connect to %s", redact(cfg.ConnConfig)),
+			"is PostgreSQL running and the URL right?"))
+	}
+	if o.NoMigrate {
+		err = checkVersion(ctx, conn.Conn(), o.Schema)
+	} else {
+		_, err = Migrate(ctx, conn.Conn(), o.Schema)
+	}
+	conn.Release()
+	if err != nil {
+		return fail(err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	db := &DB{
+		pool: pool, schema: o.Schema, sql: newStatements(quote(o.Schema)), clock: clock.Or(o.Clock), log: o.Logger,
+		max: o.MaxBatch, poll: o.PollInterval, channel: "sagad." + o.Schema,
+		reqs: make(chan *request, o.MaxBatch), ctx: bg, cancel: cancel, wake: make(chan struct{}),
+	}
+	if err := db.readRequeues(ctx); err != nil {
+		cancel()
+		return fail(err)
+	}
+	db.committers.Add(o.Committers)
+	for range o.Committers {
+		go db.committer()
+	}
+	db.bg.Add(1)
+	go db.listen(cfg.ConnConfig.Copy())
+	return db, nil
+}
+
+// schemaParam takes a "schema" query parameter out of a postgres:// URL:
+// sagad's, not PostgreSQL's.
+func schemaParam(raw string) (schema, rest string, ok bool) {
+	if !strings.HasPrefix(raw, "postgres://") && !strings.HasPrefix(raw, "postgresql://") {
+		return "", raw, false
+	}
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "", raw, false
+	}
+	q := u.Query()
+	if !q.Has("schema") {
+		return "", raw, false
+	}
+	schema = q.Get("schema")
+	q.Del("schema")
+	u.RawQuery = q.Encode()
+	return schema, u.String(), schema != ""
+}
+
+// checkVersion refuses a schema that is not at this package's version.
+func checkVersion(ctx context.Context, conn *pgx.Conn, schema string) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", quote(schema)+".schema_migrations").Scan(&exists); err != nil {
+		return errors.Wrapf(err, "postgres: read schema %s", schema)
+	}
+	have := 0
+	if exists {
+		var err error
+		if have, err = version(ctx, conn, schema); err != nil {
+			return err
+		}
+	}
+	switch know := SchemaVersion(); {
+	case have > know:
+		return newerSchema(schema, have, know)
+	case have < know:
+		return errors.WithHint(errors.Wrapf(storage.ErrSchema, "postgres: schema %s is at version %d, this sagad needs %d", schema, have, know),
+			"apply the migrations: sagad migrate --db URL")
+	}
+	return nil
+}
+
+func redact(c *pgx.ConnConfig) string {
+	return c.User + "@" + c.Host + "/" + c.Database
+}
+
+// Close stops the committer (queued writes are committed first) and closes
+// the connections.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.closeMu.Lock()
+		db.closed.Store(true)
+		close(db.reqs)
+		db.closeMu.Unlock()
+		db.committers.Wait() // they commit what was queued
+		db.cancel()
+		db.bg.Wait()
+		db.pool.Close()
+	})
+	return nil
+}
+
+// Stats implements storage.Store. PagesWritten stays zero: PostgreSQL
+// keeps that count.
+func (db *DB) Stats() storage.Stats {
+	return storage.Stats{Commits: db.commits.Load(), Writes: db.writes.Load(), CommitTime: time.Duration(db.commitNanos.Load())}
+}
+
+// Schema returns the schema the store uses.
+func (db *DB) Schema() string { return db.schema }
+
+// Pool returns the store's connection pool, for an application that runs
+// its own queries on the same database.
+func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+
+// statusCodes are the stored status codes, as the bbolt backend numbers
+// them.
+var statusCodes = map[saga.Status]int16{
+	saga.StatusRunning:      1,
+	saga.StatusCompensating: 2,
+	saga.StatusCompleted:    3,
+	saga.StatusCompensated:  4,
+	saga.StatusFailed:       5,
+	saga.StatusResolved:     6,
+}
+
+var statusOf = func() map[int16]saga.Status {
+	m := make(map[int16]saga.Status, len(statusCodes))
+	for s, c := range statusCodes {
+		m[c] = s
+	}
+	return m
+}()
+
+var outboxCodes = map[storage.OutboxStatus]int16{storage.OutboxNew: 1, storage.OutboxProduced: 2, storage.OutboxNotProduced: 3}
+
+var outboxStatusOf = map[int16]storage.OutboxStatus{1: storage.OutboxNew, 2: storage.OutboxProduced, 3: storage.OutboxNotProduced}
+
+// Stored instants are int64 unix nanoseconds, which name the years 1677 to
+// 2262.
+var firstInstant, lastInstant = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
+
+// unixNano is t in unix nanoseconds, saturated at the ends of what can be
+// stored: a wake-up past 2262 is the last instant there is, never wrapped
+// into the past.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.After(lastInstant):
+		return math.MaxInt64
+	case t.Before(firstInstant):
+		return math.MinInt64
+	}
+	return t.UnixNano()
+}
+
+// nanoTime is a stored instant; 0 is the zero time.
+func nanoTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// orDefault is a limit, 1000 when it is zero or less.
+func orDefault(limit int) int {
+	if limit <= 0 {
+		return 1000
+	}
+	return limit
+}
