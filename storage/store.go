@@ -9,8 +9,8 @@ import (
 
 // Store is a sagad backend: everything the engine, the relay and the
 // daemon keep, in terms of records. Each method is its own transaction.
-// storage/bolt implements it on bbolt; storagetest checks an
-// implementation.
+// storage/bolt implements it on bbolt, storage/postgres on PostgreSQL;
+// storagetest checks an implementation.
 //
 // One engine drives a store's sagas: its in-process holds (a driver's claim,
 // an abort's hold) are what keep two writers of one saga apart. Limits of

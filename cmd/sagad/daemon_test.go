@@ -20,6 +20,7 @@ import (
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/internal/brokertest"
+	"github.com/sagad/sagad/internal/pgtest"
 )
 
 // The daemon tests run sagad as a child process: this test binary,
@@ -236,7 +237,27 @@ func killedWithChargeInFlight(t *testing.T, path string) (*participants, string)
 // interrupted call again with the same idempotency key.
 func TestDaemonSurvivesSIGKILL(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "sagad.db")
+	daemonSurvivesSIGKILL(t, filepath.Join(t.TempDir(), "sagad.db"))
+}
+
+// TestDaemonSurvivesSIGKILLOnPostgres is TestDaemonSurvivesSIGKILL with
+// --db a PostgreSQL URL: the restarted daemon waits for the killed one's
+// session to end, then recovers.
+func TestDaemonSurvivesSIGKILLOnPostgres(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	daemonSurvivesSIGKILL(t, withSchema(url, pgtest.Schema(t, url)))
+}
+
+// withSchema adds sagad's schema parameter to a PostgreSQL URL.
+func withSchema(url, schema string) string {
+	if strings.Contains(url, "?") {
+		return url + "&schema=" + schema
+	}
+	return url + "?schema=" + schema
+}
+
+func daemonSurvivesSIGKILL(t *testing.T, path string) {
 	d, p, id := chargeInFlight(t, path)
 	ctx := context.Background()
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {

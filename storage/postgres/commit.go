@@ -145,6 +145,9 @@ func encode(t *storage.Transition, create bool) (*request, error) {
 
 // submit queues r for the committer and waits for its commit.
 func (db *DB) submit(r *request) error {
+	if db.fenced.Load() {
+		return errors.Wrapf(ErrLockLost, "postgres: schema %s", db.schema)
+	}
 	db.closeMu.RLock()
 	if db.closed.Load() {
 		db.closeMu.RUnlock()

@@ -40,6 +40,10 @@ type Options struct {
 	// migrations: a schema that lacks some is refused (run Migrate, or
 	// sagad migrate, first).
 	NoMigrate bool
+	// LockTimeout is how long Open waits for another process to let go of
+	// the schema (one engine drives a schema). Zero: 5s. The wait ends
+	// with ErrLocked.
+	LockTimeout time.Duration
 	// PollInterval is how often the store looks for work other processes
 	// left without a notification reaching it. Zero: 1s.
 	PollInterval time.Duration
@@ -70,6 +74,7 @@ type DB struct {
 	bg         sync.WaitGroup
 	closeOnce  sync.Once
 	closed     atomic.Bool
+	fenced     atomic.Bool  // the schema\'s lock is lost: writes are refused
 	closeMu    sync.RWMutex // held for reading while a request is queued
 
 	ids eventIDs
@@ -106,6 +111,9 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	}
 	if o.Committers <= 0 {
 		o.Committers = 2
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = 5 * time.Second
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Second
@@ -157,6 +165,13 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 		cancel()
 		return fail(err)
 	}
+	lock, err := db.lockSchema(ctx, cfg.ConnConfig.Copy(), o.LockTimeout)
+	if err != nil {
+		cancel()
+		return fail(err)
+	}
+	db.bg.Add(1)
+	go db.holdLock(lock, cfg.ConnConfig.Copy())
 	db.committers.Add(o.Committers)
 	for range o.Committers {
 		go db.committer()
