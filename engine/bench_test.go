@@ -6,14 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/internal/cputime"
+	"github.com/sagad/sagad/internal/sagaload"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage/bolt"
@@ -82,43 +78,11 @@ func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
 		_ = eng.Close()
 	}()
 
-	lat := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	b.ResetTimer()
-	cpu0 := cputime.Process()
-	start := time.Now()
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				t0 := time.Now()
-				st, err := eng.Start(ctx, "bench", nil)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				s, err := eng.Wait(ctx, st.ID)
-				if err != nil || s.Status != saga.StatusCompleted {
-					b.Errorf("saga %s: %v %v", st.ID, s, err)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	cpu := cputime.Process() - cpu0
+	r := sagaload.Run(ctx, b, eng, conc, b.N, "bench", func(int) (any, saga.Status) { return nil, saga.StatusCompleted })
 	b.StopTimer()
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/saga")
-	slices.Sort(lat)
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "sagas/s")
+	b.ReportMetric(float64(r.CPU.Microseconds())/float64(b.N), "cpu-us/saga")
+	b.ReportMetric(float64(b.N)/r.Elapsed.Seconds(), "sagas/s")
 	// How the committer grouped the work, and what bbolt wrote for it.
 	cs := eng.Store().Stats()
 	if cs.Commits > 0 {
@@ -127,6 +91,6 @@ func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
 		b.ReportMetric(float64(cs.PagesWritten)/n, "pages/commit")
 		b.ReportMetric(float64(cs.CommitTime.Microseconds())/n, "us/commit")
 	}
-	b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99-ms")
+	b.ReportMetric(float64(r.Quantile(0.5))/1e6, "p50-ms")
+	b.ReportMetric(float64(r.Quantile(0.99))/1e6, "p99-ms")
 }

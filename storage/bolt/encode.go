@@ -96,23 +96,8 @@ func appendBytes[T ~string | ~[]byte](b []byte, v T) []byte {
 	return append(b, v...)
 }
 
-// Stored instants are int64 unix nanoseconds, which name the years 1677 to
-// 2262 (time.Time.UnixNano wraps outside them).
-var firstInstant, lastInstant = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
-
-// unixNano is t in unix nanoseconds, saturated at the ends of what can be
-// stored: a wake-up or a deadline past 2262 (a Retry-After or a saga timeout
-// of centuries) is stored as the last instant there is, never wrapped into
-// the past.
-func unixNano(t time.Time) int64 {
-	switch {
-	case t.After(lastInstant):
-		return math.MaxInt64
-	case t.Before(firstInstant):
-		return math.MinInt64
-	}
-	return t.UnixNano()
-}
+// unixNano is storage.UnixNano: instants saturate at what can be stored.
+func unixNano(t time.Time) int64 { return storage.UnixNano(t) }
 
 // stamp is t as an index key's unsigned unix nanoseconds: saturated like
 // unixNano, and at zero below so that keys sort as their instants do.

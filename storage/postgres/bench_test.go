@@ -8,11 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/internal/cputime"
 	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/internal/sagaload"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage/postgres"
@@ -80,59 +77,30 @@ func benchSagas(b *testing.B, conc int) {
 		_ = eng.Close()
 	}()
 
-	lat := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	commits0 := xactCommits(b, url, db)
 	b.ResetTimer()
-	cpu0, pg0 := cputime.Process(), postgresCPU()
-	start := time.Now()
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				input, want := map[string]bool{"fail": false}, saga.StatusCompleted
-				if i%10 == 9 {
-					input["fail"], want = true, saga.StatusCompensated
-				}
-				t0 := time.Now()
-				st, err := eng.Start(ctx, "bench", input)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				s, err := eng.Wait(ctx, st.ID)
-				if err != nil || s.Status != want {
-					b.Errorf("saga %s: %v %v, want %s", st.ID, s, err, want)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	cpu, pg := cputime.Process()-cpu0, postgresCPU()-pg0
+	pg0 := postgresCPU()
+	r := sagaload.Run(ctx, b, eng, conc, b.N, "bench", func(i int) (any, saga.Status) {
+		if i%10 == 9 {
+			return map[string]bool{"fail": true}, saga.StatusCompensated
+		}
+		return map[string]bool{"fail": false}, saga.StatusCompleted
+	})
+	pg := postgresCPU() - pg0
 	b.StopTimer()
 	n := float64(b.N)
-	b.ReportMetric(n/elapsed.Seconds(), "sagas/s")
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99-ms")
+	b.ReportMetric(n/r.Elapsed.Seconds(), "sagas/s")
+	b.ReportMetric(float64(r.Quantile(0.5))/1e6, "p50-ms")
+	b.ReportMetric(float64(r.Quantile(0.99))/1e6, "p99-ms")
 	cs := eng.Store().Stats()
 	b.ReportMetric(float64(cs.Commits)/n, "commits/saga")
 	if cs.Commits > 0 {
 		b.ReportMetric(float64(cs.Writes)/float64(cs.Commits), "writes/commit")
 	}
 	b.ReportMetric(float64(xactCommits(b, url, db)-commits0)/n, "pg-xacts/saga")
-	b.ReportMetric(float64(cpu.Microseconds())/n, "cpu-us/saga")
-	if pg >= 0 {
-		b.ReportMetric(float64((cpu+pg).Microseconds())/n, "cpu+pg-us/saga")
+	b.ReportMetric(float64(r.CPU.Microseconds())/n, "cpu-us/saga")
+	if pg0 >= 0 {
+		b.ReportMetric(float64((r.CPU+pg).Microseconds())/n, "cpu+pg-us/saga")
 	}
 }
 

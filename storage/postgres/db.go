@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"log/slog"
-	"math"
 	neturl "net/url"
 	"strings"
 	"sync"
@@ -280,22 +279,8 @@ var outboxCodes = map[storage.OutboxStatus]int16{storage.OutboxNew: 1, storage.O
 
 var outboxStatusOf = map[int16]storage.OutboxStatus{1: storage.OutboxNew, 2: storage.OutboxProduced, 3: storage.OutboxNotProduced}
 
-// Stored instants are int64 unix nanoseconds, which name the years 1677 to
-// 2262.
-var firstInstant, lastInstant = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
-
-// unixNano is t in unix nanoseconds, saturated at the ends of what can be
-// stored: a wake-up past 2262 is the last instant there is, never wrapped
-// into the past.
-func unixNano(t time.Time) int64 {
-	switch {
-	case t.After(lastInstant):
-		return math.MaxInt64
-	case t.Before(firstInstant):
-		return math.MinInt64
-	}
-	return t.UnixNano()
-}
+// unixNano is storage.UnixNano: instants saturate at what can be stored.
+func unixNano(t time.Time) int64 { return storage.UnixNano(t) }
 
 // nanoTime is a stored instant; 0 is the zero time.
 func nanoTime(n int64) time.Time {
