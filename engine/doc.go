@@ -1,5 +1,5 @@
 // Package engine runs sagas durably on a storage.Store: a bbolt file with
-// Open, any backend with New.
+// Open, any backend (storage/bolt, storage/postgres) with New.
 //
 // An Engine is opened on a store, given definitions (Register), and run
 // (Run). Start records a saga and returns; the engine drives it forward step
@@ -12,9 +12,9 @@
 //     an attempt is recorded as started before its function runs, and its
 //     outcome is recorded (together with the start of the next attempt, in
 //     the same write) before anything else happens.
-//   - Each transition is one bbolt write, and concurrent sagas share
-//     commits: one committer goroutine groups the writes queued while the
-//     previous commit was syncing.
+//   - Each transition is one atomic write of the store, and concurrent
+//     sagas share commits: the backends group the writes queued while the
+//     previous commit was syncing (group commit).
 //   - Delivery to participants is at-least-once. An attempt that was in
 //     flight when the process died is run again after restart, with the
 //     same Call.IdempotencyKey and attempt number. Step functions must be
