@@ -39,6 +39,9 @@ type driver struct {
 	// op marks an operator's hold (Abort, Retry, Resolve), not a driver
 	// that loaded the saga.
 	op bool
+	// claimed: the driver holds the saga's claim in the store (it loaded
+	// or created the saga, or committed a change to it); release lets go.
+	claimed bool
 
 	next     effect
 	out      *outcome
@@ -100,6 +103,7 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 	}
 	dup, err = d.e.sagas.SagaCreate(context.Background(), d.change())
 	if err == nil && dup == (ulid.ULID{}) {
+		d.claimed = true
 		d.committed()
 	}
 	return dup, err
@@ -109,17 +113,17 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 // returns false when there is nothing to drive (finished, or parked).
 func (d *driver) load(now time.Time) (bool, error) {
 	id := d.rec.ID
-	ctx := context.Background()
-	r, err := d.e.sagas.SagaGet(ctx, id)
+	// The claim reads the record and its abort request together: an abort
+	// written later reaches the driver through d.abort (see Engine.Abort)
+	// or, from another process, through its next commit.
+	r, aborted, err := d.e.sagas.SagaClaim(context.Background(), id)
+	if errors.Is(err, storage.ErrClaimed) {
+		return false, nil // another process drives it
+	}
 	if err != nil {
 		return false, err
 	}
-	// Read after the record: an abort written later reaches the driver
-	// through d.abort (see Engine.Abort).
-	aborted, err := d.e.sagas.AbortGet(ctx, id)
-	if err != nil {
-		return false, err
-	}
+	d.claimed = true
 	d.rec = r
 	d.from = r.Status
 	if r.Status.Finished() {
@@ -758,6 +762,12 @@ func (d *driver) write() error {
 	if err := d.e.sagas.SagaCommit(context.Background(), d.change()); err != nil {
 		d.finished = false // a waiter must never see a final state that is not durable
 		return err
+	}
+	d.claimed = true
+	if d.tr.Aborted && d.rec.Status == saga.StatusRunning {
+		// Another process recorded an abort request: act on it at the
+		// next decision, as on one made here.
+		d.abort.Store(true)
 	}
 	d.e.commitSucceeded(d.rec.ID)
 	return nil

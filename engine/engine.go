@@ -387,26 +387,26 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	// Fast path: a free slot and a running engine start the saga in the
 	// same commit that creates it. Otherwise the saga is created due now
 	// and the scheduler dispatches it.
+	// Either way the saga is held here until Start has reported it (the
+	// status hook), so that no driver reports a later status first.
 	fast := false
 	e.mu.Lock()
 	if e.running.Load() {
 		select {
 		case e.sem <- struct{}{}:
 			fast, d.slot = true, true
-			e.active[rec.ID] = d
-			e.drivers.Add(1)
 		default:
 		}
 	}
+	e.active[rec.ID] = d
+	e.drivers.Add(1)
 	e.mu.Unlock()
 	if !fast {
 		rec.WakeAt = now
 	}
 	dup, err := d.create(now, fast)
 	if err != nil || dup != (ulid.ULID{}) {
-		if fast {
-			e.release(d)
-		}
+		e.release(d)
 		if err != nil {
 			return Started{}, errors.Wrapf(err, "engine: start %q", definition)
 		}
@@ -416,7 +416,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	if fast {
 		go d.run()
 	} else {
-		e.wakeAt(now)
+		e.release(d) // the scheduler dispatches it: release wakes it for rec.WakeAt
 	}
 	return Started{ID: rec.ID.String()}, nil
 }
@@ -581,14 +581,31 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
 	if status.Finished() {
 		return e.Get(ctx, id)
 	}
-	select {
-	case s := <-ch:
-		return s, nil
-	case <-ctx.Done():
-		s, _ := e.Get(context.Background(), id)
-		return s, errors.Wrapf(ctx.Err(), "engine: wait for saga %s", id)
+	// A store that other processes share may have another one drive the
+	// saga: nothing here would tell when it ends, so look now and then.
+	var poll <-chan time.Time
+	if e.sagas.SagaWake() != nil {
+		t := time.NewTicker(waitPoll) // an in-process wait: the wall clock's
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case s := <-ch:
+			return s, nil
+		case <-poll:
+			if st, err := e.sagas.SagaStatus(ctx, u); err == nil && st.Finished() {
+				return e.Get(ctx, id)
+			}
+		case <-ctx.Done():
+			s, _ := e.Get(context.Background(), id)
+			return s, errors.Wrapf(ctx.Err(), "engine: wait for saga %s", id)
+		}
 	}
 }
+
+// waitPoll is how often Wait looks at a saga another process may drive.
+const waitPoll = 200 * time.Millisecond
 
 func (e *Engine) unwait(id ulid.ULID, ch chan *Saga) {
 	e.mu.Lock()

@@ -74,6 +74,7 @@ func (e *Engine) schedule(ctx context.Context) {
 			return
 		case <-e.nudge:
 		case <-timer.C():
+		case <-e.sagas.SagaWake(): // another process left work (nil: never)
 		}
 	}
 }
@@ -190,6 +191,13 @@ func (e *Engine) release(d *driver) {
 		}
 	}
 	e.mu.Unlock()
+	if d.claimed {
+		// A no-op unless the claim is still held: a commit that needed no
+		// driver any more let go of it already.
+		if err := e.sagas.SagaRelease(context.Background(), id); err != nil {
+			e.log.Warn("saga's claim not let go; other processes take it over when it lapses", "saga", id.String(), "err", err)
+		}
+	}
 	for _, ch := range claimers {
 		close(ch)
 	}
@@ -233,10 +241,15 @@ func (e *Engine) commitFailed(d *driver, err error) {
 		e.nfailing.Add(1)
 	}
 	e.mu.Unlock()
-	if n == 1 {
+	switch {
+	case errors.Is(err, storage.ErrNotOwner):
+		// Not a failure of the store: this process was cut off for
+		// longer than its claim, and another took the saga over.
+		e.log.Warn("saga taken over by another process; this one lets go of it", "saga", id.String())
+	case n == 1:
 		e.log.Error("saga transition not committed; retrying from the stored state until a commit succeeds",
 			"saga", id.String(), "err", err)
-	} else {
+	default:
 		e.log.Debug("saga transition not committed again", "saga", id.String(), "failures", n, "err", err)
 	}
 	d.rec = &storage.Saga{ID: id} // what was not committed must not be used
@@ -282,10 +295,17 @@ func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, 
 		return err
 	}
 	defer e.release(d)
-	rec, err := e.sagaGet(id)
-	if err != nil {
-		return err
+	rec, _, err := e.sagas.SagaClaim(ctx, id)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return errors.Wrapf(ErrNotFound, "saga %s", id)
+	case errors.Is(err, storage.ErrClaimed):
+		return errors.WithHint(errors.Wrapf(ErrConflict, "saga %s is being driven by another process", id),
+			"it is running an attempt there; wait for it to end, then try again")
+	case err != nil:
+		return errors.Wrapf(err, "get saga %s", id)
 	}
+	d.claimed = true
 	d.rec = rec
 	d.from = d.rec.Status
 	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)

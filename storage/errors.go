@@ -20,6 +20,12 @@ var (
 	// ErrEventPending: the outbox event is new (waiting to be published),
 	// and the operation is only for events the relay is done with.
 	ErrEventPending = errors.New("storage: outbox event waiting to be published")
+	// ErrClaimed: another live process drives the saga (see SagaClaim).
+	ErrClaimed = errors.New("storage: saga is driven by another process")
+	// ErrNotOwner: a transition of a saga whose claim this process no
+	// longer holds (it lapsed, and another process took the saga over);
+	// nothing was written.
+	ErrNotOwner = errors.New("storage: this process no longer holds the saga's claim")
 	// ErrNoWrite is what a check passed to AbortPut returns to write
 	// nothing without failing: AbortPut then returns nil.
 	ErrNoWrite = errors.New("storage: nothing to write")

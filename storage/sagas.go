@@ -9,18 +9,39 @@ import (
 )
 
 // SagaStore is what the engine needs to keep sagas: one atomic write per
-// transition, reads, the due-time scan and the operators' requests. DB
-// implements it on bbolt.
+// transition, reads, the due-time scan, claims and the operators'
+// requests.
+//
+// Claims let several processes share a store: a process drives a saga only
+// while it holds the saga's claim, a lease the store renews while the
+// process lives and lets go of when the saga no longer needs a driver. A
+// store that one process uses (bbolt's) grants every claim.
 type SagaStore interface {
-	// SagaCreate writes a new saga with its first log entries and events.
-	// If the saga's idempotency key already names a saga, it writes
-	// nothing and returns that saga's id.
+	// SagaCreate writes a new saga with its first log entries and events,
+	// and claims it for this process (see SagaClaim). If the saga's
+	// idempotency key already names a saga, it writes nothing and returns
+	// that saga's id.
 	SagaCreate(ctx context.Context, t *Transition) (existing ulid.ULID, err error)
 	// SagaCommit writes one transition of a saga: its record, the log
 	// entries and outbox events it adds and the index changes they imply,
-	// all or nothing, durable when it returns. It keeps no reference to t
-	// (SagaCreate neither): the caller may reuse it.
+	// all or nothing, durable when it returns, and sets t.Aborted. It keeps
+	// no reference to t (SagaCreate neither): the caller may reuse it.
+	//
+	// The write is fenced: it fails with ErrNotOwner, writing nothing, when
+	// another process holds the saga's claim, even if this one held it
+	// once. A commit that finishes the saga, makes it wait for a later
+	// attempt (WakeAt set) or parks it lets go of the claim.
 	SagaCommit(ctx context.Context, t *Transition) error
+	// SagaClaim makes this process the saga's driver and reads it in one
+	// go: the record, and whether an abort request is stored for it. A saga
+	// another live process holds is ErrClaimed; a missing one ErrNotFound.
+	SagaClaim(ctx context.Context, id ulid.ULID) (*Saga, bool, error)
+	// SagaRelease lets go of the saga's claim, if this process holds it.
+	SagaRelease(ctx context.Context, id ulid.ULID) error
+	// SagaWake returns a channel closed once other processes may have left
+	// work for this one (a saga due, a driver gone); take a new one after
+	// each wake-up. Nil for a store that one process uses.
+	SagaWake() <-chan struct{}
 	// SagaGet reads a saga; a missing one is ErrNotFound.
 	SagaGet(ctx context.Context, id ulid.ULID) (*Saga, error)
 	// SagaStatus reads a saga's status only; a missing one is ErrNotFound.
@@ -41,7 +62,8 @@ type SagaStore interface {
 	SagaDelete(ctx context.Context, ids []ulid.ULID) (int, error)
 	// SagaDue returns up to limit sagas due at now, earliest first, skipping
 	// those skip reports (nil: none), and the next wake time after now
-	// (zero: none).
+	// (zero: none). Sagas another live process holds are not due; an
+	// unfinished saga whose driver's claim lapsed (its process died) is.
 	SagaDue(ctx context.Context, now time.Time, limit int, skip func(ulid.ULID) bool) (due []ulid.ULID, next time.Time, err error)
 	// LogList returns a saga's log in order; a missing saga is ErrNotFound.
 	LogList(ctx context.Context, id ulid.ULID) ([]LogEntry, error)
@@ -69,6 +91,9 @@ type Transition struct {
 	Events []OutboxEvent
 	// ClearAbort deletes the saga's abort request: the change acted on it.
 	ClearAbort bool
+	// Aborted is set by SagaCommit: an abort request is stored for the
+	// saga (one another process wrote reaches the driver so).
+	Aborted bool
 }
 
 // ListOptions filters SagaList.

@@ -43,7 +43,8 @@ type Store interface {
 // The relay reads batches of new events in id order (OutboxScanNew),
 // publishes each saga's events in that order, one saga's at a time, and
 // records the outcomes (OutboxMark). One relay publishes a store's outbox
-// at a time: its claims on the events it read are in its own memory.
+// at a time (OutboxLead): its claims on the events it read are in its own
+// memory.
 type OutboxStore interface {
 	// OutboxStats returns the events by status and the creation times of
 	// the oldest new and not_produced ones (zero: none).
@@ -67,6 +68,12 @@ type OutboxStore interface {
 	OutboxPrune(ctx context.Context, before time.Time, limit int) (int, bool, error)
 
 	// The relay's side.
+
+	// OutboxLead returns once this process leads the outbox: one relay
+	// publishes a store's events at a time. The context it returns ends
+	// when the lead is lost (or ctx ends); the relay then stops and asks
+	// again. A store that one process uses leads at once.
+	OutboxLead(ctx context.Context) (context.Context, error)
 
 	// OutboxWake returns a channel closed once events may have been added
 	// or re-queued since the call. Take a new one after each wake-up,

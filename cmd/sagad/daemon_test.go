@@ -189,12 +189,12 @@ func (p *participants) callsTo(path string) []string {
 // charge, ship; each with a compensation but ship) whose participant holds
 // the charge call until p.block["/charge"] is closed. It returns once the
 // charge call is in flight.
-func chargeInFlight(t *testing.T, path string) (d *daemon, p *participants, id string) {
+func chargeInFlight(t *testing.T, path string, args ...string) (d *daemon, p *participants, id string) {
 	t.Helper()
 	p = &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
 	srv := httptest.NewServer(http.HandlerFunc(p.handler))
 	t.Cleanup(srv.Close)
-	d = startDaemon(t, path)
+	d = startDaemon(t, path, args...)
 	c := d.client(t)
 	ctx := context.Background()
 	spec := fmt.Sprintf(`{"steps":[
@@ -246,7 +246,7 @@ func TestDaemonSurvivesSIGKILL(t *testing.T) {
 func TestDaemonSurvivesSIGKILLOnPostgres(t *testing.T) {
 	t.Parallel()
 	url := pgtest.URL(t)
-	daemonSurvivesSIGKILL(t, withSchema(url, pgtest.Schema(t, url)))
+	daemonSurvivesSIGKILL(t, withSchema(url, pgtest.Schema(t, url)), "--node", "test-node")
 }
 
 // withSchema adds sagad's schema parameter to a PostgreSQL URL.
@@ -257,8 +257,10 @@ func withSchema(url, schema string) string {
 	return url + "?schema=" + schema
 }
 
-func daemonSurvivesSIGKILL(t *testing.T, path string) {
-	d, p, id := chargeInFlight(t, path)
+// daemonSurvivesSIGKILL kills a daemon on path mid-call and restarts it
+// with the same args.
+func daemonSurvivesSIGKILL(t *testing.T, path string, args ...string) {
+	d, p, id := chargeInFlight(t, path, args...)
 	ctx := context.Background()
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -266,7 +268,7 @@ func daemonSurvivesSIGKILL(t *testing.T, path string) {
 	<-d.done
 	close(p.block["/charge"]) // the restarted daemon's call goes through
 
-	d2 := startDaemon(t, path)
+	d2 := startDaemon(t, path, args...)
 	s, err := d2.client(t).Wait(ctx, id)
 	if err != nil {
 		t.Fatalf("wait after restart: %v\n%s", err, d2.output())

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +26,10 @@ func TestMigrateCommand(t *testing.T) {
 		code := run(ctx, args, &stdout, &stderr)
 		return code, stdout.String(), stderr.String()
 	}
+	var versions []int
+	for _, m := range postgres.Migrations(schema) {
+		versions = append(versions, m.Version)
+	}
 	tests := []struct {
 		name      string
 		args      []string
@@ -32,9 +37,9 @@ func TestMigrateCommand(t *testing.T) {
 		out, errs string
 	}{
 		{"print on an empty schema", []string{"migrate", "--db", db, "--print"}, exitOK, "CREATE TABLE " + pgx.Identifier{schema}.Sanitize() + ".sagas", ""},
-		{"apply", []string{"migrate", "--db", db}, exitOK, "applied [1]", ""},
+		{"apply", []string{"migrate", "--db", db}, exitOK, fmt.Sprint("applied ", versions), ""},
 		{"apply again", []string{"migrate", "--db", db}, exitOK, "nothing to apply", ""},
-		{"print when current", []string{"migrate", "--db", db, "--print", "--json"}, exitOK, `"version": 1`, ""},
+		{"print when current", []string{"migrate", "--db", db, "--print", "--json"}, exitOK, fmt.Sprintf(`"version": %d`, postgres.SchemaVersion()), ""},
 		{"a file", []string{"migrate", "--db", filepath.Join(t.TempDir(), "x.db")}, exitUsage, "", "must be a postgres:// URL"},
 		{"compact", []string{"compact", "--db", db}, exitFailed, "", "works on a bbolt database file"},
 		{"offline sagas list", []string{"sagas", "list", "--db", db}, exitFailed, "", "--addr"},

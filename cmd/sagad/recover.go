@@ -137,7 +137,7 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 	if err := existingDB(path); err != nil {
 		return nil, err
 	}
-	eng, err := openEngine(path, bolt.Options{LockTimeout: 500 * time.Millisecond}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	eng, err := openEngine(path, storeOptions{bolt: bolt.Options{LockTimeout: 500 * time.Millisecond}}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxStepOutput: limits.MaxStepOutput, MaxSagaData: limits.MaxSagaData,
 		Hooks: engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) {
 			if to.Finished() {

@@ -47,11 +47,14 @@ type serveConfig struct {
 	maxStepOutput, maxSagaData byteSize
 	// noSync turns fsync off (sagad bench -nosync only; no flag of serve).
 	noSync bool
+	// node names the process in a PostgreSQL schema's claims.
+	node string
 }
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	cfg := &serveConfig{}
 	fs.StringVar(&cfg.db, "db", "sagad.db", "database: a bbolt file, or a postgres:// URL (its schema parameter names the schema, default sagad) (env SAGAD_DB)")
+	fs.StringVar(&cfg.node, "node", "", "on PostgreSQL, this process's name in the claims it holds; stable across restarts, it lets a restarted node take its sagas back at once. Never give two running nodes one name. Empty: host, pid and a random suffix (env SAGAD_NODE)")
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "HTTP listen address (env SAGAD_LISTEN)")
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
 	fs.StringVar(&cfg.exchange, "exchange", "sagad.events", "exchange for events that name none (env SAGAD_EXCHANGE)")
@@ -204,7 +207,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	if info, err := os.Stat(cfg.db); !isPostgres(cfg.db) && err == nil && info.Mode().IsRegular() && info.Size() == 0 {
 		empty = true
 	}
-	eng, err := openEngine(cfg.db, bolt.Options{NoSync: cfg.noSync}, cfg.engineOptions(log, m.engineHooks()))
+	eng, err := openEngine(cfg.db, storeOptions{bolt: bolt.Options{NoSync: cfg.noSync}, node: cfg.node}, cfg.engineOptions(log, m.engineHooks()))
 	if err != nil {
 		return err
 	}

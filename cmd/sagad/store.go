@@ -19,22 +19,30 @@ func isPostgres(db string) bool {
 	return strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://")
 }
 
+// storeOptions are the options of either backend; each takes its own.
+type storeOptions struct {
+	bolt bolt.Options
+	// node names this process in a PostgreSQL schema's claims.
+	node string
+}
+
 // openStore opens --db: a PostgreSQL database (migrated to this sagad's
-// schema) or the bbolt file at that path, with the options bo.
-func openStore(db string, bo bolt.Options, o engine.Options) (storage.Store, error) {
+// schema) or the bbolt file at that path.
+func openStore(db string, so storeOptions, o engine.Options) (storage.Store, error) {
 	if isPostgres(db) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return postgres.Open(ctx, db, &postgres.Options{Clock: o.Clock, Logger: o.Logger})
+		return postgres.Open(ctx, db, &postgres.Options{Clock: o.Clock, Logger: o.Logger, Node: so.node})
 	}
+	bo := so.bolt
 	bo.Clock = o.Clock
 	return bolt.Open(db, &bo)
 }
 
 // openEngine opens --db (see openStore) and returns an engine on it, which
 // owns the store from then on.
-func openEngine(db string, bo bolt.Options, o engine.Options) (*engine.Engine, error) {
-	store, err := openStore(db, bo, o)
+func openEngine(db string, so storeOptions, o engine.Options) (*engine.Engine, error) {
+	store, err := openStore(db, so, o)
 	if err != nil {
 		return nil, err
 	}

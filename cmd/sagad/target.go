@@ -73,7 +73,7 @@ func (t *target) open() (backend, error) {
 	if err := existingDB(t.db); err != nil {
 		return nil, err
 	}
-	eng, err := openEngine(t.db, bolt.Options{LockTimeout: 500 * time.Millisecond}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	eng, err := openEngine(t.db, storeOptions{bolt: bolt.Options{LockTimeout: 500 * time.Millisecond}}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		if errors.Is(err, bolt.ErrLocked) {
 			return nil, errors.WithHint(errors.Wrapf(err, "%s is held by a running process", t.db),

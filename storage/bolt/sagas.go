@@ -88,14 +88,43 @@ func (db *DB) SagaCreate(_ context.Context, t *storage.Transition) (existing uli
 	return existing, err
 }
 
-// SagaCommit implements SagaStore.
+// SagaCommit implements SagaStore. One process uses the file: every
+// commit is its own.
 func (db *DB) SagaCommit(_ context.Context, t *storage.Transition) error {
 	e, err := db.encode(t)
 	if err != nil {
 		return err
 	}
-	return db.Update(e.put)
+	aborted := false
+	err = db.Update(func(tx *Tx) error {
+		if err := e.put(tx); err != nil {
+			return err
+		}
+		aborted = tx.AbortGet(e.saga.ID)
+		return nil
+	})
+	t.Aborted = err == nil && aborted
+	return err
 }
+
+// SagaClaim implements SagaStore: one process uses the file, so every
+// claim is granted; the record and its abort request come from one read.
+func (db *DB) SagaClaim(_ context.Context, id ulid.ULID) (rec *storage.Saga, aborted bool, err error) {
+	err = db.View(func(tx *Tx) error {
+		if rec, err = tx.SagaGet(id); err != nil {
+			return err
+		}
+		aborted = tx.AbortGet(id)
+		return nil
+	})
+	return rec, aborted, err
+}
+
+// SagaRelease implements SagaStore: there is no claim to let go of.
+func (db *DB) SagaRelease(context.Context, ulid.ULID) error { return nil }
+
+// SagaWake implements SagaStore: no other process leaves work.
+func (db *DB) SagaWake() <-chan struct{} { return nil }
 
 // SagaGet implements SagaStore.
 func (db *DB) SagaGet(_ context.Context, id ulid.ULID) (*storage.Saga, error) {

@@ -163,6 +163,9 @@ func (db *DB) OutboxScanNew(_ context.Context, after ulid.ULID, fn func(id, saga
 	})
 }
 
+// OutboxLead implements OutboxStore: one process uses the file, and leads.
+func (db *DB) OutboxLead(ctx context.Context) (context.Context, error) { return ctx, ctx.Err() }
+
 // OutboxMark implements OutboxStore.
 func (db *DB) OutboxMark(_ context.Context, produced []ulid.ULID, failed []storage.OutboxFailure, at time.Time) ([]int, error) {
 	attempts := make([]int, len(failed))

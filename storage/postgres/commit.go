@@ -23,25 +23,39 @@ type statements struct {
 }
 
 // transitionSQL writes one transition as one statement: the saga row
-// (inserted, or upserted), its log entries and its outbox events, and the
-// abort request it acted on, all conditional on the saga row's write, so
-// that the transition is all or nothing within a shared batch.
+// (inserted, or updated under the claim this process holds), its log
+// entries and its outbox events, and the abort request it acted on, all
+// conditional on the saga row's write, so that the transition is all or
+// nothing within a shared batch. It returns the saga's id, whether this
+// statement wrote it, whether an abort request is stored for it, and the
+// epoch of the claim.
+//
+// Parameters beyond the row's: $23 the commit lets go of the claim, $24
+// this process's name, $25 the epoch it holds the saga with (0: none; the
+// commit then claims a saga no live process holds), $26 the lease in ns.
 func transitionSQL(s string, create bool) string {
 	var b strings.Builder
 	if create {
 		b.WriteString(`WITH s AS (
-	INSERT INTO ` + s + `.sagas (id, definition, fingerprint, status, wake_ns, idempotency_key, parked, updated_ns, log_seq, record)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+	INSERT INTO ` + s + `.sagas (id, definition, fingerprint, status, wake_ns, idempotency_key, parked, updated_ns, log_seq, record, owner, epoch, lease_ns)
+	SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $23 THEN NULL ELSE $24::text END, 1,
+		CASE WHEN $23 THEN NULL ELSE ` + dbNow + ` + $26 END
+	WHERE $25::bigint IS NOT NULL -- a new saga has no earlier claim: $25 is only typed
 	ON CONFLICT DO NOTHING`)
 	} else {
 		// A saga's definition and idempotency key never change: a
 		// transition that says otherwise writes nothing.
 		b.WriteString(`WITH s AS (
-	UPDATE ` + s + `.sagas SET fingerprint = $3, status = $4, wake_ns = $5, parked = $7, updated_ns = $8, log_seq = $9, record = $10
-	WHERE id = $1 AND definition = $2 AND idempotency_key IS NOT DISTINCT FROM $6::text`)
+	UPDATE ` + s + `.sagas SET fingerprint = $3, status = $4, wake_ns = $5, parked = $7, updated_ns = $8, log_seq = $9, record = $10,
+		owner = CASE WHEN $23 THEN NULL ELSE $24::text END,
+		lease_ns = CASE WHEN $23 THEN NULL ELSE ` + dbNow + ` + $26 END,
+		epoch = CASE WHEN $25 = 0 AND owner IS DISTINCT FROM $24::text THEN epoch + 1 ELSE epoch END
+	WHERE id = $1 AND definition = $2 AND idempotency_key IS NOT DISTINCT FROM $6::text
+		AND CASE WHEN $25 > 0 THEN owner = $24::text AND epoch = $25
+			ELSE owner IS NULL OR owner = $24::text OR lease_ns < ` + dbNow + ` END`)
 	}
 	b.WriteString(`
-	RETURNING id
+	RETURNING id, epoch
 ), l AS (
 	INSERT INTO ` + s + `.saga_log (saga_id, seq, entry)
 	SELECT s.id, u.seq, u.entry FROM s, unnest($11::integer[], $12::bytea[]) AS u(seq, entry)
@@ -54,14 +68,14 @@ func transitionSQL(s string, create bool) string {
 ), a AS (
 	DELETE FROM ` + s + `.aborts WHERE $22::boolean AND saga_id IN (SELECT id FROM s)
 )
-SELECT s.id, true FROM s`)
+SELECT s.id, true, NOT $22 AND EXISTS (SELECT 1 FROM ` + s + `.aborts WHERE saga_id = s.id), s.epoch FROM s`)
 	if create {
 		// The saga that holds the key, when it is not this one. A holder
 		// that committed after this statement began is not seen here: the
 		// caller then reads it once the batch has committed.
 		b.WriteString(`
 UNION ALL
-SELECT t.id, false FROM ` + s + `.sagas t WHERE $6::text IS NOT NULL AND t.idempotency_key = $6 AND NOT EXISTS (SELECT 1 FROM s)`)
+SELECT t.id, false, false, 0::bigint FROM ` + s + `.sagas t WHERE $6::text IS NOT NULL AND t.idempotency_key = $6 AND t.id <> $1 AND NOT EXISTS (SELECT 1 FROM s)`)
 	}
 	return b.String()
 }
@@ -72,20 +86,24 @@ func newStatements(schema string) *statements {
 
 // request is a transition queued for the committer.
 type request struct {
-	create bool
-	id     ulid.ULID
-	key    string
-	args   []any
-	events int
+	create  bool
+	id      ulid.ULID
+	key     string
+	args    []any
+	events  int
+	release bool // the commit lets go of the claim
 	// Set by the committer.
 	err      error
 	existing ulid.ULID
+	aborted  bool
+	epoch    int64
+	norow    bool // a commit that found no row to write
 	done     chan struct{}
 }
 
 // encode turns a transition into a request; the committer assigns the
 // events' ids.
-func encode(t *storage.Transition, create bool) (*request, error) {
+func (db *DB) encode(t *storage.Transition, create bool) (*request, error) {
 	s := t.Saga
 	code, ok := statusCodes[s.Status]
 	if !ok {
@@ -131,23 +149,21 @@ func encode(t *storage.Transition, create bool) (*request, error) {
 		if payloads[i] == nil {
 			payloads[i] = []byte{}
 		}
-		created[i] = unixNano(ev.CreatedAt)
+		created[i] = instant(ev.CreatedAt)
 	}
 	args := []any{
 		pgtype.UUID{Bytes: s.ID, Valid: true}, s.Definition, s.Fingerprint, code, wake, key, s.Parked != "",
-		unixNano(s.UpdatedAt), int32(s.LogSeq), rec,
+		instant(s.UpdatedAt), int32(s.LogSeq), rec,
 		seqs, entries,
 		ids, defs, stepNames, names, exchanges, keys, headers, payloads, created,
 		t.ClearAbort,
+		releases(s), db.node, db.claimed(s.ID), db.ttl.Nanoseconds(),
 	}
-	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, done: make(chan struct{})}, nil
+	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, release: releases(s), done: make(chan struct{})}, nil
 }
 
 // submit queues r for the committer and waits for its commit.
 func (db *DB) submit(r *request) error {
-	if db.fenced.Load() {
-		return errors.Wrapf(ErrLockLost, "postgres: schema %s", db.schema)
-	}
 	db.closeMu.RLock()
 	if db.closed.Load() {
 		db.closeMu.RUnlock()
@@ -170,8 +186,20 @@ type eventIDs struct {
 	inflight []ulid.ULID // first ids of the batches committing
 }
 
-// maxID is above every id: the horizon when nothing commits.
+// maxID is above every id.
 var maxID = ulid.ULID{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// after returns the id just above id (maxID stays).
+func after(id ulid.ULID) ulid.ULID {
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] != 0xff {
+			id[i]++
+			return id
+		}
+		id[i] = 0
+	}
+	return maxID
+}
 
 // assign gives the batch's events their ids and returns the first (zero:
 // the batch has none); pass it to done once the batch has committed.
@@ -229,11 +257,13 @@ func (g *eventIDs) done(first ulid.ULID) {
 	}
 }
 
-// horizon is the lowest id still committing, or maxID.
+// horizon is the lowest id still committing, or, when none is, the id
+// above the last assigned: a batch assigned after this call gets higher
+// ids, and may commit before an earlier one it overtook.
 func (g *eventIDs) horizon() ulid.ULID {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	h := maxID
+	h := after(g.last)
 	for _, id := range g.inflight {
 		if id.Compare(h) < 0 {
 			h = id
@@ -267,14 +297,17 @@ func (db *DB) committer() {
 }
 
 // commit sends batch as one pipelined batch, one implicit transaction. If
-// it fails, each transition is sent again on its own, so that one bad
-// transition fails alone (a lost connection fails each).
+// PostgreSQL refused it (an error of the server: the transaction rolled
+// back), each transition is sent again on its own, so that one bad
+// transition fails alone. Any other failure (a lost connection, a timeout)
+// leaves the outcome unknown: each request fails, and the engine reloads
+// what was stored.
 func (db *DB) commit(batch []*request) {
 	t0 := time.Now()
 	first := db.ids.assign(db.clock.Now(), batch)
-	defer db.ids.done(first)
 	err := db.send(batch)
-	if err != nil && len(batch) > 1 {
+	var refused *pgconn.PgError
+	if err != nil && len(batch) > 1 && errors.As(err, &refused) {
 		for _, r := range batch {
 			r.err = db.send([]*request{r})
 		}
@@ -283,11 +316,19 @@ func (db *DB) commit(batch []*request) {
 			r.err = err
 		}
 	}
+	db.ids.done(first) // before anyone hears of the commit: a scan may read it
 	db.commits.Add(1)
 	db.writes.Add(int64(len(batch)))
 	db.commitNanos.Add(int64(time.Since(t0)))
 	woke := false
 	for _, r := range batch {
+		switch {
+		case r.err != nil:
+		case r.norow || r.release || r.existing != (ulid.ULID{}):
+			db.setClaim(r.id, 0)
+		default:
+			db.setClaim(r.id, r.epoch)
+		}
 		if r.err == nil && r.events > 0 && !woke {
 			db.wakeUp()
 			woke = true
@@ -317,14 +358,14 @@ func (db *DB) send(reqs []*request) error {
 	br := db.pool.SendBatch(ctx, b)
 	var first error
 	for _, r := range reqs {
-		r.existing = ulid.ULID{}
+		r.existing, r.aborted, r.epoch, r.norow = ulid.ULID{}, false, 0, false
 		rows, err := br.Query()
 		if err == nil {
 			found := false
 			for rows.Next() {
 				var id pgtype.UUID
 				var mine bool
-				if err = rows.Scan(&id, &mine); err != nil {
+				if err = rows.Scan(&id, &mine, &r.aborted, &r.epoch); err != nil {
 					break
 				}
 				found = true
@@ -340,7 +381,7 @@ func (db *DB) send(reqs []*request) error {
 				if r.create {
 					r.existing = pendingHolder
 				} else {
-					err = errors.Newf("postgres: saga %s: transition wrote nothing", r.id)
+					r.norow = true // the saga is gone, or another process holds it
 				}
 			}
 		}
@@ -368,7 +409,7 @@ func (db *DB) wrap(err error, id ulid.ULID) error {
 		return errors.Wrap(storage.ErrClosed, "postgres")
 	}
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23505" && strings.Contains(pe.ConstraintName, "pkey") {
+	if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "sagas_pkey" {
 		return errors.Newf("postgres: saga %s already exists", id)
 	}
 	if id != (ulid.ULID{}) {
@@ -450,7 +491,16 @@ func (db *DB) listen(cfg *pgx.ConnConfig) {
 		}
 		cancel()
 		db.wakeUp()
+		db.wakeSagas()
 	}
+}
+
+// wakeSagas closes the scheduler's wake channel.
+func (db *DB) wakeSagas() {
+	db.wakeMu.Lock()
+	close(db.sagaWake)
+	db.sagaWake = make(chan struct{})
+	db.wakeMu.Unlock()
 }
 
 func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- struct{}) error {

@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"fmt"
+	"hash/fnv"
 	"log/slog"
 	neturl "net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,7 +14,9 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/saga"
@@ -39,10 +44,14 @@ type Options struct {
 	// migrations: a schema that lacks some is refused (run Migrate, or
 	// sagad migrate, first).
 	NoMigrate bool
-	// LockTimeout is how long Open waits for another process to let go of
-	// the schema (one engine drives a schema). Zero: 5s. The wait ends
-	// with ErrLocked.
-	LockTimeout time.Duration
+	// Node names this process in the claims it holds (see
+	// storage.SagaStore). Empty: the host name, the process id and a
+	// random suffix. Two processes must never share one.
+	Node string
+	// LeaseTTL is how long a claim lasts unless renewed; the store renews
+	// its claims every third of it. Another process takes a dead one's
+	// sagas over once their leases lapse, when it next polls. Zero: 3s.
+	LeaseTTL time.Duration
 	// PollInterval is how often the store looks for work other processes
 	// left without a notification reaching it. Zero: 1s.
 	PollInterval time.Duration
@@ -73,13 +82,19 @@ type DB struct {
 	bg         sync.WaitGroup
 	closeOnce  sync.Once
 	closed     atomic.Bool
-	fenced     atomic.Bool  // the schema\'s lock is lost: writes are refused
 	closeMu    sync.RWMutex // held for reading while a request is queued
 
 	ids eventIDs
 
-	wakeMu sync.Mutex
-	wake   chan struct{}
+	wakeMu   sync.Mutex
+	wake     chan struct{} // the relay's
+	sagaWake chan struct{} // the engine's scheduler's
+
+	connCfg  *pgx.ConnConfig // for the connections outside the pool
+	node     string
+	ttl      time.Duration
+	claimsMu sync.Mutex
+	claims   map[ulid.ULID]int64 // the sagas this process holds, by epoch
 
 	requeues    atomic.Int64
 	commits     atomic.Int64
@@ -111,8 +126,12 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	if o.Committers <= 0 {
 		o.Committers = 2
 	}
-	if o.LockTimeout <= 0 {
-		o.LockTimeout = 5 * time.Second
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 3 * time.Second
+	}
+	if o.Node == "" {
+		host, _ := os.Hostname()
+		o.Node = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), ulid.Make().String()[20:])
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Second
@@ -120,9 +139,9 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if schema, rest, ok := schemaParam(url); ok {
+	if schema, rest, ok := schemaParam(url); rest != url {
 		url = rest
-		if opts == nil || opts.Schema == "" {
+		if ok && (opts == nil || opts.Schema == "") {
 			o.Schema = schema
 		}
 	}
@@ -157,20 +176,25 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	db := &DB{
 		pool: pool, schema: o.Schema, sql: newStatements(quote(o.Schema)), clock: clock.Or(o.Clock), log: o.Logger,
-		max: o.MaxBatch, poll: o.PollInterval, channel: "sagad." + o.Schema,
-		reqs: make(chan *request, o.MaxBatch), ctx: bg, cancel: cancel, wake: make(chan struct{}),
+		max: o.MaxBatch, poll: o.PollInterval, channel: channel(o.Schema),
+		reqs: make(chan *request, o.MaxBatch), ctx: bg, cancel: cancel, wake: make(chan struct{}), sagaWake: make(chan struct{}),
+		node: o.Node, ttl: o.LeaseTTL, claims: make(map[ulid.ULID]int64), connCfg: cfg.ConnConfig.Copy(),
 	}
 	if err := db.readRequeues(ctx); err != nil {
 		cancel()
 		return fail(err)
 	}
-	lock, err := db.lockSchema(ctx, cfg.ConnConfig.Copy(), o.LockTimeout)
-	if err != nil {
+	// Event ids go on from the highest stored one, even with a clock that
+	// went back: a saga's later event never sorts before its earlier one.
+	var top pgtype.UUID
+	err = pool.QueryRow(ctx, "SELECT id FROM "+quote(o.Schema)+".outbox ORDER BY id DESC LIMIT 1").Scan(&top)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		cancel()
-		return fail(err)
+		return fail(errors.Wrap(err, "postgres: read the outbox's newest id"))
 	}
+	db.ids.last = top.Bytes
 	db.bg.Add(1)
-	go db.holdLock(lock, cfg.ConnConfig.Copy())
+	go db.renew()
 	db.committers.Add(o.Committers)
 	for range o.Committers {
 		go db.committer()
@@ -195,9 +219,20 @@ func schemaParam(raw string) (schema, rest string, ok bool) {
 		return "", raw, false
 	}
 	schema = q.Get("schema")
-	q.Del("schema")
+	q.Del("schema") // PostgreSQL would take it for a setting
 	u.RawQuery = q.Encode()
 	return schema, u.String(), schema != ""
+}
+
+// channel is the schema's notification channel: "sagad." and the schema, or
+// a hash of it when that would pass PostgreSQL's 63-byte limit on names.
+func channel(schema string) string {
+	if len(schema) <= 57 {
+		return "sagad." + schema
+	}
+	h := fnv.New64a()
+	h.Write([]byte(schema))
+	return fmt.Sprintf("sagad.%x", h.Sum64())
 }
 
 // checkVersion refuses a schema that is not at this package's version.
@@ -238,6 +273,7 @@ func (db *DB) Close() error {
 		db.committers.Wait() // they commit what was queued
 		db.cancel()
 		db.bg.Wait()
+		db.releaseAll()
 		db.pool.Close()
 	})
 	return nil
@@ -281,6 +317,25 @@ var outboxStatusOf = map[int16]storage.OutboxStatus{1: storage.OutboxNew, 2: sto
 
 // unixNano is storage.UnixNano: instants saturate at what can be stored.
 func unixNano(t time.Time) int64 { return storage.UnixNano(t) }
+
+// instant is a recorded time as stored: the zero time as 0, which
+// nanoTime reads back as the zero time.
+func instant(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return unixNano(t)
+}
+
+// idFloor is the lowest id of a ULID made at t or later: every id below it
+// was made before t.
+func idFloor(t time.Time) pgtype.UUID {
+	var id ulid.ULID
+	if err := id.SetTime(ulid.Timestamp(t)); err != nil {
+		return uuid(maxID) // past ULIDs' range: every id is below
+	}
+	return uuid(id)
+}
 
 // nanoTime is a stored instant; 0 is the zero time.
 func nanoTime(n int64) time.Time {

@@ -199,7 +199,8 @@ func (db *DB) OutboxDiscard(ctx context.Context, id ulid.ULID) error {
 func (db *DB) OutboxPrune(ctx context.Context, before time.Time, limit int) (int, bool, error) {
 	limit = orDefault(limit)
 	tag, err := db.pool.Exec(ctx, "DELETE FROM "+db.t("outbox")+" WHERE id IN (SELECT id FROM "+db.t("outbox")+
-		" WHERE status = 2 AND status_ns < $1 ORDER BY id LIMIT $2)", unixNano(before), limit)
+		" WHERE status = 2 AND status_ns < $1 AND id < $3 ORDER BY id LIMIT $2)", unixNano(before), limit,
+		idFloor(before.Add(time.Millisecond))) // made before it was produced
 	if err != nil {
 		return 0, false, db.read(err, "prune outbox")
 	}
@@ -208,7 +209,8 @@ func (db *DB) OutboxPrune(ctx context.Context, before time.Time, limit int) (int
 		return n, false, nil
 	}
 	var more bool
-	err = db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+db.t("outbox")+" WHERE status = 2 AND status_ns < $1)", unixNano(before)).Scan(&more)
+	err = db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+db.t("outbox")+" WHERE status = 2 AND status_ns < $1 AND id < $2)",
+		unixNano(before), idFloor(before.Add(time.Millisecond))).Scan(&more)
 	return n, more, db.read(err, "prune outbox")
 }
 
@@ -217,68 +219,73 @@ func (db *DB) OutboxNotProducedSagas(ctx context.Context) ([]ulid.ULID, error) {
 	return db.queryIDs(ctx, "parked sagas of the outbox", "SELECT DISTINCT saga_id FROM "+db.t("outbox")+" WHERE status = 3")
 }
 
-// scanWindow bounds the new events one scan reads: the relay holds far
-// fewer than this at a time.
-const scanWindow = 100_000
+// scanPage is how many new events one query of a scan lists.
+const scanPage = 1024
 
 // scanChunk is how many events one read of a scan fetches.
 const scanChunk = 64
 
 // OutboxScanNew implements storage.OutboxStore. Events come in id order,
-// which is each saga's order. The committers assign ids in order and the
-// scan stops short of the lowest id of a batch still committing, so that
-// no event of this process commits after a scan with an id below what the
-// scan returned. Another process's events are not covered (the relay's
-// periodic rescan reads those). It reads ids first, then the events fn
-// asks for, a chunk at a time, so fn runs outside any query.
+// which is each saga's order. The committers assign ids in order, and the
+// scan stops short of the lowest id of a batch still committing (or above
+// the last one assigned), so that no event of this process commits after a
+// scan with an id below what the scan returned. Another process's events
+// are not covered: the relay's periodic rescan reads those. It lists a
+// page of ids at a time, then reads the events fn asks for, a chunk at a
+// time, so fn runs outside any query.
 func (db *DB) OutboxScanNew(ctx context.Context, after ulid.ULID, fn func(id, saga ulid.ULID, event func() (*storage.OutboxEvent, error)) bool) error {
-	horizon := db.ids.horizon() // before the query's snapshot
-	rows, err := db.pool.Query(ctx, "SELECT id, saga_id FROM "+db.t("outbox")+" WHERE status = 1 AND id > $1 AND id < $2 ORDER BY id LIMIT $3",
-		uuid(after), uuid(horizon), scanWindow)
-	if err != nil {
-		return db.read(err, "scan outbox")
-	}
+	horizon := db.ids.horizon() // before the queries' snapshots
 	type pair struct{ id, saga ulid.ULID }
-	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
-		var id, sid pgtype.UUID
-		err := row.Scan(&id, &sid)
-		return pair{id.Bytes, sid.Bytes}, err
-	})
-	if err != nil {
-		return db.read(err, "scan outbox")
-	}
 	cache := make(map[ulid.ULID]*storage.OutboxEvent)
-	for i, p := range list {
-		event := func() (*storage.OutboxEvent, error) {
-			if ev, ok := cache[p.id]; ok {
-				return ev, nil
-			}
-			chunk := make([]ulid.ULID, 0, scanChunk)
-			for _, q := range list[i:min(i+scanChunk, len(list))] {
-				chunk = append(chunk, q.id)
-			}
-			rows, err := db.pool.Query(ctx, "SELECT "+eventColumns+" FROM "+db.t("outbox")+" WHERE id = ANY($1)", uuids(chunk))
-			if err != nil {
-				return nil, db.read(err, "read outbox events")
-			}
-			evs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*storage.OutboxEvent, error) { return scanEvent(row) })
-			if err != nil {
-				return nil, db.read(err, "read outbox events")
-			}
-			clear(cache)
-			for _, ev := range evs {
-				cache[ev.ID] = ev
-			}
-			if ev, ok := cache[p.id]; ok {
-				return ev, nil
-			}
-			return nil, errors.Wrapf(storage.ErrEventNotFound, "postgres: outbox event %s", p.id)
+	for {
+		rows, err := db.pool.Query(ctx, "SELECT id, saga_id FROM "+db.t("outbox")+" WHERE status = 1 AND id > $1 AND id < $2 ORDER BY id LIMIT $3",
+			uuid(after), uuid(horizon), scanPage)
+		if err != nil {
+			return db.read(err, "scan outbox")
 		}
-		if !fn(p.id, p.saga, event) {
-			break
+		list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
+			var id, sid pgtype.UUID
+			err := row.Scan(&id, &sid)
+			return pair{id.Bytes, sid.Bytes}, err
+		})
+		if err != nil {
+			return db.read(err, "scan outbox")
 		}
+		for i, p := range list {
+			event := func() (*storage.OutboxEvent, error) {
+				if ev, ok := cache[p.id]; ok {
+					return ev, nil
+				}
+				chunk := make([]ulid.ULID, 0, scanChunk)
+				for _, q := range list[i:min(i+scanChunk, len(list))] {
+					chunk = append(chunk, q.id)
+				}
+				rows, err := db.pool.Query(ctx, "SELECT "+eventColumns+" FROM "+db.t("outbox")+" WHERE id = ANY($1)", uuids(chunk))
+				if err != nil {
+					return nil, db.read(err, "read outbox events")
+				}
+				evs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*storage.OutboxEvent, error) { return scanEvent(row) })
+				if err != nil {
+					return nil, db.read(err, "read outbox events")
+				}
+				clear(cache)
+				for _, ev := range evs {
+					cache[ev.ID] = ev
+				}
+				if ev, ok := cache[p.id]; ok {
+					return ev, nil
+				}
+				return nil, errors.Wrapf(storage.ErrEventNotFound, "postgres: outbox event %s", p.id)
+			}
+			if !fn(p.id, p.saga, event) {
+				return nil
+			}
+		}
+		if len(list) < scanPage {
+			return nil
+		}
+		after = list[len(list)-1].id
 	}
-	return nil
 }
 
 // OutboxMark implements storage.OutboxStore.
@@ -287,12 +294,12 @@ func (db *DB) OutboxMark(ctx context.Context, produced []ulid.ULID, failed []sto
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		if len(produced) > 0 {
-			b.Queue("UPDATE "+db.t("outbox")+" SET status = 2, status_ns = $2 WHERE id = ANY($1) AND status = 1", uuids(produced), unixNano(at))
+			b.Queue("UPDATE "+db.t("outbox")+" SET status = 2, status_ns = $2 WHERE id = ANY($1) AND status = 1", uuids(produced), instant(at))
 		}
 		for _, f := range failed {
 			b.Queue("UPDATE "+db.t("outbox")+" SET attempts = attempts + 1, last_error = $2,"+
 				" status = CASE WHEN $3 THEN 3 ELSE status END, status_ns = CASE WHEN $3 THEN $4 ELSE status_ns END"+
-				" WHERE id = $1 AND status = 1 RETURNING attempts", uuid(f.ID), f.Error, f.Final, unixNano(at))
+				" WHERE id = $1 AND status = 1 RETURNING attempts", uuid(f.ID), f.Error, f.Final, instant(at))
 		}
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()

@@ -40,7 +40,7 @@ func (db *DB) read(err error, format string, args ...any) error {
 
 // SagaCreate implements storage.SagaStore.
 func (db *DB) SagaCreate(ctx context.Context, t *storage.Transition) (ulid.ULID, error) {
-	r, err := encode(t, true)
+	r, err := db.encode(t, true)
 	if err != nil {
 		return ulid.ULID{}, err
 	}
@@ -65,12 +65,28 @@ func (db *DB) SagaCreate(ctx context.Context, t *storage.Transition) (ulid.ULID,
 }
 
 // SagaCommit implements storage.SagaStore.
-func (db *DB) SagaCommit(_ context.Context, t *storage.Transition) error {
-	r, err := encode(t, false)
+func (db *DB) SagaCommit(ctx context.Context, t *storage.Transition) error {
+	t.Aborted = false
+	r, err := db.encode(t, false)
 	if err != nil {
 		return err
 	}
-	return db.submit(r)
+	if err := db.submit(r); err != nil {
+		return err
+	}
+	if r.norow {
+		var owner *string
+		err := db.pool.QueryRow(ctx, "SELECT owner FROM "+db.t("sagas")+" WHERE id = $1", uuid(t.Saga.ID)).Scan(&owner)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return errors.Wrapf(storage.ErrNotFound, "saga %s", t.Saga.ID)
+		case err != nil:
+			return db.read(err, "saga %s", t.Saga.ID)
+		}
+		return errors.Wrapf(storage.ErrNotOwner, "postgres: saga %s", t.Saga.ID)
+	}
+	t.Aborted = r.aborted
+	return nil
 }
 
 func decodeSaga(id ulid.ULID, rec []byte) (*storage.Saga, error) {
@@ -211,7 +227,8 @@ func (db *DB) SagaFinishedBefore(ctx context.Context, st saga.Status, before tim
 		return nil, errors.Newf("postgres: unknown saga status %q", st)
 	}
 	return db.queryIDs(ctx, "finished sagas", "SELECT id FROM "+db.t("sagas")+
-		" WHERE status = $1 AND updated_ns < $2 ORDER BY id LIMIT $3", code, unixNano(before), orDefault(limit))
+		" WHERE status = $1 AND updated_ns < $2 AND id < $4 ORDER BY id LIMIT $3", code, unixNano(before), orDefault(limit),
+		idFloor(before.Add(time.Millisecond))) // made before it was last updated
 }
 
 // SagaDelete implements storage.SagaStore: its log and abort request go
@@ -232,7 +249,8 @@ func (db *DB) SagaDue(ctx context.Context, now time.Time, limit int, skip func(u
 	lastWake, lastID := int64(-1<<63), uuid(ulid.ULID{})
 	for {
 		rows, err := db.pool.Query(ctx, "SELECT id, wake_ns FROM "+db.t("sagas")+
-			" WHERE wake_ns IS NOT NULL AND wake_ns <= $1 AND (wake_ns, id) > ($2, $3) ORDER BY wake_ns, id LIMIT $4",
+			" WHERE wake_ns IS NOT NULL AND wake_ns <= $1 AND (wake_ns, id) > ($2, $3)"+
+			" AND (owner IS NULL OR lease_ns < "+dbNow+") ORDER BY wake_ns, id LIMIT $4",
 			cut, lastWake, lastID, limit)
 		if err != nil {
 			return nil, time.Time{}, db.read(err, "due sagas")
@@ -258,6 +276,13 @@ func (db *DB) SagaDue(ctx context.Context, now time.Time, limit int, skip func(u
 		if n < limit || len(due) >= limit {
 			break
 		}
+	}
+	if len(due) < limit {
+		orphans, err := db.orphans(ctx, limit-len(due), skip)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		due = append(due, orphans...)
 	}
 	var next *int64
 	err := db.pool.QueryRow(ctx, "SELECT min(wake_ns) FROM "+db.t("sagas")+" WHERE wake_ns > $1", cut).Scan(&next)
@@ -346,7 +371,7 @@ func (db *DB) AbortPut(ctx context.Context, id ulid.ULID, at time.Time, check fu
 			return nil
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO "+db.t("aborts")+" (saga_id, requested_ns) VALUES ($1, $2) ON CONFLICT (saga_id) DO UPDATE SET requested_ns = EXCLUDED.requested_ns",
-			uuid(id), unixNano(at))
+			uuid(id), instant(at))
 		if err != nil {
 			return err
 		}
@@ -372,7 +397,10 @@ func (db *DB) SagaCounts(ctx context.Context) (map[saga.Status]int, error) {
 	if err != nil {
 		return nil, db.read(err, "count sagas")
 	}
-	counts := make(map[saga.Status]int)
+	counts := make(map[saga.Status]int, len(statusCodes))
+	for st := range statusCodes {
+		counts[st] = 0
+	}
 	var code int16
 	var n int64
 	_, err = pgx.ForEachRow(rows, []any{&code, &n}, func() error { counts[statusOf[code]] = int(n); return nil })

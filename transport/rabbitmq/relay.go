@@ -249,11 +249,33 @@ func (g *connGuard) release() {
 // stopped reading the connection (a memory or disk alarm): the connection is
 // then closed hard, and what was not confirmed stays new. It returns an error
 // only if the database fails.
+//
+// Where several processes share the store, one relay publishes at a time:
+// Run waits until its process leads the outbox (storage.OutboxStore's
+// OutboxLead), publishes while it leads, and waits again when the lead is
+// lost.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer r.running.Store(false)
+	for {
+		lead, err := r.db.OutboxLead(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return errors.Wrap(err, "rabbitmq: lead the outbox")
+		}
+		if err := r.run(lead); err != nil || ctx.Err() != nil {
+			return err
+		}
+		r.log.Warn("relay lost the outbox's lead; it publishes again once it leads")
+	}
+}
+
+// run publishes events until ctx ends (see Run).
+func (r *Relay) run(ctx context.Context) error {
 	st := &state{items: make(map[ulid.ULID]*item), sagas: make(map[ulid.ULID]*sagaQueue), parked: make(map[ulid.ULID]bool)}
 	st.requeues = r.db.OutboxRequeues()
 	if err := r.loadParked(st); err != nil {

@@ -1,0 +1,219 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sagad/sagad/storage"
+)
+
+// Claims (see storage.SagaStore): a saga row names its driver (owner) and
+// how long the claim lasts (lease_ns, in PostgreSQL's clock, so that the
+// processes' clocks do not matter). Each new claim raises the row's epoch,
+// and a process writes only with the epoch it claimed: one whose lease
+// lapsed, and whose saga another process took, writes nothing more.
+
+// dbNow is PostgreSQL's clock in unix nanoseconds.
+const dbNow = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
+
+// claimed returns the epoch this process holds the saga with (0: none).
+func (db *DB) claimed(id ulid.ULID) int64 {
+	db.claimsMu.Lock()
+	defer db.claimsMu.Unlock()
+	return db.claims[id]
+}
+
+// setClaim records the outcome of a write: held with epoch, or let go
+// (epoch 0).
+func (db *DB) setClaim(id ulid.ULID, epoch int64) {
+	db.claimsMu.Lock()
+	defer db.claimsMu.Unlock()
+	if epoch == 0 {
+		delete(db.claims, id)
+	} else {
+		db.claims[id] = epoch
+	}
+}
+
+// releases reports whether a record as committed needs no driver: the
+// commit lets go of its claim.
+func releases(s *storage.Saga) bool {
+	return s.Status.Finished() || !s.WakeAt.IsZero() || s.Parked != ""
+}
+
+// SagaClaim implements storage.SagaStore.
+func (db *DB) SagaClaim(ctx context.Context, id ulid.ULID) (*storage.Saga, bool, error) {
+	var rec []byte
+	var epoch int64
+	var aborted bool
+	err := db.pool.QueryRow(ctx, "UPDATE "+db.t("sagas")+" SET owner = $2, lease_ns = "+dbNow+" + $3,"+
+		" epoch = CASE WHEN owner IS NOT DISTINCT FROM $2 AND epoch > 0 THEN epoch ELSE epoch + 1 END"+
+		" WHERE id = $1 AND status IN (1, 2) AND (owner IS NULL OR owner = $2 OR lease_ns < "+dbNow+")"+
+		" RETURNING record, epoch, EXISTS (SELECT 1 FROM "+db.t("aborts")+" WHERE saga_id = $1)",
+		uuid(id), db.node, db.ttl.Nanoseconds()).Scan(&rec, &epoch, &aborted)
+	if err == nil {
+		db.setClaim(id, epoch)
+		s, err := decodeSaga(id, rec)
+		return s, aborted, err
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, db.read(err, "saga %s: claim", id)
+	}
+	// Finished (no driver needed: its record is the answer), held by
+	// another process, or missing.
+	var code int16
+	err = db.pool.QueryRow(ctx, "SELECT record, status, EXISTS (SELECT 1 FROM "+db.t("aborts")+" WHERE saga_id = $1) FROM "+
+		db.t("sagas")+" WHERE id = $1", uuid(id)).Scan(&rec, &code, &aborted)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, false, errors.Wrapf(storage.ErrNotFound, "saga %s", id)
+	case err != nil:
+		return nil, false, db.read(err, "saga %s: claim", id)
+	case code == 1 || code == 2:
+		db.setClaim(id, 0)
+		return nil, false, errors.Wrapf(storage.ErrClaimed, "saga %s", id)
+	}
+	s, err := decodeSaga(id, rec)
+	return s, aborted, err
+}
+
+// SagaRelease implements storage.SagaStore.
+func (db *DB) SagaRelease(ctx context.Context, id ulid.ULID) error {
+	epoch := db.claimed(id)
+	if epoch == 0 {
+		return nil
+	}
+	db.setClaim(id, 0)
+	_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL, lease_ns = NULL WHERE id = $1 AND owner = $2 AND epoch = $3",
+		uuid(id), db.node, epoch)
+	return db.read(err, "saga %s: release", id)
+}
+
+// SagaWake implements storage.SagaStore: the channel closes when another
+// process notifies the schema, and every PollInterval.
+func (db *DB) SagaWake() <-chan struct{} {
+	db.wakeMu.Lock()
+	defer db.wakeMu.Unlock()
+	return db.sagaWake
+}
+
+// renew extends this process's leases every third of their length. A
+// renewal that fails is tried again at the next tick; a process that
+// cannot renew for a whole lease loses its sagas to the others, and its
+// later writes fail (ErrNotOwner).
+func (db *DB) renew() {
+	defer db.bg.Done()
+	tick := time.NewTicker(db.ttl / 3)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-db.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(db.ctx, db.ttl/3)
+		_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET lease_ns = "+dbNow+" + $2 WHERE owner = $1", db.node, db.ttl.Nanoseconds())
+		cancel()
+		switch {
+		case err != nil && db.ctx.Err() == nil && !failing:
+			failing = true
+			db.log.Warn("postgres: cannot renew this process's claims; other processes take its sagas over once they lapse", "node", db.node, "err", err)
+		case err == nil && failing:
+			failing = false
+			db.log.Info("postgres: claims renewed again", "node", db.node)
+		}
+	}
+}
+
+// releaseAll lets go of every claim at Close, so that other processes take
+// the sagas over at once rather than when the leases lapse.
+func (db *DB) releaseAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL, lease_ns = NULL WHERE owner = $1", db.node); err != nil {
+		db.log.Debug("postgres: release claims at close", "err", err)
+	}
+	db.claimsMu.Lock()
+	clear(db.claims)
+	db.claimsMu.Unlock()
+}
+
+// orphans returns unfinished sagas whose driver's claim lapsed.
+func (db *DB) orphans(ctx context.Context, limit int, skip func(ulid.ULID) bool) ([]ulid.ULID, error) {
+	rows, err := db.pool.Query(ctx, "SELECT id FROM "+db.t("sagas")+" WHERE status IN (1, 2) AND wake_ns IS NULL AND owner IS NOT NULL AND lease_ns < "+
+		dbNow+" ORDER BY lease_ns LIMIT $1", limit)
+	if err != nil {
+		return nil, db.read(err, "orphaned sagas")
+	}
+	var out []ulid.ULID
+	var id pgtype.UUID
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		if skip == nil || !skip(id.Bytes) {
+			out = append(out, id.Bytes)
+		}
+		return nil
+	})
+	return out, db.read(err, "orphaned sagas")
+}
+
+// OutboxLead implements storage.OutboxStore: the lead is a session-level
+// advisory lock on the schema's outbox, held on a connection of its own,
+// which the store checks every PollInterval. When that connection is lost,
+// PostgreSQL lets go of the lock (another process may take it), and the
+// returned context ends.
+func (db *DB) OutboxLead(ctx context.Context) (context.Context, error) {
+	key := lockKey("relay:" + db.schema)
+	for {
+		conn, err := pgx.ConnectConfig(ctx, db.connCfg.Copy())
+		if err == nil {
+			if _, err = conn.Exec(ctx, "SELECT pg_advisory_lock($1)", key); err == nil {
+				lead, cancel := context.WithCancel(ctx)
+				db.bg.Add(1)
+				go db.holdLead(lead, cancel, conn)
+				return lead, nil
+			}
+			_ = conn.Close(context.WithoutCancel(ctx))
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		db.log.Warn("postgres: cannot ask for the outbox's lead; asking again", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(db.poll): // an in-process pause: the wall clock's
+		}
+	}
+}
+
+// holdLead checks the lead's connection until lead ends or the connection
+// is lost, then lets go.
+func (db *DB) holdLead(lead context.Context, cancel context.CancelFunc, conn *pgx.Conn) {
+	defer db.bg.Done()
+	defer cancel()
+	defer func() { _ = conn.Close(context.Background()) }() // closing the session releases the lock
+	tick := time.NewTicker(db.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-lead.Done():
+			return
+		case <-db.ctx.Done(): // the store closes
+			return
+		case <-tick.C:
+		}
+		ctx, stop := context.WithTimeout(lead, max(db.poll, time.Second))
+		err := conn.Ping(ctx)
+		stop()
+		if err != nil && lead.Err() == nil {
+			db.log.Warn("postgres: lost the connection that holds the outbox's lead; the relay stops until it leads again", "err", err)
+			return
+		}
+	}
+}
