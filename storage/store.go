@@ -93,8 +93,10 @@ type OutboxStore interface {
 	// inside the store's read: it must be quick.
 	// Ids must grow in commit order (the bbolt backend assigns them in its
 	// single writer): an event committed after a scan must not sort before
-	// what the scan saw. A backend that cannot promise that (concurrent
-	// transactions) must make the relay rescan; it does every 5s anyway.
+	// what the scan saw. A backend that cannot promise that (several
+	// processes write it) returns every new event, whatever after is, in an
+	// order that keeps each saga's events in the order they were written;
+	// the relay skips the events it holds.
 	OutboxScanNew(ctx context.Context, after ulid.ULID, fn func(id, saga ulid.ULID, event func() (*OutboxEvent, error)) bool) error
 	// OutboxMark records the relay's outcomes in one transaction: events
 	// produced, and failed attempts. It returns each failed event's

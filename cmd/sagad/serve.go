@@ -232,6 +232,13 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 		log.Info("definitions loaded from directory", "dir", cfg.definitions, "count", k)
 	}
 	log.Info("stored definitions registered", "versions", n)
+	if eng.Store().SagaWake() != nil {
+		// Other nodes share the store: what they put, this one registers
+		// too, before it drives a saga of it.
+		syncCtx, stopSync := context.WithCancel(ctx)
+		defer stopSync()
+		go syncDefinitions(syncCtx, defs, log)
+	}
 
 	var relay *rabbitmq.Relay
 	if cfg.amqpURL != "" {
@@ -380,5 +387,26 @@ func participantClient(concurrency int) *http.Client {
 		// A redirect can turn a POST into a GET without its body: the
 		// participant's URL must be the final one.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// definitionSync is how often a node on a shared store registers the
+// definitions other nodes stored.
+const definitionSync = time.Second
+
+// syncDefinitions registers, every definitionSync until ctx ends, the
+// definition versions other nodes stored.
+func syncDefinitions(ctx context.Context, defs *httpapi.Definitions, log *slog.Logger) {
+	tick := time.NewTicker(definitionSync)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := defs.Load(); err != nil && !errors.Is(err, httpapi.ErrDefinitionSkipped) {
+			log.Warn("stored definitions not read; trying again", "err", err)
+		}
 	}
 }

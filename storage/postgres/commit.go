@@ -175,55 +175,27 @@ func (db *DB) submit(r *request) error {
 	return r.err
 }
 
-// eventIDs assigns outbox ids, in increasing order, to the events of the
-// batches the committers send, and keeps the first id of each batch until
-// it has committed: no event of this process below the lowest of those
-// (the horizon) can commit later.
+// eventIDs assigns outbox ids (the messages' ids), in increasing order
+// within this process.
 type eventIDs struct {
-	mu       sync.Mutex
-	entropy  *ulid.MonotonicEntropy
-	last     ulid.ULID
-	inflight []ulid.ULID // first ids of the batches committing
+	mu      sync.Mutex
+	entropy *ulid.MonotonicEntropy
+	last    ulid.ULID
 }
 
-// maxID is above every id.
-var maxID = ulid.ULID{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
-// after returns the id just above id (maxID stays).
-func after(id ulid.ULID) ulid.ULID {
-	for i := len(id) - 1; i >= 0; i-- {
-		if id[i] != 0xff {
-			id[i]++
-			return id
-		}
-		id[i] = 0
-	}
-	return maxID
-}
-
-// assign gives the batch's events their ids and returns the first (zero:
-// the batch has none); pass it to done once the batch has committed.
-func (g *eventIDs) assign(now time.Time, batch []*request) ulid.ULID {
+// assign gives the batch's events their ids.
+func (g *eventIDs) assign(now time.Time, batch []*request) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var first ulid.ULID
 	for _, r := range batch {
 		if r.events == 0 {
 			continue
 		}
 		ids := r.args[12].([]pgtype.UUID)
 		for i := range ids {
-			id := g.next(now)
-			if first == (ulid.ULID{}) {
-				first = id
-			}
-			ids[i] = pgtype.UUID{Bytes: id, Valid: true}
+			ids[i] = pgtype.UUID{Bytes: g.next(now), Valid: true}
 		}
 	}
-	if first != (ulid.ULID{}) {
-		g.inflight = append(g.inflight, first)
-	}
-	return first
 }
 
 func (g *eventIDs) next(now time.Time) ulid.ULID {
@@ -240,36 +212,6 @@ func (g *eventIDs) next(now time.Time) ulid.ULID {
 	}
 	g.last = id
 	return id
-}
-
-// done forgets a committed batch.
-func (g *eventIDs) done(first ulid.ULID) {
-	if first == (ulid.ULID{}) {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for i, id := range g.inflight {
-		if id == first {
-			g.inflight = append(g.inflight[:i], g.inflight[i+1:]...)
-			return
-		}
-	}
-}
-
-// horizon is the lowest id still committing, or, when none is, the id
-// above the last assigned: a batch assigned after this call gets higher
-// ids, and may commit before an earlier one it overtook.
-func (g *eventIDs) horizon() ulid.ULID {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	h := after(g.last)
-	for _, id := range g.inflight {
-		if id.Compare(h) < 0 {
-			h = id
-		}
-	}
-	return h
 }
 
 // committer commits queued transitions: everything queued while the
@@ -304,7 +246,7 @@ func (db *DB) committer() {
 // what was stored.
 func (db *DB) commit(batch []*request) {
 	t0 := time.Now()
-	first := db.ids.assign(db.clock.Now(), batch)
+	db.ids.assign(db.clock.Now(), batch)
 	err := db.send(batch)
 	var refused *pgconn.PgError
 	if err != nil && len(batch) > 1 && errors.As(err, &refused) {
@@ -316,7 +258,6 @@ func (db *DB) commit(batch []*request) {
 			r.err = err
 		}
 	}
-	db.ids.done(first) // before anyone hears of the commit: a scan may read it
 	db.commits.Add(1)
 	db.writes.Add(int64(len(batch)))
 	db.commitNanos.Add(int64(time.Since(t0)))

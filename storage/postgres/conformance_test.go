@@ -24,7 +24,8 @@ func open(t *testing.T, url, schema string) *postgres.DB {
 func TestConformance(t *testing.T) {
 	url := pgtest.URL(t)
 	storagetest.Run(t, storagetest.Harness{
-		Open: func(t *testing.T) storage.Store { return open(t, url, pgtest.Schema(t, url)) },
+		ScanAll: true,
+		Open:    func(t *testing.T) storage.Store { return open(t, url, pgtest.Schema(t, url)) },
 		Reopen: func(t *testing.T, s storage.Store) storage.Store {
 			db := s.(*postgres.DB)
 			if err := db.Close(); err != nil {

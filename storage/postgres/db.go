@@ -332,7 +332,8 @@ func instant(t time.Time) int64 {
 func idFloor(t time.Time) pgtype.UUID {
 	var id ulid.ULID
 	if err := id.SetTime(ulid.Timestamp(t)); err != nil {
-		return uuid(maxID) // past ULIDs' range: every id is below
+		// Past ULIDs' range: every id is below the highest.
+		return uuid(ulid.ULID{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	}
 	return uuid(id)
 }

@@ -225,28 +225,32 @@ const scanPage = 1024
 // scanChunk is how many events one read of a scan fetches.
 const scanChunk = 64
 
-// OutboxScanNew implements storage.OutboxStore. Events come in id order,
-// which is each saga's order. The committers assign ids in order, and the
-// scan stops short of the lowest id of a batch still committing (or above
-// the last one assigned), so that no event of this process commits after a
-// scan with an id below what the scan returned. Another process's events
-// are not covered: the relay's periodic rescan reads those. It lists a
-// page of ids at a time, then reads the events fn asks for, a chunk at a
-// time, so fn runs outside any query.
-func (db *DB) OutboxScanNew(ctx context.Context, after ulid.ULID, fn func(id, saga ulid.ULID, event func() (*storage.OutboxEvent, error)) bool) error {
-	horizon := db.ids.horizon() // before the queries' snapshots
-	type pair struct{ id, saga ulid.ULID }
+// OutboxScanNew implements storage.OutboxStore. Several processes write
+// the outbox, each with its own clock and in its own transactions, so ids
+// follow neither commit order nor one saga's order: the scan returns every
+// new event, whatever after is, in the order they were written (seq), which
+// keeps each saga's events in order (its next transition is written only
+// once the previous one committed). The relay skips the events it holds.
+// It lists a page of events at a time, then reads those fn asks for, a
+// chunk at a time, so fn runs outside any query.
+func (db *DB) OutboxScanNew(ctx context.Context, _ ulid.ULID, fn func(id, saga ulid.ULID, event func() (*storage.OutboxEvent, error)) bool) error {
+	type pair struct {
+		id, saga ulid.ULID
+		seq      int64
+	}
 	cache := make(map[ulid.ULID]*storage.OutboxEvent)
+	var from int64
 	for {
-		rows, err := db.pool.Query(ctx, "SELECT id, saga_id FROM "+db.t("outbox")+" WHERE status = 1 AND id > $1 AND id < $2 ORDER BY id LIMIT $3",
-			uuid(after), uuid(horizon), scanPage)
+		rows, err := db.pool.Query(ctx, "SELECT id, saga_id, seq FROM "+db.t("outbox")+" WHERE status = 1 AND seq > $1 ORDER BY seq LIMIT $2",
+			from, scanPage)
 		if err != nil {
 			return db.read(err, "scan outbox")
 		}
 		list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
 			var id, sid pgtype.UUID
-			err := row.Scan(&id, &sid)
-			return pair{id.Bytes, sid.Bytes}, err
+			var seq int64
+			err := row.Scan(&id, &sid, &seq)
+			return pair{id.Bytes, sid.Bytes, seq}, err
 		})
 		if err != nil {
 			return db.read(err, "scan outbox")
@@ -284,7 +288,7 @@ func (db *DB) OutboxScanNew(ctx context.Context, after ulid.ULID, fn func(id, sa
 		if len(list) < scanPage {
 			return nil
 		}
-		after = list[len(list)-1].id
+		from = list[len(list)-1].seq
 	}
 }
 
