@@ -121,7 +121,8 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 		if rs != nil {
 			rs.loaded.Done()
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, storage.ErrCorrupt):
 			// An unreadable record must not take the engine down or be
 			// dispatched in a loop: set it aside until a restart.
 			e.mu.Lock()
@@ -129,6 +130,12 @@ func (e *Engine) dispatch(ctx context.Context, id ulid.ULID, rs *recoveryStats) 
 			e.mu.Unlock()
 			e.log.Error("saga cannot be loaded; it is set aside until a restart (run 'sagad check')",
 				"saga", id.String(), "err", err)
+		case errors.Is(err, storage.ErrNotFound):
+			// Deleted meanwhile (pruned): nothing to drive.
+		case err != nil:
+			// The store did not answer (a lost connection): load it
+			// again after a pause, as after a failed commit.
+			e.loadFailed(d, err)
 		}
 		if !ok {
 			e.release(d)
@@ -253,6 +260,27 @@ func (e *Engine) commitFailed(d *driver, err error) {
 		e.log.Debug("saga transition not committed again", "saga", id.String(), "failures", n, "err", err)
 	}
 	d.rec = &storage.Saga{ID: id} // what was not committed must not be used
+	d.reload = true
+}
+
+// loadFailed handles a saga the store could not read for a reason other
+// than damage (it did not answer): the saga is loaded again after a pause,
+// as after a failed commit. The caller still releases the driver, once.
+func (e *Engine) loadFailed(d *driver, err error) {
+	id := d.rec.ID
+	e.mu.Lock()
+	n := e.failing[id] + 1
+	e.failing[id] = n
+	if n == 1 {
+		e.nfailing.Add(1)
+	}
+	e.mu.Unlock()
+	if n == 1 {
+		e.log.Error("saga not loaded; trying again until the store answers", "saga", id.String(), "err", err)
+	} else {
+		e.log.Debug("saga not loaded again", "saga", id.String(), "failures", n, "err", err)
+	}
+	d.rec = &storage.Saga{ID: id}
 	d.reload = true
 }
 

@@ -91,8 +91,10 @@ type Transition struct {
 	Events []OutboxEvent
 	// ClearAbort deletes the saga's abort request: the change acted on it.
 	ClearAbort bool
-	// Aborted is set by SagaCommit: an abort request is stored for the
-	// saga (one another process wrote reaches the driver so).
+	// Aborted is set by SagaCommit: an abort request another process wrote
+	// is stored for the saga, and reaches its driver so. A store that one
+	// process uses leaves it false: that process's requests reach its
+	// drivers directly.
 	Aborted bool
 }
 

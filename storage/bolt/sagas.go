@@ -89,22 +89,15 @@ func (db *DB) SagaCreate(_ context.Context, t *storage.Transition) (existing uli
 }
 
 // SagaCommit implements SagaStore. One process uses the file: every
-// commit is its own.
+// commit is its own, and no other process writes abort requests
+// (t.Aborted stays false; the engine's own reach its driver directly).
 func (db *DB) SagaCommit(_ context.Context, t *storage.Transition) error {
+	t.Aborted = false
 	e, err := db.encode(t)
 	if err != nil {
 		return err
 	}
-	aborted := false
-	err = db.Update(func(tx *Tx) error {
-		if err := e.put(tx); err != nil {
-			return err
-		}
-		aborted = tx.AbortGet(e.saga.ID)
-		return nil
-	})
-	t.Aborted = err == nil && aborted
-	return err
+	return db.Update(e.put)
 }
 
 // SagaClaim implements SagaStore: one process uses the file, so every
