@@ -12,14 +12,22 @@ import (
 	"github.com/sagad/sagad/storage"
 )
 
-// Claims (see storage.SagaStore): a saga row names its driver (owner) and
-// how long the claim lasts (lease_ns, in PostgreSQL's clock, so that the
-// processes' clocks do not matter). Each new claim raises the row's epoch,
-// and a process writes only with the epoch it claimed: one whose lease
-// lapsed, and whose saga another process took, writes nothing more.
+// Claims (see storage.SagaStore): a saga row names its driver (owner), a
+// node that lives while its row in nodes has a lease (lease_ns, on
+// PostgreSQL's clock, so that the nodes' clocks do not matter) that has not
+// lapsed. A node renews its lease every third of its length: one write per
+// node, whatever number of sagas it drives. Each new claim raises the
+// saga's epoch, and a node writes only with the epoch it claimed: one whose
+// saga another node took writes nothing more to it.
 
 // dbNow is PostgreSQL's clock in unix nanoseconds.
 const dbNow = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
+
+// ownerDead is SQL that holds when the node in column col (a saga's owner)
+// has no live lease.
+func ownerDead(schema, col string) string {
+	return "NOT EXISTS (SELECT 1 FROM " + schema + ".nodes n WHERE n.node = " + col + " AND n.lease_ns >= " + dbNow + ")"
+}
 
 // claimed returns the epoch this process holds the saga with (0: none).
 func (db *DB) claimed(id ulid.ULID) int64 {
@@ -51,11 +59,11 @@ func (db *DB) SagaClaim(ctx context.Context, id ulid.ULID) (*storage.Saga, bool,
 	var rec []byte
 	var epoch int64
 	var aborted bool
-	err := db.pool.QueryRow(ctx, "UPDATE "+db.t("sagas")+" SET owner = $2, lease_ns = "+dbNow+" + $3,"+
-		" epoch = CASE WHEN owner IS NOT DISTINCT FROM $2 AND epoch > 0 THEN epoch ELSE epoch + 1 END"+
-		" WHERE id = $1 AND status IN (1, 2) AND (owner IS NULL OR owner = $2 OR lease_ns < "+dbNow+")"+
-		" RETURNING record, epoch, EXISTS (SELECT 1 FROM "+db.t("aborts")+" WHERE saga_id = $1)",
-		uuid(id), db.node, db.ttl.Nanoseconds()).Scan(&rec, &epoch, &aborted)
+	err := db.pool.QueryRow(ctx, "UPDATE "+db.t("sagas")+" AS t SET owner = $2,"+
+		" epoch = CASE WHEN t.owner IS NOT DISTINCT FROM $2 AND t.epoch > 0 THEN t.epoch ELSE t.epoch + 1 END"+
+		" WHERE t.id = $1 AND t.status IN (1, 2) AND (t.owner IS NULL OR t.owner = $2 OR "+ownerDead(quote(db.schema), "t.owner")+")"+
+		" RETURNING t.record, t.epoch, EXISTS (SELECT 1 FROM "+db.t("aborts")+" WHERE saga_id = $1)",
+		uuid(id), db.node).Scan(&rec, &epoch, &aborted)
 	if err == nil {
 		db.setClaim(id, epoch)
 		s, err := decodeSaga(id, rec)
@@ -89,7 +97,7 @@ func (db *DB) SagaRelease(ctx context.Context, id ulid.ULID) error {
 		return nil
 	}
 	db.setClaim(id, 0)
-	_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL, lease_ns = NULL WHERE id = $1 AND owner = $2 AND epoch = $3",
+	_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL WHERE id = $1 AND owner = $2 AND epoch = $3",
 		uuid(id), db.node, epoch)
 	return db.read(err, "saga %s: release", id)
 }
@@ -102,10 +110,17 @@ func (db *DB) SagaWake() <-chan struct{} {
 	return db.sagaWake
 }
 
-// renew extends this process's leases every third of their length. A
-// renewal that fails is tried again at the next tick; a process that
-// cannot renew for a whole lease loses its sagas to the others, and its
-// later writes fail (ErrNotOwner).
+// heartbeat writes this node's lease.
+func (db *DB) heartbeat(ctx context.Context) error {
+	_, err := db.pool.Exec(ctx, "INSERT INTO "+db.t("nodes")+" (node, lease_ns) VALUES ($1, "+dbNow+" + $2)"+
+		" ON CONFLICT (node) DO UPDATE SET lease_ns = EXCLUDED.lease_ns", db.node, db.ttl.Nanoseconds())
+	return err
+}
+
+// renew extends this node's lease every third of its length. A renewal
+// that fails is tried again at the next tick; a node that cannot renew for
+// a whole lease is dead to the others, which take its sagas over, and its
+// later writes to them fail (ErrNotOwner).
 func (db *DB) renew() {
 	defer db.bg.Done()
 	tick := time.NewTicker(db.ttl / 3)
@@ -118,15 +133,15 @@ func (db *DB) renew() {
 		case <-tick.C:
 		}
 		ctx, cancel := context.WithTimeout(db.ctx, db.ttl/3)
-		_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET lease_ns = "+dbNow+" + $2 WHERE owner = $1", db.node, db.ttl.Nanoseconds())
+		err := db.heartbeat(ctx)
 		cancel()
 		switch {
 		case err != nil && db.ctx.Err() == nil && !failing:
 			failing = true
-			db.log.Warn("postgres: cannot renew this process's claims; other processes take its sagas over once they lapse", "node", db.node, "err", err)
+			db.log.Warn("postgres: cannot renew this node's lease; other nodes take its sagas over once it lapses", "node", db.node, "err", err)
 		case err == nil && failing:
 			failing = false
-			db.log.Info("postgres: claims renewed again", "node", db.node)
+			db.log.Info("postgres: lease renewed again", "node", db.node)
 		}
 	}
 }
@@ -136,8 +151,11 @@ func (db *DB) renew() {
 func (db *DB) releaseAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL, lease_ns = NULL WHERE owner = $1", db.node); err != nil {
+	if _, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL WHERE owner = $1 AND status IN (1, 2)", db.node); err != nil {
 		db.log.Debug("postgres: release claims at close", "err", err)
+	}
+	if _, err := db.pool.Exec(ctx, "DELETE FROM "+db.t("nodes")+" WHERE node = $1", db.node); err != nil {
+		db.log.Debug("postgres: remove the node's lease at close", "err", err)
 	}
 	db.claimsMu.Lock()
 	clear(db.claims)
@@ -146,8 +164,8 @@ func (db *DB) releaseAll() {
 
 // orphans returns unfinished sagas whose driver's claim lapsed.
 func (db *DB) orphans(ctx context.Context, limit int, skip func(ulid.ULID) bool) ([]ulid.ULID, error) {
-	rows, err := db.pool.Query(ctx, "SELECT id FROM "+db.t("sagas")+" WHERE status IN (1, 2) AND wake_ns IS NULL AND owner IS NOT NULL AND lease_ns < "+
-		dbNow+" ORDER BY lease_ns LIMIT $1", limit)
+	rows, err := db.pool.Query(ctx, "SELECT id FROM "+db.t("sagas")+" WHERE status IN (1, 2) AND wake_ns IS NULL AND owner IS NOT NULL AND "+
+		ownerDead(quote(db.schema), "owner")+" ORDER BY id LIMIT $1", limit)
 	if err != nil {
 		return nil, db.read(err, "orphaned sagas")
 	}

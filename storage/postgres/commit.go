@@ -32,27 +32,25 @@ type statements struct {
 //
 // Parameters beyond the row's: $23 the commit lets go of the claim, $24
 // this process's name, $25 the epoch it holds the saga with (0: none; the
-// commit then claims a saga no live process holds), $26 the lease in ns.
+// commit then claims a saga no live process holds).
 func transitionSQL(s string, create bool) string {
 	var b strings.Builder
 	if create {
 		b.WriteString(`WITH s AS (
-	INSERT INTO ` + s + `.sagas (id, definition, fingerprint, status, wake_ns, idempotency_key, parked, updated_ns, log_seq, record, owner, epoch, lease_ns)
-	SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $23 THEN NULL ELSE $24::text END, 1,
-		CASE WHEN $23 THEN NULL ELSE ` + dbNow + ` + $26 END
+	INSERT INTO ` + s + `.sagas (id, definition, fingerprint, status, wake_ns, idempotency_key, parked, updated_ns, log_seq, record, owner, epoch)
+	SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $23 THEN NULL ELSE $24::text END, 1
 	WHERE $25::bigint IS NOT NULL -- a new saga has no earlier claim: $25 is only typed
 	ON CONFLICT DO NOTHING`)
 	} else {
 		// A saga's definition and idempotency key never change: a
 		// transition that says otherwise writes nothing.
 		b.WriteString(`WITH s AS (
-	UPDATE ` + s + `.sagas SET fingerprint = $3, status = $4, wake_ns = $5, parked = $7, updated_ns = $8, log_seq = $9, record = $10,
+	UPDATE ` + s + `.sagas AS t SET fingerprint = $3, status = $4, wake_ns = $5, parked = $7, updated_ns = $8, log_seq = $9, record = $10,
 		owner = CASE WHEN $23 THEN NULL ELSE $24::text END,
-		lease_ns = CASE WHEN $23 THEN NULL ELSE ` + dbNow + ` + $26 END,
-		epoch = CASE WHEN $25 = 0 AND owner IS DISTINCT FROM $24::text THEN epoch + 1 ELSE epoch END
-	WHERE id = $1 AND definition = $2 AND idempotency_key IS NOT DISTINCT FROM $6::text
-		AND CASE WHEN $25 > 0 THEN owner = $24::text AND epoch = $25
-			ELSE owner IS NULL OR owner = $24::text OR lease_ns < ` + dbNow + ` END`)
+		epoch = CASE WHEN $25 = 0 AND t.owner IS DISTINCT FROM $24::text THEN t.epoch + 1 ELSE t.epoch END
+	WHERE t.id = $1 AND t.definition = $2 AND t.idempotency_key IS NOT DISTINCT FROM $6::text
+		AND CASE WHEN $25 > 0 THEN t.owner = $24::text AND t.epoch = $25
+			ELSE t.owner IS NULL OR t.owner = $24::text OR ` + ownerDead(s, "t.owner") + ` END`)
 	}
 	b.WriteString(`
 	RETURNING id, epoch
@@ -157,7 +155,7 @@ func (db *DB) encode(t *storage.Transition, create bool) (*request, error) {
 		seqs, entries,
 		ids, defs, stepNames, names, exchanges, keys, headers, payloads, created,
 		t.ClearAbort,
-		releases(s), db.node, db.claimed(s.ID), db.ttl.Nanoseconds(),
+		releases(s), db.node, db.claimed(s.ID),
 	}
 	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, release: releases(s), done: make(chan struct{})}, nil
 }
@@ -289,10 +287,10 @@ func (db *DB) send(reqs []*request) error {
 			q = db.sql.create
 		}
 		b.Queue(q, r.args...)
-		notify = notify || r.events > 0 || r.create
+		notify = notify || r.events > 0
 	}
 	if notify {
-		b.Queue("SELECT pg_notify($1, 'sagas')", db.channel)
+		b.Queue("SELECT pg_notify($1, 'outbox')", db.channel)
 	}
 	ctx, cancel := context.WithTimeout(db.ctx, 30*time.Second)
 	defer cancel()
@@ -400,7 +398,7 @@ func (db *DB) readRequeues(ctx context.Context) error {
 // (its connection dropped, or the process missed it while reconnecting).
 func (db *DB) listen(cfg *pgx.ConnConfig) {
 	defer db.bg.Done()
-	notes := make(chan struct{}, 1)
+	notes := make(chan string, 16)
 	db.bg.Add(1)
 	go func() {
 		defer db.bg.Done()
@@ -420,19 +418,28 @@ func (db *DB) listen(cfg *pgx.ConnConfig) {
 	tick := time.NewTicker(db.poll)
 	defer tick.Stop()
 	for {
+		requeue, sagas := false, false
 		select {
 		case <-db.ctx.Done():
 			return
-		case <-notes:
+		case note := <-notes:
+			// "outbox": events were written; "requeue": an operator
+			// re-queued or discarded some.
+			requeue = note == "requeue"
 		case <-tick.C:
+			requeue, sagas = true, true
 		}
-		ctx, cancel := context.WithTimeout(db.ctx, 5*time.Second)
-		if err := db.readRequeues(ctx); err != nil && db.ctx.Err() == nil {
-			db.log.Debug("postgres: poll", "err", err)
+		if requeue {
+			ctx, cancel := context.WithTimeout(db.ctx, 5*time.Second)
+			if err := db.readRequeues(ctx); err != nil && db.ctx.Err() == nil {
+				db.log.Debug("postgres: poll", "err", err)
+			}
+			cancel()
 		}
-		cancel()
 		db.wakeUp()
-		db.wakeSagas()
+		if sagas {
+			db.wakeSagas()
+		}
 	}
 }
 
@@ -444,7 +451,7 @@ func (db *DB) wakeSagas() {
 	db.wakeMu.Unlock()
 }
 
-func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- struct{}) error {
+func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- string) error {
 	conn, err := pgx.ConnectConfig(db.ctx, cfg)
 	if err != nil {
 		return err
@@ -454,12 +461,13 @@ func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- struct{}) error {
 		return err
 	}
 	for {
-		if _, err := conn.WaitForNotification(db.ctx); err != nil {
+		n, err := conn.WaitForNotification(db.ctx)
+		if err != nil {
 			return err
 		}
 		select {
-		case notes <- struct{}{}:
-		default:
+		case notes <- n.Payload:
+		default: // the poll catches what is dropped
 		}
 	}
 }

@@ -184,6 +184,10 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 		cancel()
 		return fail(err)
 	}
+	if err := db.heartbeat(ctx); err != nil {
+		cancel()
+		return fail(errors.Wrap(err, "postgres: write this node's lease"))
+	}
 	// Event ids go on from the highest stored one, even with a clock that
 	// went back: a saga's later event never sorts before its earlier one.
 	var top pgtype.UUID

@@ -250,7 +250,7 @@ func (db *DB) SagaDue(ctx context.Context, now time.Time, limit int, skip func(u
 	for {
 		rows, err := db.pool.Query(ctx, "SELECT id, wake_ns FROM "+db.t("sagas")+
 			" WHERE wake_ns IS NOT NULL AND wake_ns <= $1 AND (wake_ns, id) > ($2, $3)"+
-			" AND (owner IS NULL OR lease_ns < "+dbNow+") ORDER BY wake_ns, id LIMIT $4",
+			" AND (owner IS NULL OR "+ownerDead(quote(db.schema), "owner")+") ORDER BY wake_ns, id LIMIT $4",
 			cut, lastWake, lastID, limit)
 		if err != nil {
 			return nil, time.Time{}, db.read(err, "due sagas")
@@ -372,10 +372,6 @@ func (db *DB) AbortPut(ctx context.Context, id ulid.ULID, at time.Time, check fu
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO "+db.t("aborts")+" (saga_id, requested_ns) VALUES ($1, $2) ON CONFLICT (saga_id) DO UPDATE SET requested_ns = EXCLUDED.requested_ns",
 			uuid(id), instant(at))
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, "SELECT pg_notify($1, 'abort')", db.channel)
 		return err
 	})
 	if err != nil {

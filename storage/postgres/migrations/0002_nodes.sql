@@ -1,14 +1,19 @@
--- sagad schema, version 2: several processes share the schema. Claims, so that
--- one drives each saga: the process named in owner, while its lease
--- (lease_ns, PostgreSQL's clock) lasts; epoch grows with each new claim and
--- fences the writes of a process whose claim lapsed.
+-- sagad schema, version 2: several processes (nodes) share the schema.
+-- A saga is driven by the node named in its owner column while that node
+-- lives: a node renews its row in nodes (a lease on PostgreSQL's clock)
+-- every third of its length, and one whose lease lapsed is dead to the
+-- others, which take its sagas over. A saga's epoch grows with each new
+-- claim and fences the writes of a node whose claim was taken.
+
+CREATE TABLE {schema}.nodes (
+    node     text   PRIMARY KEY,
+    lease_ns bigint NOT NULL
+);
 
 ALTER TABLE {schema}.sagas
-    ADD COLUMN owner    text,
-    ADD COLUMN epoch    bigint NOT NULL DEFAULT 0,
-    ADD COLUMN lease_ns bigint;
-CREATE INDEX sagas_owner ON {schema}.sagas (owner) WHERE owner IS NOT NULL;
-CREATE INDEX sagas_orphans ON {schema}.sagas (lease_ns) WHERE status IN (1, 2) AND wake_ns IS NULL AND owner IS NOT NULL;
+    ADD COLUMN owner text,
+    ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+CREATE INDEX sagas_owner ON {schema}.sagas (owner) WHERE owner IS NOT NULL AND status IN (1, 2);
 
 -- The outbox's write order. Processes assign event ids (ULIDs) on their own
 -- clocks, so ids do not order one saga's events once several processes
