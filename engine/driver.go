@@ -58,6 +58,7 @@ type driver struct {
 	statuses   []saga.Status // statuses entered since the last commit, for the hook
 	hooks      []AttemptInfo
 	events     []storage.OutboxEvent // outbox events for the next commit
+	tx         saga.Tx               // a step's transaction the next commit is written in
 	tr         storage.Transition    // the change change() hands to the store, reused
 }
 
@@ -90,6 +91,9 @@ type outcome struct {
 	blockedUntil time.Time
 	// events the function emitted; written only if it succeeded.
 	events []saga.Event
+	// tx is the transaction the function enlisted (saga.Call.Enlist); only
+	// a succeeded attempt keeps it.
+	tx saga.Tx
 }
 
 // create stores a new saga; with plan it also plans (and records) its
@@ -287,6 +291,11 @@ func (d *driver) attempt() {
 	}
 	if evs := call.Emitted(); o.err == nil {
 		o.events = evs
+	}
+	if o.tx = call.Enlisted(); o.tx != nil && o.err != nil {
+		// The attempt did not succeed: the step's own writes go.
+		_ = o.tx.Rollback(context.Background())
+		o.tx = nil
 	}
 	d.out = o
 }
@@ -519,6 +528,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		for _, ev := range o.events {
 			d.emit(now, s.Name, ev)
 		}
+		d.tx, o.tx = o.tx, nil // the step's own writes commit with its success
 		switch o.phase {
 		case saga.PhaseCompensation:
 			s.Status = saga.StepCompensated
@@ -742,7 +752,8 @@ func (d *driver) change() *storage.Transition {
 	}
 	// The store encodes the change before it returns and keeps none of it:
 	// one Transition serves every commit of this driver.
-	d.tr = storage.Transition{Saga: r, Log: d.logs, Events: d.events, ClearAbort: d.clrAbort}
+	d.tr = storage.Transition{Saga: r, Log: d.logs, Events: d.events, ClearAbort: d.clrAbort, Tx: d.tx}
+	d.tx = nil // the store commits or rolls it back, whatever happens
 	return &d.tr
 }
 

@@ -57,6 +57,7 @@ type Call struct {
 
 	mu     sync.Mutex
 	events []Event
+	tx     Tx
 	sealed bool
 }
 

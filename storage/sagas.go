@@ -91,6 +91,11 @@ type Transition struct {
 	Events []OutboxEvent
 	// ClearAbort deletes the saga's abort request: the change acted on it.
 	ClearAbort bool
+	// Tx, when set, is a transaction a step opened on the store and
+	// enlisted (saga.Call.Enlist): the change is written in it, and it is
+	// committed, or rolled back if the write fails. A store that cannot
+	// write in such a transaction fails the commit, and rolls it back.
+	Tx saga.Tx
 	// Aborted is set by SagaCommit: an abort request another process wrote
 	// is stored for the saga, and reaches its driver so. A store that one
 	// process uses leaves it false: that process's requests reach its

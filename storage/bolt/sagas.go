@@ -91,8 +91,12 @@ func (db *DB) SagaCreate(_ context.Context, t *storage.Transition) (existing uli
 // SagaCommit implements SagaStore. One process uses the file: every
 // commit is its own, and no other process writes abort requests
 // (t.Aborted stays false; the engine's own reach its driver directly).
-func (db *DB) SagaCommit(_ context.Context, t *storage.Transition) error {
+func (db *DB) SagaCommit(ctx context.Context, t *storage.Transition) error {
 	t.Aborted = false
+	if t.Tx != nil {
+		_ = t.Tx.Rollback(ctx)
+		return errors.Newf("storage: saga %s: a step's own transaction cannot be written in a bbolt file", t.Saga.ID)
+	}
 	e, err := db.encode(t)
 	if err != nil {
 		return err

@@ -100,3 +100,28 @@ func (db *DB) Add(ctx context.Context, tx pgx.Tx, events ...Event) ([]ulid.ULID,
 	}
 	return ids, nil
 }
+
+// Step makes a step whose function writes to the database in the same
+// transaction that records the step's success: fn runs in a transaction
+// the step opens on the store's pool, which the engine commits together
+// with the step's success (saga.Call.Enlist) or rolls back if the attempt
+// fails, times out, or the process dies first. Its writes take effect
+// exactly once, however often the step is attempted. fn must not commit or
+// roll back tx itself.
+func (db *DB) Step(fn func(ctx context.Context, tx pgx.Tx, c *saga.Call) (json.RawMessage, error)) saga.Func {
+	return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		tx, err := db.pool.Begin(ctx)
+		if err != nil {
+			return nil, errors.Wrapf(err, "postgres: saga %s: step %q: begin", c.SagaID, c.Step)
+		}
+		out, err := fn(ctx, tx, c)
+		if err == nil {
+			err = c.Enlist(tx)
+		}
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			return nil, err
+		}
+		return out, nil
+	}
+}

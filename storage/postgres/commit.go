@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
 
@@ -470,4 +471,66 @@ func (db *DB) listenOnce(cfg *pgx.ConnConfig, notes chan<- string) error {
 		default: // the poll catches what is dropped
 		}
 	}
+}
+
+// commitIn writes r in a step's own transaction (saga.Call.Enlist) and
+// commits it, or rolls it back: the step's writes and its success are
+// durable together or not at all. It takes no part in the committers'
+// batches.
+func (db *DB) commitIn(ctx context.Context, stx saga.Tx, r *request) error {
+	tx, ok := stx.(pgx.Tx)
+	if !ok {
+		_ = stx.Rollback(ctx)
+		return errors.Newf("postgres: saga %s: a step enlisted a %T, not a pgx.Tx of this database", r.id, stx)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	fail := func(err error) error {
+		_ = tx.Rollback(ctx)
+		return db.wrap(err, r.id)
+	}
+	db.ids.assign(db.clock.Now(), []*request{r})
+	found := false
+	rows, err := tx.Query(ctx, db.sql.commit, r.args...)
+	if err != nil {
+		return fail(err)
+	}
+	for rows.Next() {
+		var id pgtype.UUID
+		var mine bool
+		if err := rows.Scan(&id, &mine, &r.aborted, &r.epoch); err != nil {
+			rows.Close()
+			return fail(err)
+		}
+		found = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	if !found {
+		_ = tx.Rollback(ctx)
+		r.norow = true
+		db.setClaim(r.id, 0)
+		return nil
+	}
+	if r.events > 0 {
+		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, 'outbox')", db.channel); err != nil {
+			return fail(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return db.wrap(err, r.id)
+	}
+	db.commits.Add(1)
+	db.writes.Add(1)
+	if r.release {
+		db.setClaim(r.id, 0)
+	} else {
+		db.setClaim(r.id, r.epoch)
+	}
+	if r.events > 0 {
+		db.wakeUp()
+	}
+	return nil
 }

@@ -69,9 +69,17 @@ func (db *DB) SagaCommit(ctx context.Context, t *storage.Transition) error {
 	t.Aborted = false
 	r, err := db.encode(t, false)
 	if err != nil {
+		if t.Tx != nil {
+			_ = t.Tx.Rollback(ctx)
+		}
 		return err
 	}
-	if err := db.submit(r); err != nil {
+	if t.Tx != nil {
+		err = db.commitIn(ctx, t.Tx, r)
+	} else {
+		err = db.submit(r)
+	}
+	if err != nil {
 		return err
 	}
 	if r.norow {

@@ -1,0 +1,131 @@
+package postgres_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/internal/tcpproxy"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/steps"
+	"github.com/sagad/sagad/storage/postgres"
+)
+
+// A step that writes in the transaction recording its success (DB.Step)
+// takes effect exactly once: its first attempt debits the balance, and then
+// the connection is cut before the success is committed, so the debit goes
+// with it; the attempt runs again and debits once. A failed attempt's
+// writes are rolled back.
+func TestStepWritesExactlyOnce(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.URL(t)
+	schema := pgtest.Schema(t, dbURL)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	via := *u
+	via.Host = proxy.Addr()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db, err := postgres.Open(ctx, via.String(), &postgres.Options{Schema: schema, PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	balances := pgx.Identifier{schema, "balances"}.Sanitize()
+	if _, err := db.Pool().Exec(ctx, "CREATE TABLE "+balances+" (account text PRIMARY KEY, amount int NOT NULL); INSERT INTO "+balances+" VALUES ('A', 100)"); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	debit := db.Step(func(ctx context.Context, tx pgx.Tx, c *saga.Call) (json.RawMessage, error) {
+		var in struct{ Fail bool }
+		if err := c.DecodeInput(&in); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE "+balances+" SET amount = amount - 10 WHERE account = 'A'"); err != nil {
+			return nil, err
+		}
+		if in.Fail {
+			return nil, saga.Permanent(errors.New("declined after writing"))
+		}
+		return json.RawMessage(`{"debited":10}`), nil
+	})
+	step := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		out, err := debit(ctx, c)
+		if err == nil && calls.Add(1) == 1 {
+			// The process loses PostgreSQL once the step has returned,
+			// before the engine commits its success.
+			proxy.Cut()
+			time.AfterFunc(300*time.Millisecond, func() { _ = proxy.Restore() })
+		}
+		return out, err
+	}
+	eng, err := engine.New(db, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	if err := eng.Register(&saga.Definition{Name: "pay", Steps: []saga.Step{
+		{Name: "debit", Action: step}, {Name: "notify", Action: steps.Noop}}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = eng.Run(ctx) }()
+
+	run := func(input any) *engine.Saga {
+		t.Helper()
+		var st engine.Started
+		var err error
+		for try := 0; try < 100; try++ { // PostgreSQL may be away a moment
+			if st, err = eng.Start(ctx, "pay", input); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		s, err := eng.Wait(wctx, st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	amount := func() int {
+		t.Helper()
+		var n int
+		err := db.Pool().QueryRow(ctx, "SELECT amount FROM "+balances+" WHERE account = 'A'").Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if s := run(map[string]bool{"fail": false}); s.Status != saga.StatusCompleted || string(s.Data["debit"]) != `{"debited":10}` {
+		t.Fatalf("saga %s, data %s; want completed with the debit's output", s.Status, s.Data)
+	}
+	if n, c := amount(), calls.Load(); n != 90 || c != 2 {
+		t.Fatalf("balance %d after %d attempts, want 90 after 2 (the first one's debit lost with its commit)", n, c)
+	}
+	if s := run(map[string]bool{"fail": true}); s.Status == saga.StatusCompleted {
+		t.Fatalf("a declined debit completed")
+	}
+	if n := amount(); n != 90 {
+		t.Fatalf("balance %d after a failed attempt that wrote, want 90", n)
+	}
+}
