@@ -63,7 +63,9 @@ func run(args []string, out io.Writer) error {
 	}
 	defer db.Close()
 	if !*keep {
-		defer func() { _, _ = db.Pool().Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{*schema}.Sanitize()+" CASCADE") }()
+		defer func() {
+			_, _ = db.Pool().Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{*schema}.Sanitize()+" CASCADE")
+		}()
 	}
 	orders, balances := pgx.Identifier{*schema, "orders"}.Sanitize(), pgx.Identifier{*schema, "balances"}.Sanitize()
 	if _, err := db.Pool().Exec(ctx, "CREATE TABLE IF NOT EXISTS "+orders+" (id text PRIMARY KEY, customer text NOT NULL, total int NOT NULL);"+
