@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/errors"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
@@ -89,4 +90,43 @@ func TestPostgresGoesAwayAndComesBack(t *testing.T) {
 			}
 		}
 	}
+}
+
+// An operator's abort on one node reaches the saga another node drives: it
+// compensates once its attempt in flight has ended. And a wait on the
+// node that does not drive the saga answers when it ends.
+func TestAbortAcrossNodes(t *testing.T) {
+	t.Parallel()
+	dbURL := postgresURL(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var undone sync.WaitGroup
+	undone.Add(1)
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{
+		{Name: "a", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil },
+			Compensation: func(context.Context, *saga.Call) (json.RawMessage, error) { undone.Done(); return nil, nil }},
+		{Name: "b", Timeout: time.Minute, Action: func(ctx context.Context, _ *saga.Call) (json.RawMessage, error) {
+			once.Do(func() { close(entered) })
+			<-release
+			return nil, nil
+		}},
+		{Name: "c", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }}}}
+	a := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
+	b := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
+	st, err := a.eng.Start(context.Background(), "d", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered // a drives it, inside step b
+	if err := b.eng.Abort(context.Background(), st.ID); err != nil {
+		t.Fatalf("abort on the other node: %v", err)
+	}
+	close(release)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := b.eng.Wait(ctx, st.ID) // b does not drive it
+	if err != nil || s.Status != saga.StatusCompensated || !errors.Is(s.Err, engine.ErrAborted) {
+		t.Fatalf("saga after an abort on the other node: %+v, %v; want compensated, aborted", s, err)
+	}
+	undone.Wait()
 }

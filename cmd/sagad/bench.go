@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -40,7 +41,7 @@ type benchCommand struct {
 type benchOptions struct {
 	n, conc, steps         int
 	fail                   float64
-	dir, addr, token       string
+	dir, addr, token, db   string
 	noSync                 bool
 	cpuProfile, memProfile string
 	trace                  string
@@ -57,6 +58,7 @@ func (c *benchCommand) run(ctx context.Context, args []string) int {
 	fs.IntVar(&o.steps, "steps", 3, "HTTP steps per saga")
 	fs.Float64Var(&o.fail, "fail", 0, "fraction of sagas whose last step fails (and are compensated)")
 	fs.StringVar(&o.dir, "dir", "", "directory for the database file (default: a temporary one, removed afterwards)")
+	fs.StringVar(&o.db, "db", "", "run the daemon on this PostgreSQL database (a postgres:// URL; the bench uses, and drops afterwards, a schema of its own) instead of a bbolt file")
 	fs.StringVar(&o.addr, "addr", "", "URL of a running daemon to drive instead of starting one, such as http://127.0.0.1:8080")
 	fs.StringVar(&o.token, "token", "", "bearer token for the daemon given by -addr")
 	fs.BoolVar(&o.noSync, "nosync", false, "start the daemon with fsync off, to see what the run costs without the disk (not durable)")
@@ -335,11 +337,24 @@ func (c *benchCommand) startDaemon(ctx context.Context, o *benchOptions) (string
 		}
 		dir, cleanup = tmp, func() { _ = os.RemoveAll(tmp) }
 	}
+	cfg := &serveConfig{db: filepath.Join(dir, "bench.db"), listen: "127.0.0.1:0", concurrency: 4096,
+		grace: 5 * time.Second, exchange: "sagad.events", noSync: o.noSync}
+	if o.db != "" {
+		if !isPostgres(o.db) {
+			cleanup()
+			return "", nil, errors.Newf("-db %q is not a postgres:// URL (without -db the bench uses a bbolt file)", o.db)
+		}
+		schema := "sagad_bench_" + strings.ToLower(ulid.Make().String())
+		cfg.db = withSchemaParam(o.db, schema)
+		files := cleanup
+		cleanup = func() {
+			files()
+			dropSchema(o.db, schema, c.stderr)
+		}
+	}
 	ready := make(chan string, 1)
 	dctx, stopDaemon := context.WithCancel(ctx)
 	srv := &serveCommand{stdout: io.Discard, stderr: c.stderr, ready: func(addr string) { ready <- addr }}
-	cfg := &serveConfig{db: filepath.Join(dir, "bench.db"), listen: "127.0.0.1:0", concurrency: 4096,
-		grace: 5 * time.Second, exchange: "sagad.events", noSync: o.noSync}
 	served := make(chan error, 1)
 	pprof.Do(ctx, pprof.Labels("role", "sagad"), func(context.Context) {
 		go func() {

@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/sagad/sagad/internal/pgtest"
 )
 
 var resultLine = regexp.MustCompile(`^sagas_per_sec=\d+ p50_ms=[\d.]+ p99_ms=[\d.]+ completed=(\d+) compensated=(\d+)\n$`)
@@ -70,6 +72,30 @@ func TestBenchCommand(t *testing.T) {
 		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v, want a profile", f, err)
 		}
+	}
+}
+
+// With -db a PostgreSQL URL the bench's daemon runs on a schema of its own,
+// dropped afterwards.
+func TestBenchOnPostgres(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	code, stdout, stderr := runCmd(t, "bench", "-n", "60", "-c", "4", "-fail", "0.5", "-db", url)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, stderr)
+	}
+	checkResult(t, stdout, 60)
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var left int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sagad_bench_%'").Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d bench schemas left (%v), want none", left, err)
+	}
+	if code, _, stderr := runCmd(t, "bench", "-n", "1", "-db", "/tmp/file.db"); code == exitOK || !strings.Contains(stderr, "postgres://") {
+		t.Errorf("a -db that is no URL: exit %d, stderr %s", code, stderr)
 	}
 }
 
