@@ -111,3 +111,11 @@ type StoredDefinition struct {
 	// Latest is true for the version registered last.
 	Latest bool
 }
+
+// Problem is one inconsistency a backend's consistency check found.
+type Problem struct {
+	// Kind is a short code: "index-missing-saga", "log-missing", ...
+	Kind string `json:"kind"`
+	// Detail says exactly what is wrong and where.
+	Detail string `json:"detail"`
+}

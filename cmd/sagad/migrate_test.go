@@ -5,12 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/internal/pgtest"
 	"github.com/sagad/sagad/storage/postgres"
 )
@@ -74,5 +80,56 @@ func TestMigrateCommand(t *testing.T) {
 	_, out, _ := sagad("migrate", "--db", db, "--print", "--json")
 	if json.Unmarshal([]byte(out), &v) == nil {
 		t.Fatalf("print of a newer schema printed %s", out)
+	}
+}
+
+// sagad check on a PostgreSQL schema: sound after sagas ran; a log entry
+// lost and a finished saga still claimed are reported.
+func TestCheckOnPostgres(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	db := withSchema(url, schema)
+	ctx := context.Background()
+	sagad := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, args, &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	p := &participants{hit: make(chan string, 64)}
+	srv := httptest.NewServer(http.HandlerFunc(p.handler))
+	defer srv.Close()
+	d := startDaemon(t, db)
+	c := d.client(t)
+	spec := fmt.Sprintf(`{"steps":[{"name":"one","action":{"url":"%s/one"}},{"name":"two","action":{"url":"%s/two"}}]}`, srv.URL, srv.URL)
+	if _, err := c.PutDefinition(ctx, "pair", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for range 3 {
+		res, err := c.Start(ctx, "pair", nil, client.StartOptions{Wait: 10 * time.Second})
+		if err != nil || res.Saga == nil || res.Saga.Status != "completed" {
+			t.Fatalf("start: %+v, %v", res, err)
+		}
+		ids = append(ids, res.ID)
+	}
+	if code, out, errs := sagad("check", "--db", db); code != exitOK || !strings.Contains(out, ": ok") {
+		t.Fatalf("check of a sound schema: exit %d, %q, %q", code, out, errs)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	q := pgx.Identifier{schema}.Sanitize()
+	if _, err := conn.Exec(ctx, "DELETE FROM "+q+".saga_log WHERE saga_id = $1 AND seq = 2", pgtype.UUID{Bytes: ulid.MustParse(ids[0]), Valid: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE "+q+".sagas SET owner = 'ghost' WHERE id = $1", pgtype.UUID{Bytes: ulid.MustParse(ids[1]), Valid: true}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := sagad("check", "--db", db, "--json")
+	if code != exitFailed || !strings.Contains(out, "log-missing") || !strings.Contains(out, "claim-on-finished") || !json.Valid([]byte(out)) {
+		t.Fatalf("check of a damaged schema: exit %d:\n%s", code, out)
 	}
 }

@@ -21,13 +21,8 @@ type CheckOptions struct {
 	Definition func(name string, spec []byte) error
 }
 
-// Problem is one inconsistency Check found.
-type Problem struct {
-	// Kind is a short code: "bbolt", "index-missing-saga", "saga-not-indexed", ...
-	Kind string `json:"kind"`
-	// Detail says exactly what is wrong and where.
-	Detail string `json:"detail"`
-}
+// Problem is one inconsistency Check found (see storage.Problem).
+type Problem = storage.Problem
 
 // Check verifies a database: bbolt's page-level consistency check, then the
 // engine's invariants: every status-index entry names a stored saga with that
