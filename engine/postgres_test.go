@@ -130,3 +130,65 @@ func TestAbortAcrossNodes(t *testing.T) {
 	}
 	undone.Wait()
 }
+
+// A node cut off from PostgreSQL in the middle of an attempt loses the
+// saga to another node within five seconds of the cut (its lease lasts 3 s;
+// the other looks every second), which runs the attempt again with the same
+// idempotency key and finishes the saga.
+func TestTakeoverWithinFiveSeconds(t *testing.T) {
+	t.Parallel()
+	dbURL := postgresURL(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	via := *u
+	via.Host = proxy.Addr()
+	var mu sync.Mutex
+	var keys []string
+	entered := make(chan struct{})
+	var once sync.Once
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s", Timeout: time.Minute,
+		Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			mu.Lock()
+			keys = append(keys, c.IdempotencyKey)
+			first := len(keys) == 1
+			mu.Unlock()
+			if first {
+				once.Do(func() { close(entered) })
+				<-ctx.Done() // the cut-off node's attempt never answers
+				return nil, ctx.Err()
+			}
+			return nil, nil
+		}}}}
+	a := setup(t, setupOpts{path: via.String(), defs: []*saga.Definition{def}, opts: engine.Options{ShutdownGrace: time.Millisecond}})
+	b := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
+	st, err := a.eng.Start(context.Background(), "d", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	proxy.Cut() // for good: a never comes back
+	cut := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := b.eng.Wait(ctx, st.ID)
+	took := time.Since(cut)
+	if err != nil || s.Status != saga.StatusCompleted {
+		t.Fatalf("saga after its node was cut off: %+v, %v", s, err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("taken over and finished %s after the cut, want within 5s", took.Round(time.Millisecond))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(keys) != 2 || keys[0] != keys[1] {
+		t.Errorf("calls %v, want the cut-off attempt and its re-run with the same key", keys)
+	}
+	t.Logf("taken over and finished %s after the cut", took.Round(time.Millisecond))
+}

@@ -91,6 +91,7 @@ type request struct {
 	args    []any
 	events  int
 	release bool // the commit lets go of the claim
+	due     bool // the commit lets go of a saga that is due now
 	// Set by the committer.
 	err      error
 	existing ulid.ULID
@@ -158,7 +159,10 @@ func (db *DB) encode(t *storage.Transition, create bool) (*request, error) {
 		t.ClearAbort,
 		releases(s), db.node, db.claimed(s.ID),
 	}
-	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, release: releases(s), done: make(chan struct{})}, nil
+	// A saga let go that is due now: another node may take it at once.
+	due := releases(s) && !s.Status.Finished() && s.Parked == "" && !s.WakeAt.After(db.clock.Now())
+	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, release: releases(s), due: due,
+		done: make(chan struct{})}, nil
 }
 
 // submit queues r for the committer and waits for its commit.
@@ -281,7 +285,7 @@ func (db *DB) commit(batch []*request) {
 // error is the batch's.
 func (db *DB) send(reqs []*request) error {
 	b := &pgx.Batch{}
-	notify := false
+	notify, due := false, false
 	for _, r := range reqs {
 		q := db.sql.commit
 		if r.create {
@@ -289,9 +293,13 @@ func (db *DB) send(reqs []*request) error {
 		}
 		b.Queue(q, r.args...)
 		notify = notify || r.events > 0
+		due = due || r.due
 	}
 	if notify {
 		b.Queue("SELECT pg_notify($1, 'outbox')", db.channel)
+	}
+	if due {
+		b.Queue("SELECT pg_notify($1, 'sagas')", db.channel)
 	}
 	ctx, cancel := context.WithTimeout(db.ctx, 30*time.Second)
 	defer cancel()
@@ -329,7 +337,7 @@ func (db *DB) send(reqs []*request) error {
 			first = db.wrap(err, r.id)
 		}
 	}
-	if notify {
+	for range b2i(notify) + b2i(due) {
 		if _, err := br.Exec(); err != nil && first == nil {
 			first = db.wrap(err, ulid.ULID{})
 		}
@@ -338,6 +346,13 @@ func (db *DB) send(reqs []*request) error {
 		first = db.wrap(err, ulid.ULID{})
 	}
 	return first
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // pendingHolder marks a create whose key is held by a saga its statement
@@ -425,8 +440,9 @@ func (db *DB) listen(cfg *pgx.ConnConfig) {
 			return
 		case note := <-notes:
 			// "outbox": events were written; "requeue": an operator
-			// re-queued or discarded some.
-			requeue = note == "requeue"
+			// re-queued or discarded some; "sagas": a saga no node
+			// drives is due now.
+			requeue, sagas = note == "requeue", note == "sagas"
 		case <-tick.C:
 			requeue, sagas = true, true
 		}
