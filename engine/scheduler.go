@@ -241,13 +241,7 @@ func (e *Engine) release(d *driver) {
 // still releases the driver, once.
 func (e *Engine) commitFailed(d *driver, err error) {
 	id := d.rec.ID
-	e.mu.Lock()
-	n := e.failing[id] + 1
-	e.failing[id] = n
-	if n == 1 {
-		e.nfailing.Add(1)
-	}
-	e.mu.Unlock()
+	n := e.failed(id)
 	switch {
 	case errors.Is(err, storage.ErrNotOwner):
 		// Not a failure of the store: this process was cut off for
@@ -268,13 +262,7 @@ func (e *Engine) commitFailed(d *driver, err error) {
 // as after a failed commit. The caller still releases the driver, once.
 func (e *Engine) loadFailed(d *driver, err error) {
 	id := d.rec.ID
-	e.mu.Lock()
-	n := e.failing[id] + 1
-	e.failing[id] = n
-	if n == 1 {
-		e.nfailing.Add(1)
-	}
-	e.mu.Unlock()
+	n := e.failed(id)
 	if n == 1 {
 		e.log.Error("saga not loaded; trying again until the store answers", "saga", id.String(), "err", err)
 	} else {
@@ -282,6 +270,19 @@ func (e *Engine) loadFailed(d *driver, err error) {
 	}
 	d.rec = &storage.Saga{ID: id}
 	d.reload = true
+}
+
+// failed counts a failure of a saga's write or load and returns how many
+// in a row it has had.
+func (e *Engine) failed(id ulid.ULID) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := e.failing[id] + 1
+	e.failing[id] = n
+	if n == 1 {
+		e.nfailing.Add(1)
+	}
+	return n
 }
 
 // reloadLater dispatches a saga whose commit failed again after a pause
