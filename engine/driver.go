@@ -42,6 +42,9 @@ type driver struct {
 	// claimed: the driver holds the saga's claim in the store (it loaded
 	// or created the saga, or committed a change to it); release lets go.
 	claimed bool
+	// abortedRemotely: the last commit found an abort request another
+	// process wrote; the attempt it recorded as started is not run.
+	abortedRemotely bool
 
 	next     effect
 	out      *outcome
@@ -193,7 +196,17 @@ func (d *driver) load(now time.Time) (bool, error) {
 func (d *driver) run() {
 	defer d.e.release(d)
 	for d.next.kind == effAttempt {
-		d.attempt()
+		if d.abortedRemotely && d.next.phase != saga.PhaseCompensation {
+			// The abort came before this attempt: it is recorded as
+			// started, and ends without running, as aborted.
+			d.abortedRemotely = false
+			n := d.next
+			d.out = &outcome{step: n.step, phase: n.phase, attempt: d.rec.Steps[n.step].Attempts,
+				err: saga.Permanent(errors.Wrap(ErrAborted, "not run: an abort request came first"))}
+		} else {
+			d.abortedRemotely = false
+			d.attempt()
+		}
 		if d.out.err != nil && context.Cause(d.e.attempts) != nil {
 			// Cut off by shutdown: leave the attempt in flight for recovery.
 			return
@@ -292,10 +305,17 @@ func (d *driver) attempt() {
 	if evs := call.Emitted(); o.err == nil {
 		o.events = evs
 	}
-	if o.tx = call.Enlisted(); o.tx != nil && o.err != nil {
-		// The attempt did not succeed: the step's own writes go.
-		_ = o.tx.Rollback(context.Background())
-		o.tx = nil
+	if o.tx = call.Enlisted(); o.tx != nil {
+		if acc, ok := d.e.store.(storage.TxAcceptor); o.err == nil && (!ok || !acc.AcceptsTx(o.tx)) {
+			// Retrying cannot help: the store cannot write in it.
+			o.err = saga.Permanent(errors.Newf("step %q enlisted a transaction (%T) the engine's store cannot write in", st.Name, o.tx))
+			o.events = nil
+		}
+		if o.err != nil {
+			// The attempt did not succeed: the step's own writes go.
+			_ = o.tx.Rollback(context.Background())
+			o.tx = nil
+		}
 	}
 	d.out = o
 }
@@ -775,10 +795,12 @@ func (d *driver) write() error {
 		return err
 	}
 	d.claimed = true
-	if d.tr.Aborted && d.rec.Status == saga.StatusRunning {
+	if d.tr.Aborted && d.rec.Status == saga.StatusRunning && !d.abort.Load() {
 		// Another process recorded an abort request: act on it at the
-		// next decision, as on one made here.
+		// next decision, as on one made here, and do not start the
+		// attempt this commit recorded (see run).
 		d.abort.Store(true)
+		d.abortedRemotely = true
 	}
 	d.e.commitSucceeded(d.rec.ID)
 	return nil

@@ -391,6 +391,10 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	// status hook), so that no driver reports a later status first.
 	fast := false
 	e.mu.Lock()
+	if e.stopping {
+		e.mu.Unlock()
+		return Started{}, ErrClosed
+	}
 	if e.running.Load() {
 		select {
 		case e.sem <- struct{}{}:
@@ -406,6 +410,12 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	}
 	dup, err := d.create(now, fast)
 	if err != nil || dup != (ulid.ULID{}) {
+		if err != nil {
+			// The store may have written it all the same (a connection
+			// lost after the commit): look again later, as after a failed
+			// commit; a saga that is not there is left alone.
+			d.reload = true
+		}
 		e.release(d)
 		if err != nil {
 			return Started{}, errors.Wrapf(err, "engine: start %q", definition)

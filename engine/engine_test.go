@@ -1125,3 +1125,26 @@ func TestCutOffStepIsCompensated(t *testing.T) {
 		})
 	}
 }
+
+// A step that enlists a transaction the store cannot write in (any, on a
+// bbolt file) fails for good, once: it is not retried, nor its transaction
+// kept open.
+func TestEnlistOnAStoreThatCannot(t *testing.T) {
+	t.Parallel()
+	var calls, rollbacks atomic.Int32
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s",
+		Action: func(_ context.Context, c *saga.Call) (json.RawMessage, error) {
+			calls.Add(1)
+			return nil, c.Enlist(fakeTx{&rollbacks})
+		}}}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	s := b.run(t, "d", nil)
+	if s.Status == saga.StatusCompleted || calls.Load() != 1 || rollbacks.Load() != 1 {
+		t.Fatalf("saga %s after %d calls and %d rollbacks; want it not completed, 1 call, 1 rollback", s.Status, calls.Load(), rollbacks.Load())
+	}
+}
+
+type fakeTx struct{ rollbacks *atomic.Int32 }
+
+func (fakeTx) Commit(context.Context) error     { return nil }
+func (f fakeTx) Rollback(context.Context) error { f.rollbacks.Add(1); return nil }

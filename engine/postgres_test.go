@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage/bolt"
 )
 
 // PostgreSQL goes away mid-run (every connection of two engines on one
@@ -101,6 +103,7 @@ func TestAbortAcrossNodes(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	var undone sync.WaitGroup
+	var ranC atomic.Int32
 	undone.Add(1)
 	def := &saga.Definition{Name: "d", Steps: []saga.Step{
 		{Name: "a", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil },
@@ -110,7 +113,7 @@ func TestAbortAcrossNodes(t *testing.T) {
 			<-release
 			return nil, nil
 		}},
-		{Name: "c", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }}}}
+		{Name: "c", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { ranC.Add(1); return nil, nil }}}}
 	a := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
 	b := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
 	st, err := a.eng.Start(context.Background(), "d", nil)
@@ -129,6 +132,43 @@ func TestAbortAcrossNodes(t *testing.T) {
 		t.Fatalf("saga after an abort on the other node: %+v, %v; want compensated, aborted", s, err)
 	}
 	undone.Wait()
+	if n := ranC.Load(); n != 0 {
+		t.Errorf("step c ran %d times after the abort was recorded, want never", n)
+	}
+}
+
+// A node that shuts down in the middle of an attempt (its grace too short
+// for it) leaves the saga to the others at once: another node finishes it.
+func TestTakeoverAfterShutdown(t *testing.T) {
+	t.Parallel()
+	dbURL := postgresURL(t)
+	var calls atomic.Int32
+	entered := make(chan struct{})
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s", Timeout: time.Minute,
+		Action: func(ctx context.Context, _ *saga.Call) (json.RawMessage, error) {
+			if calls.Add(1) == 1 {
+				close(entered)
+				<-ctx.Done() // past the shutdown grace
+				return nil, ctx.Err()
+			}
+			return nil, nil
+		}}}}
+	a := openStore(t, dbURL, bolt.Options{}, engine.Options{ShutdownGrace: time.Millisecond}, def)
+	go func() { _ = a.Run(context.Background()) }()
+	b := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
+	st, err := a.Start(context.Background(), "d", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s, err := b.eng.Wait(ctx, st.ID); err != nil || s.Status != saga.StatusCompleted || calls.Load() != 2 {
+		t.Fatalf("saga after its node shut down mid-attempt: %+v, %v, %d calls; want completed by the other, 2 calls", s, err, calls.Load())
+	}
 }
 
 // A node cut off from PostgreSQL in the middle of an attempt loses the

@@ -40,6 +40,7 @@ func (e *Engine) schedule(ctx context.Context) {
 		// While scanning, planned is 0 so that every wakeAt nudges: a saga
 		// released mid-scan may have been skipped as claimed.
 		e.planned.Store(0)
+		wake := e.sagas.SagaWake() // before the scan: a wake-up during it counts
 		now := e.clock.Now()
 		due, next, err := e.sagas.SagaDue(ctx, now, batch, e.claimed)
 		if err != nil && ctx.Err() == nil {
@@ -74,7 +75,7 @@ func (e *Engine) schedule(ctx context.Context) {
 			return
 		case <-e.nudge:
 		case <-timer.C():
-		case <-e.sagas.SagaWake(): // another process left work (nil: never)
+		case <-wake: // another process left work (nil: never)
 		}
 	}
 }
@@ -180,9 +181,20 @@ func (e *Engine) dispatchNow(id ulid.ULID) {
 // called exactly once per driver.
 func (e *Engine) release(d *driver) {
 	id, wake := d.rec.ID, d.rec.WakeAt
+	if d.claimed {
+		// Before the saga leaves e.active: a new holder here must not
+		// claim it and then lose the claim to this release. A no-op
+		// unless the claim is still held: a commit after which the saga
+		// needed no driver let go of it already.
+		if err := e.sagas.SagaRelease(context.Background(), id); err != nil {
+			e.log.Warn("saga's claim not let go; this process drives it again when it is due", "saga", id.String(), "err", err)
+		}
+	}
 	e.mu.Lock()
 	delete(e.active, id)
-	redispatch := d.redispatch
+	// An abort request that came with the last commit, on a saga that now
+	// waits: act on it now, not when the wait ends.
+	redispatch := d.redispatch || (d.abort.Load() && !d.finished && d.rec.Status == saga.StatusRunning && !d.reload)
 	_, waited := e.waiters[id]
 	var claimers []chan struct{}
 	if len(e.claimers) > 0 { // rare: an operator waits for some saga
@@ -198,13 +210,6 @@ func (e *Engine) release(d *driver) {
 		}
 	}
 	e.mu.Unlock()
-	if d.claimed {
-		// A no-op unless the claim is still held: a commit that needed no
-		// driver any more let go of it already.
-		if err := e.sagas.SagaRelease(context.Background(), id); err != nil {
-			e.log.Warn("saga's claim not let go; other processes take it over when it lapses", "saga", id.String(), "err", err)
-		}
-	}
 	for _, ch := range claimers {
 		close(ch)
 	}

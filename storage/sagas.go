@@ -115,3 +115,10 @@ type ListOptions struct {
 	// Limit caps the result. Zero: 100.
 	Limit int
 }
+
+// TxAcceptor is a store that can write a transition in a transaction a
+// step enlisted (saga.Call.Enlist, Transition.Tx). The engine fails for
+// good an attempt whose transaction the store does not accept.
+type TxAcceptor interface {
+	AcceptsTx(tx saga.Tx) bool
+}

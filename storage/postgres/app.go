@@ -114,14 +114,31 @@ func (db *DB) Step(fn func(ctx context.Context, tx pgx.Tx, c *saga.Call) (json.R
 		if err != nil {
 			return nil, errors.Wrapf(err, "postgres: saga %s: step %q: begin", c.SagaID, c.Step)
 		}
+		enlisted := false
+		defer func() {
+			if !enlisted { // fn failed or panicked: its writes go
+				_ = tx.Rollback(context.WithoutCancel(ctx))
+			}
+		}()
 		out, err := fn(ctx, tx, c)
 		if err == nil {
 			err = c.Enlist(tx)
 		}
 		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
 			return nil, err
 		}
+		enlisted = true
 		return out, nil
 	}
+}
+
+// AcceptsTx reports whether tx is a transaction this store can write a
+// transition in (see storage.TxAcceptor): a pgx.Tx on its own database.
+func (db *DB) AcceptsTx(tx saga.Tx) bool {
+	ptx, ok := tx.(pgx.Tx)
+	if !ok || ptx.Conn() == nil {
+		return false
+	}
+	c := ptx.Conn().Config()
+	return c.Host == db.connCfg.Host && c.Port == db.connCfg.Port && c.Database == db.connCfg.Database
 }

@@ -54,6 +54,15 @@ func releases(s *storage.Saga) bool {
 	return s.Status.Finished() || !s.WakeAt.IsZero() || s.Parked != ""
 }
 
+// stranded reports whether a saga a query found claimable needs a driver
+// from this process: one this process holds a claim on is being driven
+// (its row names this process, and the claim is in memory); one whose row
+// names this process without a claim in memory was left behind (a release
+// or a create whose answer was lost) and needs one.
+func (db *DB) stranded(id ulid.ULID, mine *bool) bool {
+	return mine == nil || !*mine || db.claimed(id) == 0
+}
+
 // SagaClaim implements storage.SagaStore.
 func (db *DB) SagaClaim(ctx context.Context, id ulid.ULID) (*storage.Saga, bool, error) {
 	var rec []byte
@@ -96,9 +105,11 @@ func (db *DB) SagaRelease(ctx context.Context, id ulid.ULID) error {
 	if epoch == 0 {
 		return nil
 	}
-	db.setClaim(id, 0)
 	_, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL WHERE id = $1 AND owner = $2 AND epoch = $3",
 		uuid(id), db.node, epoch)
+	if err == nil {
+		db.setClaim(id, 0)
+	}
 	return db.read(err, "saga %s: release", id)
 }
 
@@ -146,14 +157,11 @@ func (db *DB) renew() {
 	}
 }
 
-// releaseAll lets go of every claim at Close, so that other processes take
-// the sagas over at once rather than when the leases lapse.
+// releaseAll ends this node's lease at Close, so that other nodes take its
+// sagas over at once (they are orphans then) rather than when it lapses.
 func (db *DB) releaseAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := db.pool.Exec(ctx, "UPDATE "+db.t("sagas")+" SET owner = NULL WHERE owner = $1 AND status IN (1, 2)", db.node); err != nil {
-		db.log.Debug("postgres: release claims at close", "err", err)
-	}
 	if _, err := db.pool.Exec(ctx, "DELETE FROM "+db.t("nodes")+" WHERE node = $1", db.node); err != nil {
 		db.log.Debug("postgres: remove the node's lease at close", "err", err)
 	}
@@ -162,17 +170,21 @@ func (db *DB) releaseAll() {
 	db.claimsMu.Unlock()
 }
 
-// orphans returns unfinished sagas whose driver's claim lapsed.
+// orphans returns unfinished sagas that need a driver and have none: their
+// owner died, or let go without making them wait (a node's shutdown), or
+// is this process, which holds none of them (skip leaves out those it
+// does hold).
 func (db *DB) orphans(ctx context.Context, limit int, skip func(ulid.ULID) bool) ([]ulid.ULID, error) {
-	rows, err := db.pool.Query(ctx, "SELECT id FROM "+db.t("sagas")+" WHERE status IN (1, 2) AND wake_ns IS NULL AND owner IS NOT NULL AND "+
-		ownerDead(quote(db.schema), "owner")+" ORDER BY id LIMIT $1", limit)
+	rows, err := db.pool.Query(ctx, "SELECT id, owner = $2 FROM "+db.t("sagas")+" WHERE status IN (1, 2) AND wake_ns IS NULL AND NOT parked"+
+		" AND (owner IS NULL OR owner = $2 OR "+ownerDead(quote(db.schema), "owner")+") ORDER BY id LIMIT $1", limit, db.node)
 	if err != nil {
 		return nil, db.read(err, "orphaned sagas")
 	}
 	var out []ulid.ULID
 	var id pgtype.UUID
-	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
-		if skip == nil || !skip(id.Bytes) {
+	var mine *bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &mine}, func() error {
+		if db.stranded(id.Bytes, mine) && (skip == nil || !skip(id.Bytes)) {
 			out = append(out, id.Bytes)
 		}
 		return nil

@@ -535,6 +535,11 @@ func (db *DB) commitIn(ctx context.Context, stx saga.Tx, r *request) error {
 			return fail(err)
 		}
 	}
+	if r.due {
+		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, 'sagas')", db.channel); err != nil {
+			return fail(err)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return db.wrap(err, r.id)
 	}

@@ -256,10 +256,10 @@ func (db *DB) SagaDue(ctx context.Context, now time.Time, limit int, skip func(u
 	var due []ulid.ULID
 	lastWake, lastID := int64(-1<<63), uuid(ulid.ULID{})
 	for {
-		rows, err := db.pool.Query(ctx, "SELECT id, wake_ns FROM "+db.t("sagas")+
+		rows, err := db.pool.Query(ctx, "SELECT id, wake_ns, owner = $5 FROM "+db.t("sagas")+
 			" WHERE wake_ns IS NOT NULL AND wake_ns <= $1 AND (wake_ns, id) > ($2, $3)"+
-			" AND (owner IS NULL OR "+ownerDead(quote(db.schema), "owner")+") ORDER BY wake_ns, id LIMIT $4",
-			cut, lastWake, lastID, limit)
+			" AND (owner IS NULL OR owner = $5 OR "+ownerDead(quote(db.schema), "owner")+") ORDER BY wake_ns, id LIMIT $4",
+			cut, lastWake, lastID, limit, db.node)
 		if err != nil {
 			return nil, time.Time{}, db.read(err, "due sagas")
 		}
@@ -267,13 +267,14 @@ func (db *DB) SagaDue(ctx context.Context, now time.Time, limit int, skip func(u
 		for rows.Next() {
 			var id pgtype.UUID
 			var wake int64
-			if err := rows.Scan(&id, &wake); err != nil {
+			var mine *bool
+			if err := rows.Scan(&id, &wake, &mine); err != nil {
 				rows.Close()
 				return nil, time.Time{}, db.read(err, "due sagas")
 			}
 			n++
 			lastWake, lastID = wake, id
-			if len(due) < limit && (skip == nil || !skip(id.Bytes)) {
+			if len(due) < limit && db.stranded(id.Bytes, mine) && (skip == nil || !skip(id.Bytes)) {
 				due = append(due, id.Bytes)
 			}
 		}

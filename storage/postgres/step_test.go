@@ -129,3 +129,42 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 		t.Fatalf("balance %d after a failed attempt that wrote, want 90", n)
 	}
 }
+
+// A step function that panics leaves no transaction open: its connection
+// goes back to the pool.
+func TestStepPanicRollsBack(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.URL(t)
+	ctx := context.Background()
+	db, err := postgres.Open(ctx, dbURL, &postgres.Options{Schema: pgtest.Schema(t, dbURL), MaxConns: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := engine.New(db, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	boom := db.Step(func(context.Context, pgx.Tx, *saga.Call) (json.RawMessage, error) { panic("boom") })
+	if err := eng.Register(&saga.Definition{Name: "d", Steps: []saga.Step{{Name: "s", Action: boom}}}); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = eng.Run(rctx) }()
+	for range 3 {
+		st, err := eng.Start(ctx, "d", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+		s, err := eng.Wait(wctx, st.ID)
+		wcancel()
+		if err != nil || s.Status == saga.StatusCompleted {
+			t.Fatalf("a panicking step: %+v, %v", s, err)
+		}
+	}
+	if n := db.Pool().Stat().AcquiredConns(); n != 0 {
+		t.Fatalf("%d connections still held after 3 panicking steps, want 0", n)
+	}
+}

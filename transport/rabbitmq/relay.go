@@ -260,14 +260,18 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	defer r.running.Store(false)
 	for {
-		lead, err := r.db.OutboxLead(ctx)
+		lctx, cancel := context.WithCancel(ctx) // ends the lead when run returns
+		lead, err := r.db.OutboxLead(lctx)
 		if err != nil {
+			cancel()
 			if ctx.Err() != nil {
 				return nil
 			}
 			return errors.Wrap(err, "rabbitmq: lead the outbox")
 		}
-		if err := r.run(lead); err != nil || ctx.Err() != nil {
+		err = r.run(lead)
+		cancel()
+		if err != nil || ctx.Err() != nil {
 			return err
 		}
 		r.log.Warn("relay lost the outbox's lead; it publishes again once it leads")

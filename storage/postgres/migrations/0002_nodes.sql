@@ -14,6 +14,9 @@ ALTER TABLE {schema}.sagas
     ADD COLUMN owner text,
     ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
 CREATE INDEX sagas_owner ON {schema}.sagas (owner) WHERE owner IS NOT NULL AND status IN (1, 2);
+-- Unfinished sagas with no wake time: those in flight, and any that need a
+-- driver and have none.
+CREATE INDEX sagas_undriven ON {schema}.sagas (id) WHERE status IN (1, 2) AND wake_ns IS NULL AND NOT parked;
 
 -- The outbox's write order. Processes assign event ids (ULIDs) on their own
 -- clocks, so ids do not order one saga's events once several processes
