@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"encoding/json"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,7 +10,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/internal/tcpproxy"
+	"github.com/sagad/sagad/internal/pgtest"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage/bolt"
 )
@@ -24,17 +23,7 @@ import (
 func TestPostgresGoesAwayAndComesBack(t *testing.T) {
 	t.Parallel()
 	dbURL := postgresURL(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	via := *u
-	via.Host = proxy.Addr()
+	proxy, viaURL := pgtest.Proxied(t, dbURL)
 
 	var mu sync.Mutex
 	calls := map[string]int{} // idempotency key -> calls
@@ -47,8 +36,8 @@ func TestPostgresGoesAwayAndComesBack(t *testing.T) {
 	}
 	def := &saga.Definition{Name: "d", Steps: []saga.Step{
 		{Name: "a", Action: step}, {Name: "b", Action: step}, {Name: "c", Action: step}}}
-	a := setup(t, setupOpts{path: via.String(), defs: []*saga.Definition{def}})
-	b := setup(t, setupOpts{path: via.String(), defs: []*saga.Definition{def}})
+	a := setup(t, setupOpts{path: viaURL, defs: []*saga.Definition{def}})
+	b := setup(t, setupOpts{path: viaURL, defs: []*saga.Definition{def}})
 
 	const n = 200
 	ids := make([]string, 0, n)
@@ -178,17 +167,7 @@ func TestTakeoverAfterShutdown(t *testing.T) {
 func TestTakeoverWithinFiveSeconds(t *testing.T) {
 	t.Parallel()
 	dbURL := postgresURL(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	via := *u
-	via.Host = proxy.Addr()
+	proxy, viaURL := pgtest.Proxied(t, dbURL)
 	var mu sync.Mutex
 	var keys []string
 	entered := make(chan struct{})
@@ -206,7 +185,7 @@ func TestTakeoverWithinFiveSeconds(t *testing.T) {
 			}
 			return nil, nil
 		}}}}
-	a := setup(t, setupOpts{path: via.String(), defs: []*saga.Definition{def}, opts: engine.Options{ShutdownGrace: time.Millisecond}})
+	a := setup(t, setupOpts{path: viaURL, defs: []*saga.Definition{def}, opts: engine.Options{ShutdownGrace: time.Millisecond}})
 	b := setup(t, setupOpts{path: dbURL, defs: []*saga.Definition{def}})
 	st, err := a.eng.Start(context.Background(), "d", nil)
 	if err != nil {

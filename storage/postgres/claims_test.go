@@ -2,7 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/internal/pgtest"
-	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/postgres"
 )
@@ -116,18 +114,8 @@ func TestFencingAfterACut(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, dbURL)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	via := *u
-	via.Host = proxy.Addr()
-	a, b := node(t, via.String(), schema, "a"), node(t, dbURL, schema, "b")
+	proxy, viaURL := pgtest.Proxied(t, dbURL)
+	a, b := node(t, viaURL, schema, "a"), node(t, dbURL, schema, "b")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/pgtest"
-	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage/postgres"
@@ -30,20 +28,10 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, dbURL)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	via := *u
-	via.Host = proxy.Addr()
+	proxy, viaURL := pgtest.Proxied(t, dbURL)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	db, err := postgres.Open(ctx, via.String(), &postgres.Options{Schema: schema, PollInterval: 50 * time.Millisecond})
+	db, err := postgres.Open(ctx, viaURL, &postgres.Options{Schema: schema, PollInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
