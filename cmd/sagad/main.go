@@ -56,6 +56,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return exitOK
 	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		rest := args[1:]
+		asJSON := len(rest) == 1 && (rest[0] == "--json" || rest[0] == "-json")
+		if len(rest) > 0 && !asJSON {
+			fmt.Fprintln(stderr, "sagad version: the only flag is --json")
+			return exitUsage
+		}
+		printVersion(stdout, asJSON)
+		return exitOK
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return (&serveCommand{stdout: stdout, stderr: stderr}).run(ctx, args)
 	}
@@ -97,6 +107,7 @@ Commands:
   compact  rewrite a stopped daemon's file to reclaim free space
   recover  drive every unfinished saga of a stopped daemon's file to an end
   migrate  apply (or print) the migrations of a PostgreSQL schema
+  version  print sagad's version, commit and Go version (also --version)
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -62,6 +63,49 @@ func TestCheckCommand(t *testing.T) {
 		}
 		if tt.args[len(tt.args)-1] == "--json" && !json.Valid(stdout.Bytes()) {
 			t.Fatalf("%s: --json output is not JSON: %s", tt.name, stdout.String())
+		}
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), args, &stdout, &stderr); code != exitOK || !strings.HasPrefix(stdout.String(), "sagad ") ||
+			!strings.Contains(stdout.String(), "go1.") {
+			t.Errorf("%v: exit %d, %q, %q", args, code, stdout.String(), stderr.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"version", "--json"}, &stdout, &stderr); code != exitOK || !json.Valid(stdout.Bytes()) ||
+		!strings.Contains(stdout.String(), `"module": "github.com/sagad/sagad"`) {
+		t.Errorf("version --json: exit %d, %q", code, stdout.String())
+	}
+	if code := run(context.Background(), []string{"version", "extra"}, &stdout, &stderr); code != exitUsage {
+		t.Errorf("version extra: exit %d, want a usage error", code)
+	}
+}
+
+func TestParseSince(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"90m", 90 * time.Minute, true},
+		{"12h", 12 * time.Hour, true},
+		{"7d", 7 * 24 * time.Hour, true},
+		{"0d", 0, true},
+		{"1.5d", 0, false},
+		{"-1h", 0, false},
+		{"d", 0, false},
+		{"week", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseSince(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("parseSince(%q) = %s, %v; want %s, ok %v", tt.in, got, err, tt.want, tt.ok)
 		}
 	}
 }

@@ -36,7 +36,9 @@ func (c *sagasCommand) list(ctx context.Context, args []string) int {
 	t.flags(fs)
 	status := fs.String("status", "", "only sagas in this status: running, compensating, completed, compensated, failed or resolved")
 	definition := fs.String("definition", "", "only sagas of this definition")
-	since := fs.Duration("since", 0, "only sagas created within this long, such as 1h")
+	var sinceV sinceFlag
+	fs.Var(&sinceV, "since", "only sagas created within this long, such as 90m, 12h or 7d")
+	since := (*time.Duration)(&sinceV)
 	limit := fs.Int("limit", 50, "at most this many sagas")
 	fs.Usage = func() {
 		fmt.Fprint(c.stderr, `Usage: sagad sagas list [--status S] [--definition D] [--since 1h] [--limit N] [--json]

@@ -37,6 +37,9 @@ type serveConfig struct {
 	logLevel, logFormat                               string
 	concurrency                                       int
 	grace                                             time.Duration
+	// retention is engine.Options' Retention: finished sagas (not failed
+	// ones) are pruned once they have been finished this long; 0 keeps them.
+	retention time.Duration
 	// maxConnections caps the API's open connections. Zero: half the
 	// open-file limit, at most 4096 (defaultMaxConnections).
 	maxConnections int
@@ -64,6 +67,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (env SAGAD_LOG_FORMAT)")
 	fs.DurationVar(&cfg.grace, "shutdown-grace", 10*time.Second, "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
+	fs.DurationVar(&cfg.retention, "retention", 0, "prune completed, compensated and resolved sagas finished this long ago, such as 720h; failed ones stay until resolved; 0 keeps everything (env SAGAD_RETENTION)")
 	fs.IntVar(&cfg.maxConnections, "max-connections", defaultMaxConnections(),
 		"API connections open at once, more wait; the default is half the open-file limit, at most 4096 (env SAGAD_MAX_CONNECTIONS)")
 	fs.BoolVar(&cfg.stepLabels, "metrics-step-labels", false,
@@ -79,7 +83,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 // engineOptions are the engine's options of the configuration.
 func (cfg *serveConfig) engineOptions(log *slog.Logger, hooks engine.Hooks) engine.Options {
 	return engine.Options{Concurrency: cfg.concurrency, Logger: log, ShutdownGrace: cfg.grace, Hooks: hooks,
-		MaxStepOutput: int(cfg.maxStepOutput), MaxSagaData: int(cfg.maxSagaData)}
+		MaxStepOutput: int(cfg.maxStepOutput), MaxSagaData: int(cfg.maxSagaData), Retention: cfg.retention}
 }
 
 func (c *serveCommand) run(ctx context.Context, args []string) int {
@@ -169,6 +173,10 @@ Flags:
 	}
 	if cfg.maxConnections < 1 {
 		fmt.Fprintf(c.stderr, "sagad serve: --max-connections %d: want at least 1\n", cfg.maxConnections)
+		return nil, exitUsage, false
+	}
+	if cfg.retention < 0 {
+		fmt.Fprintf(c.stderr, "sagad serve: --retention %s: want a duration of 0 (keep everything) or more\n", cfg.retention)
 		return nil, exitUsage, false
 	}
 	return cfg, exitOK, true

@@ -288,6 +288,7 @@ func TestServeFlags(t *testing.T) {
 		sagaData        int
 		maxConns        int // 0: defaultMaxConnections
 		stepLabels      bool
+		retention       time.Duration
 		code            int
 		wantErrContains string
 	}{
@@ -303,6 +304,11 @@ func TestServeFlags(t *testing.T) {
 		{name: "flags over the environment", args: []string{"--max-step-output", "3KiB", "--max-connections", "7"},
 			env:        map[string]string{"SAGAD_MAX_STEP_OUTPUT": "2KiB", "SAGAD_MAX_CONNECTIONS": "300"},
 			stepOutput: 3 << 10, sagaData: engine.DefaultMaxSagaData, maxConns: 7},
+		{name: "retention", args: []string{"--retention", "720h"},
+			stepOutput: engine.DefaultMaxStepOutput, sagaData: engine.DefaultMaxSagaData, retention: 720 * time.Hour},
+		{name: "retention from the environment", env: map[string]string{"SAGAD_RETENTION": "48h"},
+			stepOutput: engine.DefaultMaxStepOutput, sagaData: engine.DefaultMaxSagaData, retention: 48 * time.Hour},
+		{name: "negative retention", args: []string{"--retention", "-1h"}, code: exitUsage, wantErrContains: "--retention"},
 		{name: "step labels", args: []string{"--metrics-step-labels"},
 			stepOutput: engine.DefaultMaxStepOutput, sagaData: engine.DefaultMaxSagaData, stepLabels: true},
 		{name: "decimal unit", args: []string{"--max-step-output", "1MB"}, code: exitUsage, wantErrContains: "KiB, MiB or GiB"},
@@ -313,7 +319,7 @@ func TestServeFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, name := range []string{"SAGAD_MAX_STEP_OUTPUT", "SAGAD_MAX_SAGA_DATA", "SAGAD_MAX_CONNECTIONS", "SAGAD_METRICS_STEP_LABELS"} {
+			for _, name := range []string{"SAGAD_MAX_STEP_OUTPUT", "SAGAD_MAX_SAGA_DATA", "SAGAD_MAX_CONNECTIONS", "SAGAD_METRICS_STEP_LABELS", "SAGAD_RETENTION"} {
 				t.Setenv(name, tt.env[name])
 				if _, ok := tt.env[name]; !ok {
 					os.Unsetenv(name)
@@ -339,6 +345,9 @@ func TestServeFlags(t *testing.T) {
 			}
 			if cfg.stepLabels != tt.stepLabels {
 				t.Errorf("metrics step labels %v, want %v", cfg.stepLabels, tt.stepLabels)
+			}
+			if o.Retention != tt.retention {
+				t.Errorf("retention %s, want %s", o.Retention, tt.retention)
 			}
 		})
 	}
