@@ -203,8 +203,25 @@ func fail(w io.Writer, cmd string, err error) int {
 	fmt.Fprintf(w, "sagad %s: %v\n", cmd, err)
 	if h := errors.FlattenHints(err); h != "" {
 		fmt.Fprintf(w, "hint: %s\n", h)
+	} else if h := problemHint(err); h != "" {
+		fmt.Fprintf(w, "hint: %s\n", h)
 	}
 	return exitFailed
+}
+
+// problemHint says what to do about an error answer of the daemon's.
+func problemHint(err error) string {
+	var p *client.Problem
+	if !errors.As(err, &p) {
+		return ""
+	}
+	switch {
+	case p.Status == http.StatusUnauthorized:
+		return "the daemon wants its token: pass --token or set SAGAD_TOKEN"
+	case !strings.HasPrefix(p.Type, httpapi.ProblemTypeBase):
+		return "the answer is not a sagad's: is --addr (or SAGAD_ADDR) the address of a sagad daemon?"
+	}
+	return ""
 }
 
 // printJSON writes v as indented JSON.

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -191,6 +195,27 @@ func TestCompactHelpTellsTheTruth(t *testing.T) {
 	for _, e := range entries {
 		if e.Name() != filepath.Base(path) {
 			t.Errorf("compact left %s beside the database", e.Name())
+		}
+	}
+}
+
+// An answer the CLI cannot use says what to do: a 401 asks for the token;
+// an address that is not a sagad's says so.
+func TestCLIExplainsAnswers(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, filepath.Join(t.TempDir(), "sagad.db"), "--token", "s3cret")
+	other := httptest.NewServer(http.NotFoundHandler())
+	defer other.Close()
+	for _, tt := range []struct {
+		addr, hint string
+	}{
+		{"http://" + d.addr, "pass --token or set SAGAD_TOKEN"},
+		{other.URL, "is --addr (or SAGAD_ADDR) the address of a sagad daemon?"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), []string{"sagas", "list", "--addr", tt.addr}, &stdout, &stderr)
+		if code != exitFailed || !strings.Contains(stderr.String(), tt.hint) {
+			t.Errorf("sagas list --addr %s: exit %d, stderr %q; want the hint %q", tt.addr, code, stderr.String(), tt.hint)
 		}
 	}
 }
