@@ -603,7 +603,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	case o.phase == saga.PhaseCompensation:
 		r.WakeAt = time.Time{}
 		d.fail(now, &compensationFailed{
-			cause: errors.Wrapf(o.err, "compensation of step %q failed after %d attempts", s.Name, s.Attempts),
+			cause: errors.Wrapf(o.err, "compensation of step %q failed after %s", s.Name, plural(s.Attempts, "attempt")),
 			why:   decodeError(r.ErrorEnc, r.Error),
 		})
 	default:

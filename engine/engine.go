@@ -554,7 +554,7 @@ func (e *Engine) sagaGet(id ulid.ULID) (*storage.Saga, error) {
 	rec, err := e.sagas.SagaGet(context.Background(), id)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
-		return nil, errors.Wrapf(ErrNotFound, "saga %s", id)
+		return nil, errors.Wrapf(ErrNotFound, "%s", id)
 	case err != nil:
 		return nil, errors.Wrapf(err, "get saga %s", id)
 	}
@@ -582,7 +582,7 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Saga, error) {
 	if !held {
 		status, err = e.sagas.SagaStatus(ctx, u)
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+			return nil, errors.Wrapf(ErrNotFound, "engine: %s", id)
 		}
 		if err != nil {
 			return nil, errors.Wrapf(err, "engine: wait for saga %s", id)
@@ -705,7 +705,7 @@ func (e *Engine) Log(ctx context.Context, id string) ([]storage.LogEntry, error)
 	}
 	out, err := e.sagas.LogList(ctx, u)
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, errors.Wrapf(ErrNotFound, "engine: saga %s", id)
+		return nil, errors.Wrapf(ErrNotFound, "engine: %s", id)
 	}
 	return out, errors.Wrapf(err, "engine: log of saga %s", id)
 }

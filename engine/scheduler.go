@@ -332,7 +332,7 @@ func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, 
 	rec, _, err := e.sagas.SagaClaim(ctx, id)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
-		return errors.Wrapf(ErrNotFound, "saga %s", id)
+		return errors.WithStack(ErrNotFound) // the caller names the saga
 	case errors.Is(err, storage.ErrClaimed):
 		return errors.WithHint(errors.Wrapf(ErrConflict, "saga %s is being driven by another process", id),
 			"it is running an attempt there; wait for it to end, then try again")
