@@ -317,6 +317,14 @@ func (c *Client) OutboxRequeue(ctx context.Context, id string) error {
 	return err
 }
 
+// OutboxDiscard deletes an event the relay is done with (produced, or
+// not_produced, whose saga's later events then go on). An event waiting to
+// be published is a 409 Problem.
+func (c *Client) OutboxDiscard(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/v1/outbox/"+url.PathEscape(id), nil, nil, nil)
+	return err
+}
+
 // Ready reports whether the daemon is ready (recovery done, database open).
 func (c *Client) Ready(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil, nil)

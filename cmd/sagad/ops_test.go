@@ -223,12 +223,44 @@ func TestOutboxCommands(t *testing.T) {
 	}
 }
 
+func TestOutboxDiscard(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, ids := opsFile(t)
+			where := targetFlags(t, mode, path)
+			code, out, errOut := runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...)
+			if code != exitOK || !strings.Contains(out, "discarded "+ids["not_produced"]) {
+				t.Fatalf("outbox discard: exit %d: %s %s", code, out, errOut)
+			}
+			if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...); code != exitFailed || !strings.Contains(errOut, "not found") {
+				t.Fatalf("second discard: exit %d: %s; want not found", code, errOut)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
+			var st client.OutboxStats
+			if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.NotProduced != 0 || st.Counts.New != 2 {
+				t.Fatalf("outbox stats after the discard: exit %d:\n%s", code, out)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "list", "--json"}, where...)...)
+			var page client.OutboxPage
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) == 0 {
+				t.Fatalf("outbox list: exit %d:\n%s", code, out)
+			}
+			if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", page.Events[0].ID}, where...)...); code != exitFailed || !strings.Contains(errOut, "waiting to be published") {
+				t.Fatalf("discard of a new event: exit %d: %s; want a conflict", code, errOut)
+			}
+		})
+	}
+}
+
 func TestOpsUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
 		{"sagas"}, {"sagas", "frobnicate"}, {"sagas", "list", "--status", "bogus"}, {"sagas", "list", "--limit", "0"},
 		{"sagas", "show"}, {"sagas", "show", "a", "b"}, {"outbox", "list", "--status", "bogus"},
 		{"outbox", "requeue"}, {"outbox", "requeue", "x", "--all-not-produced"}, {"outbox", "nope"},
+		{"outbox", "discard"}, {"outbox", "discard", "a", "b"},
 	} {
 		if code, _, _ := runCmd(t, args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d (usage)", args, code, exitUsage)

@@ -11,7 +11,7 @@ import (
 	"github.com/sagad/sagad/client"
 )
 
-// outboxCommand implements 'sagad outbox list|stats|requeue'.
+// outboxCommand implements 'sagad outbox list|stats|requeue|discard'.
 type outboxCommand struct {
 	stdout, stderr io.Writer
 }
@@ -21,6 +21,7 @@ func (c *outboxCommand) run(ctx context.Context, args []string) int {
 		{"list", "list outbox events in one status (new by default)", func(a []string) int { return c.list(ctx, a) }},
 		{"stats", "depth, age of the oldest pending event, counts by status", func(a []string) int { return c.stats(ctx, a) }},
 		{"requeue", "publish a not_produced event again (ID, or --all-not-produced)", func(a []string) int { return c.requeue(ctx, a) }},
+		{"discard", "delete a produced or not_produced event (ID); a not_produced one's saga goes on", func(a []string) int { return c.discard(ctx, a) }},
 	}, args)
 }
 
@@ -203,5 +204,46 @@ Flags:
 		return exitOK
 	}
 	fmt.Fprintf(c.stdout, "re-queued %d events\n", len(ids))
+	return exitOK
+}
+
+func (c *outboxCommand) discard(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("outbox discard", flag.ContinueOnError)
+	var t target
+	t.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, `Usage: sagad outbox discard ID
+
+Deletes an event the relay is done with: a produced one, or a not_produced
+one that will never be published (its saga's later events, which waited
+behind it, go on). An event waiting to be published cannot be discarded.
+
+Example:
+  sagad outbox discard --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(c.stderr, "sagad outbox discard: give one event id")
+		return exitUsage
+	}
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "outbox discard", err)
+	}
+	defer b.Close()
+	if err := b.OutboxDiscard(ctx, fs.Arg(0)); err != nil {
+		return fail(c.stderr, "outbox discard", err)
+	}
+	if t.json {
+		printJSON(c.stdout, map[string]any{"discarded": fs.Arg(0)})
+		return exitOK
+	}
+	fmt.Fprintf(c.stdout, "discarded %s\n", fs.Arg(0))
 	return exitOK
 }

@@ -34,6 +34,7 @@ type backend interface {
 	OutboxList(ctx context.Context, status, cursor string, limit int) (*client.OutboxPage, error)
 	OutboxStats(ctx context.Context) (*client.OutboxStats, error)
 	OutboxRequeue(ctx context.Context, id string) error
+	OutboxDiscard(ctx context.Context, id string) error
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
 	Resolve(ctx context.Context, id, note, by string) error
@@ -181,6 +182,10 @@ func (o offline) OutboxStats(ctx context.Context) (*client.OutboxStats, error) {
 		return nil, err
 	}
 	return convert[*client.OutboxStats](st)
+}
+
+func (o offline) OutboxDiscard(ctx context.Context, id string) error {
+	return o.eng.OutboxDiscard(ctx, id)
 }
 
 func (o offline) OutboxRequeue(ctx context.Context, id string) error {

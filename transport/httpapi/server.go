@@ -125,6 +125,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/outbox", true, s.listOutbox},
 		{"GET /v1/outbox/stats", true, s.outboxStats},
 		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent},
+		{"DELETE /v1/outbox/{id}", true, s.discardEvent},
 		{"GET /v1/backup", true, s.backup},
 		{"HEAD /v1/backup", true, s.backupSize},
 	}
@@ -602,6 +603,17 @@ func (s *Server) requeueEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id, "status": string(storage.OutboxNew)})
+}
+
+// discardEvent deletes an event the relay is done with (produced, or
+// not_produced: its saga's later events then go on).
+func (s *Server) discardEvent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.eng.OutboxDiscard(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // backupChunk is how much of a backup is written at a time; each write
