@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -517,5 +521,64 @@ func TestRecoverOnlineWaitsForTheDaemon(t *testing.T) {
 	code, _, errOut := runCmd(t, "recover", "--addr", "http://127.0.0.1:1", "--timeout", "600ms")
 	if code != exitFailed || !strings.Contains(errOut, "did not become ready") || time.Since(start) < 500*time.Millisecond {
 		t.Fatalf("exit %d after %s, %q; want a failure after waiting the timeout", code, time.Since(start), errOut)
+	}
+}
+
+// sagas retry --wait retries a saga waiting for its next attempt now and
+// prints how it ended: online through the daemon, and offline, where the
+// command drives the saga itself.
+func TestRetryWait(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	calls := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls[r.Header.Get("Idempotency-Key")]++
+		n := calls[r.Header.Get("Idempotency-Key")]
+		mu.Unlock()
+		if n == 1 {
+			http.Error(w, `{"error":"busy"}`, http.StatusServiceUnavailable) // retried in an hour
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{}`)
+	}))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[{"name":"flaky","action":{"url":"%s/flaky"},"retry":{"max_attempts":3,"initial_interval":"1h","max_interval":"1h"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "flaky", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() string {
+		t.Helper()
+		res, err := c.Start(ctx, "flaky", nil, client.StartOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 200 { // the first attempt fails, then the saga waits an hour
+			if s, err := c.Get(ctx, res.ID); err == nil && !s.WakeAt.IsZero() {
+				return res.ID
+			}
+			time.Sleep(10 * time.Millisecond) // no signal tells a waiting saga from outside
+		}
+		t.Fatalf("saga %s never waited for its retry", res.ID)
+		return ""
+	}
+	online, offline := waiting(), waiting()
+	code, out, errOut := runCmd(t, "sagas", "retry", "--wait", "20s", "--addr", "http://"+d.addr, online)
+	if code != exitOK || !strings.Contains(out, "ended completed") {
+		t.Fatalf("online retry --wait: exit %d: %s %s", code, out, errOut)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	code, out, errOut = runCmd(t, "sagas", "retry", "--wait", "20s", "--db", path, "--json", offline)
+	var s client.Saga
+	if code != exitOK || json.Unmarshal([]byte(out), &s) != nil || s.Status != "completed" {
+		t.Fatalf("offline retry --wait: exit %d: %s %s", code, out, errOut)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/cockroachdb/errors"
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/saga"
 )
@@ -267,7 +268,7 @@ func plural(n int, what string) string {
 }
 
 var controlHelp = map[string]string{
-	"retry": `Usage: sagad sagas retry [--db FILE | --addr URL] ID
+	"retry": `Usage: sagad sagas retry [--db FILE | --addr URL] [--wait D] ID
 
 Retries a failed saga: the compensation (or, past the pivot, the step) that
 failed runs again with a fresh attempt budget. Fix the cause first. A saga
@@ -290,7 +291,7 @@ when are kept in its step log. Nothing is undone or deleted.
 Example:
   sagad sagas resolve --db /var/lib/sagad/sagad.db --note "refunded by hand, ticket OPS-17" 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
 `,
-	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] ID
+	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] [--wait D] ID
 
 Asks a running saga to stop going forward and compensate the steps that
 succeeded, last first. An attempt in flight finishes first; a saga past its
@@ -308,6 +309,10 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	var t target
 	t.flags(fs)
 	var note, by string
+	var wait time.Duration
+	if verb != "resolve" {
+		fs.DurationVar(&wait, "wait", 0, "wait up to this long for the saga to end, and print how it ended (offline, the command drives it meanwhile); 0: do not wait")
+	}
 	if verb == "resolve" {
 		fs.StringVar(&note, "note", "", "what was done by hand (required)")
 		fs.StringVar(&by, "by", defaultOperator(), "who resolved it")
@@ -343,12 +348,27 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	if err := op(ctx, id); err != nil {
 		return fail(c.stderr, "sagas "+verb, err)
 	}
-	s, err := b.Get(ctx, id)
-	if err != nil {
+	var s *client.Saga
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		s, err = b.Wait(wctx, id)
+		cancel()
+		if err != nil {
+			return fail(c.stderr, "sagas "+verb, errors.WithHint(errors.Wrapf(err, "saga %s did not end within %s", id, wait),
+				"it goes on; see where it stands with sagad sagas show"))
+		}
+	} else if s, err = b.Get(ctx, id); err != nil {
 		return fail(c.stderr, "sagas "+verb, err)
 	}
 	if t.json {
 		printJSON(c.stdout, s)
+		return exitOK
+	}
+	if wait > 0 {
+		fmt.Fprintf(c.stdout, "%s: %s done; the saga ended %s\n", id, verb, s.Status)
+		if s.Error != "" {
+			fmt.Fprintf(c.stdout, "error: %s\n", s.Error)
+		}
 		return exitOK
 	}
 	fmt.Fprintf(c.stdout, "%s: %s requested; the saga is %s\n", id, verb, s.Status)

@@ -38,6 +38,9 @@ type backend interface {
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
 	Resolve(ctx context.Context, id, note, by string) error
+	// Wait returns the saga once it has ended (offline, the command drives
+	// it meanwhile, as sagad recover would).
+	Wait(ctx context.Context, id string) (*client.Saga, error)
 	Close() error
 	// Offline reports whether the backend is the file itself: changes are
 	// recorded, and a daemon (or sagad recover) carries them out.
@@ -150,6 +153,17 @@ func (o offline) List(ctx context.Context, lo client.ListOptions) (*client.Page,
 		return nil, err
 	}
 	return httpapi.PageJSON(p), nil // the same as the API's lists
+}
+
+func (o offline) Wait(ctx context.Context, id string) (*client.Saga, error) {
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = o.eng.Run(rctx) }() // an offline engine drives nothing until it runs
+	s, err := o.eng.Wait(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return httpapi.SagaJSON(s), nil
 }
 
 func (o offline) Get(ctx context.Context, id string) (*client.Saga, error) {
