@@ -280,9 +280,13 @@ func (c *recoverCommand) online(ctx context.Context, addr, token string, timeout
 		if err == nil {
 			break
 		}
-		// 503: recovery still runs; no answer at all: the daemon is still
-		// starting. Anything else is an answer that will not change.
-		if code := client.StatusOf(err); code != 0 && code != http.StatusServiceUnavailable {
+		// 503: recovery still runs (the daemon listens while it
+		// recovers). No answer at all: nothing listens there, as for every
+		// other command. Anything else is an answer that will not change.
+		switch code := client.StatusOf(err); {
+		case code == 0:
+			return fail(c.stderr, "recover", errors.WithHint(err, "nothing answers at "+addr+": is the daemon running, and is --addr right?"))
+		case code != http.StatusServiceUnavailable:
 			return fail(c.stderr, "recover", err)
 		}
 		select {
