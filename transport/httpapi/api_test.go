@@ -777,3 +777,25 @@ func TestWaitIsCappedByMaxWait(t *testing.T) {
 	g.open()
 	requireStatus(t, a.wait(t, st.ID), "completed")
 }
+
+// A query parameter a route does not take is refused, named, as a
+// problem: a misspelt one must not be ignored in silence.
+func TestUnknownQueryParameters(t *testing.T) {
+	t.Parallel()
+	a := newAPI(t, nil)
+	for _, tt := range []struct {
+		method, path, want string
+	}{
+		{"GET", "/v1/sagas?limt=5", "unknown query parameter limt: GET /v1/sagas takes status, definition, cursor, limit"},
+		{"GET", "/v1/sagas/01J9Z3K8Q5W6X7Y8Z9A0B1C2D3/log?wait=1s", "unknown query parameter wait"},
+		{"POST", "/v1/sagas?wiat=5s&x=1", "unknown query parameter wiat, x"},
+	} {
+		resp, body := a.send(t, tt.method, tt.path, `{}`, nil)
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" || !strings.Contains(string(body), tt.want) {
+			t.Errorf("%s %s: %d %s %s; want a 400 problem saying %q", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Content-Type"), body, tt.want)
+		}
+	}
+	if resp, body := a.send(t, "GET", "/v1/sagas?limit=5&status=running", "", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("known parameters: %d %s", resp.StatusCode, body)
+	}
+}

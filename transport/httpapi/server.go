@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, eng: cfg.Engine, log: cfg.Logger, mux: http.NewServeMux()}
 	for _, rt := range s.routes() {
 		h := rt.handler
+		if strings.Contains(rt.pattern, " /v1/") { // not the probes' and scrapers' routes
+			h = onlyQuery(rt.query, h)
+		}
 		if rt.auth {
 			h = s.authenticate(h)
 		}
@@ -104,30 +108,59 @@ type route struct {
 	pattern string // "METHOD /path/{param}"
 	auth    bool
 	handler http.HandlerFunc
+	// query names the query parameters the route takes; any other is a
+	// 400 that names it.
+	query []string
 }
 
 func (s *Server) routes() []route {
 	return []route{
-		{"GET /healthz", false, s.healthz},
-		{"GET /readyz", false, s.readyz},
-		{"GET /metrics", false, s.metrics},
-		{"GET /v1/openapi.json", true, s.openapi},
-		{"PUT /v1/definitions/{name}", true, s.putDefinition},
-		{"GET /v1/definitions", true, s.listDefinitions},
-		{"GET /v1/definitions/{name}", true, s.getDefinition},
-		{"POST /v1/sagas", true, s.startSaga},
-		{"GET /v1/sagas", true, s.listSagas},
-		{"GET /v1/sagas/{id}", true, s.getSaga},
-		{"GET /v1/sagas/{id}/log", true, s.sagaLog},
-		{"POST /v1/sagas/{id}/abort", true, s.abortSaga},
-		{"POST /v1/sagas/{id}/retry", true, s.retrySaga},
-		{"POST /v1/sagas/{id}/resolve", true, s.resolveSaga},
-		{"GET /v1/outbox", true, s.listOutbox},
-		{"GET /v1/outbox/stats", true, s.outboxStats},
-		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent},
-		{"DELETE /v1/outbox/{id}", true, s.discardEvent},
-		{"GET /v1/backup", true, s.backup},
-		{"HEAD /v1/backup", true, s.backupSize},
+		{"GET /healthz", false, s.healthz, nil},
+		{"GET /readyz", false, s.readyz, nil},
+		{"GET /metrics", false, s.metrics, nil},
+		{"GET /v1/openapi.json", true, s.openapi, nil},
+		{"PUT /v1/definitions/{name}", true, s.putDefinition, nil},
+		{"GET /v1/definitions", true, s.listDefinitions, nil},
+		{"GET /v1/definitions/{name}", true, s.getDefinition, nil},
+		{"POST /v1/sagas", true, s.startSaga, []string{"wait"}},
+		{"GET /v1/sagas", true, s.listSagas, []string{"status", "definition", "cursor", "limit"}},
+		{"GET /v1/sagas/{id}", true, s.getSaga, []string{"wait"}},
+		{"GET /v1/sagas/{id}/log", true, s.sagaLog, nil},
+		{"POST /v1/sagas/{id}/abort", true, s.abortSaga, nil},
+		{"POST /v1/sagas/{id}/retry", true, s.retrySaga, nil},
+		{"POST /v1/sagas/{id}/resolve", true, s.resolveSaga, nil},
+		{"GET /v1/outbox", true, s.listOutbox, []string{"status", "cursor", "limit"}},
+		{"GET /v1/outbox/stats", true, s.outboxStats, nil},
+		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent, nil},
+		{"DELETE /v1/outbox/{id}", true, s.discardEvent, nil},
+		{"GET /v1/backup", true, s.backup, nil},
+		{"HEAD /v1/backup", true, s.backupSize, nil},
+	}
+}
+
+// onlyQuery refuses, with a 400 that names them, the query parameters a
+// route does not take: a misspelt ?limt=5 must not be ignored in silence.
+func onlyQuery(allowed []string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			var unknown []string
+			for name := range r.URL.Query() {
+				if !slices.Contains(allowed, name) {
+					unknown = append(unknown, name)
+				}
+			}
+			if len(unknown) > 0 {
+				slices.Sort(unknown)
+				takes := "takes no query parameters"
+				if len(allowed) > 0 {
+					takes = "takes " + strings.Join(allowed, ", ")
+				}
+				writeProblem(w, r, http.StatusBadRequest, "unknown-parameter",
+					"unknown query parameter "+strings.Join(unknown, ", ")+": "+r.Method+" "+r.URL.Path+" "+takes)
+				return
+			}
+		}
+		h(w, r)
 	}
 }
 
