@@ -81,8 +81,12 @@ func (m *metrics) engineHooks() engine.Hooks {
 	}
 }
 
-// relayHooks reports the relay's events.
+// relayHooks reports the relay's events. Its counters exist, at zero, from
+// the start.
 func (m *metrics) relayHooks() rabbitmq.Hooks {
+	for _, outcome := range []string{"published", "retried", "not_produced"} {
+		m.relayOut.WithLabelValues(outcome)
+	}
 	return rabbitmq.Hooks{
 		Published:   func(n int) { m.relayOut.WithLabelValues("published").Add(float64(n)) },
 		Retried:     func(*storage.OutboxEvent, error) { m.relayOut.WithLabelValues("retried").Inc() },
@@ -99,7 +103,7 @@ func (m *metrics) watch(eng *engine.Engine, relay *rabbitmq.Relay) {
 	for _, b := range eng.Breakers() {
 		m.breakers.WithLabelValues(b.Name).Set(breakerValue[b.State])
 	}
-	m.reg.MustRegister(&stateCollector{eng: eng, relay: relay})
+	m.reg.MustRegister(&stateCollector{m: m, eng: eng, relay: relay})
 }
 
 var (
@@ -116,12 +120,15 @@ var (
 		"Time spent committing, syncs included; its rate is the share of time the committer is busy.", nil, nil)
 	pagesDesc = prometheus.NewDesc("sagad_storage_pages_written_total",
 		"Page writes of the database file (bbolt's count: one per page or run of overflow pages, meta pages included).", nil, nil)
-	relayUpDesc  = prometheus.NewDesc("sagad_relay_connected", "1 while the relay is connected to the broker.", nil, nil)
+	relayUpDesc      = prometheus.NewDesc("sagad_relay_connected", "1 while the relay is connected to the broker.", nil, nil)
+	relayBlockedDesc = prometheus.NewDesc("sagad_relay_blocked",
+		"1 while the broker blocks the relay's connection (a memory or disk alarm): events wait in the outbox.", nil, nil)
 	inflightDesc = prometheus.NewDesc("sagad_relay_in_flight", "Messages published and not yet confirmed.", nil, nil)
 )
 
 // stateCollector reads stored state when scraped.
 type stateCollector struct {
+	m     *metrics
 	eng   *engine.Engine
 	relay *rabbitmq.Relay
 }
@@ -136,11 +143,24 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- pagesDesc
 	if c.relay != nil {
 		ch <- relayUpDesc
+		ch <- relayBlockedDesc
 		ch <- inflightDesc
 	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	// The registered definitions' status counters and breakers exist from
+	// when they are registered, at zero and closed, not from their first
+	// change: a rate or an alert on them needs the series. Made here, they
+	// are in the next scrape.
+	for _, def := range c.eng.Definitions() {
+		for _, st := range saga.Statuses {
+			c.m.entered.WithLabelValues(def.Name, string(st))
+		}
+	}
+	for _, b := range c.eng.Breakers() {
+		c.m.breakers.WithLabelValues(b.Name).Set(breakerValue[b.State])
+	}
 	if counts, err := c.eng.Store().SagaCounts(context.Background()); err == nil {
 		for st, n := range counts {
 			ch <- prometheus.MustNewConstMetric(sagasDesc, prometheus.GaugeValue, float64(n), string(st))
@@ -168,6 +188,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(relayUpDesc, prometheus.GaugeValue, up)
+		blocked := 0.0
+		if s.Blocked {
+			blocked = 1
+		}
+		ch <- prometheus.MustNewConstMetric(relayBlockedDesc, prometheus.GaugeValue, blocked)
 		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(s.InFlight))
 	}
 }

@@ -4,14 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
+	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/steps"
 )
 
 // TestMetricsHooks checks the series the engine's and the relay's hooks
@@ -139,4 +144,33 @@ func attemptsByStep(t *testing.T, m *metrics) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// A registered definition's status counters and breaker are series from
+// the scrape after it is registered, before any saga runs.
+func TestMetricsExistFromTheStart(t *testing.T) {
+	t.Parallel()
+	eng, err := engine.Open(filepath.Join(t.TempDir(), "sagad.db"), engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	m := newMetrics(false)
+	m.watch(eng, nil)
+	if err := eng.Register(&saga.Definition{Name: "order", Steps: []saga.Step{{Name: "charge", Action: steps.Noop,
+		Breaker: saga.BreakerPolicy{Name: "payments", Failures: 3, OpenFor: time.Second}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.reg.Gather(); err != nil { // makes the series
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(m.reg, "sagad_saga_status_changes_total"); err != nil || n != len(saga.Statuses) {
+		t.Errorf("status change series: %d (%v), want one per status, at zero", n, err)
+	}
+	if got := testutil.ToFloat64(m.breakers.WithLabelValues("payments")); got != 0 {
+		t.Errorf("sagad_breaker_state{payments} = %v, want 0 (closed)", got)
+	}
+	if n, err := testutil.GatherAndCount(m.reg, "sagad_breaker_state"); err != nil || n != 1 {
+		t.Errorf("breaker series: %d (%v), want the registered breaker's", n, err)
+	}
 }
