@@ -86,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&compactCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "recover":
 		return (&recoverCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "definitions":
+		return (&definitionsCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "migrate":
 		return (&migrateCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	}
@@ -106,6 +108,7 @@ Commands:
   backup   write a consistent, checked copy of the database (offline or online)
   compact  rewrite a stopped daemon's file to reclaim free space
   recover  drive every unfinished saga of a stopped daemon's file to an end
+  definitions  list, show and put declarative definitions
   migrate  apply (or print) the migrations of a PostgreSQL schema
   version  print sagad's version, commit and Go version (also --version)
 

@@ -582,3 +582,51 @@ func TestRetryWait(t *testing.T) {
 		t.Fatalf("offline retry --wait: exit %d: %s %s", code, out, errOut)
 	}
 }
+
+// sagad definitions put, list and show, offline on a file and online
+// through a daemon.
+func TestDefinitionsCommand(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "order.json")
+	if err := os.WriteFile(spec, []byte(`{"steps":[{"name":"reserve","action":{"url":"http://127.0.0.1:1/reserve"}},{"name":"ship","action":{"url":"http://127.0.0.1:1/ship"}}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sagad.db")
+	d := startDaemon(t, path)
+	for _, where := range [][]string{{"--addr", "http://" + d.addr}} {
+		code, out, errOut := runCmd(t, append([]string{"definitions", "put", "order", spec}, where...)...)
+		if code != exitOK || !strings.Contains(out, "stored and registered") {
+			t.Fatalf("definitions put: exit %d: %s %s", code, out, errOut)
+		}
+		if code, out, _ = runCmd(t, append([]string{"definitions", "put", "order", spec}, where...)...); code != exitOK || !strings.Contains(out, "already stored") {
+			t.Fatalf("definitions put again: exit %d: %s", code, out)
+		}
+		if code, out, _ = runCmd(t, append([]string{"definitions", "list"}, where...)...); code != exitOK || !strings.Contains(out, "order") || !strings.Contains(out, "  2") {
+			t.Fatalf("definitions list: exit %d:\n%s", code, out)
+		}
+		if code, out, _ = runCmd(t, append([]string{"definitions", "show", "order"}, where...)...); code != exitOK || !strings.Contains(out, `"name": "reserve"`) {
+			t.Fatalf("definitions show: exit %d:\n%s", code, out)
+		}
+		if code, _, errOut = runCmd(t, append([]string{"definitions", "show", "nope"}, where...)...); code != exitFailed || !strings.Contains(errOut, "no definition named nope") {
+			t.Fatalf("definitions show of an unknown name: exit %d: %s", code, errOut)
+		}
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	// Offline, on the file the daemon left: what it stored is there.
+	code, out, errOut := runCmd(t, "definitions", "list", "--json", "--db", path)
+	if code != exitOK || !strings.Contains(out, `"name": "order"`) {
+		t.Fatalf("offline definitions list: exit %d: %s %s", code, out, errOut)
+	}
+	if code, _, _ := runCmd(t, "definitions", "put", "bad", filepath.Join(dir, "missing.json"), "--db", path); code != exitFailed {
+		t.Fatalf("put of a missing file: exit %d", code)
+	}
+	for _, args := range [][]string{{"definitions"}, {"definitions", "frob"}, {"definitions", "show"}, {"definitions", "put", "x"}} {
+		if code, _, _ := runCmd(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want usage", args, code)
+		}
+	}
+}

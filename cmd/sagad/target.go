@@ -38,6 +38,9 @@ type backend interface {
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
 	Resolve(ctx context.Context, id, note, by string) error
+	Definitions(ctx context.Context) ([]client.Definition, error)
+	Definition(ctx context.Context, name string) (*client.Definition, error)
+	PutDefinition(ctx context.Context, name string, spec []byte) (*client.Definition, error)
 	// Wait returns the saga once it has ended (offline, the command drives
 	// it meanwhile, as sagad recover would).
 	Wait(ctx context.Context, id string) (*client.Saga, error)
@@ -89,11 +92,12 @@ func (t *target) open() (backend, error) {
 	// of the daemon's can be retried here.
 	// A skipped version's sagas are reported as parked, like any saga whose
 	// definition is not available.
-	if _, err := httpapi.NewDefinitions(eng, nil).Load(); err != nil && !errors.Is(err, httpapi.ErrDefinitionSkipped) {
+	defs := httpapi.NewDefinitions(eng, participantClient(16))
+	if _, err := defs.Load(); err != nil && !errors.Is(err, httpapi.ErrDefinitionSkipped) {
 		_ = eng.Close()
 		return nil, err
 	}
-	return offline{eng}, nil
+	return offline{eng, defs}, nil
 }
 
 // existingDB refuses a database path that names no file, or an empty file
@@ -132,7 +136,24 @@ func (online) Close() error { return nil }
 func (online) Offline() bool { return false }
 
 // offline is a database file opened by this process.
-type offline struct{ eng *engine.Engine }
+type offline struct {
+	eng  *engine.Engine
+	defs *httpapi.Definitions
+}
+
+func (o offline) Definitions(context.Context) ([]client.Definition, error) { return o.defs.List() }
+
+func (o offline) Definition(_ context.Context, name string) (*client.Definition, error) {
+	d, ok, err := o.defs.Get(name)
+	if err == nil && !ok {
+		err = errors.Newf("no definition named %s", name)
+	}
+	return d, err
+}
+
+func (o offline) PutDefinition(_ context.Context, name string, spec []byte) (*client.Definition, error) {
+	return o.defs.Put(name, spec)
+}
 
 func (o offline) Close() error { return o.eng.Close() }
 
