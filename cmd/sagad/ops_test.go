@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -628,5 +629,45 @@ func TestDefinitionsCommand(t *testing.T) {
 		if code, _, _ := runCmd(t, args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want usage", args, code)
 		}
+	}
+}
+
+// A listing cut off by --limit says so and how to go on; --cursor goes on,
+// --all lists everything; tables show times in UTC with a Z.
+func TestListsSayTheyAreCutOff(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, _ := opsFile(t)
+			where := targetFlags(t, mode, path)
+			code, out, _ := runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json"}, where...)...)
+			var page client.Page
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || page.NextCursor == "" {
+				t.Fatalf("sagas list --limit 1 --json: exit %d:\n%s", code, out)
+			}
+			seen := map[string]bool{page.Sagas[0].ID: true}
+			for cursor := page.NextCursor; cursor != ""; {
+				code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json", "--cursor", cursor}, where...)...)
+				page = client.Page{}
+				if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || seen[page.Sagas[0].ID] {
+					t.Fatalf("sagas list --cursor %s: exit %d:\n%s", cursor, code, out)
+				}
+				seen[page.Sagas[0].ID], cursor = true, page.NextCursor
+			}
+			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--all", "--json"}, where...)...)
+			page = client.Page{}
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != len(seen) || page.NextCursor != "" {
+				t.Fatalf("sagas list --all: exit %d, want the %d sagas the pages had:\n%s", code, len(seen), out)
+			}
+			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1"}, where...)...)
+			if code != exitOK || !strings.Contains(out, "more match: --cursor ") || !regexp.MustCompile(`\d\d:\d\d:\d\dZ`).MatchString(out) {
+				t.Fatalf("sagas list --limit 1: exit %d, want a hint line and UTC times:\n%s", code, out)
+			}
+			code, out, _ = runCmd(t, append([]string{"outbox", "list", "--limit", "1"}, where...)...)
+			if code != exitOK || !strings.Contains(out, "more new events: --cursor ") {
+				t.Fatalf("outbox list --limit 1: exit %d, want a hint line:\n%s", code, out)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"text/tabwriter"
 	"time"
 
@@ -31,11 +32,14 @@ func (c *outboxCommand) list(ctx context.Context, args []string) int {
 	t.flags(fs)
 	status := fs.String("status", "new", "new, produced or not_produced")
 	limit := fs.Int("limit", 50, "at most this many events")
+	startAt := fs.String("cursor", "", "go on from where a listing stopped (the cursor it printed)")
+	all := fs.Bool("all", false, "every event in the status, however many (--limit is then ignored)")
 	fs.Usage = func() {
-		fmt.Fprint(c.stderr, `Usage: sagad outbox list [--status new|produced|not_produced] [--limit N] [--json]
+		fmt.Fprint(c.stderr, `Usage: sagad outbox list [--status new|produced|not_produced] [--limit N | --all] [--cursor C] [--json]
 
 Lists outbox events in one status, oldest first: their saga, name, routing
-key, attempts and last error.
+key, attempts and last error. A listing cut off by --limit says so, with the
+cursor that goes on (--cursor; next_cursor with --json). Times are UTC.
 
 Example:
   sagad outbox list --db /var/lib/sagad/sagad.db --status not_produced
@@ -62,12 +66,16 @@ Flags:
 		return fail(c.stderr, "outbox list", err)
 	}
 	defer b.Close()
-	events, err := listEvents(ctx, b, *status, *limit)
+	n := *limit
+	if *all {
+		n = math.MaxInt
+	}
+	events, next, err := pageEvents(ctx, b, *status, *startAt, n)
 	if err != nil {
 		return fail(c.stderr, "outbox list", err)
 	}
 	if t.json {
-		printJSON(c.stdout, client.OutboxPage{Events: events})
+		printJSON(c.stdout, client.OutboxPage{Events: events, NextCursor: next})
 		return exitOK
 	}
 	if len(events) == 0 {
@@ -78,26 +86,36 @@ Flags:
 	fmt.Fprintln(tw, "ID\tSAGA\tNAME\tROUTING KEY\tCREATED\tATTEMPTS\tLAST ERROR")
 	for _, ev := range events {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", ev.ID, ev.SagaID, ev.Name, ev.RoutingKey,
-			ev.CreatedAt.Local().Format(time.DateTime), ev.Attempts, oneLine(ev.LastError, 60))
+			utc(ev.CreatedAt), ev.Attempts, oneLine(ev.LastError, 60))
 	}
 	_ = tw.Flush()
+	if next != "" {
+		fmt.Fprintf(c.stdout, "(%d shown; more %s events: --cursor %s goes on, --all lists every one)\n", len(events), *status, next)
+	}
 	return exitOK
 }
 
 // listEvents pages through up to limit events in one status.
 func listEvents(ctx context.Context, b backend, status string, limit int) ([]client.OutboxEvent, error) {
+	out, _, err := pageEvents(ctx, b, status, "", limit)
+	return out, err
+}
+
+// pageEvents pages through up to limit events in one status from cursor,
+// and returns where the listing goes on ("" when it is whole).
+func pageEvents(ctx context.Context, b backend, status, cursor string, limit int) ([]client.OutboxEvent, string, error) {
 	out := []client.OutboxEvent{}
-	for cursor := ""; len(out) < limit; {
+	for len(out) < limit {
 		p, err := b.OutboxList(ctx, status, cursor, min(limit-len(out), 1000))
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		out = append(out, p.Events...)
 		if cursor = p.NextCursor; cursor == "" {
-			break
+			return out, "", nil
 		}
 	}
-	return out, nil
+	return out, cursor, nil
 }
 
 func (c *outboxCommand) stats(ctx context.Context, args []string) int {

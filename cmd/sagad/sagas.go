@@ -41,11 +41,15 @@ func (c *sagasCommand) list(ctx context.Context, args []string) int {
 	fs.Var(&sinceV, "since", "only sagas created within this long, such as 90m, 12h or 7d")
 	since := (*time.Duration)(&sinceV)
 	limit := fs.Int("limit", 50, "at most this many sagas")
+	startAt := fs.String("cursor", "", "go on from where a listing stopped (the cursor it printed)")
+	all := fs.Bool("all", false, "every matching saga, however many (--limit is then ignored)")
 	fs.Usage = func() {
-		fmt.Fprint(c.stderr, `Usage: sagad sagas list [--status S] [--definition D] [--since 1h] [--limit N] [--json]
+		fmt.Fprint(c.stderr, `Usage: sagad sagas list [--status S] [--definition D] [--since 7d] [--limit N | --all] [--cursor C] [--json]
 
-Lists sagas, newest first, as a table (or a JSON object {"sagas": [...]}
-with --json, as the HTTP API answers).
+Lists sagas, newest first, as a table (or a JSON object {"sagas": [...],
+"next_cursor": "..."} with --json, as the HTTP API answers). A listing cut
+off by --limit says so, with the cursor that goes on (--cursor). Times are
+UTC.
 
 Example:
   sagad sagas list --db /var/lib/sagad/sagad.db --status failed
@@ -76,8 +80,13 @@ Flags:
 	if *since > 0 {
 		cutoff = time.Now().Add(-*since)
 	}
-	for cursor := ""; len(out) < *limit; {
-		p, err := b.List(ctx, client.ListOptions{Status: *status, Definition: *definition, Cursor: cursor, Limit: min(*limit-len(out), 1000)})
+	next := "" // where the listing goes on, when --limit cut it off
+	for cursor := *startAt; *all || len(out) < *limit; {
+		n := 1000
+		if !*all {
+			n = min(*limit-len(out), 1000)
+		}
+		p, err := b.List(ctx, client.ListOptions{Status: *status, Definition: *definition, Cursor: cursor, Limit: n})
 		if err != nil {
 			return fail(c.stderr, "sagas list", err)
 		}
@@ -92,12 +101,15 @@ Flags:
 		if cursor = p.NextCursor; done || cursor == "" {
 			break
 		}
+		if !*all && len(out) >= *limit {
+			next = cursor
+		}
 	}
 	if out == nil {
 		out = []client.Saga{}
 	}
 	if t.json {
-		printJSON(c.stdout, client.Page{Sagas: out})
+		printJSON(c.stdout, client.Page{Sagas: out, NextCursor: next})
 		return exitOK
 	}
 	if len(out) == 0 {
@@ -107,10 +119,13 @@ Flags:
 	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tDEFINITION\tSTATUS\tCREATED\tUPDATED\tSTEP\tERROR")
 	for _, s := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Definition, s.Status, s.CreatedAt.Local().Format(time.DateTime),
-			s.UpdatedAt.Local().Format(time.DateTime), currentStep(&s), oneLine(s.Error, 60))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Definition, s.Status, utc(s.CreatedAt),
+			utc(s.UpdatedAt), currentStep(&s), oneLine(s.Error, 60))
 	}
 	_ = tw.Flush()
+	if next != "" {
+		fmt.Fprintf(c.stdout, "(%d shown; more match: --cursor %s goes on, --all lists every one)\n", len(out), next)
+	}
 	return exitOK
 }
 
@@ -250,12 +265,12 @@ func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
 			detail = append(detail, "error: "+oneLine(e.Error, 100))
 		}
 		if !e.Next.IsZero() {
-			detail = append(detail, "next attempt at "+e.Next.Local().Format(time.TimeOnly))
+			detail = append(detail, "next attempt at "+e.Next.UTC().Format("15:04:05Z"))
 		}
 		if e.Note != "" {
 			detail = append(detail, oneLine(e.Note, 100))
 		}
-		fmt.Fprintf(tw, "  %s\t+%s\t%s\t%s\n", e.At.Local().Format("15:04:05.000"), e.At.Sub(start).Round(time.Microsecond), what, strings.Join(detail, "; "))
+		fmt.Fprintf(tw, "  %s\t+%s\t%s\t%s\n", e.At.UTC().Format("15:04:05.000Z"), e.At.Sub(start).Round(time.Microsecond), what, strings.Join(detail, "; "))
 	}
 	_ = tw.Flush()
 }
@@ -388,4 +403,12 @@ func defaultOperator() string {
 		name += "@" + h
 	}
 	return name
+}
+
+// utc formats a table's time: UTC, to the second, with a Z.
+func utc(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
 }
