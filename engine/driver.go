@@ -819,6 +819,11 @@ func (d *driver) committed() {
 	for _, st := range d.statuses {
 		if d.from != "" && d.from != st {
 			d.e.statusHook(r.Definition, d.from, st)
+			if st == saga.StatusFailed {
+				// Durable now, and a person has to act: say so, once.
+				d.e.log.Warn("saga failed: it could not be compensated; retry it or resolve it by hand (sagad sagas retry|resolve)",
+					"saga", r.ID.String(), "definition", r.Definition, "step", failedStep(r), "err", r.Error)
+			}
 		}
 		d.from = st
 	}
@@ -895,4 +900,17 @@ func appendRaw(b []byte, key string, raw json.RawMessage) []byte {
 	b = append(b, key...)
 	b = append(b, '"', ':')
 	return append(b, raw...)
+}
+
+// failedStep names the step a failed saga is stuck at: the one whose
+// compensation failed, else (past the pivot) the last one with an error.
+func failedStep(r *storage.Saga) string {
+	for _, comp := range []bool{true, false} {
+		for i := len(r.Steps) - 1; i >= 0; i-- {
+			if s := &r.Steps[i]; s.Error != "" && (!comp || s.Phase == saga.PhaseCompensation) {
+				return s.Name
+			}
+		}
+	}
+	return ""
 }

@@ -584,10 +584,15 @@ func TestCompensationFailsThenRetry(t *testing.T) {
 			}},
 		{Name: "three", Action: rec.fail("three", saga.Permanent(errFlaky))},
 	}}
-	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	var logs syncBuffer
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}})
 	s := b.run(t, "stuck", nil)
 	if s.Status != saga.StatusFailed || s.Steps[1].CompensationAttempts != 2 {
 		t.Fatalf("status %s, compensation attempts %d: want failed after 2", s.Status, s.Steps[1].CompensationAttempts)
+	}
+	if out := logs.String(); !strings.Contains(out, `level=WARN msg="saga failed`) || !strings.Contains(out, "saga="+s.ID) ||
+		!strings.Contains(out, "step=two") || !strings.Contains(out, "definition=stuck") {
+		t.Errorf("a failed saga is not logged at WARN with its id, definition and step:\n%s", out)
 	}
 	page, err := b.eng.List(context.Background(), engine.ListOptions{Status: saga.StatusFailed})
 	if err != nil || len(page.Sagas) != 1 || page.Sagas[0].ID != s.ID {
@@ -1148,3 +1153,21 @@ type fakeTx struct{ rollbacks *atomic.Int32 }
 
 func (fakeTx) Commit(context.Context) error     { return nil }
 func (f fakeTx) Rollback(context.Context) error { f.rollbacks.Add(1); return nil }
+
+// syncBuffer is a bytes.Buffer the engine's goroutines may log to.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
