@@ -210,9 +210,6 @@ func (e *Engine) release(d *driver) {
 		}
 	}
 	e.mu.Unlock()
-	for _, ch := range claimers {
-		close(ch)
-	}
 	if d.slot {
 		<-e.sem
 	}
@@ -225,6 +222,12 @@ func (e *Engine) release(d *driver) {
 		if rec, err := e.sagas.SagaGet(context.Background(), id); err == nil && rec.Status.Finished() {
 			e.notifyFinished(rec)
 		}
+	}
+	// Operators waiting for the saga go on only now: a Wait that begins
+	// after their change (a Retry) must not be handed this driver's final
+	// state.
+	for _, ch := range claimers {
+		close(ch)
 	}
 	switch {
 	case d.reload:
