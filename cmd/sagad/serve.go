@@ -52,6 +52,8 @@ type serveConfig struct {
 	noSync bool
 	// node names the process in a PostgreSQL schema's claims.
 	node string
+	// pprof serves net/http/pprof on the API listener.
+	pprof bool
 }
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
@@ -67,6 +69,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (env SAGAD_LOG_FORMAT)")
 	fs.DurationVar(&cfg.grace, "shutdown-grace", 10*time.Second, "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
+	fs.BoolVar(&cfg.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the API listener, behind the token (env SAGAD_PPROF)")
 	fs.DurationVar(&cfg.retention, "retention", 0, "prune completed, compensated and resolved sagas finished this long ago, such as 720h; failed ones stay until resolved; 0 keeps everything (env SAGAD_RETENTION)")
 	fs.IntVar(&cfg.maxConnections, "max-connections", defaultMaxConnections(),
 		"API connections open at once, more wait; the default is half the open-file limit, at most 4096 (env SAGAD_MAX_CONNECTIONS)")
@@ -257,7 +260,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	}
 	m.watch(eng, relay)
 
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Definitions: defs, Token: cfg.token, Logger: log,
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Definitions: defs, Token: cfg.token, Logger: log, Pprof: cfg.pprof,
 		Metrics: promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}),
 		Ready: func() error {
 			select {

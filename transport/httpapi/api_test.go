@@ -799,3 +799,20 @@ func TestUnknownQueryParameters(t *testing.T) {
 		t.Errorf("known parameters: %d %s", resp.StatusCode, body)
 	}
 }
+
+// With Config.Pprof the profiles are served behind the token; without it
+// there are none.
+func TestPprof(t *testing.T) {
+	t.Parallel()
+	on := newAPI(t, func(c *httpapi.Config) { c.Pprof, c.Token = true, "s3cret" })
+	if resp, body := on.send(t, "GET", "/debug/pprof/", "", nil); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine") {
+		t.Errorf("GET /debug/pprof/ with the token: %d %.200s", resp.StatusCode, body)
+	}
+	if resp, _ := on.send(t, "GET", "/debug/pprof/", "", map[string]string{"Authorization": ""}); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /debug/pprof/ without the token: %d, want 401", resp.StatusCode)
+	}
+	off := newAPI(t, nil)
+	if resp, _ := off.send(t, "GET", "/debug/pprof/", "", nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/ without Pprof: %d, want 404", resp.StatusCode)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path"
 	"slices"
@@ -59,6 +60,9 @@ type Config struct {
 	// chunk (64 KiB) of the copy for this long; a client that keeps reading
 	// is never cut off. Zero: 30s.
 	BackupStallTimeout time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/, behind the token like
+	// the API. Off by default: profiles show what the process holds.
+	Pprof bool
 }
 
 // Server is the daemon's HTTP API as an http.Handler.
@@ -99,6 +103,13 @@ func New(cfg Config) (*Server, error) {
 			h = s.authenticate(h)
 		}
 		s.mux.HandleFunc(rt.pattern, h)
+	}
+	if cfg.Pprof {
+		s.mux.HandleFunc("GET /debug/pprof/", s.authenticate(pprof.Index))
+		s.mux.HandleFunc("GET /debug/pprof/cmdline", s.authenticate(pprof.Cmdline))
+		s.mux.HandleFunc("GET /debug/pprof/profile", s.authenticate(pprof.Profile))
+		s.mux.HandleFunc("GET /debug/pprof/symbol", s.authenticate(pprof.Symbol))
+		s.mux.HandleFunc("GET /debug/pprof/trace", s.authenticate(pprof.Trace))
 	}
 	return s, nil
 }
