@@ -86,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return (&compactCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "recover":
 		return (&recoverCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+	case "completion":
+		return (&completionCommand{stdout: stdout, stderr: stderr}).run(args[1:])
 	case "definitions":
 		return (&definitionsCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "migrate":
@@ -111,6 +113,7 @@ Commands:
   definitions  list, show and put declarative definitions
   migrate  apply (or print) the migrations of a PostgreSQL schema
   version  print sagad's version, commit and Go version (also --version)
+  completion  print a bash or zsh completion script
 
 Run 'sagad <command> --help' for a command's flags and an example.
 `)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -107,5 +109,42 @@ func TestParseSince(t *testing.T) {
 		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
 			t.Errorf("parseSince(%q) = %s, %v; want %s, ok %v", tt.in, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// The completion script is valid bash, completes commands, subcommands and
+// flags, and knows every command the usage lists.
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	var script, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"completion", "bash"}, &script, &stderr); code != exitOK {
+		t.Fatalf("completion bash: exit %d, %s", code, stderr.String())
+	}
+	var help bytes.Buffer
+	usage(&help)
+	for _, line := range strings.Split(help.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(line, "  ") {
+			if _, ok := completionWords[f[0]]; !ok {
+				t.Errorf("command %q of the usage is not completed", f[0])
+			}
+		}
+	}
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash to run the script with")
+	}
+	path := filepath.Join(t.TempDir(), "sagad.bash")
+	if err := os.WriteFile(path, script.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bash, "-c", `source "$0"
+COMP_WORDS=(sagad defi); COMP_CWORD=1; _sagad; echo "${COMPREPLY[@]}"
+COMP_WORDS=(sagad outbox d); COMP_CWORD=2; _sagad; echo "${COMPREPLY[@]}"
+COMP_WORDS=(sagad sagas list --cu); COMP_CWORD=3; _sagad; echo "${COMPREPLY[@]}"`, path).CombinedOutput()
+	if err != nil || string(out) != "definitions\ndiscard\n--cursor\n" {
+		t.Fatalf("completing: %v\n%s", err, out)
+	}
+	if code := run(context.Background(), []string{"completion", "fish"}, &script, &stderr); code != exitUsage {
+		t.Errorf("completion fish: exit %d, want usage", code)
 	}
 }
