@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -30,6 +31,9 @@ type serveCommand struct {
 	// ready, when set, receives the listening address once the daemon
 	// serves (tests use it).
 	ready func(addr string)
+	// started is set once the daemon serves: a database file it created
+	// holds what it did from then on, and stays.
+	started atomic.Bool
 }
 
 type serveConfig struct {
@@ -99,7 +103,15 @@ func (c *serveCommand) run(ctx context.Context, args []string) int {
 		fmt.Fprintf(c.stderr, "sagad serve: %v\n", err)
 		return exitUsage
 	}
+	// A database file this start creates is removed if the start fails
+	// (a port in use, a bad definitions file): a failed start leaves
+	// nothing behind.
+	_, statErr := os.Stat(cfg.db)
+	created := !isPostgres(cfg.db) && errors.Is(statErr, os.ErrNotExist)
 	if err := c.serve(ctx, cfg, log); err != nil {
+		if created && !c.started.Load() {
+			_ = os.Remove(cfg.db)
+		}
 		log.Error("sagad stopped", "err", err)
 		if h := errors.FlattenHints(err); h != "" {
 			fmt.Fprintf(c.stderr, "hint: %s\n", h)
@@ -320,6 +332,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 			errs <- errors.Wrap(err, "sagad: serve HTTP")
 		}
 	}()
+	c.started.Store(true)
 	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "",
 		"max_connections", maxConns)
 	var failed error

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/errors"
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
 )
@@ -501,5 +503,43 @@ func TestRecoverHoldsStepsToTheDataLimits(t *testing.T) {
 	code, out, _ = runCmd(t, "sagas", "show", id, "--db", path, "--json")
 	if code != exitOK || !strings.Contains(out, "over the limit of 10") {
 		t.Errorf("after recover: exit %d, %s; want the charge failed for its output's size", code, out)
+	}
+}
+
+// A start that fails (its port in use, a definitions directory that does
+// not parse) exits non-zero with one line saying why, and leaves no
+// database file it created behind.
+func TestFailedStartLeavesNoFile(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "defs")
+	if err := os.MkdirAll(bad, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bad, "order.json"), []byte(`{"steps": [`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"port in use", []string{"--listen", busy.Addr().String()}, "address already in use"},
+		{"bad definitions", []string{"--listen", "127.0.0.1:0", "--definitions", bad}, "order.json"},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-")+".db")
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"serve", "--db", path}, tt.args...), &stdout, &stderr)
+		if code != exitFailed || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%s: exit %d, stderr %q; want a failure saying %q", tt.name, code, stderr.String(), tt.want)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: the database file the failed start created is still there (%v)", tt.name, err)
+		}
 	}
 }
