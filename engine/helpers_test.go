@@ -243,9 +243,5 @@ func isPostgres(path string) bool { return strings.HasPrefix(path, "postgres://"
 func postgresURL(t *testing.T) string {
 	t.Helper()
 	url := pgtest.URL(t)
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	return url + sep + "schema=" + pgtest.Schema(t, url)
+	return postgres.WithSchema(url, pgtest.Schema(t, url))
 }

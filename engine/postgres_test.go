@@ -10,7 +10,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage/bolt"
 )
@@ -23,7 +23,7 @@ import (
 func TestPostgresGoesAwayAndComesBack(t *testing.T) {
 	t.Parallel()
 	dbURL := postgresURL(t)
-	proxy, viaURL := pgtest.Proxied(t, dbURL)
+	proxy, viaURL := tcpproxy.ForURL(t, dbURL)
 
 	var mu sync.Mutex
 	calls := map[string]int{} // idempotency key -> calls
@@ -167,7 +167,7 @@ func TestTakeoverAfterShutdown(t *testing.T) {
 func TestTakeoverWithinFiveSeconds(t *testing.T) {
 	t.Parallel()
 	dbURL := postgresURL(t)
-	proxy, viaURL := pgtest.Proxied(t, dbURL)
+	proxy, viaURL := tcpproxy.ForURL(t, dbURL)
 	var mu sync.Mutex
 	var keys []string
 	entered := make(chan struct{})

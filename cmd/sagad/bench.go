@@ -28,6 +28,7 @@ import (
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/internal/cputime"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // benchCommand implements 'sagad bench': participant servers with trivial
@@ -345,7 +346,7 @@ func (c *benchCommand) startDaemon(ctx context.Context, o *benchOptions) (string
 			return "", nil, errors.Newf("-db %q is not a postgres:// URL (without -db the bench uses a bbolt file)", o.db)
 		}
 		schema := "sagad_bench_" + strings.ToLower(ulid.Make().String())
-		cfg.db = withSchemaParam(o.db, schema)
+		cfg.db = postgres.WithSchema(o.db, schema)
 		files := cleanup
 		cleanup = func() {
 			files()

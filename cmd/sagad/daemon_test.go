@@ -21,6 +21,7 @@ import (
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // The daemon tests run sagad as a child process: this test binary,
@@ -246,15 +247,7 @@ func TestDaemonSurvivesSIGKILL(t *testing.T) {
 func TestDaemonSurvivesSIGKILLOnPostgres(t *testing.T) {
 	t.Parallel()
 	url := pgtest.URL(t)
-	daemonSurvivesSIGKILL(t, withSchema(url, pgtest.Schema(t, url)), "--node", "test-node")
-}
-
-// withSchema adds sagad's schema parameter to a PostgreSQL URL.
-func withSchema(url, schema string) string {
-	if strings.Contains(url, "?") {
-		return url + "&schema=" + schema
-	}
-	return url + "?schema=" + schema
+	daemonSurvivesSIGKILL(t, postgres.WithSchema(url, pgtest.Schema(t, url)), "--node", "test-node")
 }
 
 // daemonSurvivesSIGKILL kills a daemon on path mid-call and restarts it

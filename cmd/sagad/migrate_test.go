@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,13 +24,8 @@ func TestMigrateCommand(t *testing.T) {
 	t.Parallel()
 	url := pgtest.URL(t)
 	schema := pgtest.Schema(t, url)
-	db := withSchema(url, schema)
+	db := postgres.WithSchema(url, schema)
 	ctx := context.Background()
-	sagad := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		code := run(ctx, args, &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
-	}
 	var versions []int
 	for _, m := range postgres.Migrations(schema) {
 		versions = append(versions, m.Version)
@@ -51,12 +45,12 @@ func TestMigrateCommand(t *testing.T) {
 		{"offline sagas list", []string{"sagas", "list", "--db", db}, exitFailed, "", "--addr"},
 	}
 	for _, tt := range tests {
-		code, out, errs := sagad(tt.args...)
+		code, out, errs := runCmd(t, tt.args...)
 		if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errs, tt.errs) {
 			t.Fatalf("%s: exit %d, stdout %q, stderr %q; want exit %d, %q, %q", tt.name, code, out, errs, tt.code, tt.out, tt.errs)
 		}
 	}
-	if _, out, _ := sagad("migrate", "--db", db, "--print"); strings.Contains(out, "BEGIN") {
+	if _, out, _ := runCmd(t, "migrate", "--db", db, "--print"); strings.Contains(out, "BEGIN") {
 		t.Fatalf("print of a current schema has migrations to apply:\n%s", out)
 	}
 
@@ -70,14 +64,14 @@ func TestMigrateCommand(t *testing.T) {
 		postgres.SchemaVersion()+1); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errs := sagad("migrate", "--db", db); code != exitFailed || !strings.Contains(errs, "newer sagad") {
+	if code, _, errs := runCmd(t, "migrate", "--db", db); code != exitFailed || !strings.Contains(errs, "newer sagad") {
 		t.Fatalf("migrate of a newer schema: exit %d, stderr %q", code, errs)
 	}
-	if code, _, errs := sagad("serve", "--db", db, "--listen", "127.0.0.1:0"); code == exitOK || !strings.Contains(errs, "newer sagad") {
+	if code, _, errs := runCmd(t, "serve", "--db", db, "--listen", "127.0.0.1:0"); code == exitOK || !strings.Contains(errs, "newer sagad") {
 		t.Fatalf("serve on a newer schema: exit %d, stderr %q", code, errs)
 	}
 	var v map[string]any
-	_, out, _ := sagad("migrate", "--db", db, "--print", "--json")
+	_, out, _ := runCmd(t, "migrate", "--db", db, "--print", "--json")
 	if json.Unmarshal([]byte(out), &v) == nil {
 		t.Fatalf("print of a newer schema printed %s", out)
 	}
@@ -89,13 +83,8 @@ func TestCheckOnPostgres(t *testing.T) {
 	t.Parallel()
 	url := pgtest.URL(t)
 	schema := pgtest.Schema(t, url)
-	db := withSchema(url, schema)
+	db := postgres.WithSchema(url, schema)
 	ctx := context.Background()
-	sagad := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		code := run(ctx, args, &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
-	}
 	p := &participants{hit: make(chan string, 64)}
 	srv := httptest.NewServer(http.HandlerFunc(p.handler))
 	defer srv.Close()
@@ -113,7 +102,7 @@ func TestCheckOnPostgres(t *testing.T) {
 		}
 		ids = append(ids, res.ID)
 	}
-	if code, out, errs := sagad("check", "--db", db); code != exitOK || !strings.Contains(out, ": ok") {
+	if code, out, errs := runCmd(t, "check", "--db", db); code != exitOK || !strings.Contains(out, ": ok") {
 		t.Fatalf("check of a sound schema: exit %d, %q, %q", code, out, errs)
 	}
 	conn, err := pgx.Connect(ctx, url)
@@ -128,7 +117,7 @@ func TestCheckOnPostgres(t *testing.T) {
 	if _, err := conn.Exec(ctx, "UPDATE "+q+".sagas SET owner = 'ghost' WHERE id = $1", pgtype.UUID{Bytes: ulid.MustParse(ids[1]), Valid: true}); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ := sagad("check", "--db", db, "--json")
+	code, out, _ := runCmd(t, "check", "--db", db, "--json")
 	if code != exitFailed || !strings.Contains(out, "log-missing") || !strings.Contains(out, "claim-on-finished") || !json.Valid([]byte(out)) {
 		t.Fatalf("check of a damaged schema: exit %d:\n%s", code, out)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // call is one participant call the multi-node test saw.
@@ -69,7 +70,7 @@ func TestThreeNodes(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.URL(t)
 	brokerURL := brokertest.URL(t)
-	db := withSchema(dbURL, pgtest.Schema(t, dbURL))
+	db := postgres.WithSchema(dbURL, pgtest.Schema(t, dbURL))
 	exchange := brokertest.Name("test.nodes")
 	sink := brokertest.NewSink(t, brokerURL, exchange, "#")
 	n := 300

@@ -109,6 +109,18 @@ func runCmd(t *testing.T, args ...string) (int, string, string) {
 	return code, stdout.String(), stderr.String()
 }
 
+// eachTarget runs fn, as parallel subtests, on a file of opsFile's aimed
+// at offline and online: where holds the flags that aim a command at it.
+func eachTarget(t *testing.T, fn func(t *testing.T, where []string, ids map[string]string)) {
+	for _, mode := range []string{"offline", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			path, ids := opsFile(t)
+			fn(t, targetFlags(t, mode, path), ids)
+		})
+	}
+}
+
 // targetFlags returns the flags that aim a command at path: the file itself
 // (mode "offline"), or the API served on it (mode "online").
 func targetFlags(t *testing.T, mode, path string) []string {
@@ -193,70 +205,60 @@ func TestSagasCommands(t *testing.T) {
 
 func TestOutboxCommands(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"offline", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			path, ids := opsFile(t)
-			where := targetFlags(t, mode, path)
-			code, out, _ := runCmd(t, append([]string{"outbox", "list", "--status", "not_produced", "--json"}, where...)...)
-			var page client.OutboxPage
-			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) != 1 || page.Events[0].ID != ids["not_produced"] || page.Events[0].LastError != "NO_ROUTE" {
-				t.Fatalf("outbox list --status not_produced: exit %d:\n%s", code, out)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "stats"}, where...)...)
-			if code != exitOK || !strings.Contains(out, "new           2") || !strings.Contains(out, "not_produced  1") {
-				t.Fatalf("outbox stats: exit %d:\n%s", code, out)
-			}
-			code, out, errOut := runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
-			if code != exitOK || !strings.Contains(out, "re-queued 1") {
-				t.Fatalf("outbox requeue: exit %d: %s %s", code, out, errOut)
-			}
-			code, _, errOut = runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
-			if code != exitFailed || !strings.Contains(errOut, "already waiting") {
-				t.Fatalf("second requeue: exit %d: %s; want a conflict", code, errOut)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
-			var st client.OutboxStats
-			if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.New != 3 || st.Counts.NotProduced != 0 {
-				t.Fatalf("outbox stats --json after requeue: exit %d:\n%s", code, out)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "requeue", "--all-not-produced"}, where...)...)
-			if code != exitOK || !strings.Contains(out, "re-queued 0") {
-				t.Fatalf("requeue --all-not-produced with none left: exit %d: %s", code, out)
-			}
-		})
-	}
+	eachTarget(t, func(t *testing.T, where []string, ids map[string]string) {
+		code, out, _ := runCmd(t, append([]string{"outbox", "list", "--status", "not_produced", "--json"}, where...)...)
+		var page client.OutboxPage
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) != 1 || page.Events[0].ID != ids["not_produced"] || page.Events[0].LastError != "NO_ROUTE" {
+			t.Fatalf("outbox list --status not_produced: exit %d:\n%s", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "stats"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "new           2") || !strings.Contains(out, "not_produced  1") {
+			t.Fatalf("outbox stats: exit %d:\n%s", code, out)
+		}
+		code, out, errOut := runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
+		if code != exitOK || !strings.Contains(out, "re-queued 1") {
+			t.Fatalf("outbox requeue: exit %d: %s %s", code, out, errOut)
+		}
+		code, _, errOut = runCmd(t, append([]string{"outbox", "requeue", ids["not_produced"]}, where...)...)
+		if code != exitFailed || !strings.Contains(errOut, "already waiting") {
+			t.Fatalf("second requeue: exit %d: %s; want a conflict", code, errOut)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
+		var st client.OutboxStats
+		if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.New != 3 || st.Counts.NotProduced != 0 {
+			t.Fatalf("outbox stats --json after requeue: exit %d:\n%s", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "requeue", "--all-not-produced"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "re-queued 0") {
+			t.Fatalf("requeue --all-not-produced with none left: exit %d: %s", code, out)
+		}
+	})
 }
 
 func TestOutboxDiscard(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"offline", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			path, ids := opsFile(t)
-			where := targetFlags(t, mode, path)
-			code, out, errOut := runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...)
-			if code != exitOK || !strings.Contains(out, "discarded "+ids["not_produced"]) {
-				t.Fatalf("outbox discard: exit %d: %s %s", code, out, errOut)
-			}
-			if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...); code != exitFailed || !strings.Contains(errOut, "not found") {
-				t.Fatalf("second discard: exit %d: %s; want not found", code, errOut)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
-			var st client.OutboxStats
-			if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.NotProduced != 0 || st.Counts.New != 2 {
-				t.Fatalf("outbox stats after the discard: exit %d:\n%s", code, out)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "list", "--json"}, where...)...)
-			var page client.OutboxPage
-			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) == 0 {
-				t.Fatalf("outbox list: exit %d:\n%s", code, out)
-			}
-			if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", page.Events[0].ID}, where...)...); code != exitFailed || !strings.Contains(errOut, "waiting to be published") {
-				t.Fatalf("discard of a new event: exit %d: %s; want a conflict", code, errOut)
-			}
-		})
-	}
+	eachTarget(t, func(t *testing.T, where []string, ids map[string]string) {
+		code, out, errOut := runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...)
+		if code != exitOK || !strings.Contains(out, "discarded "+ids["not_produced"]) {
+			t.Fatalf("outbox discard: exit %d: %s %s", code, out, errOut)
+		}
+		if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", ids["not_produced"]}, where...)...); code != exitFailed || !strings.Contains(errOut, "not found") {
+			t.Fatalf("second discard: exit %d: %s; want not found", code, errOut)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "stats", "--json"}, where...)...)
+		var st client.OutboxStats
+		if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || st.Counts.NotProduced != 0 || st.Counts.New != 2 {
+			t.Fatalf("outbox stats after the discard: exit %d:\n%s", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "list", "--json"}, where...)...)
+		var page client.OutboxPage
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Events) == 0 {
+			t.Fatalf("outbox list: exit %d:\n%s", code, out)
+		}
+		if code, _, errOut = runCmd(t, append([]string{"outbox", "discard", page.Events[0].ID}, where...)...); code != exitFailed || !strings.Contains(errOut, "waiting to be published") {
+			t.Fatalf("discard of a new event: exit %d: %s; want a conflict", code, errOut)
+		}
+	})
 }
 
 func TestOpsUsage(t *testing.T) {
@@ -430,32 +432,27 @@ func TestBackupAndCompact(t *testing.T) {
 
 func TestSagasResolve(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"offline", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			path, ids := opsFile(t)
-			where := targetFlags(t, mode, path)
-			if code, _, _ := runCmd(t, append([]string{"sagas", "resolve", ids["failed"]}, where...)...); code != exitUsage {
-				t.Fatalf("resolve without --note: exit %d, want usage", code)
-			}
-			code, out, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["failed"], "--note", "refunded by hand, OPS-17", "--by", "alice"}, where...)...)
-			if code != exitOK || !strings.Contains(out, "the saga is resolved") {
-				t.Fatalf("resolve: exit %d, %s %s", code, out, errOut)
-			}
-			code, out, _ = runCmd(t, append([]string{"sagas", "show", ids["failed"]}, where...)...)
-			if code != exitOK || !strings.Contains(out, "status      resolved") || !strings.Contains(out, "resolved by alice: refunded by hand, OPS-17") {
-				t.Fatalf("show after resolve: exit %d:\n%s", code, out)
-			}
-			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--status", "resolved", "--json"}, where...)...)
-			var page client.Page
-			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 {
-				t.Fatalf("list --status resolved: exit %d, %s", code, out)
-			}
-			if code, _, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["completed"], "--note", "x"}, where...)...); code != exitFailed || !strings.Contains(errOut, "not failed") {
-				t.Fatalf("resolve of a completed saga: exit %d, %s", code, errOut)
-			}
-		})
-	}
+	eachTarget(t, func(t *testing.T, where []string, ids map[string]string) {
+		if code, _, _ := runCmd(t, append([]string{"sagas", "resolve", ids["failed"]}, where...)...); code != exitUsage {
+			t.Fatalf("resolve without --note: exit %d, want usage", code)
+		}
+		code, out, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["failed"], "--note", "refunded by hand, OPS-17", "--by", "alice"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "the saga is resolved") {
+			t.Fatalf("resolve: exit %d, %s %s", code, out, errOut)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "show", ids["failed"]}, where...)...)
+		if code != exitOK || !strings.Contains(out, "status      resolved") || !strings.Contains(out, "resolved by alice: refunded by hand, OPS-17") {
+			t.Fatalf("show after resolve: exit %d:\n%s", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "list", "--status", "resolved", "--json"}, where...)...)
+		var page client.Page
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 {
+			t.Fatalf("list --status resolved: exit %d, %s", code, out)
+		}
+		if code, _, errOut := runCmd(t, append([]string{"sagas", "resolve", ids["completed"], "--note", "x"}, where...)...); code != exitFailed || !strings.Contains(errOut, "not failed") {
+			t.Fatalf("resolve of a completed saga: exit %d, %s", code, errOut)
+		}
+	})
 }
 
 // A saga whose definition is Go code the file does not hold cannot be
@@ -636,38 +633,33 @@ func TestDefinitionsCommand(t *testing.T) {
 // --all lists everything; tables show times in UTC with a Z.
 func TestListsSayTheyAreCutOff(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"offline", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			path, _ := opsFile(t)
-			where := targetFlags(t, mode, path)
-			code, out, _ := runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json"}, where...)...)
-			var page client.Page
-			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || page.NextCursor == "" {
-				t.Fatalf("sagas list --limit 1 --json: exit %d:\n%s", code, out)
-			}
-			seen := map[string]bool{page.Sagas[0].ID: true}
-			for cursor := page.NextCursor; cursor != ""; {
-				code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json", "--cursor", cursor}, where...)...)
-				page = client.Page{}
-				if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || seen[page.Sagas[0].ID] {
-					t.Fatalf("sagas list --cursor %s: exit %d:\n%s", cursor, code, out)
-				}
-				seen[page.Sagas[0].ID], cursor = true, page.NextCursor
-			}
-			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--all", "--json"}, where...)...)
+	eachTarget(t, func(t *testing.T, where []string, _ map[string]string) {
+		code, out, _ := runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json"}, where...)...)
+		var page client.Page
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || page.NextCursor == "" {
+			t.Fatalf("sagas list --limit 1 --json: exit %d:\n%s", code, out)
+		}
+		seen := map[string]bool{page.Sagas[0].ID: true}
+		for cursor := page.NextCursor; cursor != ""; {
+			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1", "--json", "--cursor", cursor}, where...)...)
 			page = client.Page{}
-			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != len(seen) || page.NextCursor != "" {
-				t.Fatalf("sagas list --all: exit %d, want the %d sagas the pages had:\n%s", code, len(seen), out)
+			if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != 1 || seen[page.Sagas[0].ID] {
+				t.Fatalf("sagas list --cursor %s: exit %d:\n%s", cursor, code, out)
 			}
-			code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1"}, where...)...)
-			if code != exitOK || !strings.Contains(out, "more match: --cursor ") || !regexp.MustCompile(`\d\d:\d\d:\d\dZ`).MatchString(out) {
-				t.Fatalf("sagas list --limit 1: exit %d, want a hint line and UTC times:\n%s", code, out)
-			}
-			code, out, _ = runCmd(t, append([]string{"outbox", "list", "--limit", "1"}, where...)...)
-			if code != exitOK || !strings.Contains(out, "more new events: --cursor ") {
-				t.Fatalf("outbox list --limit 1: exit %d, want a hint line:\n%s", code, out)
-			}
-		})
-	}
+			seen[page.Sagas[0].ID], cursor = true, page.NextCursor
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "list", "--all", "--json"}, where...)...)
+		page = client.Page{}
+		if code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Sagas) != len(seen) || page.NextCursor != "" {
+			t.Fatalf("sagas list --all: exit %d, want the %d sagas the pages had:\n%s", code, len(seen), out)
+		}
+		code, out, _ = runCmd(t, append([]string{"sagas", "list", "--limit", "1"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "more match: --cursor ") || !regexp.MustCompile(`\d\d:\d\d:\d\dZ`).MatchString(out) {
+			t.Fatalf("sagas list --limit 1: exit %d, want a hint line and UTC times:\n%s", code, out)
+		}
+		code, out, _ = runCmd(t, append([]string{"outbox", "list", "--limit", "1"}, where...)...)
+		if code != exitOK || !strings.Contains(out, "more new events: --cursor ") {
+			t.Fatalf("outbox list --limit 1: exit %d, want a hint line:\n%s", code, out)
+		}
+	})
 }

@@ -412,3 +412,33 @@ func utc(t time.Time) string {
 	}
 	return t.UTC().Format("2006-01-02 15:04:05Z")
 }
+
+// parseSince reads a --since value: a Go duration (90m, 1h30m) or a number
+// of days (7d).
+func parseSince(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		var days int
+		if _, err := fmt.Sscanf(n, "%d", &days); err == nil && fmt.Sprint(days) == n && days >= 0 {
+			return time.Duration(days) * 24 * time.Hour, nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, errors.Newf("%q is not a duration such as 90m, 12h or 7d", s)
+	}
+	return d, nil
+}
+
+// sinceFlag is a --since flag (see parseSince).
+type sinceFlag time.Duration
+
+func (f *sinceFlag) String() string { return time.Duration(*f).String() }
+
+func (f *sinceFlag) Set(s string) error {
+	d, err := parseSince(s)
+	if err != nil {
+		return err
+	}
+	*f = sinceFlag(d)
+	return nil
+}

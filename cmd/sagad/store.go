@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/cockroachdb/errors"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/storage"
@@ -67,35 +65,11 @@ func fileOnly(command, db, instead string) error {
 	return errors.WithHint(errors.Newf("sagad %s works on a bbolt database file, and --db is a PostgreSQL URL", command), instead)
 }
 
-// withSchemaParam sets sagad's schema parameter of a PostgreSQL URL.
-func withSchemaParam(dbURL, schema string) string {
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		return dbURL
-	}
-	q := u.Query()
-	q.Set("schema", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 // dropSchema drops a schema the bench made, saying so when it cannot.
 func dropSchema(dbURL, schema string, stderr io.Writer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	u, err := url.Parse(dbURL)
-	if err == nil {
-		q := u.Query()
-		q.Del("schema")
-		u.RawQuery = q.Encode()
-		dbURL = u.String()
-	}
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err == nil {
-		_, err = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-		_ = conn.Close(ctx)
-	}
-	if err != nil {
+	if err := postgres.DropSchema(ctx, dbURL, schema); err != nil {
 		fmt.Fprintf(stderr, "sagad bench: schema %s not dropped: %v\n", schema, err)
 	}
 }

@@ -6,7 +6,6 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/oklog/ulid/v2"
-	"github.com/sagad/sagad/internal/tcpproxy"
+	"github.com/sagad/sagad/storage/postgres"
 )
 
 // DefaultURL is where PostgreSQL is looked for when SAGAD_POSTGRES_URL is
@@ -66,32 +65,7 @@ func Drop(t testing.TB, url, schema string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Errorf("drop schema %s: %v", schema, err)
-		return
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+	if err := postgres.DropSchema(ctx, url, schema); err != nil {
 		t.Errorf("drop schema %s: %v", schema, err)
 	}
-}
-
-// Proxied starts a loopback TCP proxy to the server of dbURL, closed when
-// the test ends, and returns it with the URL that goes through it: a test
-// cuts the proxy to take PostgreSQL away from what connects through it.
-func Proxied(t testing.TB, dbURL string) (*tcpproxy.Proxy, string) {
-	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	via := *u
-	via.Host = proxy.Addr()
-	return proxy, via.String()
 }

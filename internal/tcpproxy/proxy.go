@@ -7,7 +7,9 @@ package tcpproxy
 import (
 	"io"
 	"net"
+	"net/url"
 	"sync"
+	"testing"
 
 	"github.com/cockroachdb/errors"
 )
@@ -214,4 +216,23 @@ func (p *Proxy) Restore() error {
 func (p *Proxy) Close() {
 	p.Cut()
 	p.wg.Wait()
+}
+
+// ForURL starts a proxy to the host of rawURL (a broker's, a database's),
+// closed when the test ends, and returns it with the same URL aimed at the
+// proxy: what connects through it, the test can cut off.
+func ForURL(t testing.TB, rawURL string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	via := *u
+	via.Host = p.Addr()
+	return p, via.String()
 }

@@ -51,15 +51,11 @@ func (db *DB) Add(ctx context.Context, tx pgx.Tx, events ...Event) ([]ulid.ULID,
 		return nil, nil
 	}
 	n := len(events)
-	ids, streams := make([]ulid.ULID, n), make([]pgtype.UUID, n)
+	ids, streams := make([]pgtype.UUID, n), make([]pgtype.UUID, n)
 	names, exchanges, keys, headers := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	payloads, created := make([][]byte, n), make([]int64, n)
 	now := db.clock.Now()
-	db.ids.mu.Lock()
-	for i := range ids {
-		ids[i] = db.ids.next(now)
-	}
-	db.ids.mu.Unlock()
+	db.ids.fill(now, ids)
 	for i, ev := range events {
 		switch {
 		case ev.Name == "":
@@ -69,11 +65,10 @@ func (db *DB) Add(ctx context.Context, tx pgx.Tx, events ...Event) ([]ulid.ULID,
 		case len(ev.Payload) > saga.MaxEventSize:
 			return nil, errors.Newf("postgres: add event %s: the payload is %d bytes, more than %d", ev.Name, len(ev.Payload), saga.MaxEventSize)
 		}
-		sid := ids[i]
+		streams[i] = ids[i] // its own stream
 		if ev.Stream != "" {
-			sid = StreamID(ev.Stream)
+			streams[i] = uuid(StreamID(ev.Stream))
 		}
-		streams[i] = uuid(sid)
 		names[i], exchanges[i], keys[i] = ev.Name, ev.Exchange, ev.RoutingKey
 		if keys[i] == "" {
 			keys[i] = ev.Name
@@ -91,14 +86,18 @@ func (db *DB) Add(ctx context.Context, tx pgx.Tx, events ...Event) ([]ulid.ULID,
 		" SELECT u.id, u.saga_id, '', '', u.name, u.exchange, u.routing_key, nullif(u.headers, '')::json, u.payload, u.created_ns"+
 		" FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bigint[])"+
 		" WITH ORDINALITY AS u(id, saga_id, name, exchange, routing_key, headers, payload, created_ns, ord) ORDER BY u.ord",
-		uuids(ids), streams, names, exchanges, keys, headers, payloads, created)
+		ids, streams, names, exchanges, keys, headers, payloads, created)
 	if err == nil {
 		_, err = tx.Exec(ctx, "SELECT pg_notify($1, 'outbox')", db.channel) // delivered at commit
 	}
 	if err != nil {
 		return nil, errors.Wrap(err, "postgres: add events")
 	}
-	return ids, nil
+	out := make([]ulid.ULID, n)
+	for i, id := range ids {
+		out[i] = id.Bytes
+	}
+	return out, nil
 }
 
 // Step makes a step whose function writes to the database in the same

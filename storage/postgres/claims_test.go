@@ -10,6 +10,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/postgres"
 )
@@ -114,7 +115,7 @@ func TestFencingAfterACut(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, dbURL)
-	proxy, viaURL := pgtest.Proxied(t, dbURL)
+	proxy, viaURL := tcpproxy.ForURL(t, dbURL)
 	a, b := node(t, viaURL, schema, "a"), node(t, dbURL, schema, "b")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -89,6 +89,7 @@ type request struct {
 	id      ulid.ULID
 	key     string
 	args    []any
+	ids     []pgtype.UUID // the events' ids, in args; the committer fills them
 	events  int
 	release bool // the commit lets go of the claim
 	due     bool // the commit lets go of a saga that is due now
@@ -151,17 +152,18 @@ func (db *DB) encode(t *storage.Transition, create bool) (*request, error) {
 		}
 		created[i] = instant(ev.CreatedAt)
 	}
+	release := releases(s)
 	args := []any{
 		pgtype.UUID{Bytes: s.ID, Valid: true}, s.Definition, s.Fingerprint, code, wake, key, s.Parked != "",
 		instant(s.UpdatedAt), int32(s.LogSeq), rec,
 		seqs, entries,
 		ids, defs, stepNames, names, exchanges, keys, headers, payloads, created,
 		t.ClearAbort,
-		releases(s), db.node, db.claimed(s.ID),
+		release, db.node, db.claimed(s.ID),
 	}
 	// A saga let go that is due now: another node may take it at once.
-	due := releases(s) && !s.Status.Finished() && s.Parked == "" && !s.WakeAt.After(db.clock.Now())
-	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, events: n, release: releases(s), due: due,
+	due := release && !s.Status.Finished() && s.Parked == "" && !s.WakeAt.After(db.clock.Now())
+	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, ids: ids, events: n, release: release, due: due,
 		done: make(chan struct{})}, nil
 }
 
@@ -191,13 +193,20 @@ func (g *eventIDs) assign(now time.Time, batch []*request) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, r := range batch {
-		if r.events == 0 {
-			continue
-		}
-		ids := r.args[12].([]pgtype.UUID)
-		for i := range ids {
-			ids[i] = pgtype.UUID{Bytes: g.next(now), Valid: true}
-		}
+		g.fillLocked(now, r.ids)
+	}
+}
+
+// fill gives ids fresh event ids, in order.
+func (g *eventIDs) fill(now time.Time, ids []pgtype.UUID) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.fillLocked(now, ids)
+}
+
+func (g *eventIDs) fillLocked(now time.Time, ids []pgtype.UUID) {
+	for i := range ids {
+		ids[i] = pgtype.UUID{Bytes: g.next(now), Valid: true}
 	}
 }
 
@@ -337,7 +346,10 @@ func (db *DB) send(reqs []*request) error {
 			first = db.wrap(err, r.id)
 		}
 	}
-	for range b2i(notify) + b2i(due) {
+	for _, queued := range []bool{notify, due} { // the notifications queued above
+		if !queued {
+			continue
+		}
 		if _, err := br.Exec(); err != nil && first == nil {
 			first = db.wrap(err, ulid.ULID{})
 		}
@@ -346,13 +358,6 @@ func (db *DB) send(reqs []*request) error {
 		first = db.wrap(err, ulid.ULID{})
 	}
 	return first
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // pendingHolder marks a create whose key is held by a saga its statement

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	neturl "net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,9 +113,6 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.Schema == "" {
-		o.Schema = DefaultSchema
-	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 16
 	}
@@ -139,12 +135,7 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if schema, rest, ok := schemaParam(url); rest != url {
-		url = rest
-		if ok && (opts == nil || opts.Schema == "") {
-			o.Schema = schema
-		}
-	}
+	url, o.Schema = target(url, o.Schema)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, errors.WithHint(errors.Wrap(err, "postgres: parse the database URL"),
@@ -208,24 +199,37 @@ func Open(ctx context.Context, url string, opts *Options) (*DB, error) {
 	return db, nil
 }
 
-// schemaParam takes a "schema" query parameter out of a postgres:// URL:
-// sagad's, not PostgreSQL's.
-func schemaParam(raw string) (schema, rest string, ok bool) {
-	if !strings.HasPrefix(raw, "postgres://") && !strings.HasPrefix(raw, "postgresql://") {
-		return "", raw, false
+// target splits a database URL into what pgx connects to and the schema
+// to use: schema, else the URL's "schema" parameter (sagad's, not
+// PostgreSQL's, which would take it for a setting), else DefaultSchema.
+func target(raw, schema string) (string, string) {
+	if u, err := neturl.Parse(raw); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		if q := u.Query(); q.Has("schema") {
+			if schema == "" {
+				schema = q.Get("schema")
+			}
+			q.Del("schema")
+			u.RawQuery = q.Encode()
+			raw = u.String()
+		}
 	}
-	u, err := neturl.Parse(raw)
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	return raw, schema
+}
+
+// WithSchema returns the postgres:// URL dbURL with its "schema" parameter
+// set: the URL that names a schema for sagad (--db, Open).
+func WithSchema(dbURL, schema string) string {
+	u, err := neturl.Parse(dbURL)
 	if err != nil {
-		return "", raw, false
+		return dbURL
 	}
 	q := u.Query()
-	if !q.Has("schema") {
-		return "", raw, false
-	}
-	schema = q.Get("schema")
-	q.Del("schema") // PostgreSQL would take it for a setting
+	q.Set("schema", schema)
 	u.RawQuery = q.Encode()
-	return schema, u.String(), schema != ""
+	return u.String()
 }
 
 // channel is the schema's notification channel: "sagad." and the schema, or

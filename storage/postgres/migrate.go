@@ -153,15 +153,7 @@ func newerSchema(schema string, have, know int) error {
 // connect opens one connection to url and returns it with the schema to
 // use: schema, else the URL's schema parameter, else DefaultSchema.
 func connect(ctx context.Context, url, schema string) (*pgx.Conn, string, error) {
-	if s, rest, ok := schemaParam(url); ok {
-		url = rest
-		if schema == "" {
-			schema = s
-		}
-	}
-	if schema == "" {
-		schema = DefaultSchema
-	}
+	url, schema = target(url, schema)
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, "", errors.WithHint(errors.Wrap(err, "postgres: connect"), "is PostgreSQL running and the URL right?")
@@ -205,4 +197,18 @@ func PendingScript(ctx context.Context, url, schema string) (string, int, string
 		return schema, have, "", newerSchema(schema, have, SchemaVersion())
 	}
 	return schema, have, Script(schema, have), nil
+}
+
+// DropSchema drops a schema and everything in it (sagad's tables, and the
+// application's, if it shares the schema): for a schema made for a run,
+// such as sagad bench's. url chooses the database as Open does; its schema
+// parameter, if any, is not the one dropped.
+func DropSchema(ctx context.Context, url, schema string) error {
+	conn, _, err := connect(ctx, url, "")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+quote(schema)+" CASCADE")
+	return errors.Wrapf(err, "postgres: drop schema %s", schema)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/pgtest"
+	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage/postgres"
@@ -28,7 +29,7 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, dbURL)
-	proxy, viaURL := pgtest.Proxied(t, dbURL)
+	proxy, viaURL := tcpproxy.ForURL(t, dbURL)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	db, err := postgres.Open(ctx, viaURL, &postgres.Options{Schema: schema, PollInterval: 50 * time.Millisecond})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
+	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
@@ -30,7 +31,7 @@ import (
 func TestRelayStopsWhileBrokerStopsReading(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
-	proxy, viaProxy := proxied(t, brokerURL)
+	proxy, viaProxy := tcpproxy.ForURL(t, brokerURL)
 
 	exchange := brokertest.Name("test.stalled")
 	sink := brokertest.NewSink(t, brokerURL, exchange, "#")

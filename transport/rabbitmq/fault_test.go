@@ -16,6 +16,7 @@ import (
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
+	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
@@ -233,7 +234,7 @@ func startMany(t *testing.T, b *bundle, n, c int, input func(i int) any) []strin
 func TestRelaySurvivesBrokerOutage(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
-	proxy, viaProxy := proxied(t, brokerURL)
+	proxy, viaProxy := tcpproxy.ForURL(t, brokerURL)
 
 	exchange := brokertest.Name("test.outage")
 	sink := brokertest.NewSink(t, brokerURL, exchange, "#")

@@ -4,14 +4,12 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net/url"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sagad/sagad/engine"
-	"github.com/sagad/sagad/internal/tcpproxy"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
@@ -152,22 +150,4 @@ func (b *bundle) waitOutbox(t *testing.T, timeout time.Duration, what string, co
 			t.Fatalf("outbox: %s not reached after %s: %+v, relay %+v", what, timeout, st.Counts, b.relay.Stats())
 		}
 	}
-}
-
-// proxied starts a loopback proxy to the broker at brokerURL, closed when
-// the test ends, and returns it with the broker URL that goes through it.
-func proxied(t *testing.T, brokerURL string) (*tcpproxy.Proxy, string) {
-	t.Helper()
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	via := *u
-	via.Host = proxy.Addr()
-	return proxy, via.String()
 }
