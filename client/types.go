@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/cockroachdb/errors"
 )
 
 // Saga is a saga as the API reports it. Get returns all of it; the items
@@ -71,11 +73,47 @@ type LogEntry struct {
 	Attempt int       `json:"attempt,omitempty"`
 	// Status is the saga's status after the event.
 	Status string `json:"status,omitempty"`
-	// Duration is the attempt's duration in nanoseconds.
-	Duration time.Duration `json:"duration,omitempty"`
+	// Duration is the attempt's duration. In JSON it is a Go duration
+	// string ("1.5s", "250ms"), the format of every duration sagad shows:
+	// in the API, its logs and the CLI's --json.
+	Duration time.Duration `json:"-"`
 	Error    string        `json:"error,omitempty"`
 	Next     time.Time     `json:"next,omitzero"`
 	Note     string        `json:"note,omitempty"`
+}
+
+// logEntryJSON is LogEntry's wire format: its duration as a string.
+type logEntryJSON struct {
+	logEntryFields
+	Duration string `json:"duration,omitempty"`
+}
+
+type logEntryFields LogEntry // without LogEntry's methods
+
+// MarshalJSON encodes e with its duration as a Go duration string.
+func (e LogEntry) MarshalJSON() ([]byte, error) {
+	w := logEntryJSON{logEntryFields: logEntryFields(e)}
+	if e.Duration != 0 {
+		w.Duration = e.Duration.String()
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes e, reading its duration as a Go duration string.
+func (e *LogEntry) UnmarshalJSON(b []byte) error {
+	var w logEntryJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*e = LogEntry(w.logEntryFields)
+	if w.Duration != "" {
+		d, err := time.ParseDuration(w.Duration)
+		if err != nil {
+			return errors.Wrapf(err, "log entry %d: duration", w.Seq)
+		}
+		e.Duration = d
+	}
+	return nil
 }
 
 // Page is one page of a saga listing.

@@ -383,7 +383,22 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, errors.Newf("--log-level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		// A duration reads as in the API ("1.5s"), in JSON too (where
+		// slog would write nanoseconds).
+		if a.Value.Kind() == slog.KindDuration {
+			return slog.String(a.Key, a.Value.Duration().String())
+		}
+		// An error is one line, its message; its stack traces and
+		// wrapping chain (%+v) only when debugging.
+		if err, ok := a.Value.Any().(error); ok && a.Value.Kind() == slog.KindAny {
+			if lv <= slog.LevelDebug {
+				return slog.String(a.Key, fmt.Sprintf("%+v", err))
+			}
+			return slog.String(a.Key, err.Error())
+		}
+		return a
+	}}
 	switch strings.ToLower(format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil

@@ -543,3 +543,44 @@ func TestFailedStartLeavesNoFile(t *testing.T) {
 		}
 	}
 }
+
+// TestLoggerErrorsAreOneLine: an error is logged as its message, in text and
+// JSON; its stack traces only at debug level. A duration reads as in the
+// API.
+func TestLoggerErrorsAreOneLine(t *testing.T) {
+	t.Parallel()
+	err := errors.Wrap(errors.New("disk full"), "commit")
+	tests := []struct {
+		level, format string
+		stack         bool
+	}{
+		{"info", "text", false},
+		{"warn", "json", false},
+		{"error", "text", false},
+		{"debug", "text", true},
+		{"debug", "json", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.level+"/"+tt.format, func(t *testing.T) {
+			var b strings.Builder
+			log, lerr := newLogger(&b, tt.level, tt.format)
+			if lerr != nil {
+				t.Fatal(lerr)
+			}
+			log.Error("sagad stopped", "err", err, "count", 3, "after", 1500*time.Millisecond)
+			out := b.String()
+			if !strings.Contains(out, "commit: disk full") || !strings.Contains(out, "count") {
+				t.Errorf("log %q: want the error's message and the other attributes", out)
+			}
+			if !strings.Contains(out, `after=1.5s`) && !strings.Contains(out, `"after":"1.5s"`) {
+				t.Errorf("log %q: want the duration as 1.5s", out)
+			}
+			if got := strings.Contains(out, "stack trace"); got != tt.stack {
+				t.Errorf("log %q: stack trace shown %v, want %v", out, got, tt.stack)
+			}
+			if !tt.stack && strings.Count(out, "\n") != 1 {
+				t.Errorf("log %q: want one line", out)
+			}
+		})
+	}
+}

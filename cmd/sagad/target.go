@@ -200,7 +200,7 @@ func (o offline) Log(ctx context.Context, id string) ([]client.LogEntry, error) 
 	if err != nil {
 		return nil, err
 	}
-	return convert[[]client.LogEntry](entries)
+	return httpapi.LogJSON(entries), nil
 }
 
 func (o offline) OutboxList(ctx context.Context, status, cursor string, limit int) (*client.OutboxPage, error) {

@@ -155,7 +155,8 @@ func Open(path string, opts *Options) (*DB, error) {
 func classifyOpenError(path string, err error) error {
 	switch {
 	case errors.Is(err, bberrors.ErrTimeout):
-		return errors.WithHint(errors.Mark(errors.Wrapf(err, "storage: open %s", path), ErrLocked),
+		locked := errors.Mark(errors.Newf("storage: open %s: the file is locked by another process", path), ErrLocked)
+		return errors.WithHint(errors.Mark(locked, err),
 			"another process (a running sagad?) holds this file; stop it or talk to it over HTTP")
 	case errors.Is(err, bberrors.ErrInvalid), errors.Is(err, bberrors.ErrChecksum),
 		errors.Is(err, bberrors.ErrVersionMismatch), errors.Is(err, bberrors.ErrInvalidMapping):

@@ -245,7 +245,18 @@ func TestAttemptTimeoutIsRetried(t *testing.T) {
 	}
 	i := slices.IndexFunc(entries, func(e client.LogEntry) bool { return e.Event == "attempt_failed" })
 	if i < 0 || !strings.Contains(entries[i].Error, "no answer in time") {
-		t.Errorf("log %+v: want a failed attempt that says there was no answer in time", entries)
+		t.Fatalf("log %+v: want a failed attempt that says there was no answer in time", entries)
+	}
+	if d := entries[i].Duration; d < 100*time.Millisecond || d > 10*time.Second {
+		t.Errorf("failed attempt took %v, want about its 100ms timeout", d)
+	}
+	// On the wire a duration is a Go duration string, as in definitions.
+	var raw struct {
+		Entries []map[string]any `json:"entries"`
+	}
+	a.sendJSON(t, http.MethodGet, "/v1/sagas/"+s.ID+"/log", "", http.StatusOK, &raw)
+	if d, ok := raw.Entries[i]["duration"].(string); !ok || d != entries[i].Duration.String() {
+		t.Errorf("log entry %d on the wire: duration %#v, want the string %q", i, raw.Entries[i]["duration"], entries[i].Duration.String())
 	}
 }
 

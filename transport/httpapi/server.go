@@ -556,10 +556,17 @@ func (s *Server) sagaLog(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if entries == nil {
-		entries = []storage.LogEntry{}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": LogJSON(entries)})
+}
+
+// LogJSON converts a saga's step log to the wire format.
+func LogJSON(entries []storage.LogEntry) []client.LogEntry {
+	out := make([]client.LogEntry, len(entries))
+	for i, e := range entries {
+		out[i] = client.LogEntry{Seq: e.Seq, At: e.At, Event: string(e.Event), Step: e.Step, Phase: string(e.Phase),
+			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+	return out
 }
 
 func (s *Server) abortSaga(w http.ResponseWriter, r *http.Request) {

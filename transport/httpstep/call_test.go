@@ -2,6 +2,7 @@ package httpstep_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -522,6 +523,7 @@ func TestOutcomeUnknown(t *testing.T) {
 		respond       http.HandlerFunc // nil: nothing listens (connection refused)
 		client        *http.Client     // nil: the default
 		cancelled     bool             // the engine's context ended before the call
+		timeout       time.Duration    // the attempt timeout; zero: 100ms
 		wantUnknown   bool
 		wantPermanent bool
 		wantErr       string // a substring of the error
@@ -541,7 +543,8 @@ func TestOutcomeUnknown(t *testing.T) {
 			wantUnknown: true, wantErr: "connection reset by peer"},
 		{name: "2xx not JSON", respond: answer(200, `<html>ok</html>`),
 			wantUnknown: true, wantPermanent: true, wantErr: "answered 200 OK with a body that is not valid JSON"},
-		{name: "2xx over 1 MiB", respond: answer(201, `[`+strings.Repeat(`1,`, 1<<19)+`1]`),
+		// Time to read 1 MiB, even on a loaded machine under -race.
+		{name: "2xx over 1 MiB", respond: answer(201, `[`+strings.Repeat(`1,`, 1<<19)+`1]`), timeout: 10 * time.Second,
 			wantUnknown: true, wantPermanent: true, wantErr: "answered 201 Created; response body exceeds 1048576 bytes"},
 		{name: "2xx with malformed _events", respond: answer(200, `{"_events": [{"name": "e", "payload": 1, "x": 2}]}`),
 			wantUnknown: true, wantPermanent: true, wantErr: `_events[0]: json: unknown field "x"`},
@@ -569,8 +572,9 @@ func TestOutcomeUnknown(t *testing.T) {
 				url = srv.URL + "/step"
 				srv.Close()
 			}
+			timeout := cmp.Or(tt.timeout, 100*time.Millisecond)
 			spec := &httpstep.Spec{Steps: []httpstep.StepSpec{{Name: "reserve",
-				Action: &httpstep.CallSpec{URL: url, Timeout: httpstep.Duration(100 * time.Millisecond)}}}}
+				Action: &httpstep.CallSpec{URL: url, Timeout: httpstep.Duration(timeout)}}}}
 			f := define(t, spec, tt.client).Steps[0].Action
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/internal/tcpproxy"
@@ -241,8 +243,9 @@ func TestRelaySurvivesBrokerOutage(t *testing.T) {
 	var ups, downs atomic.Int64
 	down := make(chan struct{}, 1)
 	const steps = 3
+	rec := &logRecorder{}
 	b := setup(t, setupOpts{defs: []*saga.Definition{seqDef(steps)}, cfg: rabbitmq.Config{URL: viaProxy, Exchange: exchange,
-		ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+		Logger: slog.New(rec), ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		Hooks: rabbitmq.Hooks{Connection: func(up bool, err error) {
 			if up {
 				ups.Add(1)
@@ -294,6 +297,17 @@ func TestRelaySurvivesBrokerOutage(t *testing.T) {
 		t.Errorf("connection hook saw %d ups and %d downs, want a reconnect", ups.Load(), downs.Load())
 	}
 	t.Logf("%d deliveries for %d events; %d reconnect attempts failed", len(deliveries), 200*steps, downs.Load()-1)
+	// The log tells the outage in two lines, not one per attempt.
+	if lost := rec.lines("relay lost the broker"); len(lost) != 1 || lost[0].level != slog.LevelWarn {
+		t.Errorf("lost-the-broker lines %+v, want one WARN", lost)
+	}
+	if n := len(rec.lines("relay cannot reach")) + len(rec.lines("relay still cannot reach")); n != 0 {
+		t.Errorf("%d lines about failed reconnection attempts in an outage shorter than 30 s, want none", n)
+	}
+	conn := rec.lines("relay connected")
+	if len(conn) != 2 || conn[1].attrs["failed_attempts"] != fmt.Sprint(downs.Load()) {
+		t.Errorf("connected lines %+v, want two, the second after %d failures (the loss and the failed attempts)", conn, downs.Load())
+	}
 }
 
 // dedupe keeps the first occurrence of each value, in order.
@@ -372,5 +386,61 @@ func TestRelayKeepsOrderBeyondItsPerSagaBuffer(t *testing.T) {
 	}
 	if len(got) != 50 {
 		t.Fatalf("%d events arrived, want 50", len(got))
+	}
+}
+
+// A route that keeps failing is one WARN when it starts, a summary at most
+// every 30 s, and one line when it recovers: not a line per publication.
+func TestRelaySummarisesAFailingRoute(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	exchange := brokertest.Name("test.failing")
+	sink := brokertest.NewSink(t, brokerURL, exchange, "ok.#")
+	fake := clock.NewFake(time.Now())
+	rec := &logRecorder{}
+	retried := make(chan struct{}, 1)
+	b := setup(t, setupOpts{defs: []*saga.Definition{seqDef(1)}, cfg: rabbitmq.Config{URL: brokerURL, Exchange: exchange,
+		MaxAttempts: 100, RetryInitial: 10 * time.Second, RetryMax: 10 * time.Second, Clock: fake, Logger: slog.New(rec),
+		Hooks: rabbitmq.Hooks{Retried: func(*storage.OutboxEvent, error) { retried <- struct{}{} }}}})
+
+	b.run(t, "seq", map[string][]string{"keys": {"lost.1"}})
+	// Five failed publications 16 s apart (a retry comes 5 to 15 s after a
+	// failure): at 0 s the first is logged, at 32 s and 64 s the two
+	// before each are summarised.
+	const failures = 5
+	for i := range failures {
+		select {
+		case <-retried:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("publication %d did not fail; relay %+v", i+1, b.relay.Stats())
+		}
+		if i == failures-1 {
+			sink.Bind(t, "lost.#")
+		}
+		fake.Advance(16 * time.Second)
+	}
+	b.drained(t, 20*time.Second)
+
+	first := rec.lines("outbox route failing")
+	if len(first) != 1 || first[0].level != slog.LevelWarn || first[0].attrs["routing_key"] != "lost.1" ||
+		!strings.Contains(first[0].attrs["err"], "NO_ROUTE") {
+		t.Errorf("route failing lines %+v, want one WARN for lost.1 with NO_ROUTE", first)
+	}
+	summaries := rec.lines("outbox route still failing")
+	if len(summaries) != 2 {
+		t.Fatalf("summary lines %+v, want 2 (at 32 s and 64 s)", summaries)
+	}
+	for i, s := range summaries {
+		if s.level != slog.LevelWarn || s.attrs["failures"] != "2" || s.attrs["failing_for"] != fmt.Sprint(time.Duration(i+1)*32*time.Second) ||
+			!strings.Contains(s.attrs["last_err"], "NO_ROUTE") {
+			t.Errorf("summary %d: %+v, want WARN, 2 failures, failing for %ds, NO_ROUTE", i, s, (i+1)*32)
+		}
+	}
+	recovered := rec.lines("outbox route recovered")
+	if len(recovered) != 1 || recovered[0].attrs["failed_attempts"] != fmt.Sprint(failures) || recovered[0].attrs["after"] != "1m20s" {
+		t.Errorf("recovered lines %+v, want one, after %d failures and 1m20s", recovered, failures)
+	}
+	if n := len(rec.lines("outbox event publication failed")); n != 0 {
+		t.Errorf("%d per-publication lines, want none", n)
 	}
 }

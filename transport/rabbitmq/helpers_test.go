@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,4 +151,46 @@ func (b *bundle) waitOutbox(t *testing.T, timeout time.Duration, what string, co
 			t.Fatalf("outbox: %s not reached after %s: %+v, relay %+v", what, timeout, st.Counts, b.relay.Stats())
 		}
 	}
+}
+
+// logRecorder is a slog handler that keeps every record, for tests that
+// assert on what the relay logs.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Clone())
+	return nil
+}
+
+// lines returns the records whose message starts with prefix, each as its
+// level and its attributes.
+func (l *logRecorder) lines(prefix string) []logLine {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []logLine
+	for _, r := range l.recs {
+		if !strings.HasPrefix(r.Message, prefix) {
+			continue
+		}
+		ln := logLine{level: r.Level, attrs: map[string]string{}}
+		r.Attrs(func(a slog.Attr) bool {
+			ln.attrs[a.Key] = a.Value.String()
+			return true
+		})
+		out = append(out, ln)
+	}
+	return out
+}
+
+type logLine struct {
+	level slog.Level
+	attrs map[string]string
 }

@@ -149,6 +149,9 @@ type state struct {
 	requeues int64
 	pending  markBatch
 	marking  bool
+	// failing summarises failures in the log: per route, and the broker's
+	// connection.
+	failing failLog
 }
 
 func (s *state) rescanFrom(id ulid.ULID) {
@@ -335,12 +338,21 @@ func (r *Relay) run(ctx context.Context) error {
 			if s, err = r.connect(guard); err != nil {
 				s = nil
 				reconnectAt = now.Add(reconnect.NextBackOff())
-				r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", clock.Until(r.cfg.Clock, reconnectAt).Round(time.Millisecond))
+				if n, ok := st.failing.fail(brokerKey, now, err); ok && n.first {
+					r.log.Warn("relay cannot reach the broker; events wait in the outbox", "err", err, "retry_in", clock.Until(r.cfg.Clock, reconnectAt).Round(time.Millisecond))
+				} else if ok {
+					r.log.Warn("relay still cannot reach the broker; events wait in the outbox",
+						"attempts", n.count, "failing_for", n.since.Round(time.Second), "last_err", n.last)
+				}
 				r.hookConn(false, err)
 			} else {
 				r.cur.Store(s)
 				r.connected.Store(true)
-				r.log.Info("relay connected", "exchange", r.cfg.Exchange)
+				if n, ok := st.failing.ok(brokerKey, now); ok {
+					r.log.Info("relay connected", "exchange", r.cfg.Exchange, "failed_attempts", n.count, "after", n.since.Round(time.Millisecond))
+				} else {
+					r.log.Info("relay connected", "exchange", r.cfg.Exchange)
+				}
 				r.hookConn(true, nil)
 				r.requeueInFlight(st, nil)
 			}
@@ -604,6 +616,9 @@ func (r *Relay) lost(st *state, s *session, cause error, stopping bool) {
 		r.log.Warn("relay stopping: its connection ended before the broker confirmed everything; unconfirmed messages stay new and are published again",
 			"count", unconfirmed, "err", cause)
 	} else {
+		// The first failure of a run: the reconnection attempts that
+		// follow are summarised.
+		st.failing.fail(brokerKey, r.cfg.Clock.Now(), cause)
 		r.log.Warn("relay lost the broker; reconnecting, events wait in the outbox", "err", cause)
 	}
 	r.hookConn(false, cause)
@@ -726,10 +741,7 @@ func (r *Relay) publish(st *state, s *session) error {
 			continue
 		}
 		ev := it.ev
-		exchange := ev.Exchange
-		if exchange == "" {
-			exchange = r.cfg.Exchange
-		}
+		exchange := r.exchange(ev)
 		if err := r.declare(s, exchange); err != nil {
 			if refused(err) {
 				// The event names an exchange that cannot be declared:
@@ -899,8 +911,15 @@ func (r *Relay) marked(st *state, res markResult) error {
 		time.Sleep(100 * time.Millisecond) // a failing disk: do not spin (an in-process pause: the wall clock's)
 		return nil
 	}
+	now := r.cfg.Clock.Now()
 	for _, it := range res.batch.produced {
 		delete(st.items, it.ev.ID)
+		if len(st.failing.keys) > 0 {
+			if n, ok := st.failing.ok(r.route(it.ev), now); ok {
+				r.log.Info("outbox route recovered", "exchange", r.exchange(it.ev), "routing_key", it.ev.RoutingKey,
+					"failed_attempts", n.count, "after", n.since.Round(time.Millisecond))
+			}
+		}
 	}
 	if n := len(res.batch.produced); n > 0 {
 		r.published.Add(int64(n))
@@ -909,7 +928,6 @@ func (r *Relay) marked(st *state, res markResult) error {
 		}
 		st.needLoad = true
 	}
-	now := r.cfg.Clock.Now()
 	parked := false
 	defer func() {
 		if parked {
@@ -929,7 +947,9 @@ func (r *Relay) marked(st *state, res markResult) error {
 			continue
 		}
 		it.ev.Attempts, it.ev.LastError = n, f.err.Error()
+		note, logIt := st.failing.fail(r.route(it.ev), now, f.err)
 		if f.final {
+			// Logged for itself: it needs an operator.
 			r.notProduced.Add(1)
 			r.log.Warn("outbox event not produced after its attempts; its saga's later events wait until it is re-queued or discarded",
 				"event", it.ev.ID.String(), "saga", it.ev.SagaID.String(), "name", it.ev.Name, "attempts", n, "err", f.err)
@@ -943,14 +963,34 @@ func (r *Relay) marked(st *state, res markResult) error {
 		r.retried.Add(1)
 		it.state, it.retryAt = stBackoff, now.Add(r.retryDelay(n))
 		st.backoff = append(st.backoff, it)
-		r.log.Info("outbox event publication failed; retrying", "event", it.ev.ID.String(), "attempt", n, "err", f.err,
-			"retry_in", clock.Until(r.cfg.Clock, it.retryAt).Round(time.Millisecond))
+		switch {
+		case logIt && note.first:
+			r.log.Warn("outbox route failing; its events are retried with backoff", "exchange", r.exchange(it.ev), "routing_key", it.ev.RoutingKey,
+				"event", it.ev.ID.String(), "attempt", n, "err", f.err, "retry_in", clock.Until(r.cfg.Clock, it.retryAt).Round(time.Millisecond))
+		case logIt:
+			r.log.Warn("outbox route still failing; its events are retried with backoff", "exchange", r.exchange(it.ev), "routing_key", it.ev.RoutingKey,
+				"failures", note.count, "failing_for", note.since.Round(time.Second), "last_err", note.last)
+		}
 		if h := r.cfg.Hooks.Retried; h != nil {
 			h(it.ev, f.err)
 		}
 	}
 	return nil
 }
+
+// brokerKey is the broker's connection in state.failing.
+const brokerKey = "\x00broker"
+
+// exchange is the exchange an event is published to.
+func (r *Relay) exchange(ev *storage.OutboxEvent) string {
+	if ev.Exchange != "" {
+		return ev.Exchange
+	}
+	return r.cfg.Exchange
+}
+
+// route names an event's route in state.failing.
+func (r *Relay) route(ev *storage.OutboxEvent) string { return r.exchange(ev) + "\x00" + ev.RoutingKey }
 
 // drop forgets an event that is gone from the outbox; its saga goes on.
 func (r *Relay) drop(st *state, it *item) {
