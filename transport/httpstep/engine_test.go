@@ -1,6 +1,7 @@
 package httpstep_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -337,6 +338,7 @@ func TestEngineOutcomeUnknown(t *testing.T) {
 		name        string
 		charge      http.HandlerFunc // the charge step's action
 		maxAttempts int              // of the charge step's action
+		timeout     string           // of the charge step's action; empty: 100ms
 		want        saga.Status
 		wantCharge  []string // what the charge participant received
 	}{
@@ -348,7 +350,8 @@ func TestEngineOutcomeUnknown(t *testing.T) {
 			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
 		{name: "2xx not JSON", charge: answer(200, `charged`), maxAttempts: 3, want: saga.StatusCompensated,
 			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
-		{name: "2xx over 1 MiB", charge: answer(200, `"`+strings.Repeat("x", 1<<20)+`"`), maxAttempts: 3, want: saga.StatusCompensated,
+		// Time to read 1 MiB, even on a loaded machine under -race.
+		{name: "2xx over 1 MiB", charge: answer(200, `"`+strings.Repeat("x", 1<<20)+`"`), maxAttempts: 3, timeout: "10s", want: saga.StatusCompensated,
 			wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
 		{name: "2xx with malformed _events", charge: answer(200, `{"id": 1, "_events": {"name": "charged"}}`), maxAttempts: 3,
 			want: saga.StatusCompensated, wantCharge: []string{"POST /charge action 1", "POST /refund compensation 1"}},
@@ -383,9 +386,9 @@ func TestEngineOutcomeUnknown(t *testing.T) {
 			}))
 			eng, _ := runEngine(t, fmt.Sprintf(`{"steps": [
 				{"name": "reserve", "action": {"url": "%[1]s/reserve"}, "compensation": {"url": "%[1]s/release"}},
-				{"name": "charge", "action": {"url": "%[2]s/charge", "timeout": "100ms"}, "compensation": {"url": "%[2]s/refund"},
+				{"name": "charge", "action": {"url": "%[2]s/charge", "timeout": %[4]q}, "compensation": {"url": "%[2]s/refund"},
 				 "retry": {"max_attempts": %[3]d, "initial_interval": "1ms", "max_interval": "1ms"}}
-			]}`, shop.URL, bank.URL, tt.maxAttempts))
+			]}`, shop.URL, bank.URL, tt.maxAttempts, cmp.Or(tt.timeout, "100ms")))
 
 			s := runSaga(t, eng, nil)
 			if s.Status != tt.want {
