@@ -14,6 +14,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/sagad/sagad/clock"
+	"github.com/sagad/sagad/internal/dag"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -25,8 +26,12 @@ import (
 type driver struct {
 	e    *Engine
 	def  *saga.Definition
+	g    *dag.Graph // def's steps: which wait for which
 	rec  *storage.Saga
 	slot bool // holds a concurrency slot
+	// extra counts the concurrency slots held beyond slot, for attempts of
+	// parallel steps.
+	extra int
 	// mu is held from deciding a transition until it is committed (see
 	// transition); Abort holds it while it records a request, so that a
 	// transition either sees the request or commits before it is made.
@@ -46,8 +51,18 @@ type driver struct {
 	// process wrote; the attempt it recorded as started is not run.
 	abortedRemotely bool
 
-	next     effect
-	out      *outcome
+	// starts are the attempts the last commit recorded as started, to run
+	// now; outs the outcomes to apply at the next transition.
+	starts []effect
+	outs   []*outcome
+	// results receives the outcomes of attempts run in goroutines of their
+	// own (parallel steps); running counts those not yet received.
+	results chan *outcome
+	running int
+	// failing is set when a step failed in a way that ends the saga failed
+	// while other attempts were in flight: it fails once they have ended.
+	failing error
+
 	logs     []storage.LogEntry
 	from     saga.Status // status at the last commit
 	clrAbort bool        // delete the abort request in the next commit
@@ -65,15 +80,8 @@ type driver struct {
 	tr         storage.Transition    // the change change() hands to the store, reused
 }
 
-type effectKind int
-
-const (
-	effWait    effectKind = iota // nothing to do before rec.WakeAt (or ever)
-	effAttempt                   // run step's phase function
-)
-
+// effect is an attempt to run: a step's phase function.
 type effect struct {
-	kind  effectKind
 	step  int
 	phase saga.Phase
 }
@@ -106,7 +114,7 @@ func (d *driver) create(now time.Time, plan bool) (dup ulid.ULID, err error) {
 	d.log(now, storage.LogEntry{Event: storage.EventStarted, Status: saga.StatusRunning})
 	d.lifecycle(now, "saga.started", "", func(b []byte) []byte { return appendRaw(b, "input", d.rec.Input) })
 	if plan {
-		d.next = d.advance(now)
+		d.advance(now)
 	}
 	dup, err = d.e.sagas.SagaCreate(context.Background(), d.change())
 	if err == nil && dup == (ulid.ULID{}) {
@@ -139,7 +147,7 @@ func (d *driver) load(now time.Time) (bool, error) {
 	if aborted {
 		d.abort.Store(true)
 	}
-	d.def = d.e.definition(r.Definition, r.Fingerprint)
+	d.def, d.g = d.e.plan(r.Definition, r.Fingerprint)
 	if d.def == nil || len(d.def.Steps) != len(r.Steps) {
 		reason := "definition " + r.Definition + " version " + r.Fingerprint + " is not registered"
 		if d.rs != nil {
@@ -170,6 +178,15 @@ func (d *driver) load(now time.Time) (bool, error) {
 		r.Parked = ""
 		d.log(now, storage.LogEntry{Event: storage.EventResumed, Note: "definition registered"})
 	}
+	if !r.WakeAt.IsZero() && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool { return !s.Next.IsZero() }) {
+		// Written before steps had wake times of their own: the saga's
+		// is the waiting step's.
+		for i := range r.Steps {
+			if s := &r.Steps[i]; !s.InFlight && (s.Status == saga.StepRunning || s.Status == saga.StepCompensating) {
+				s.Next = r.WakeAt
+			}
+		}
+	}
 	for i := range r.Steps {
 		s := &r.Steps[i]
 		if !s.InFlight {
@@ -192,50 +209,125 @@ func (d *driver) load(now time.Time) (bool, error) {
 	return true, nil
 }
 
-// run drives the saga until it waits, finishes, or the engine stops.
+// run drives the saga until it waits, finishes, or the engine stops. A
+// single attempt runs on this goroutine; attempts of parallel steps run in
+// goroutines of their own, and their outcomes are committed as they come,
+// several in one commit when they come together.
 func (d *driver) run() {
 	defer d.e.release(d)
-	for d.next.kind == effAttempt {
-		if d.abortedRemotely && d.next.phase != saga.PhaseCompensation {
-			// The abort came before this attempt: it is recorded as
-			// started, and ends without running, as aborted.
+	for {
+		if d.abortedRemotely {
+			// The abort came before these attempts: they are recorded as
+			// started, and end without running, as aborted.
 			d.abortedRemotely = false
-			n := d.next
-			d.out = &outcome{step: n.step, phase: n.phase, attempt: d.rec.Steps[n.step].Attempts,
-				err: saga.Permanent(errors.Wrap(ErrAborted, "not run: an abort request came first"))}
-		} else {
-			d.abortedRemotely = false
-			d.attempt()
+			d.starts = slices.DeleteFunc(d.starts, func(n effect) bool {
+				if n.phase == saga.PhaseCompensation {
+					return false
+				}
+				d.outs = append(d.outs, &outcome{step: n.step, phase: n.phase, attempt: d.rec.Steps[n.step].Attempts,
+					err: saga.Permanent(errors.Wrap(ErrAborted, "not run: an abort request came first"))})
+				return true
+			})
 		}
-		if d.out.err != nil && context.Cause(d.e.attempts) != nil {
-			// Cut off by shutdown: leave the attempt in flight for recovery.
-			return
+		if len(d.starts) == 1 && d.running == 0 && len(d.outs) == 0 {
+			// The common case: one attempt, nothing else in flight.
+			n := d.starts[0]
+			d.starts = d.starts[:0]
+			d.outs = append(d.outs, d.attempt(n)())
+		} else {
+			for _, n := range d.starts {
+				if d.results == nil {
+					d.results = make(chan *outcome, len(d.rec.Steps))
+				}
+				run := d.attempt(n)
+				go func() { d.results <- run() }()
+			}
+			d.running += len(d.starts)
+			d.starts = d.starts[:0]
+			if len(d.outs) == 0 {
+				if d.running == 0 {
+					return // nothing to do before rec.WakeAt, or ever
+				}
+				d.collect()
+			}
+		}
+		if context.Cause(d.e.attempts) != nil {
+			// Cut off by shutdown: attempts that did not answer stay in
+			// flight for recovery; those that did are committed once
+			// every attempt has ended.
+			for d.running > 0 {
+				d.outs = append(d.outs, <-d.results)
+				d.running--
+			}
+			d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil })
+			if len(d.outs) == 0 {
+				return
+			}
 		}
 		if err := d.transition(d.e.clock.Now()); err != nil {
 			d.e.commitFailed(d, err)
+			// What was not committed is forgotten; attempts still running
+			// end unseen, and the saga is loaded again.
+			for ; d.running > 0; d.running-- {
+				<-d.results
+			}
 			return
 		}
 	}
 }
 
-// transition applies the last outcome, plans what comes next and commits
-// both, holding d.mu until the write is durable (see driver.mu). Hooks run
-// after.
+// collect waits for an outcome of an attempt running in its own goroutine,
+// or for a step's retry to fall due, then takes every outcome that came
+// meanwhile.
+func (d *driver) collect() {
+	var due <-chan time.Time
+	if wake := d.rec.WakeAt; !wake.IsZero() && d.e.isRunning() {
+		t := d.e.clock.NewTimer(clock.Until(d.e.clock, wake))
+		defer t.Stop()
+		due = t.C()
+	}
+	select {
+	case o := <-d.results:
+		d.running--
+		d.outs = append(d.outs, o)
+	case <-due:
+	}
+	for {
+		select {
+		case o := <-d.results:
+			d.running--
+			d.outs = append(d.outs, o)
+		default:
+			return
+		}
+	}
+}
+
+// transition applies the outcomes that came, plans what comes next and
+// commits both, holding d.mu until the write is durable (see driver.mu).
+// Hooks run after.
 func (d *driver) transition(now time.Time) error {
 	d.mu.Lock()
-	d.next = d.advance(now)
+	d.advance(now)
 	err := d.write()
 	d.mu.Unlock()
 	if err != nil {
+		d.starts = d.starts[:0]
 		return err
+	}
+	if d.extra > 0 {
+		d.releaseSlots()
 	}
 	d.committed()
 	return nil
 }
 
-// attempt runs the function planned in d.next and stores its outcome.
-func (d *driver) attempt() {
-	r, n := d.rec, d.next
+// attempt prepares an attempt of n and returns the function that runs it
+// and returns its outcome. attempt reads the saga, on the driver's
+// goroutine; the function it returns may run on another, and reads only
+// what attempt gave it.
+func (d *driver) attempt(n effect) func() *outcome {
+	r := d.rec
 	st, s := &d.def.Steps[n.step], &r.Steps[n.step]
 	f := st.Action
 	switch n.phase {
@@ -248,14 +340,12 @@ func (d *driver) attempt() {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	ctx, cancel := clock.WithTimeout(d.e.clock, d.e.shards[r.ID[15]%byte(len(d.e.shards))], timeout)
-	defer cancel()
+	parent := d.e.shards[r.ID[15]%byte(len(d.e.shards))]
 	// Past the pivot the saga only goes forward: its deadline no longer
 	// applies (nor does it to compensations, which must run to the end).
-	if n.phase != saga.PhaseCompensation && !r.Deadline.IsZero() && !d.pastPivot() {
-		var cancelD context.CancelFunc
-		ctx, cancelD = d.e.clock.WithDeadline(ctx, r.Deadline)
-		defer cancelD()
+	var deadline time.Time
+	if n.phase != saga.PhaseCompensation && !d.pastPivot() {
+		deadline = r.Deadline
 	}
 	sagaID := r.ID.String()
 	call := &saga.Call{
@@ -270,12 +360,29 @@ func (d *driver) attempt() {
 	// change what is stored or what later steps see.
 	call.Input, call.Data = cloneInput(r.Input, r.Data)
 	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
+	b := d.breaker(n)
+	return func() *outcome {
+		ctx, cancel := clock.WithTimeout(d.e.clock, parent, timeout)
+		defer cancel()
+		if !deadline.IsZero() {
+			var cancelD context.CancelFunc
+			ctx, cancelD = d.e.clock.WithDeadline(ctx, deadline)
+			defer cancelD()
+		}
+		d.call(ctx, o, b, f, call)
+		return o
+	}
+}
+
+// call runs f with the attempt's context and records what happened in o.
+func (d *driver) call(ctx context.Context, o *outcome, b *breaker, f saga.Func, call *saga.Call) {
+	sagaID, st := call.SagaID, &d.def.Steps[o.step]
 	if testHook != nil {
-		testHook("before_attempt", sagaID, st.Name, n.phase)
-		defer testHook("after_attempt", sagaID, st.Name, n.phase)
+		testHook("before_attempt", sagaID, st.Name, o.phase)
+		defer testHook("after_attempt", sagaID, st.Name, o.phase)
 	}
 	start := d.e.clock.Now()
-	if b := d.breaker(n); b != nil {
+	if b != nil {
 		o.data, o.err = b.cb.Execute(func() (json.RawMessage, error) { return safeCall(ctx, f, call) })
 		if errors.Is(o.err, gobreaker.ErrOpenState) || errors.Is(o.err, gobreaker.ErrTooManyRequests) {
 			o.blocked = true
@@ -294,13 +401,7 @@ func (d *driver) attempt() {
 	// not know whether the participant acted: the outcome is unknown.
 	o.cut = o.err != nil && !o.blocked && (ctx.Err() != nil || saga.IsOutcomeUnknown(o.err))
 	if o.err == nil && len(o.data) > 0 && !json.Valid(o.data) {
-		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, n.phase))
-	}
-	if o.err == nil && n.phase != saga.PhaseCompensation {
-		o.err = d.checkOutput(n.step, o.data)
-		// The participant acted, but its answer cannot be kept: the step
-		// fails for good and is compensated if the saga turns around.
-		o.cut = o.err != nil
+		o.err = saga.Permanent(errors.Newf("step %q %s returned invalid JSON", st.Name, o.phase))
 	}
 	if evs := call.Emitted(); o.err == nil {
 		o.events = evs
@@ -317,7 +418,6 @@ func (d *driver) attempt() {
 			o.tx = nil
 		}
 	}
-	d.out = o
 }
 
 // checkOutput refuses an action's or fallback's output that is over
@@ -393,14 +493,24 @@ func (d *driver) breaker(n effect) *breaker {
 	return d.e.breakers[name]
 }
 
-// advance applies the pending outcome, then moves the saga as far as it can
-// go without a side effect, and returns what to do after the commit.
-func (d *driver) advance(now time.Time) effect {
+// advance applies the outcomes that came, then moves the saga as far as it
+// can go without a side effect: it records as started the attempts to run
+// once the commit is durable (d.starts), and sets the saga's wake time.
+func (d *driver) advance(now time.Time) {
 	r := d.rec
 	r.UpdatedAt = now
-	if o := d.out; o != nil {
-		d.out = nil
-		d.apply(o, now)
+	if len(d.outs) > 0 {
+		keep := d.outs[:0]
+		for _, o := range d.outs {
+			if o.tx != nil && d.tx != nil {
+				// One enlisted transaction per commit: the next takes it.
+				keep = append(keep, o)
+				continue
+			}
+			d.apply(o, now)
+		}
+		clear(d.outs[len(keep):])
+		d.outs = keep
 	}
 	stopping := !d.e.isRunning()
 	for {
@@ -421,56 +531,215 @@ func (d *driver) advance(now time.Time) effect {
 				d.compensate(now, errors.Wrapf(ErrDeadline, "deadline %s", r.Deadline.UTC().Format(time.RFC3339Nano)))
 				continue
 			}
-			if r.WakeAt.After(now) {
-				if !r.Deadline.IsZero() && r.WakeAt.After(r.Deadline) && !past {
-					r.WakeAt = r.Deadline
-				}
-				return effect{kind: effWait}
-			}
-			i := 0
-			for i < len(r.Steps) && r.Steps[i].Status == saga.StepSucceeded {
-				i++
-			}
-			if i == len(r.Steps) {
-				d.finish(now, saga.StatusCompleted)
-				return effect{kind: effWait}
-			}
-			if stopping {
-				r.WakeAt = now
-				return effect{kind: effWait}
-			}
-			return d.begin(now, i)
+			d.forward(now, stopping, past)
 		case saga.StatusCompensating:
-			if r.WakeAt.After(now) {
-				return effect{kind: effWait}
-			}
-			i := len(r.Steps) - 1
-			for i >= 0 && r.Steps[i].Status != saga.StepSucceeded && r.Steps[i].Status != saga.StepCompensating {
-				i--
-			}
-			if i < 0 {
-				d.finish(now, saga.StatusCompensated)
-				return effect{kind: effWait}
-			}
-			if s := &r.Steps[i]; s.Status == saga.StepSucceeded && d.def.Steps[i].Compensation == nil {
-				s.Status = saga.StepSkipped
-				continue
-			}
-			if stopping {
-				r.WakeAt = now
-				return effect{kind: effWait}
-			}
-			return d.begin(now, i)
+			d.backward(now, stopping)
 		default:
 			r.WakeAt = time.Time{}
-			return effect{kind: effWait}
 		}
+		return
 	}
 }
 
-// begin plans the next attempt of step i and records it as started.
-func (d *driver) begin(now time.Time, i int) effect {
-	r, s := d.rec, &d.rec.Steps[i]
+// forward starts every step whose wait is over: those whose dependencies
+// have all succeeded, and those whose retry is due. It completes the saga
+// when every step has succeeded.
+func (d *driver) forward(now time.Time, stopping, past bool) {
+	r := d.rec
+	var wake time.Time
+	done, inFlight, deferred := true, false, false
+	for _, i := range d.g.Order {
+		s := &r.Steps[i]
+		switch s.Status {
+		case saga.StepSucceeded:
+			continue
+		case saga.StepPending:
+			done = false
+			if !d.depsSucceeded(i) {
+				continue
+			}
+		case saga.StepRunning:
+			done = false
+			if s.InFlight {
+				inFlight = true
+				continue
+			}
+			if s.Next.After(now) {
+				wake = earliest(wake, s.Next)
+				continue
+			}
+		default: // failed for good past the pivot (d.failing)
+			done = false
+			continue
+		}
+		switch {
+		case d.failing != nil:
+		case stopping:
+			wake = earliest(wake, now)
+		case !d.canStart():
+			deferred = true
+		case d.begin(now, i):
+			inFlight = true
+		default:
+			wake = earliest(wake, s.Next)
+		}
+	}
+	switch {
+	case done:
+		d.finish(now, saga.StatusCompleted)
+		return
+	case d.failing != nil && !inFlight:
+		err := d.failing
+		d.failing = nil
+		d.fail(now, err)
+		return
+	case deferred && !inFlight:
+		wake = now
+	}
+	if !wake.IsZero() && !r.Deadline.IsZero() && wake.After(r.Deadline) && !past {
+		wake = r.Deadline
+	}
+	r.WakeAt = wake
+}
+
+// backward starts the compensations whose turn has come, in reverse
+// dependency order: a step's once the compensations of the steps that
+// waited for it have ended. It ends the saga compensated when nothing is
+// left to undo.
+func (d *driver) backward(now time.Time, stopping bool) {
+	r := d.rec
+	var wake time.Time
+	inFlight, deferred := false, false
+	for k := len(d.g.Order) - 1; k >= 0; k-- {
+		i := d.g.Order[k]
+		s := &r.Steps[i]
+		switch {
+		case s.InFlight:
+			// A compensation, or the action of a parallel step that was
+			// running when the saga turned around.
+			inFlight = true
+			continue
+		case s.Status == saga.StepSucceeded:
+			if !d.dependentsDone(i) {
+				continue
+			}
+			if d.def.Steps[i].Compensation == nil {
+				s.Status = saga.StepSkipped
+				continue
+			}
+		case s.Status == saga.StepCompensating:
+			if s.Next.After(now) {
+				wake = earliest(wake, s.Next)
+				continue
+			}
+			if !d.dependentsDone(i) {
+				continue
+			}
+		default:
+			continue
+		}
+		switch {
+		case d.failing != nil:
+		case stopping:
+			wake = earliest(wake, now)
+		case !d.canStart():
+			deferred = true
+		case d.begin(now, i):
+			inFlight = true
+		default:
+			wake = earliest(wake, s.Next)
+		}
+	}
+	switch {
+	case d.failing != nil && !inFlight:
+		err := d.failing
+		d.failing = nil
+		d.fail(now, err)
+		return
+	case !inFlight && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
+	}):
+		d.finish(now, saga.StatusCompensated)
+		return
+	case deferred && !inFlight:
+		wake = now
+	}
+	r.WakeAt = wake
+}
+
+// depsSucceeded reports whether every step step i waits for has succeeded.
+func (d *driver) depsSucceeded(i int) bool {
+	for _, k := range d.g.Deps[i] {
+		if d.rec.Steps[k].Status != saga.StepSucceeded {
+			return false
+		}
+	}
+	return true
+}
+
+// dependentsDone reports whether every step that waits for step i is done
+// with: never ran, failed without effect, or compensated.
+func (d *driver) dependentsDone(i int) bool {
+	for _, k := range d.g.Dependents[i] {
+		switch s := &d.rec.Steps[k]; {
+		case s.InFlight, s.Status == saga.StepSucceeded, s.Status == saga.StepCompensating, s.Status == saga.StepRunning:
+			return false
+		}
+	}
+	return true
+}
+
+// canStart takes a concurrency slot for one more attempt of the saga, if it
+// needs one and one is free. The driver's own slot runs its first attempt;
+// parallel steps take more without waiting, and wait for one of the saga's
+// own attempts to end when there is none.
+func (d *driver) canStart() bool {
+	if !d.slot {
+		return false
+	}
+	if d.running+len(d.starts) < 1+d.extra {
+		return true
+	}
+	select {
+	case d.e.sem <- struct{}{}:
+		d.extra++
+		return true
+	default:
+		return false
+	}
+}
+
+// releaseSlots gives back the slots the saga's attempts no longer need.
+func (d *driver) releaseSlots() {
+	for d.extra > 0 && d.running+len(d.starts) <= d.extra {
+		<-d.e.sem
+		d.extra--
+	}
+}
+
+// othersInFlight reports whether a step other than step i has an attempt
+// in flight.
+func (d *driver) othersInFlight(i int) bool {
+	for k := range d.rec.Steps {
+		if k != i && d.rec.Steps[k].InFlight {
+			return true
+		}
+	}
+	return false
+}
+
+// earliest returns the earlier of a and b, where zero is none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// begin plans the next attempt of step i and records it as started; false
+// when an open breaker makes the step wait (until s.Next).
+func (d *driver) begin(now time.Time, i int) bool {
+	s := &d.rec.Steps[i]
 	switch s.Status {
 	case saga.StepPending:
 		s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepRunning, saga.PhaseAction, 0, now
@@ -478,20 +747,21 @@ func (d *driver) begin(now time.Time, i int) effect {
 		s.ActionAttempts = actionAttempts(s)
 		s.Status, s.Phase, s.Attempts, s.PhaseStarted, s.Error = saga.StepCompensating, saga.PhaseCompensation, 0, now, ""
 	}
-	n := effect{kind: effAttempt, step: i, phase: s.Phase}
+	n := effect{step: i, phase: s.Phase}
 	if b := d.breaker(n); b != nil {
 		if blocked, until := b.blocked(now); blocked {
 			if d.blockedBy(now, i, b.name, until) {
 				return d.begin(now, i) // moved on to the fallback
 			}
-			return effect{kind: effWait}
+			return false
 		}
 	}
 	s.Attempts++
 	s.InFlight = true
-	r.WakeAt = time.Time{}
+	s.Next = time.Time{}
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptStarted, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts})
-	return effect{kind: effAttempt, step: i, phase: s.Phase}
+	d.starts = append(d.starts, n)
+	return true
 }
 
 // blockedBy handles a call refused by an open breaker: the action goes to
@@ -509,7 +779,7 @@ func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) b
 	if !r.Deadline.IsZero() && s.Phase == saga.PhaseAction && until.After(r.Deadline) && !d.pastPivot() {
 		until = r.Deadline
 	}
-	r.WakeAt = until
+	s.Next = until
 	d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase, Next: until,
 		Note: "circuit breaker " + name + " is open: waiting for it to half-open"})
 	return false
@@ -524,6 +794,22 @@ func (d *driver) toFallback(now time.Time, s *storage.Step) {
 func (d *driver) apply(o *outcome, now time.Time) {
 	r, s, st := d.rec, &d.rec.Steps[o.step], &d.def.Steps[o.step]
 	s.InFlight = false
+	if o.err == nil && o.phase != saga.PhaseCompensation {
+		if err := d.checkOutput(o.step, o.data); err != nil {
+			// The participant acted, but its answer cannot be kept: the
+			// step fails for good and is compensated if the saga turns
+			// around.
+			o.err, o.cut, o.events = err, true, nil
+			if o.tx != nil {
+				_ = o.tx.Rollback(context.Background())
+				o.tx = nil
+			}
+		}
+	}
+	if o.err != nil && o.phase != saga.PhaseCompensation && r.Status != saga.StatusRunning {
+		d.turnedAround(now, o)
+		return
+	}
 	if o.blocked {
 		s.Attempts-- // refused by the breaker: nothing was attempted
 		d.blockedBy(now, o.step, st.Breaker.Name, o.blockedUntil)
@@ -587,7 +873,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 			delay = min(ra, policy.MaxInterval)
 		}
 		if next := now.Add(delay); !exhausted(policy, s.Attempts, s.PhaseStarted, next) {
-			r.WakeAt, entry.Next = next, next
+			s.Next, entry.Next = next, next
 			d.log(now, entry)
 			info.Retry = true
 			d.hooks = append(d.hooks, info)
@@ -601,8 +887,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	case o.phase == saga.PhaseAction && st.Fallback != nil:
 		d.toFallback(now, s)
 	case o.phase == saga.PhaseCompensation:
-		r.WakeAt = time.Time{}
-		d.fail(now, &compensationFailed{
+		d.failWhenDone(now, o.step, &compensationFailed{
 			cause: errors.Wrapf(o.err, "compensation of step %q failed after %s", s.Name, plural(s.Attempts, "attempt")),
 			why:   decodeError(r.ErrorEnc, r.Error),
 		})
@@ -610,11 +895,53 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		s.ActionAttempts = actionAttempts(s)
 		s.Status = saga.StepFailed
 		if d.pastPivot() {
-			d.fail(now, errors.Wrapf(o.err, "step %q after the pivot failed for good", s.Name))
+			d.failWhenDone(now, o.step, errors.Wrapf(o.err, "step %q after the pivot failed for good", s.Name))
 			return
 		}
 		d.compensate(now, errors.Wrapf(o.err, "step %q failed", s.Name))
 	}
+}
+
+// failWhenDone ends the saga failed because of step i: at once, or, when
+// attempts of other steps are in flight, once they have ended (they are
+// recorded; no new attempt starts meanwhile).
+func (d *driver) failWhenDone(now time.Time, i int, cause error) {
+	if d.othersInFlight(i) {
+		if d.failing == nil {
+			d.failing = cause
+		}
+		return
+	}
+	d.fail(now, cause)
+}
+
+// turnedAround records a failed action or fallback of a parallel step that
+// ended after the saga turned around: it is not retried, and it is
+// compensated if it may have taken effect.
+func (d *driver) turnedAround(now time.Time, o *outcome) {
+	s := &d.rec.Steps[o.step]
+	if o.blocked {
+		s.Attempts-- // refused by the breaker: nothing was attempted
+	} else {
+		if o.phase == saga.PhaseAction {
+			s.OutcomeUnknown = o.cut
+		} else {
+			s.OutcomeUnknown = s.OutcomeUnknown || o.cut
+		}
+		delete(d.inDoubt, o.step)
+		d.log(now, storage.LogEntry{Event: storage.EventAttemptFailed, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
+			Duration: o.dur, Error: o.err.Error(), Note: "not retried: the saga is turning around"})
+		d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
+			Duration: o.dur, Err: o.err})
+		s.Error = o.err.Error()
+	}
+	s.ActionAttempts = actionAttempts(s)
+	if s.OutcomeUnknown && d.def.Steps[o.step].Compensation != nil {
+		s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
+		s.Error = "outcome unknown: the attempt was cut off, or its answer could not be used (" + s.Error + ")"
+		return
+	}
+	s.Status = saga.StepFailed
 }
 
 // pastPivot reports whether the saga's pivot step has succeeded.
@@ -632,6 +959,10 @@ func (d *driver) compensate(now time.Time, cause error) {
 	d.setError(cause)
 	for i := range r.Steps {
 		s := &r.Steps[i]
+		if s.InFlight {
+			continue // a parallel step's attempt: it ends first (see turnedAround)
+		}
+		s.Next = time.Time{}
 		switch s.Status {
 		case saga.StepPending:
 			s.Status = saga.StepSkipped
@@ -708,33 +1039,39 @@ func (d *driver) setError(cause error) {
 	d.rec.ErrorEnc = encodeError(cause)
 }
 
-// retryFailed restarts a failed saga at the compensation (or, past the
-// pivot, the step) that failed, with a fresh attempt budget.
+// retryFailed restarts a failed saga at the compensations (or, past the
+// pivot, the steps) that failed, with a fresh attempt budget.
 func (d *driver) retryFailed(now time.Time) error {
 	r := d.rec
+	retried := false
 	for i := range r.Steps {
 		s := &r.Steps[i]
 		switch {
 		case s.Status == saga.StepCompensating:
 			// Compensating again: the saga's error goes back to why it
 			// compensated, not the compensation's failure.
-			r.Status = saga.StatusCompensating
-			d.restoreCause()
-			s.Attempts, s.PhaseStarted = 0, now
+			if r.Status != saga.StatusCompensating {
+				r.Status = saga.StatusCompensating
+				d.restoreCause()
+			}
+			s.Attempts, s.PhaseStarted, s.Next = 0, now, time.Time{}
 		case s.Status == saga.StepFailed && d.pastPivot():
 			// Going forward again: the failure is no longer the saga's
 			// error (a saga that completes has none).
 			r.Status, r.Error, r.ErrorEnc = saga.StatusRunning, "", nil
-			s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepRunning, saga.PhaseAction, 0, now
+			s.Status, s.Phase, s.Attempts, s.PhaseStarted, s.Next = saga.StepRunning, saga.PhaseAction, 0, now, time.Time{}
 		default:
 			continue
 		}
-		r.WakeAt, r.UpdatedAt = now, now
+		retried = true
 		d.log(now, storage.LogEntry{Event: storage.EventRetryRequested, Step: s.Name, Status: r.Status,
 			Note: "an operator asked to retry " + s.Name})
-		return nil
 	}
-	return errors.Wrap(ErrConflict, "no failed step or compensation to retry")
+	if !retried {
+		return errors.Wrap(ErrConflict, "no failed step or compensation to retry")
+	}
+	r.WakeAt, r.UpdatedAt = now, now
+	return nil
 }
 
 // restoreCause puts back why the saga compensated as its error, in place

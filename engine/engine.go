@@ -19,6 +19,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/clock"
+	"github.com/sagad/sagad/internal/dag"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
@@ -112,6 +113,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	defs     map[string]*versions
+	graphs   map[*saga.Definition]*dag.Graph // of every registered definition
 	breakers map[string]*breaker
 	active   map[ulid.ULID]*driver
 	broken   map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
@@ -199,6 +201,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		defs:      make(map[string]*versions),
+		graphs:    make(map[*saga.Definition]*dag.Graph),
 		breakers:  make(map[string]*breaker),
 		active:    make(map[ulid.ULID]*driver),
 		broken:    make(map[ulid.ULID]bool),
@@ -273,6 +276,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 	}
 	v.latest = def
 	v.byFP[fp] = def
+	e.graphs[def] = graphOf(def)
 	// Sagas started before fingerprints covered policies recorded the
 	// legacy one; they keep running on the definition, as they did before.
 	legacy := def.LegacyFingerprint()
@@ -299,6 +303,33 @@ func (e *Engine) definition(name, fp string) *saga.Definition {
 		return v.latest
 	}
 	return v.byFP[fp]
+}
+
+// plan returns the registered definition with that name and fingerprint
+// (fp empty: the latest) and the graph of its steps.
+func (e *Engine) plan(name, fp string) (*saga.Definition, *dag.Graph) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := e.defs[name]
+	if v == nil {
+		return nil, nil
+	}
+	def := v.latest
+	if fp != "" {
+		def = v.byFP[fp]
+	}
+	return def, e.graphs[def]
+}
+
+// graphOf resolves the steps of a valid definition.
+func graphOf(def *saga.Definition) *dag.Graph {
+	names := make([]string, len(def.Steps))
+	after := make([][]string, len(def.Steps))
+	for i, s := range def.Steps {
+		names[i], after[i] = s.Name, s.After
+	}
+	g, _ := dag.New(names, after) // Validate accepted it
+	return g
 }
 
 // Definitions returns the latest registered version of every definition.
@@ -360,7 +391,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	for _, o := range opts {
 		o(&so)
 	}
-	def := e.definition(definition, "")
+	def, g := e.plan(definition, "")
 	if def == nil {
 		return Started{}, errors.Wrapf(ErrUnknownDefinition, "engine: start %q", definition)
 	}
@@ -382,7 +413,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	}
 	now := e.clock.Now()
 	rec := newRecord(def, raw, so.idemKey, now)
-	d := &driver{e: e, def: def, rec: rec}
+	d := &driver{e: e, def: def, g: g, rec: rec}
 
 	// Fast path: a free slot and a running engine start the saga in the
 	// same commit that creates it. Otherwise the saga is created due now
@@ -852,6 +883,9 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 			return d.retryFailed(now)
 		case r.Parked == "" && waiting(r.Status, r.WakeAt, inFlight(r), now):
 			r.WakeAt, r.UpdatedAt = now, now
+			for i := range r.Steps {
+				r.Steps[i].Next = time.Time{}
+			}
 			d.log(now, storage.LogEntry{Event: storage.EventRetryRequested, Status: r.Status,
 				Note: "an operator asked to retry now instead of waiting"})
 			return nil

@@ -213,6 +213,9 @@ func (e *Engine) release(d *driver) {
 	if d.slot {
 		<-e.sem
 	}
+	for ; d.extra > 0; d.extra-- {
+		<-e.sem
+	}
 	switch {
 	case d.finished:
 		e.notifyFinished(d.rec)
@@ -345,7 +348,7 @@ func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, 
 	d.claimed = true
 	d.rec = rec
 	d.from = d.rec.Status
-	d.def = e.definition(d.rec.Definition, d.rec.Fingerprint)
+	d.def, d.g = e.plan(d.rec.Definition, d.rec.Fingerprint)
 	if d.def == nil && needDef {
 		return errors.Wrapf(ErrUnknownDefinition, "saga %s: definition %q version %s", id, d.rec.Definition, d.rec.Fingerprint)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/internal/dag"
 	"github.com/sagad/sagad/internal/errmark"
 )
 
@@ -23,7 +24,10 @@ type Definition struct {
 	// Name identifies the definition; sagas are started by name. It matches
 	// [A-Za-z0-9][A-Za-z0-9._-]{0,127}.
 	Name string
-	// Steps run in order. At least one.
+	// Steps run in order, each once the one listed before it has
+	// succeeded, unless a step names the steps it waits for (Step.After):
+	// then steps whose dependencies have all succeeded run at the same
+	// time. At least one.
 	Steps []Step
 	// Timeout is the saga's deadline, measured from Start. A saga still
 	// running at its deadline is compensated, not abandoned. Zero: none.
@@ -81,9 +85,22 @@ type Step struct {
 	// Pivot marks the point of no return. Every step before the pivot must
 	// have a compensation. Once the pivot has succeeded the saga can only go
 	// forward: later steps are retried and never compensated, and a later step
-	// that fails for good ends the saga failed.
+	// that fails for good ends the saga failed. In a saga with parallel
+	// steps, every other step must come before the pivot or after it.
 	Pivot bool
+	// After names the steps this one waits for: it starts once all of them
+	// have succeeded, at the same time as any other step whose wait is
+	// over. Nil: the step listed before it (none for the first), so that a
+	// definition without After is a straight line. AtStart (an empty,
+	// non-nil list): none; the step starts with the saga. When a saga
+	// turns around, a step's compensation starts once the compensations of
+	// the succeeded steps that wait for it have ended.
+	After []string
 }
+
+// AtStart is the After of a step that waits for no other step: it starts
+// with the saga. Any empty, non-nil slice means the same.
+var AtStart = []string{}
 
 // RetryPolicy says how often and how fast an attempt is repeated. Intervals
 // grow exponentially with jitter, as computed by
@@ -253,17 +270,42 @@ func (d *Definition) validate() error {
 			}
 			pivot = i
 		}
-		if pivot >= 0 && i > pivot && s.Compensation != nil {
-			return errors.Newf("%s: a step after the pivot %q is never compensated", field("compensation"), d.Steps[pivot].Name)
-		}
 	}
-	for i := 0; i < pivot; i++ {
-		if d.Steps[i].Compensation == nil {
-			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: is required before the pivot %q",
-				d.Name, i, d.Steps[i].Name, d.Steps[pivot].Name)
+	g, p := d.graph()
+	if p != nil {
+		f := "after"
+		if p.Ref >= 0 {
+			f += "[" + strconv.Itoa(p.Ref) + "]"
+		}
+		return errors.Newf("saga: definition %q: steps[%d] (%q): %s: %s", d.Name, p.Step, d.Steps[p.Step].Name, f, p.Msg)
+	}
+	if pivot < 0 {
+		return nil
+	}
+	pv := d.Steps[pivot].Name
+	for i, s := range d.Steps {
+		switch {
+		case i == pivot:
+		case !g.Related(i, pivot):
+			return errors.Newf("saga: definition %q: steps[%d] (%q): pivot: the step runs alongside the pivot %q; every step must come before the pivot or after it",
+				d.Name, i, s.Name, pv)
+		case g.Before(i, pivot) && s.Compensation == nil:
+			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: is required before the pivot %q", d.Name, i, s.Name, pv)
+		case g.Before(pivot, i) && s.Compensation != nil:
+			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: a step after the pivot %q is never compensated", d.Name, i, s.Name, pv)
 		}
 	}
 	return nil
+}
+
+// graph resolves the steps' After lists.
+func (d *Definition) graph() (*dag.Graph, *dag.Problem) {
+	names := make([]string, len(d.Steps))
+	after := make([][]string, len(d.Steps))
+	for i, s := range d.Steps {
+		names[i], after[i] = s.Name, s.After
+	}
+	return dag.New(names, after)
 }
 
 // PivotIndex returns the index of the pivot step, or -1 when there is none.
@@ -293,7 +335,7 @@ func (d *Definition) Fingerprint() string {
 	b = strconv.AppendBool(append(b, " lifecycle="...), d.Events.Lifecycle)
 	b = strconv.AppendQuote(append(b, " exchange="...), d.Events.Exchange)
 	h.Write(b)
-	for _, s := range d.Steps {
+	for i, s := range d.Steps {
 		b = strconv.AppendQuote(append(b[:0], "\nstep "...), s.Name)
 		b = strconv.AppendBool(append(b, " compensation="...), s.Compensation != nil)
 		b = strconv.AppendBool(append(b, " fallback="...), s.Fallback != nil)
@@ -305,6 +347,14 @@ func (d *Definition) Fingerprint() string {
 		b = strconv.AppendInt(append(b, ","...), int64(s.Breaker.OpenFor), 10)
 		b = strconv.AppendUint(append(b, ","...), uint64(s.Breaker.HalfOpenRequests), 10)
 		b = strconv.AppendBool(append(b, " pivot="...), s.Pivot)
+		// Absent when it says what no After says, so that a straight line
+		// keeps the fingerprint it had before steps could run in parallel.
+		if s.After != nil && !(i == 0 && len(s.After) == 0) && !(i > 0 && len(s.After) == 1 && s.After[0] == d.Steps[i-1].Name) {
+			b = append(b, " after="...)
+			for _, a := range s.After {
+				b = strconv.AppendQuote(append(b, ","...), a)
+			}
+		}
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])

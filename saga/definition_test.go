@@ -121,6 +121,17 @@ func TestDefinitionValidate(t *testing.T) {
 			def:   def(step("a"), saga.Step{Name: "b", Action: noop}, saga.Step{Name: "p", Action: noop, Pivot: true}),
 			wants: []string{"steps[1]", `"b"`, "compensation", "before the pivot", `"p"`},
 		},
+		{name: "after names no step", def: def(step("a"), with(step("b"), func(s *saga.Step) { s.After = []string{"a", "x"} })),
+			wants: []string{`steps[1] ("b"): after[1]: "x" names no step`}},
+		{name: "after names itself", def: def(step("a"), with(step("b"), func(s *saga.Step) { s.After = []string{"b"} })),
+			wants: []string{`steps[1] ("b"): after[0]`, "itself"}},
+		{name: "after names a step twice", def: def(step("a"), with(step("b"), func(s *saga.Step) { s.After = []string{"a", "a"} })),
+			wants: []string{`steps[1] ("b"): after[1]: "a" is named twice`}},
+		{name: "after forms a cycle", def: def(with(step("a"), func(s *saga.Step) { s.After = []string{"c"} }), step("b"), step("c")),
+			wants: []string{`steps[0] ("a"): after[0]: forms a cycle: "a" waits for "c" waits for "b" waits for "a"`}},
+		{name: "step alongside the pivot", def: def(step("a"), saga.Step{Name: "p", Action: noop, Pivot: true},
+			with(step("b"), func(s *saga.Step) { s.After = []string{"a"} })),
+			wants: []string{`steps[2] ("b"): pivot: the step runs alongside the pivot "p"`}},
 		{
 			name:  "step after pivot with compensation",
 			def:   def(saga.Step{Name: "p", Action: noop, Pivot: true}, saga.Step{Name: "b", Action: noop}, step("c")),
@@ -201,6 +212,10 @@ func TestDefinitionFingerprint(t *testing.T) {
 		f(&d)
 		return &d
 	}
+	// Running sagas record it: a straight line's must not change.
+	if want := "f84b5acde1dce998"; baseFP != want {
+		t.Errorf("Fingerprint() = %s, want %s (the fingerprint running sagas hold must not change)", baseFP, want)
+	}
 	// The fingerprint before it covered policies; files written then hold it.
 	if got, want := base.LegacyFingerprint(), "e1f37050364a0352"; got != want {
 		t.Errorf("LegacyFingerprint() = %s, want %s (the fingerprint older files hold must not change)", got, want)
@@ -236,6 +251,11 @@ func TestDefinitionFingerprint(t *testing.T) {
 		{"breaker", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay"} }), false},
 		{"breaker settings", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay", Failures: 2} }), false},
 		{"pivot", with(func(d *saga.Definition) { d.Steps[2].Pivot = true }), false},
+		{"after spelling out the line", with(func(d *saga.Definition) {
+			d.Steps[0].After, d.Steps[1].After, d.Steps[2].After = saga.AtStart, []string{"reserve"}, []string{"charge"}
+		}), true},
+		{"parallel steps", with(func(d *saga.Definition) { d.Steps[2].After = []string{"reserve"} }), false},
+		{"a second root", with(func(d *saga.Definition) { d.Steps[1].After = saga.AtStart }), false},
 		{"steps reordered", &saga.Definition{Name: "order", Steps: []saga.Step{step("charge"), step("reserve"), step("ship")}}, false},
 		{"step renamed", &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("pay"), step("ship")}}, false},
 		{"step added", &saga.Definition{Name: "order", Steps: []saga.Step{step("reserve"), step("charge"), step("ship"), step("mail")}}, false},

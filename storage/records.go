@@ -63,6 +63,10 @@ type Step struct {
 	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// Error is the last error of the step.
 	Error string `json:"error,omitempty"`
+	// Next is when the step's next attempt is due (a retry's backoff, an
+	// open breaker's wait); zero when it is due now. The saga's WakeAt is
+	// the earliest of its steps'.
+	Next time.Time `json:"next,omitzero"`
 }
 
 // LogEntry is one record in a saga's append-only step log.

@@ -21,8 +21,9 @@ import (
 // format byte and the fields below, with varints for numbers, one byte for
 // enums and unix nanoseconds for times. The saga's input and its steps'
 // outputs stay the JSON they are. Status and wake time live in the header
-// only. Log entries, read by people, are JSON (appendLog).
-const recordFormat = 1
+// only. Log entries, read by people, are JSON (appendLog). Format 2 added
+// each step's Next; format 1 records are read as steps without one.
+const recordFormat = 2
 
 var (
 	stepStatusCodes = map[saga.StepStatus]byte{saga.StepPending: 1, saga.StepRunning: 2, saga.StepSucceeded: 3,
@@ -80,6 +81,7 @@ func appendSaga(b []byte, s *storage.Saga) []byte {
 		b = appendTime(b, st.PhaseStarted)
 		b = binary.AppendVarint(b, int64(st.ActionAttempts))
 		b = appendBytes(b, st.Error)
+		b = appendTime(b, st.Next)
 	}
 	b = appendBytes(b, s.IdempotencyKey)
 	b = appendBytes(b, s.Error)
@@ -131,8 +133,9 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 		s.WakeAt = wakeTime(h.Wake)
 	}
 	r := reader{b: v[headerLen:]}
-	if f := r.byte(); f != recordFormat && r.err == nil {
-		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, f), storage.ErrCorrupt)
+	format := r.byte()
+	if format != 1 && format != recordFormat && r.err == nil {
+		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, format), storage.ErrCorrupt)
 	}
 	s.Definition = r.string()
 	s.Fingerprint = r.string()
@@ -162,6 +165,9 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 			st.PhaseStarted = r.time()
 			st.ActionAttempts = r.int()
 			st.Error = r.string()
+			if format >= 2 {
+				st.Next = r.time()
+			}
 		}
 	}
 	s.IdempotencyKey = r.string()
