@@ -260,6 +260,14 @@ func (c *Client) Retry(ctx context.Context, id string) error {
 	return err
 }
 
+// RetryWithInput is Retry with a corrected input: it replaces the saga's
+// input for every attempt that follows, and the saga's log records the old
+// and the new one (see engine.RetryWithInput).
+func (c *Client) RetryWithInput(ctx context.Context, id string, input json.RawMessage) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/retry", nil, RetryRequest{Input: input}, nil)
+	return err
+}
+
 // Resolve marks a failed saga, or one whose compensation waits for a
 // retry, as handled by hand, with a note saying how and who did it; both
 // are kept in its log.

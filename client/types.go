@@ -80,6 +80,10 @@ type LogEntry struct {
 	Error    string        `json:"error,omitempty"`
 	Next     time.Time     `json:"next,omitzero"`
 	Note     string        `json:"note,omitempty"`
+	// Input and PrevInput are the saga's new and old input, on an
+	// input_replaced entry (a retry with a corrected input).
+	Input     json.RawMessage `json:"input,omitempty"`
+	PrevInput json.RawMessage `json:"prev_input,omitempty"`
 }
 
 // logEntryJSON is LogEntry's wire format: its duration as a string.
@@ -130,6 +134,13 @@ type Page struct {
 type Started struct {
 	ID     string `json:"id"`
 	Status string `json:"status"`
+}
+
+// RetryRequest is the optional body of POST /v1/sagas/{id}/retry.
+type RetryRequest struct {
+	// Input, when set, replaces the saga's input for every attempt that
+	// follows (see engine.RetryWithInput).
+	Input json.RawMessage `json:"input,omitempty"`
 }
 
 // StartRequest is the body of POST /v1/sagas.

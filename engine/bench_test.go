@@ -2,11 +2,13 @@ package engine_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/sagaload"
@@ -42,6 +44,32 @@ func BenchmarkSagaLifecycle(b *testing.B) {
 	}
 }
 
+// BenchmarkParallel runs sagas of one root, three parallel steps that each
+// take 50 ms (a participant's work), and a final step, durably, at c=1 and
+// c=64. The three run at once: a saga takes about 50 ms, not 150 ms.
+//
+//	go test ./engine -run '^$' -bench BenchmarkParallel -benchtime 200x
+func BenchmarkParallel(b *testing.B) {
+	work := func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		select {
+		case <-time.After(50 * time.Millisecond):
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	def := &saga.Definition{Name: "bench", Steps: []saga.Step{
+		{Name: "root", Action: steps.Noop, Compensation: steps.Noop},
+		{Name: "a", After: []string{"root"}, Action: work, Compensation: steps.Noop},
+		{Name: "b", After: []string{"root"}, Action: work, Compensation: steps.Noop},
+		{Name: "c", After: []string{"root"}, Action: work, Compensation: steps.Noop},
+		{Name: "last", After: []string{"a", "b", "c"}, Action: steps.Noop},
+	}}
+	for _, c := range []int{1, 64} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchDef(b, c, bolt.CommitGroup, def) })
+	}
+}
+
 func benchModes(b *testing.B, mode bolt.CommitMode) {
 	for _, c := range []int{1, 64, 1024} {
 		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchSagas(b, c, mode, false) })
@@ -49,6 +77,15 @@ func benchModes(b *testing.B, mode bolt.CommitMode) {
 }
 
 func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
+	benchDef(b, conc, mode, &saga.Definition{Name: "bench", Steps: []saga.Step{
+		{Name: "one", Action: steps.Noop, Compensation: steps.Noop},
+		{Name: "two", Action: steps.Noop, Compensation: steps.Noop},
+		{Name: "three", Action: steps.Noop},
+	}, Events: saga.Events{Lifecycle: lifecycle}})
+}
+
+// benchDef runs b.N sagas of def, conc at a time, on a new file.
+func benchDef(b *testing.B, conc int, mode bolt.CommitMode, def *saga.Definition) {
 	path := filepath.Join(b.TempDir(), "bench.db")
 	db, err := bolt.Open(path, &bolt.Options{CommitMode: mode})
 	if err != nil {
@@ -61,11 +98,6 @@ func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	def := &saga.Definition{Name: "bench", Steps: []saga.Step{
-		{Name: "one", Action: steps.Noop, Compensation: steps.Noop},
-		{Name: "two", Action: steps.Noop, Compensation: steps.Noop},
-		{Name: "three", Action: steps.Noop},
-	}, Events: saga.Events{Lifecycle: lifecycle}}
 	if err := eng.Register(def); err != nil {
 		b.Fatal(err)
 	}

@@ -858,7 +858,18 @@ func (e *Engine) holdForAbort(ctx context.Context, id ulid.ULID) (d *driver, own
 // compensation) is retried now; a parked saga is resumed if its definition
 // is now registered. Any other state fails with ErrConflict. A saga whose
 // driver is letting go is waited for a few seconds.
-func (e *Engine) Retry(ctx context.Context, id string) error {
+func (e *Engine) Retry(ctx context.Context, id string, opts ...RetryOption) error {
+	var ro retryOptions
+	for _, o := range opts {
+		o(&ro)
+	}
+	var input json.RawMessage
+	if ro.set {
+		var err error
+		if input, err = encodeInput(ro.input); err != nil {
+			return errors.Wrapf(err, "engine: retry saga %s: input", id)
+		}
+	}
 	u, s, err := e.lookup(id)
 	if err != nil {
 		return err
@@ -872,12 +883,20 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 			id, s.Definition, s.Fingerprint), "register the definition the saga started with, then retry")
 	}
 	if s.Parked != "" {
+		if ro.set {
+			return errors.Wrapf(ErrConflict, "engine: retry saga %s: it is parked, and resumes as it was: retry it without an input", id)
+		}
 		e.dispatchNow(u)
 		return nil
 	}
 	err = e.claimAndDrive(ctx, u, true, func(d *driver) error {
 		// Checked again under the claim: a Resolve may have come between.
 		r, now := d.rec, e.clock.Now()
+		if ro.set && (r.Status == saga.StatusFailed || r.Parked == "" && waiting(r.Status, r.WakeAt, inFlight(r), now)) {
+			d.log(now, storage.LogEntry{Event: storage.EventInputReplaced, PrevInput: r.Input, Input: input,
+				Note: "an operator retried the saga with a new input; the attempts that follow get it"})
+			r.Input = input
+		}
 		switch {
 		case r.Status == saga.StatusFailed:
 			return d.retryFailed(now)
@@ -893,6 +912,22 @@ func (e *Engine) Retry(ctx context.Context, id string) error {
 		return errors.Wrapf(ErrConflict, "it is %s, not failed or waiting for a retry", r.Status)
 	})
 	return errors.Wrapf(err, "engine: retry saga %s", id)
+}
+
+// RetryOption configures Retry.
+type RetryOption func(*retryOptions)
+
+type retryOptions struct {
+	input any
+	set   bool
+}
+
+// RetryWithInput replaces the saga's input, for every attempt after the
+// retry, with input (any value that encodes as JSON, as for Start). The
+// saga's log records the old input and the new one. Use it when a saga
+// failed because of its input and a person corrected it.
+func RetryWithInput(input any) RetryOption {
+	return func(o *retryOptions) { o.input, o.set = input, true }
 }
 
 // waiting reports whether an unfinished saga waits for a later attempt

@@ -178,6 +178,48 @@ func ExampleEngine_Start_compensation() {
 	// ship: skipped
 }
 
+// Steps that name what they wait for (After) run in parallel: stock is
+// reserved and the card authorised at the same time, and shipping waits
+// for both. Each gets its own retries, timeout and compensation; the step
+// after them sees both outputs.
+func ExampleEngine_Start_parallel() {
+	answer := func(out string) saga.Func {
+		return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			return json.Marshal(out)
+		}
+	}
+	eng, stop := runExampleEngine(&saga.Definition{
+		Name: "order",
+		Steps: []saga.Step{
+			{Name: "reserve", After: saga.AtStart, Action: answer("R-7"), Compensation: steps.Noop},
+			{Name: "authorise", After: saga.AtStart, Action: answer("A-9"), Compensation: steps.Noop},
+			{
+				Name:  "ship",
+				After: []string{"reserve", "authorise"},
+				Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+					return json.Marshal("shipping " + string(c.Data["reserve"]) + " paid by " + string(c.Data["authorise"]))
+				},
+			},
+		},
+	})
+	defer stop()
+
+	ctx := context.Background()
+	started, err := eng.Start(ctx, "order", Order{ID: "1003", Item: "lamp", Qty: 1})
+	if err != nil {
+		panic(err)
+	}
+	s, err := eng.Wait(ctx, started.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("status:", s.Status)
+	fmt.Println("ship:", string(s.Data["ship"]))
+	// Output:
+	// status: completed
+	// ship: "shipping \"R-7\" paid by \"A-9\""
+}
+
 // Starting twice with the same idempotency key starts one saga: the second
 // Start returns the first saga's id and says it is a duplicate. Use the
 // key a client sends with its request (an order number, a request id).

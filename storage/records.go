@@ -86,6 +86,10 @@ type LogEntry struct {
 	// retried and on a wait for an open circuit breaker.
 	Next time.Time `json:"next,omitzero"`
 	Note string    `json:"note,omitempty"`
+	// Input and PrevInput are the saga's new and old input, on an
+	// input_replaced entry.
+	Input     json.RawMessage `json:"input,omitempty"`
+	PrevInput json.RawMessage `json:"prev_input,omitempty"`
 }
 
 // Event names a kind of log entry.
@@ -102,6 +106,7 @@ const (
 	EventStatus           Event = "status_changed"
 	EventAbortRequested   Event = "abort_requested"
 	EventParked           Event = "parked"
+	EventInputReplaced    Event = "input_replaced"
 	EventResumed          Event = "resumed"
 	EventRetryRequested   Event = "retry_requested"
 	EventResolved         Event = "resolved"

@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "bench":
 		return (&benchCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "sagas":
-		return (&sagasCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
+		return (&sagasCommand{stdin: os.Stdin, stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "outbox":
 		return (&outboxCommand{stdout: stdout, stderr: stderr}).run(ctx, args[1:])
 	case "backup":

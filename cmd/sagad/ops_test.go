@@ -566,18 +566,33 @@ func TestRetryWait(t *testing.T) {
 		return ""
 	}
 	online, offline := waiting(), waiting()
-	code, out, errOut := runCmd(t, "sagas", "retry", "--wait", "20s", "--addr", "http://"+d.addr, online)
+	input, bad := filepath.Join(t.TempDir(), "input.json"), filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(input, []byte(`{"qty": 2}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte(`{"qty": `), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCmd(t, "sagas", "retry", "--input", bad, "--addr", "http://"+d.addr, online); code != exitFailed ||
+		!strings.Contains(errOut, "not a JSON value") {
+		t.Fatalf("retry --input with a file that is not JSON: exit %d: %s", code, errOut)
+	}
+	code, out, errOut := runCmd(t, "sagas", "retry", "--wait", "20s", "--input", input, "--addr", "http://"+d.addr, online)
 	if code != exitOK || !strings.Contains(out, "ended completed") {
 		t.Fatalf("online retry --wait: exit %d: %s %s", code, out, errOut)
+	}
+	if got, err := c.Get(ctx, online); err != nil || string(got.Input) != `{"qty":2}` {
+		t.Fatalf("input after retry --input: %s (%v), want the file's", got.Input, err)
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	<-d.done
-	code, out, errOut = runCmd(t, "sagas", "retry", "--wait", "20s", "--db", path, "--json", offline)
+	code, out, errOut = runCmd(t, "sagas", "retry", "--wait", "20s", "--db", path, "--json", "--input", input, offline)
 	var s client.Saga
-	if code != exitOK || json.Unmarshal([]byte(out), &s) != nil || s.Status != "completed" {
-		t.Fatalf("offline retry --wait: exit %d: %s %s", code, out, errOut)
+	var in struct{ Qty int }
+	if code != exitOK || json.Unmarshal([]byte(out), &s) != nil || s.Status != "completed" || json.Unmarshal(s.Input, &in) != nil || in.Qty != 2 {
+		t.Fatalf("offline retry --wait --input: exit %d: %s %s", code, out, errOut)
 	}
 }
 

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +21,7 @@ import (
 
 // sagasCommand implements 'sagad sagas list|show'.
 type sagasCommand struct {
+	stdin          io.Reader // --input -
 	stdout, stderr io.Writer
 }
 
@@ -240,6 +244,7 @@ func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
 	fmt.Fprintln(w, "\ntimeline:")
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	var start time.Time
+	lanes := drawLanes(log)
 	for i, e := range log {
 		if i == 0 {
 			start = e.At
@@ -270,9 +275,67 @@ func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
 		if e.Note != "" {
 			detail = append(detail, oneLine(e.Note, 100))
 		}
+		if lanes != nil {
+			what = lanes[i] + " " + what
+		}
 		fmt.Fprintf(tw, "  %s\t+%s\t%s\t%s\n", e.At.UTC().Format("15:04:05.000Z"), e.At.Sub(start).Round(time.Microsecond), what, strings.Join(detail, "; "))
 	}
 	_ = tw.Flush()
+}
+
+// drawLanes draws what ran at the same time, when attempts of parallel
+// steps overlapped: for each log entry, one column per attempt running
+// then, ┬ where an attempt starts, │ while it runs, ┴ where it ends. It
+// returns nil for a saga whose attempts never overlapped.
+func drawLanes(log []client.LogEntry) []string {
+	var open []string // lane -> the step and phase running in it; "" free
+	out := make([]string, len(log))
+	marks := make([]rune, 0, 8)
+	widest := 0
+	for i, e := range log {
+		key := e.Step + "/" + e.Phase
+		mark, at := ' ', -1
+		switch e.Event {
+		case "attempt_started":
+			at = slices.Index(open, "")
+			if at < 0 {
+				at = len(open)
+				open = append(open, "")
+			}
+			open[at], mark = key, '┬'
+		case "attempt_succeeded", "attempt_failed", "attempt_in_doubt", "breaker_open":
+			if at = slices.Index(open, key); at >= 0 {
+				open[at], mark = "", '┴'
+			}
+		}
+		marks = marks[:0]
+		busy := 0
+		for l, k := range open {
+			switch {
+			case l == at:
+				marks = append(marks, mark)
+			case k != "":
+				marks = append(marks, '│')
+			default:
+				marks = append(marks, ' ')
+			}
+			if k != "" {
+				busy++
+			}
+		}
+		if at >= 0 && mark == '┴' {
+			busy++
+		}
+		widest = max(widest, busy)
+		out[i] = string(marks)
+	}
+	if widest <= 1 {
+		return nil
+	}
+	for i := range out {
+		out[i] += strings.Repeat(" ", len(open)-len([]rune(out[i])))
+	}
+	return out
 }
 
 func plural(n int, what string) string {
@@ -283,17 +346,20 @@ func plural(n int, what string) string {
 }
 
 var controlHelp = map[string]string{
-	"retry": `Usage: sagad sagas retry [--db FILE | --addr URL] [--wait D] ID
+	"retry": `Usage: sagad sagas retry [--db FILE | --addr URL] [--wait D] [--input FILE|-] ID
 
 Retries a failed saga: the compensation (or, past the pivot, the step) that
 failed runs again with a fresh attempt budget. Fix the cause first. A saga
 waiting for a retry (of a step or a compensation, after a failure or a
 participant's Retry-After) is retried now. A saga parked because its
 definition version was not registered is resumed. Offline, the retry is
-recorded and the daemon (or sagad recover) runs it.
+recorded and the daemon (or sagad recover) runs it. With --input, the JSON in
+FILE (or on stdin, for -) replaces the saga's input for every attempt that
+follows; its log records the old input and the new one.
 
 Example:
   sagad sagas retry --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+  echo '{"item": "book", "qty": 1}' | sagad sagas retry --db sagad.db --input - 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
 `,
 	"resolve": `Usage: sagad sagas resolve [--db FILE | --addr URL] --note "..." [--by NAME] ID
 
@@ -323,10 +389,13 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	fs := flag.NewFlagSet("sagas "+verb, flag.ContinueOnError)
 	var t target
 	t.flags(fs)
-	var note, by string
+	var note, by, inputFile string
 	var wait time.Duration
 	if verb != "resolve" {
 		fs.DurationVar(&wait, "wait", 0, "wait up to this long for the saga to end, and print how it ended (offline, the command drives it meanwhile); 0: do not wait")
+	}
+	if verb == "retry" {
+		fs.StringVar(&inputFile, "input", "", "a JSON file (- for stdin) whose value replaces the saga's input for the attempts that follow")
 	}
 	if verb == "resolve" {
 		fs.StringVar(&note, "note", "", "what was done by hand (required)")
@@ -348,12 +417,22 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 		return exitUsage
 	}
 	id := fs.Arg(0)
+	var input json.RawMessage
+	if inputFile != "" {
+		var err error
+		if input, err = readInput(c.stdin, inputFile); err != nil {
+			return fail(c.stderr, "sagas "+verb, err)
+		}
+	}
 	b, err := t.open()
 	if err != nil {
 		return fail(c.stderr, "sagas "+verb, err)
 	}
 	defer b.Close()
 	op := b.Retry
+	if input != nil {
+		op = func(ctx context.Context, id string) error { return b.RetryWithInput(ctx, id, input) }
+	}
 	switch verb {
 	case "abort":
 		op = b.Abort
@@ -391,6 +470,28 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 		fmt.Fprintln(c.stdout, "recorded in the file: sagad carries it out when it next runs on it (or run sagad recover)")
 	}
 	return exitOK
+}
+
+// readInput reads a JSON value from a file, or from stdin for "-".
+func readInput(stdin io.Reader, name string) (json.RawMessage, error) {
+	var data []byte
+	var err error
+	if name == "-" {
+		data, err = io.ReadAll(io.LimitReader(stdin, 1<<20+1))
+	} else {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return nil, errors.Wrapf(err, "--input %s", name)
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) > 1<<20 {
+		return nil, errors.Newf("--input %s: more than 1 MiB", name)
+	}
+	if !json.Valid(data) {
+		return nil, errors.Newf("--input %s: not a JSON value", name)
+	}
+	return data, nil
 }
 
 // defaultOperator names the person running the command: user@host.

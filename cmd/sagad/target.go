@@ -37,6 +37,7 @@ type backend interface {
 	OutboxDiscard(ctx context.Context, id string) error
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
+	RetryWithInput(ctx context.Context, id string, input json.RawMessage) error
 	Resolve(ctx context.Context, id, note, by string) error
 	Definitions(ctx context.Context) ([]client.Definition, error)
 	Definition(ctx context.Context, name string) (*client.Definition, error)
@@ -162,6 +163,10 @@ func (offline) Offline() bool { return true }
 func (o offline) Abort(ctx context.Context, id string) error { return o.eng.Abort(ctx, id) }
 
 func (o offline) Retry(ctx context.Context, id string) error { return o.eng.Retry(ctx, id) }
+
+func (o offline) RetryWithInput(ctx context.Context, id string, input json.RawMessage) error {
+	return o.eng.Retry(ctx, id, engine.RetryWithInput(input))
+}
 
 func (o offline) Resolve(ctx context.Context, id, note, by string) error {
 	return o.eng.Resolve(ctx, id, note, by)

@@ -306,6 +306,12 @@ func appendLog(b []byte, e *storage.LogEntry) []byte {
 	b = appendStr(b, "error", e.Error, true)
 	b = appendJSONTime(b, "next", e.Next, true)
 	b = appendStr(b, "note", e.Note, true)
+	if len(e.Input) > 0 {
+		b = append(appendKey(b, "input"), e.Input...)
+	}
+	if len(e.PrevInput) > 0 {
+		b = append(appendKey(b, "prev_input"), e.PrevInput...)
+	}
 	return append(b, '}')
 }
 

@@ -102,6 +102,8 @@ func TestEncodeLogParity(t *testing.T) {
 		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y <&> \u2028 \xff", Next: now.Add(time.Second), Note: "retry"}
 	checkLogParity(t, e)
 	checkLogParity(t, &storage.LogEntry{At: now})
+	checkLogParity(t, &storage.LogEntry{At: now, Event: storage.EventInputReplaced,
+		Input: json.RawMessage(`{"qty":2}`), PrevInput: json.RawMessage(`{"qty":-1}`)})
 }
 
 func checkLogParity(t *testing.T, e *storage.LogEntry) {
@@ -120,7 +122,7 @@ func checkLogParity(t *testing.T, e *storage.LogEntry) {
 		t.Fatalf("times differ: %s vs %s", mine, theirs)
 	}
 	a.At, b.At, a.Next, b.Next = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-	if a != b {
+	if !reflect.DeepEqual(a, b) {
 		t.Fatalf("log entries differ:\nmine   %s\ntheirs %s", mine, theirs)
 	}
 }

@@ -509,11 +509,22 @@ func TestRetryFailedSaga(t *testing.T) {
 		t.Errorf("compensation called %d times, want 4 (2, then 2 after the retry)", n)
 	}
 
-	// Fixed: the retry compensates.
+	// Fixed: the retry, with a corrected input, compensates.
 	fixed.Store(true)
-	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+s.ID+"/retry", "", http.StatusAccepted, &rt)
+	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+s.ID+"/retry", `{"input": {"note": "corrected"}}`, http.StatusAccepted, &rt)
 	s = a.wait(t, s.ID)
 	requireStatus(t, s, "compensated")
+	if string(s.Input) != `{"note":"corrected"}` {
+		t.Errorf("input after the retry: %s, want the corrected one", s.Input)
+	}
+	entries, err := a.c.Log(ctx(t), s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(entries, func(e client.LogEntry) bool { return e.Event == "input_replaced" }); i < 0 ||
+		string(entries[i].Input) != `{"note":"corrected"}` || string(entries[i].PrevInput) != "null" {
+		t.Errorf("log %+v: want an input_replaced entry with the new input", entries)
+	}
 	if st := step(t, s, "reserve"); st.Status != "compensated" {
 		t.Errorf("reserve = %+v, want compensated", st)
 	}

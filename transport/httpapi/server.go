@@ -564,7 +564,8 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 	out := make([]client.LogEntry, len(entries))
 	for i, e := range entries {
 		out[i] = client.LogEntry{Seq: e.Seq, At: e.At, Event: string(e.Event), Step: e.Step, Phase: string(e.Phase),
-			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note}
+			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note,
+			Input: e.Input, PrevInput: e.PrevInput}
 	}
 	return out
 }
@@ -574,7 +575,28 @@ func (s *Server) abortSaga(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) retrySaga(w http.ResponseWriter, r *http.Request) {
-	s.control(w, r, s.eng.Retry)
+	data, err := readBody(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		s.control(w, r, func(ctx context.Context, id string) error { return s.eng.Retry(ctx, id) })
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(data))
+	var req client.RetryRequest
+	if err := readJSON(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(req.Input) == 0 || string(req.Input) == "null" {
+		s.writeError(w, r, badRequest("invalid-input", errors.New("request body: input is missing; send {\"input\": ...} or no body")))
+		return
+	}
+	s.control(w, r, func(ctx context.Context, id string) error {
+		return s.eng.Retry(ctx, id, engine.RetryWithInput(req.Input))
+	})
 }
 
 func (s *Server) resolveSaga(w http.ResponseWriter, r *http.Request) {

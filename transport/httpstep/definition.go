@@ -75,6 +75,7 @@ func (s *Spec) build(name string, client *http.Client) (*saga.Definition, error)
 			Action:  newCaller(st.Action, client).call,
 			Timeout: st.Action.timeout(),
 			Pivot:   st.Pivot,
+			After:   st.After,
 		}
 		switch {
 		case st.Retry != nil:

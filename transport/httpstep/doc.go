@@ -34,7 +34,8 @@
 //	        "open_for": "10s",                                 // default "30s"
 //	        "half_open_requests": 1                            // default 1
 //	      },
-//	      "pivot": false                                       // the point of no return (saga.Step.Pivot)
+//	      "pivot": false,                                      // the point of no return (saga.Step.Pivot)
+//	      "after": ["reserve"]                                 // the steps it waits for; absent: the one before; []: none
 //	    }
 //	  ],
 //	  "timeout": "30s",                                        // the saga's deadline; default none

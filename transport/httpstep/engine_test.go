@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -413,5 +414,50 @@ func TestEngineOutcomeUnknown(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEngineParallelSteps: a JSON definition whose first two steps start
+// with the saga: the participant sees both calls at once (each waits for
+// the other), and the third step gets both outputs.
+func TestEngineParallelSteps(t *testing.T) {
+	t.Parallel()
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	both := make(chan struct{})
+	go func() { arrived.Wait(); close(both) }()
+	meet := func(out string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			arrived.Done()
+			select {
+			case <-both:
+				answer(200, out)(w, r)
+			case <-time.After(5 * time.Second):
+				answer(500, "the other branch never came")(w, r)
+			}
+		}
+	}
+	p := newParticipant(t, routes(map[string]http.HandlerFunc{
+		"/reserve":   meet(`{"r": 1}`),
+		"/authorise": meet(`{"a": 2}`),
+		"/ship":      answer(200, `{}`),
+	}))
+	eng, _ := runEngine(t, fmt.Sprintf(`{"steps": [
+		{"name": "reserve", "after": [], "action": {"url": "%[1]s/reserve"}},
+		{"name": "authorise", "after": [], "action": {"url": "%[1]s/authorise"}, "retry": {"max_attempts": 1}},
+		{"name": "ship", "after": ["reserve", "authorise"], "action": {"url": "%[1]s/ship"}}
+	]}`, p.URL))
+	s := runSaga(t, eng, nil)
+	if s.Status != saga.StatusCompleted {
+		t.Fatalf("status %s (%v), want completed", s.Status, s.Err)
+	}
+	for _, r := range p.requests() {
+		if r.Path != "/ship" {
+			continue
+		}
+		var body struct{ Data map[string]map[string]int }
+		if err := json.Unmarshal([]byte(r.Body), &body); err != nil || body.Data["reserve"]["r"] != 1 || body.Data["authorise"]["a"] != 2 {
+			t.Errorf("ship got %s (%v), want the outputs of reserve and authorise in data", r.Body, err)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/internal/dag"
 	"github.com/sagad/sagad/saga"
 )
 
@@ -57,6 +58,10 @@ type StepSpec struct {
 	CircuitBreaker *BreakerSpec `json:"circuit_breaker,omitempty"`
 	// Pivot marks the point of no return (see saga.Step.Pivot).
 	Pivot bool `json:"pivot,omitempty"`
+	// After names the steps this one waits for (see saga.Step.After). Nil
+	// (absent): the step before it; empty ([]): none, it starts with the
+	// saga.
+	After []string `json:"after,omitzero"`
 }
 
 // CallSpec is one HTTP call to a participant: a step's action, compensation
@@ -250,7 +255,7 @@ func decodeSpec(data []byte) (*Spec, error) {
 var (
 	specFields    = []string{"steps", "timeout", "events"}
 	eventsFields  = []string{"lifecycle", "exchange"}
-	stepFields    = []string{"name", "action", "compensation", "fallback", "retry", "circuit_breaker", "pivot"}
+	stepFields    = []string{"name", "action", "compensation", "fallback", "retry", "circuit_breaker", "pivot", "after"}
 	callFields    = []string{"url", "method", "timeout", "retry", "headers"}
 	retryFields   = []string{"max_attempts", "initial_interval", "max_interval", "multiplier", "max_elapsed"}
 	breakerFields = []string{"name", "failures", "open_for", "half_open_requests"}
@@ -284,6 +289,21 @@ func decodeStep(p string, raw json.RawMessage, st *StepSpec) error {
 					return decodeNumber(p, v, &b.HalfOpenRequests, "an integer from 0 to 4294967295")
 				}
 			})
+		case "after":
+			if firstByte(v) != '[' {
+				return bad(p, "must be an array of step names, not %s", excerpt(v, 40))
+			}
+			var raw []json.RawMessage
+			if err := json.Unmarshal(v, &raw); err != nil {
+				return errors.Wrapf(err, "%s", p)
+			}
+			st.After = make([]string, len(raw))
+			for j, r := range raw {
+				if err := decodeString(p+"["+strconv.Itoa(j)+"]", r, &st.After[j]); err != nil {
+					return err
+				}
+			}
+			return nil
 		default:
 			return decodeBool(p, v, &st.Pivot)
 		}
@@ -531,6 +551,18 @@ func (s *Spec) check() error {
 				breakers[b.Name] = i
 			}
 		}
+	}
+	stepNames := make([]string, len(s.Steps))
+	after := make([][]string, len(s.Steps))
+	for i, st := range s.Steps {
+		stepNames[i], after[i] = st.Name, st.After
+	}
+	if _, p := dag.New(stepNames, after); p != nil {
+		path := "steps[" + strconv.Itoa(p.Step) + "].after"
+		if p.Ref >= 0 {
+			path += "[" + strconv.Itoa(p.Ref) + "]"
+		}
+		return bad(path, "%s", p.Msg)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package httpstep_test
 import (
 	"encoding/json"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,21 @@ func TestParseValid(t *testing.T) {
 			check: func(t *testing.T, s *httpstep.Spec, d *saga.Definition) {
 				if got := d.Steps[0].Retry.MaxAttempts; got != -1 {
 					t.Errorf("MaxAttempts = %d, want -1", got)
+				}
+			}},
+		{name: "parallel steps", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}},
+			{"name": "b", "action": {"url": "http://x/b"}, "after": []},
+			{"name": "c", "action": {"url": "http://x/c"}, "after": ["a", "b"]},
+			{"name": "d", "action": {"url": "http://x/d"}}]}`,
+			check: func(t *testing.T, s *httpstep.Spec, d *saga.Definition) {
+				if d.Steps[0].After != nil || d.Steps[1].After == nil || len(d.Steps[1].After) != 0 ||
+					!slices.Equal(d.Steps[2].After, []string{"a", "b"}) || d.Steps[3].After != nil {
+					t.Errorf("after lists %q %q %q %q, want nil, [], [a b], nil", d.Steps[0].After, d.Steps[1].After, d.Steps[2].After, d.Steps[3].After)
+				}
+				// The canonical JSON keeps [] apart from absent.
+				b, err := json.Marshal(s)
+				if err != nil || !strings.Contains(string(b), `"after":[]`) || strings.Count(string(b), `"after"`) != 2 {
+					t.Errorf("canonical JSON %s (%v): want after on b ([]) and c only", b, err)
 				}
 			}},
 		{name: "https with port, path and query", input: `{"steps": [{"name": "a", "action": {"url": "https://user:pw@example.com:8443/x/y?z=1"}}]}`},
@@ -138,6 +154,19 @@ func TestParseInvalid(t *testing.T) {
 		{name: "field with odd name", input: oneStep(`"a b": 1`), want: `steps[0].action["a b"]: unknown field`},
 		{name: "field given twice", input: oneStep(`"url": "http://x/b"`), want: "steps[0].action.url: given twice"},
 		{name: "case matters", input: `{"Steps": []}`, want: "Steps: unknown field"},
+		{name: "after not an array", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}, "after": "b"}]}`,
+			want: "steps[0].after: must be an array of step names"},
+		{name: "after with a number", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}, "after": [1]}]}`,
+			want: "steps[0].after[0]: must be a string"},
+		{name: "after names no step", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}},
+			{"name": "b", "action": {"url": "http://x/b"}, "after": ["a", "c"]}]}`, want: `steps[1].after[1]: "c" names no step`},
+		{name: "after names a step twice", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}},
+			{"name": "b", "action": {"url": "http://x/b"}, "after": ["a", "a"]}]}`, want: `steps[1].after[1]: "a" is named twice`},
+		{name: "after forms a cycle", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}, "after": ["b"]},
+			{"name": "b", "action": {"url": "http://x/b"}}]}`, want: `steps[0].after[0]: forms a cycle: "a" waits for "b" waits for "a"`},
+		{name: "a step alongside the pivot", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}, "compensation": {"url": "http://x/u"}},
+			{"name": "p", "action": {"url": "http://x/p"}, "pivot": true},
+			{"name": "b", "action": {"url": "http://x/b"}, "after": ["a"]}]}`, want: `the step runs alongside the pivot "p"`},
 		{name: "bad duration", input: oneStep(`"timeout": "2x"`), want: `steps[0].action.timeout: invalid duration "2x"`},
 		{name: "number as duration", input: oneStep(`"timeout": 2`), want: `steps[0].action.timeout: invalid duration 2: must be a string`},
 		{name: "number as saga timeout", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}}], "timeout": 30}`, want: "timeout: invalid duration 30"},
