@@ -247,6 +247,19 @@ func (c *Client) Log(ctx context.Context, id string) ([]LogEntry, error) {
 	return out.Entries, err
 }
 
+// Pause stops a running or compensating saga once its attempts in flight
+// have ended; it starts none until Resume (see engine.Engine.Pause).
+func (c *Client) Pause(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/pause", nil, nil, nil)
+	return err
+}
+
+// Resume ends a saga's pause: it goes on where it stopped.
+func (c *Client) Resume(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/resume", nil, nil, nil)
+	return err
+}
+
 // Abort asks a running saga to compensate.
 func (c *Client) Abort(ctx context.Context, id string) error {
 	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/abort", nil, nil, nil)

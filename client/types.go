@@ -15,8 +15,8 @@ type Saga struct {
 	Definition string `json:"definition"`
 	// Version is the definition version the saga runs with.
 	Version string `json:"version"`
-	// Status is running, compensating, completed, compensated, failed or
-	// resolved.
+	// Status is running, compensating, completed, compensated, failed,
+	// resolved or paused.
 	Status string `json:"status"`
 	// Input is the saga's input. Empty in List items: Get has it.
 	Input json.RawMessage `json:"input,omitempty"`
@@ -35,7 +35,10 @@ type Saga struct {
 	// Parked says why the saga is not driven (its definition version is not
 	// registered).
 	Parked string `json:"parked,omitempty"`
-	Steps  []Step `json:"steps"`
+	// PausedFrom is the status a paused saga resumes in (running or
+	// compensating); empty unless it is paused.
+	PausedFrom string `json:"paused_from,omitempty"`
+	Steps      []Step `json:"steps"`
 }
 
 // Finished reports whether the saga has ended.

@@ -37,7 +37,12 @@ type driver struct {
 	// transition either sees the request or commits before it is made.
 	mu    sync.Mutex
 	abort atomic.Bool
-	rs    *recoveryStats // set for sagas resumed by recovery
+	// pause asks the driver to start no attempt and pause the saga once
+	// the attempts in flight have ended (Engine.Pause). Set under e.mu.
+	pause atomic.Bool
+	// pausing is pause as this transition read it.
+	pausing bool
+	rs      *recoveryStats // set for sagas resumed by recovery
 	// reload asks release to load the saga again from storage after a
 	// pause: a commit failed, and what was not committed is forgotten.
 	reload bool
@@ -513,6 +518,7 @@ func (d *driver) advance(now time.Time) {
 		d.outs = keep
 	}
 	stopping := !d.e.isRunning()
+	d.pausing = d.pause.Load()
 	for {
 		switch r.Status {
 		case saga.StatusRunning:
@@ -521,6 +527,9 @@ func (d *driver) advance(now time.Time) {
 				d.abort.Store(false)
 				d.clrAbort = true
 				if !past {
+					// An abort calls off a pause: the saga is undone.
+					d.pause.Store(false)
+					d.pausing = false
 					d.compensate(now, ErrAborted)
 					continue
 				}
@@ -573,7 +582,7 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 			continue
 		}
 		switch {
-		case d.failing != nil:
+		case d.failing != nil, d.pausing:
 		case stopping:
 			wake = earliest(wake, now)
 		case !d.canStart():
@@ -592,6 +601,9 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 		err := d.failing
 		d.failing = nil
 		d.fail(now, err)
+		return
+	case d.pausing && d.failing == nil && !inFlight:
+		d.enterPause(now)
 		return
 	case deferred && !inFlight:
 		wake = now
@@ -639,7 +651,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 			continue
 		}
 		switch {
-		case d.failing != nil:
+		case d.failing != nil, d.pausing:
 		case stopping:
 			wake = earliest(wake, now)
 		case !d.canStart():
@@ -656,6 +668,11 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		d.failing = nil
 		d.fail(now, err)
 		return
+	case d.pausing && d.failing == nil && !inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
+	}):
+		d.enterPause(now)
+		return
 	case !inFlight && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
 		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
 	}):
@@ -665,6 +682,18 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		wake = now
 	}
 	r.WakeAt = wake
+}
+
+// enterPause pauses the saga: no attempt of it is in flight, and none
+// starts until it is resumed (Engine.Resume), in the status it had.
+func (d *driver) enterPause(now time.Time) {
+	r := d.rec
+	d.pause.Store(false)
+	d.pausing = false
+	r.PausedFrom, r.Status, r.WakeAt = r.Status, saga.StatusPaused, time.Time{}
+	d.statuses = append(d.statuses, r.Status)
+	d.log(now, storage.LogEntry{Event: storage.EventPaused, Status: r.Status,
+		Note: "paused by an operator: no attempt starts until it is resumed"})
 }
 
 // depsSucceeded reports whether every step step i waits for has succeeded.

@@ -755,6 +755,8 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	case saga.StatusCompensating:
 		return nil
 	case saga.StatusRunning:
+	case saga.StatusPaused:
+		return e.abortPaused(ctx, u, id)
 	default:
 		return errors.Wrapf(ErrConflict, "engine: abort saga %s: it is %s", id, s.Status)
 	}
@@ -807,6 +809,133 @@ func (e *Engine) Abort(ctx context.Context, id string) error {
 	// A saga waiting for a retry is woken to act on the abort now.
 	e.dispatchNow(u)
 	return nil
+}
+
+// abortPaused aborts a paused saga: it resumes, compensating. One paused
+// while compensating resumes as it was.
+func (e *Engine) abortPaused(ctx context.Context, u ulid.ULID, id string) error {
+	err := e.claimAndDrive(ctx, u, true, func(d *driver) error {
+		r, now := d.rec, e.clock.Now()
+		switch {
+		case r.Status == saga.StatusPaused && r.PausedFrom == saga.StatusCompensating:
+			return errNoChange // being undone already; it stays paused
+		case r.Status != saga.StatusPaused:
+			return errors.WithHint(errors.Wrapf(ErrConflict, "it was paused, and is %s now", r.Status), "abort it again")
+		case d.pastPivot():
+			return errors.Wrapf(ErrConflict, "it is past its pivot step %q and can only go forward",
+				d.def.Steps[d.def.PivotIndex()].Name)
+		}
+		r.Status, r.PausedFrom, r.UpdatedAt = saga.StatusRunning, "", now
+		d.log(now, storage.LogEntry{Event: storage.EventUnpaused, Status: r.Status, Note: "resumed to be compensated: an operator aborted it"})
+		d.compensate(now, ErrAborted)
+		r.WakeAt = now // the scheduler drives it from here
+		return nil
+	})
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return errors.Wrapf(err, "engine: abort saga %s", id)
+}
+
+// errNoChange is what a change passed to claimAndDrive returns when the
+// saga is already as asked: nothing is written.
+var errNoChange = errors.New("no change")
+
+// Pause stops a running or compensating saga: no attempt of it starts
+// until Resume, and once the attempts already running have ended and been
+// recorded, its status is paused (it stays so across restarts). Retry
+// times and the deadline keep counting: a deadline that passed meanwhile
+// turns the saga around when it resumes. Pausing a paused saga does
+// nothing; a finished one is ErrConflict. A pause waiting for attempts to
+// end is kept in memory: if the process stops before they end, the saga
+// is not paused, and Pause must be called again.
+func (e *Engine) Pause(ctx context.Context, id string) error {
+	u, s, err := e.lookup(id)
+	if err != nil {
+		return err
+	}
+	switch s.Status {
+	case saga.StatusPaused:
+		return nil
+	case saga.StatusRunning, saga.StatusCompensating:
+	default:
+		return errors.Wrapf(ErrConflict, "engine: pause saga %s: it is %s", id, s.Status)
+	}
+	e.mu.Lock()
+	if d := e.active[u]; d != nil && !d.op {
+		// Its driver pauses it once its attempts in flight have ended
+		// (or, should it let go first, release does).
+		d.pause.Store(true)
+		e.mu.Unlock()
+		return nil
+	}
+	e.mu.Unlock()
+	return errors.Wrapf(e.pauseIdle(ctx, u), "engine: pause saga %s", id)
+}
+
+// pauseIdle pauses a saga no driver of this process runs.
+func (e *Engine) pauseIdle(ctx context.Context, u ulid.ULID) error {
+	err := e.claimAndDrive(ctx, u, false, func(d *driver) error {
+		r, now := d.rec, e.clock.Now()
+		switch r.Status {
+		case saga.StatusPaused:
+			return errNoChange
+		case saga.StatusRunning, saga.StatusCompensating:
+		default:
+			return errors.Wrapf(ErrConflict, "it is %s", r.Status)
+		}
+		r.UpdatedAt = now
+		d.enterPause(now)
+		return nil
+	})
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return err
+}
+
+// Resume ends a pause: the saga goes on in the status it had when it was
+// paused, at once. Resuming a saga that is not paused does nothing (and
+// calls off a pause still waiting for attempts to end); a finished one is
+// ErrConflict.
+func (e *Engine) Resume(ctx context.Context, id string) error {
+	u, s, err := e.lookup(id)
+	if err != nil {
+		return err
+	}
+	switch s.Status {
+	case saga.StatusRunning, saga.StatusCompensating:
+		e.mu.Lock()
+		if d := e.active[u]; d != nil {
+			d.pause.Store(false)
+		}
+		e.mu.Unlock()
+		return nil
+	case saga.StatusPaused:
+	default:
+		return errors.Wrapf(ErrConflict, "engine: resume saga %s: it is %s", id, s.Status)
+	}
+	err = e.claimAndDrive(ctx, u, false, func(d *driver) error {
+		r, now := d.rec, e.clock.Now()
+		switch r.Status {
+		case saga.StatusRunning, saga.StatusCompensating:
+			return errNoChange
+		case saga.StatusPaused:
+		default:
+			return errors.Wrapf(ErrConflict, "it is %s", r.Status)
+		}
+		to := r.PausedFrom
+		if to == "" {
+			to = saga.StatusRunning
+		}
+		r.Status, r.PausedFrom, r.WakeAt, r.UpdatedAt = to, "", now, now
+		d.log(now, storage.LogEntry{Event: storage.EventUnpaused, Status: to, Note: "resumed by an operator"})
+		return nil
+	})
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return errors.Wrapf(err, "engine: resume saga %s", id)
 }
 
 // testAbortHold, when set by a test, is called when Abort is about to wait

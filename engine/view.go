@@ -38,7 +38,10 @@ type Saga struct {
 	// Parked says why the engine does not drive the saga (its definition
 	// version is not registered); empty when it is not parked.
 	Parked string
-	Steps  []Step
+	// PausedFrom is the status a paused saga resumes in (running or
+	// compensating); empty unless it is paused.
+	PausedFrom saga.Status
+	Steps      []Step
 }
 
 // Step is the state of one step of a saga.
@@ -64,7 +67,7 @@ func sagaView(r *storage.Saga) *Saga {
 	s := &Saga{
 		ID: r.ID.String(), Definition: r.Definition, Fingerprint: r.Fingerprint, Status: r.Status,
 		Input: r.Input, Data: r.Data, IdempotencyKey: r.IdempotencyKey, CreatedAt: r.CreatedAt,
-		UpdatedAt: r.UpdatedAt, Deadline: r.Deadline, WakeAt: r.WakeAt, Parked: r.Parked,
+		UpdatedAt: r.UpdatedAt, Deadline: r.Deadline, WakeAt: r.WakeAt, Parked: r.Parked, PausedFrom: r.PausedFrom,
 		Steps: make([]Step, len(r.Steps)),
 	}
 	if r.Error != "" {

@@ -524,6 +524,7 @@ func TestStatus(t *testing.T) {
 	}{
 		{saga.StatusRunning, true, false},
 		{saga.StatusCompensating, true, false},
+		{saga.StatusPaused, true, false},
 		{saga.StatusCompleted, true, true},
 		{saga.StatusCompensated, true, true},
 		{saga.StatusFailed, true, true},
@@ -542,7 +543,7 @@ func TestStatus(t *testing.T) {
 			}
 		})
 	}
-	if len(saga.Statuses) != 6 {
-		t.Errorf("len(Statuses) = %d, want 6", len(saga.Statuses))
+	if len(saga.Statuses) != 7 {
+		t.Errorf("len(Statuses) = %d, want 7", len(saga.Statuses))
 	}
 }

@@ -12,6 +12,9 @@ package saga
 //	   │ (an operator handled it by hand)
 //	   ▼
 //	resolved
+//
+// An operator may pause a running or compensating saga (paused: no attempt
+// starts until it is resumed) and resume it in the status it had.
 type Status string
 
 // Saga statuses.
@@ -30,10 +33,14 @@ const (
 	// StatusResolved: a failed saga that an operator handled by hand and
 	// marked so, with a note (engine.Resolve). Final; nothing is undone.
 	StatusResolved Status = "resolved"
+	// StatusPaused: an operator paused the saga (engine.Pause); no attempt
+	// starts until it is resumed, in the status it had. Retry times and the
+	// deadline keep counting meanwhile. Not final.
+	StatusPaused Status = "paused"
 )
 
 // Statuses lists every saga status, in the order of the state machine.
-var Statuses = []Status{StatusRunning, StatusCompensating, StatusCompleted, StatusCompensated, StatusFailed, StatusResolved}
+var Statuses = []Status{StatusRunning, StatusCompensating, StatusCompleted, StatusCompensated, StatusFailed, StatusResolved, StatusPaused}
 
 // Finished reports whether no more work is scheduled for a saga in status s.
 // A failed saga is finished in that sense, but an operator may restart it.

@@ -35,6 +35,9 @@ type Saga struct {
 	// Parked says why the engine will not drive the saga (its definition is
 	// missing or has another fingerprint); empty when it is not parked.
 	Parked string `json:"parked,omitempty"`
+	// PausedFrom is the status a paused saga resumes in: running or
+	// compensating. Empty unless the saga is paused.
+	PausedFrom saga.Status `json:"paused_from,omitempty"`
 	// LogSeq is the sequence number of the saga's last log entry.
 	LogSeq uint32 `json:"log_seq"`
 }
@@ -107,6 +110,9 @@ const (
 	EventAbortRequested   Event = "abort_requested"
 	EventParked           Event = "parked"
 	EventInputReplaced    Event = "input_replaced"
+	EventPauseRequested   Event = "pause_requested"
+	EventPaused           Event = "paused"
+	EventUnpaused         Event = "unpaused"
 	EventResumed          Event = "resumed"
 	EventRetryRequested   Event = "retry_requested"
 	EventResolved         Event = "resolved"

@@ -566,6 +566,27 @@ func TestRetryWait(t *testing.T) {
 		return ""
 	}
 	online, offline := waiting(), waiting()
+	// Paused and resumed from the command line, it waits on as before.
+	code, out, errOut := runCmd(t, "sagas", "pause", "--addr", "http://"+d.addr, online)
+	if code != exitOK || !strings.Contains(out, "pause requested; the saga is paused") {
+		t.Fatalf("sagas pause: exit %d: %s %s", code, out, errOut)
+	}
+	if code, out, errOut = runCmd(t, "sagas", "show", "--addr", "http://"+d.addr, online); code != exitOK ||
+		!strings.Contains(out, "status      paused") || !strings.Contains(out, "paused      while running") {
+		t.Fatalf("sagas show of a paused saga: exit %d: %s %s", code, out, errOut)
+	}
+	if code, out, errOut = runCmd(t, "sagas", "resume", "--addr", "http://"+d.addr, online); code != exitOK ||
+		!strings.Contains(out, "resume requested; the saga is running") {
+		t.Fatalf("sagas resume: exit %d: %s %s", code, out, errOut)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) { // until its driver has looked
+		if s, err := c.Get(ctx, online); err == nil && s.WakeAt.After(time.Now()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resumed saga never waited for its retry again")
+		}
+	}
 	input, bad := filepath.Join(t.TempDir(), "input.json"), filepath.Join(t.TempDir(), "bad.json")
 	if err := os.WriteFile(input, []byte(`{"qty": 2}`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -577,7 +598,7 @@ func TestRetryWait(t *testing.T) {
 		!strings.Contains(errOut, "not a JSON value") {
 		t.Fatalf("retry --input with a file that is not JSON: exit %d: %s", code, errOut)
 	}
-	code, out, errOut := runCmd(t, "sagas", "retry", "--wait", "20s", "--input", input, "--addr", "http://"+d.addr, online)
+	code, out, errOut = runCmd(t, "sagas", "retry", "--wait", "20s", "--input", input, "--addr", "http://"+d.addr, online)
 	if code != exitOK || !strings.Contains(out, "ended completed") {
 		t.Fatalf("online retry --wait: exit %d: %s %s", code, out, errOut)
 	}

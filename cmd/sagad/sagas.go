@@ -31,6 +31,8 @@ func (c *sagasCommand) run(ctx context.Context, args []string) int {
 		{"show", "show a saga, its data and its step log as a timeline", func(a []string) int { return c.show(ctx, a) }},
 		{"retry", "retry a failed saga's failed compensation, retry a waiting saga now, or resume a parked saga", func(a []string) int { return c.control(ctx, "retry", a) }},
 		{"abort", "compensate a running saga", func(a []string) int { return c.control(ctx, "abort", a) }},
+		{"pause", "start no new attempt of a saga until it is resumed", func(a []string) int { return c.control(ctx, "pause", a) }},
+		{"resume", "carry on with a paused saga", func(a []string) int { return c.control(ctx, "resume", a) }},
 		{"resolve", "mark a failed saga, or one whose compensation waits for a retry, as handled by hand, with a note", func(a []string) int { return c.control(ctx, "resolve", a) }},
 	}, args)
 }
@@ -218,6 +220,12 @@ func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
 	if s.Parked != "" {
 		fmt.Fprintf(w, "parked      %s\n", s.Parked)
 	}
+	if s.PausedFrom != "" {
+		fmt.Fprintf(w, "paused      while %s; sagad sagas resume %s carries on\n", s.PausedFrom, s.ID)
+	}
+	if !s.Deadline.IsZero() {
+		fmt.Fprintf(w, "deadline    %s\n", s.Deadline.Local().Format(time.RFC3339))
+	}
 	if !s.WakeAt.IsZero() {
 		fmt.Fprintf(w, "next        attempt due %s\n", s.WakeAt.Local().Format(time.RFC3339))
 	}
@@ -372,6 +380,27 @@ when are kept in its step log. Nothing is undone or deleted.
 Example:
   sagad sagas resolve --db /var/lib/sagad/sagad.db --note "refunded by hand, ticket OPS-17" 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
 `,
+	"pause": `Usage: sagad sagas pause [--db FILE | --addr URL] ID
+
+Pauses a running or compensating saga, while a participant is repaired: no
+new attempt starts; attempts already running finish and are recorded; then
+its status is paused, and stays so across restarts. Retry times and the
+deadline keep counting. Resume it with sagad sagas resume; abort works on a
+paused saga. A pause waiting for attempts to end is lost if the daemon stops
+first: pause again.
+
+Example:
+  sagad sagas pause --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+`,
+	"resume": `Usage: sagad sagas resume [--db FILE | --addr URL] [--wait D] ID
+
+Resumes a paused saga where it stopped, in the status it had (a deadline
+that passed meanwhile turns it around). Resuming a saga that is not paused
+does nothing.
+
+Example:
+  sagad sagas resume --addr http://127.0.0.1:8080 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3
+`,
 	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] [--wait D] ID
 
 Asks a running saga to stop going forward and compensate the steps that
@@ -391,7 +420,7 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	t.flags(fs)
 	var note, by, inputFile string
 	var wait time.Duration
-	if verb != "resolve" {
+	if verb != "resolve" && verb != "pause" {
 		fs.DurationVar(&wait, "wait", 0, "wait up to this long for the saga to end, and print how it ended (offline, the command drives it meanwhile); 0: do not wait")
 	}
 	if verb == "retry" {
@@ -436,6 +465,10 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	switch verb {
 	case "abort":
 		op = b.Abort
+	case "pause":
+		op = b.Pause
+	case "resume":
+		op = b.Resume
 	case "resolve":
 		op = func(ctx context.Context, id string) error { return b.Resolve(ctx, id, note, by) }
 	}

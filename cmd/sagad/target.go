@@ -38,6 +38,8 @@ type backend interface {
 	Abort(ctx context.Context, id string) error
 	Retry(ctx context.Context, id string) error
 	RetryWithInput(ctx context.Context, id string, input json.RawMessage) error
+	Pause(ctx context.Context, id string) error
+	Resume(ctx context.Context, id string) error
 	Resolve(ctx context.Context, id, note, by string) error
 	Definitions(ctx context.Context) ([]client.Definition, error)
 	Definition(ctx context.Context, name string) (*client.Definition, error)
@@ -163,6 +165,9 @@ func (offline) Offline() bool { return true }
 func (o offline) Abort(ctx context.Context, id string) error { return o.eng.Abort(ctx, id) }
 
 func (o offline) Retry(ctx context.Context, id string) error { return o.eng.Retry(ctx, id) }
+
+func (o offline) Pause(ctx context.Context, id string) error  { return o.eng.Pause(ctx, id) }
+func (o offline) Resume(ctx context.Context, id string) error { return o.eng.Resume(ctx, id) }
 
 func (o offline) RetryWithInput(ctx context.Context, id string, input json.RawMessage) error {
 	return o.eng.Retry(ctx, id, engine.RetryWithInput(input))

@@ -90,7 +90,8 @@ func appendSaga(b []byte, s *storage.Saga) []byte {
 	b = appendTime(b, s.UpdatedAt)
 	b = appendTime(b, s.Deadline)
 	b = appendBytes(b, s.Parked)
-	return binary.AppendUvarint(b, uint64(s.LogSeq))
+	b = binary.AppendUvarint(b, uint64(s.LogSeq))
+	return append(b, statusCodes[s.PausedFrom])
 }
 
 func appendBytes[T ~string | ~[]byte](b []byte, v T) []byte {
@@ -183,6 +184,14 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 		r.err = errors.Newf("log sequence %d", seq)
 	} else {
 		s.LogSeq = uint32(seq)
+	}
+	if format >= 2 {
+		if c := r.byte(); c != 0 {
+			var ok bool
+			if s.PausedFrom, ok = statusOf[c]; !ok && r.err == nil {
+				r.err = errors.Newf("paused from status code %d", c)
+			}
+		}
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.err = errors.Newf("%d bytes after the record", len(r.b))

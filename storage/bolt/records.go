@@ -18,6 +18,7 @@ var statusCodes = map[saga.Status]byte{
 	saga.StatusCompensated:  4,
 	saga.StatusFailed:       5,
 	saga.StatusResolved:     6,
+	saga.StatusPaused:       7,
 }
 
 // headerLen is the fixed prefix of a stored saga: status code (1 byte),

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
 
@@ -51,7 +52,7 @@ func (db *DB) setClaim(id ulid.ULID, epoch int64) {
 // releases reports whether a record as committed needs no driver: the
 // commit lets go of its claim.
 func releases(s *storage.Saga) bool {
-	return s.Status.Finished() || !s.WakeAt.IsZero() || s.Parked != ""
+	return s.Status.Finished() || s.Status == saga.StatusPaused || !s.WakeAt.IsZero() || s.Parked != ""
 }
 
 // stranded reports whether a saga a query found claimable needs a driver

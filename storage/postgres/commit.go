@@ -162,7 +162,8 @@ func (db *DB) encode(t *storage.Transition, create bool) (*request, error) {
 		release, db.node, db.claimed(s.ID),
 	}
 	// A saga let go that is due now: another node may take it at once.
-	due := release && !s.Status.Finished() && s.Parked == "" && !s.WakeAt.After(db.clock.Now())
+	due := release && (s.Status == saga.StatusRunning || s.Status == saga.StatusCompensating) && s.Parked == "" &&
+		!s.WakeAt.After(db.clock.Now())
 	return &request{create: create, id: s.ID, key: s.IdempotencyKey, args: args, ids: ids, events: n, release: release, due: due,
 		done: make(chan struct{})}, nil
 }

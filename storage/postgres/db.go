@@ -309,6 +309,7 @@ var statusCodes = map[saga.Status]int16{
 	saga.StatusCompensated:  4,
 	saga.StatusFailed:       5,
 	saga.StatusResolved:     6,
+	saga.StatusPaused:       7,
 }
 
 var statusOf = func() map[int16]saga.Status {

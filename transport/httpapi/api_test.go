@@ -838,3 +838,67 @@ func TestPprof(t *testing.T) {
 		t.Errorf("GET /debug/pprof/ without Pprof: %d, want 404", resp.StatusCode)
 	}
 }
+
+// TestPauseAndResume: POST /pause on a saga that waits for a retry pauses
+// it; GET shows it paused and from what; /resume carries on; both answer
+// 409 on a finished saga.
+func TestPauseAndResume(t *testing.T) {
+	t.Parallel()
+	p := newParticipant(t)
+	var fixed atomic.Bool
+	p.on("/charge", func(n int, w http.ResponseWriter, r *http.Request) {
+		if fixed.Load() {
+			status(http.StatusOK)(n, w, r)
+		} else {
+			status(http.StatusServiceUnavailable)(n, w, r)
+		}
+	})
+	retried := make(chan struct{}, 4)
+	a := newAPIWith(t, options{engine: func(o *engine.Options) {
+		o.Hooks.AttemptFinished = func(ai engine.AttemptInfo) {
+			if ai.Retry {
+				retried <- struct{}{}
+			}
+		}
+	}})
+	a.put(t, "order", fmt.Sprintf(`{"steps":[{"name":"charge","action":{"url":"%s/charge"},
+		"retry":{"max_attempts":3,"initial_interval":"1h","max_interval":"1h"}}]}`, p.URL()), http.StatusCreated)
+	id := a.start(t, "order", nil)
+	<-retried // it waits an hour for its next attempt
+	var rt client.Started
+	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+id+"/pause", "", http.StatusAccepted, &rt)
+	if rt.Status != "paused" {
+		t.Errorf("pause answered %+v, want status paused", rt)
+	}
+	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+id+"/pause", "", http.StatusAccepted, &rt) // idempotent
+	var s client.Saga
+	a.sendJSON(t, http.MethodGet, "/v1/sagas/"+id, "", http.StatusOK, &s)
+	if s.Status != "paused" || s.PausedFrom != "running" || s.Finished() {
+		t.Fatalf("paused saga %+v: want paused from running, not finished", s)
+	}
+	var page client.Page
+	a.sendJSON(t, http.MethodGet, "/v1/sagas?status=paused", "", http.StatusOK, &page)
+	if len(page.Sagas) != 1 || page.Sagas[0].ID != id {
+		t.Errorf("list of paused sagas %+v, want this one", page.Sagas)
+	}
+	fixed.Store(true)
+	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+id+"/resume", "", http.StatusAccepted, &rt)
+	if rt.Status != "running" {
+		t.Errorf("resume answered %+v, want status running", rt)
+	}
+	// Resumed, it waits for its retry time again (once its driver has
+	// looked: nothing signals that from outside); an operator's retry runs
+	// it now.
+	for deadline := time.Now().Add(10 * time.Second); !s.WakeAt.After(time.Now()); time.Sleep(5 * time.Millisecond) {
+		a.sendJSON(t, http.MethodGet, "/v1/sagas/"+id, "", http.StatusOK, &s)
+		if time.Now().After(deadline) {
+			t.Fatalf("resumed saga %+v never waited for its retry time again", s)
+		}
+	}
+	a.sendJSON(t, http.MethodPost, "/v1/sagas/"+id+"/retry", "", http.StatusAccepted, &rt)
+	requireStatus(t, a.wait(t, id), "completed")
+	for _, op := range []string{"pause", "resume"} {
+		resp, body := a.send(t, http.MethodPost, "/v1/sagas/"+id+"/"+op, "", nil)
+		requireProblem(t, resp, body, http.StatusConflict, "completed")
+	}
+}

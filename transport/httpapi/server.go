@@ -140,6 +140,8 @@ func (s *Server) routes() []route {
 		{"POST /v1/sagas/{id}/abort", true, s.abortSaga, nil},
 		{"POST /v1/sagas/{id}/retry", true, s.retrySaga, nil},
 		{"POST /v1/sagas/{id}/resolve", true, s.resolveSaga, nil},
+		{"POST /v1/sagas/{id}/pause", true, s.pauseSaga, nil},
+		{"POST /v1/sagas/{id}/resume", true, s.resumeSaga, nil},
 		{"GET /v1/outbox", true, s.listOutbox, []string{"status", "cursor", "limit"}},
 		{"GET /v1/outbox/stats", true, s.outboxStats, nil},
 		{"POST /v1/outbox/{id}/requeue", true, s.requeueEvent, nil},
@@ -570,6 +572,14 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 	return out
 }
 
+func (s *Server) pauseSaga(w http.ResponseWriter, r *http.Request) {
+	s.control(w, r, s.eng.Pause)
+}
+
+func (s *Server) resumeSaga(w http.ResponseWriter, r *http.Request) {
+	s.control(w, r, s.eng.Resume)
+}
+
 func (s *Server) abortSaga(w http.ResponseWriter, r *http.Request) {
 	s.control(w, r, s.eng.Abort)
 }
@@ -627,7 +637,7 @@ func (s *Server) control(w http.ResponseWriter, r *http.Request, fn func(context
 func SagaJSON(sg *engine.Saga) *client.Saga {
 	out := &client.Saga{ID: sg.ID, Definition: sg.Definition, Version: sg.Fingerprint, Status: string(sg.Status),
 		Input: sg.Input, Data: sg.Data, IdempotencyKey: sg.IdempotencyKey, CreatedAt: sg.CreatedAt,
-		UpdatedAt: sg.UpdatedAt, Deadline: sg.Deadline, WakeAt: sg.WakeAt, Parked: sg.Parked,
+		UpdatedAt: sg.UpdatedAt, Deadline: sg.Deadline, WakeAt: sg.WakeAt, Parked: sg.Parked, PausedFrom: string(sg.PausedFrom),
 		Steps: make([]client.Step, len(sg.Steps))}
 	if sg.Err != nil {
 		out.Error = sg.Err.Error()
