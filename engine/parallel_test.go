@@ -178,6 +178,17 @@ func TestParallelFailureWaitsForSiblings(t *testing.T) {
 // no step starts before those it waits for succeeded.
 func TestParallelCompensationOrderOfRandomGraphs(t *testing.T) {
 	t.Parallel()
+	testRandomGraphs(t, "")
+}
+
+// TestParallelCompensationOrderOfRandomGraphsPostgres is the same on
+// PostgreSQL, whose commits and claims differ.
+func TestParallelCompensationOrderOfRandomGraphsPostgres(t *testing.T) {
+	t.Parallel()
+	testRandomGraphs(t, postgresURL(t))
+}
+
+func testRandomGraphs(t *testing.T, path string) {
 	const graphs = 60
 	rng := rand.New(rand.NewPCG(7, 11))
 	type span struct{ start, end int64 }
@@ -232,7 +243,7 @@ func TestParallelCompensationOrderOfRandomGraphs(t *testing.T) {
 		runs[g] = r
 		defs = append(defs, def)
 	}
-	b := setup(t, setupOpts{defs: defs})
+	b := setup(t, setupOpts{defs: defs, path: path})
 	ids := make([]string, graphs)
 	for g, r := range runs {
 		st, err := b.eng.Start(context.Background(), r.def.Name, nil)
@@ -518,5 +529,58 @@ func TestParallelCrash(t *testing.T) {
 		if done["root"] != 1 || done["a"] != 1 || done["b"] != 1 {
 			t.Errorf("saga %s: compensations succeeded %v, want once each for root, a and b", id, done)
 		}
+	}
+}
+
+// TestParallelCompensationFailsAfterSiblings: one branch's compensation
+// fails for good while another's runs: the saga ends failed once the
+// running one has ended (and is recorded), starts nothing else, and a
+// retry finishes the compensation in dependency order.
+func TestParallelCompensationFailsAfterSiblings(t *testing.T) {
+	t.Parallel()
+	var rec recorder
+	aFailed := make(chan struct{})
+	var fixed atomic.Bool
+	def := &saga.Definition{Name: "undo", Steps: []saga.Step{
+		{Name: "root", Action: rec.ok("root", nil), Compensation: rec.ok("undo-root", nil)},
+		{Name: "a", After: []string{"root"}, Action: rec.ok("a", nil), CompensationRetry: fastRetry(1),
+			Compensation: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+				if fixed.Load() {
+					rec.add("undo-a", c)
+					return nil, nil
+				}
+				return nil, errors.New("refund service down")
+			}},
+		{Name: "b", After: []string{"root"}, Action: rec.ok("b", nil),
+			Compensation: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+				<-aFailed // still running when a's compensation fails for good
+				rec.add("undo-b", c)
+				return nil, nil
+			}},
+		{Name: "c", After: []string{"a", "b"}, Action: rec.fail("c", saga.Permanent(errors.New("no")))},
+	}}
+	var once sync.Once
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
+		AttemptFinished: func(ai engine.AttemptInfo) {
+			if ai.Step == "a" && ai.Phase == saga.PhaseCompensation && ai.Err != nil {
+				once.Do(func() { close(aFailed) })
+			}
+		}}}})
+	s := b.run(t, "undo", nil)
+	if s.Status != saga.StatusFailed {
+		t.Fatalf("status %s (%v), want failed", s.Status, s.Err)
+	}
+	calls := rec.list()
+	if !slices.Contains(calls, "undo-b") || slices.Contains(calls, "undo-root") {
+		t.Fatalf("calls %v: want b's compensation recorded, root's not started", calls)
+	}
+	fixed.Store(true)
+	if err := b.eng.Retry(context.Background(), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	s = b.wait(t, s.ID)
+	calls = rec.list()
+	if s.Status != saga.StatusCompensated || slices.Index(calls, "undo-a") > slices.Index(calls, "undo-root") {
+		t.Fatalf("after the retry: %s, calls %v; want compensated, a's before root's", s.Status, calls)
 	}
 }

@@ -39,7 +39,17 @@ func waitStatus(t *testing.T, ch <-chan saga.Status, want saga.Status) {
 // and holds across a restart; resume carries on where it stopped.
 func TestPauseWaitsForAttemptsAndSurvivesRestart(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "sagad.db")
+	testPauseRestart(t, filepath.Join(t.TempDir(), "sagad.db"))
+}
+
+// TestPauseWaitsForAttemptsAndSurvivesRestartPostgres is the same on
+// PostgreSQL.
+func TestPauseWaitsForAttemptsAndSurvivesRestartPostgres(t *testing.T) {
+	t.Parallel()
+	testPauseRestart(t, postgresURL(t))
+}
+
+func testPauseRestart(t *testing.T, path string) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var shipped atomic.Int32
 	def := &saga.Definition{Name: "order", Steps: []saga.Step{
