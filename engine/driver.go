@@ -37,10 +37,8 @@ type driver struct {
 	// transition either sees the request or commits before it is made.
 	mu    sync.Mutex
 	abort atomic.Bool
-	// pause asks the driver to start no attempt and pause the saga once
-	// the attempts in flight have ended (Engine.Pause). Set under e.mu.
-	pause atomic.Bool
-	// pausing is pause as this transition read it.
+	// pausing: this transition found a pause requested (Engine.Pause): no
+	// attempt starts, and the saga pauses once none is in flight.
 	pausing bool
 	rs      *recoveryStats // set for sagas resumed by recovery
 	// reload asks release to load the saga again from storage after a
@@ -64,8 +62,9 @@ type driver struct {
 	// own (parallel steps); running counts those not yet received.
 	results chan *outcome
 	running int
-	// failing is set when a step failed in a way that ends the saga failed
-	// while other attempts were in flight: it fails once they have ended.
+	// failing is why the saga fails once the attempts in flight have
+	// ended, when a step failed for good beside them (the record says so
+	// too: a failed step past the pivot, a compensation that GaveUp).
 	failing error
 
 	logs     []storage.LogEntry
@@ -201,6 +200,9 @@ func (d *driver) load(now time.Time) (bool, error) {
 		// under the same attempt number and idempotency key.
 		s.InFlight = false
 		s.Attempts--
+		// Recorded, so that a saga that turns around before the attempt
+		// runs again compensates it, after a pause or restart too.
+		s.OutcomeUnknown = true
 		if d.inDoubt == nil {
 			d.inDoubt = make(map[int]bool)
 		}
@@ -272,10 +274,17 @@ func (d *driver) run() {
 		if err := d.transition(d.e.clock.Now()); err != nil {
 			d.e.commitFailed(d, err)
 			// What was not committed is forgotten; attempts still running
-			// end unseen, and the saga is loaded again.
+			// end unseen, and the saga is loaded again. The steps' own
+			// writes go with them.
 			for ; d.running > 0; d.running-- {
-				<-d.results
+				d.outs = append(d.outs, <-d.results)
 			}
+			for _, o := range d.outs {
+				if o.tx != nil {
+					_ = o.tx.Rollback(context.Background())
+				}
+			}
+			d.outs = nil
 			return
 		}
 	}
@@ -518,7 +527,7 @@ func (d *driver) advance(now time.Time) {
 		d.outs = keep
 	}
 	stopping := !d.e.isRunning()
-	d.pausing = d.pause.Load()
+	d.pausing = d.e.pauseRequested(r.ID)
 	for {
 		switch r.Status {
 		case saga.StatusRunning:
@@ -528,7 +537,7 @@ func (d *driver) advance(now time.Time) {
 				d.clrAbort = true
 				if !past {
 					// An abort calls off a pause: the saga is undone.
-					d.pause.Store(false)
+					d.e.pauseDone(r.ID)
 					d.pausing = false
 					d.compensate(now, ErrAborted)
 					continue
@@ -557,6 +566,9 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	r := d.rec
 	var wake time.Time
 	done, inFlight, deferred := true, false, false
+	// A step failed for good past the pivot: nothing new starts, and the
+	// saga fails once nothing is in flight.
+	stuck := d.failing != nil || slices.ContainsFunc(r.Steps, func(s storage.Step) bool { return s.Status == saga.StepFailed })
 	for _, i := range d.g.Order {
 		s := &r.Steps[i]
 		switch s.Status {
@@ -577,12 +589,13 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 				wake = earliest(wake, s.Next)
 				continue
 			}
-		default: // failed for good past the pivot (d.failing)
+		default: // failed for good past the pivot
 			done = false
 			continue
 		}
 		switch {
-		case d.failing != nil, d.pausing:
+		case (stuck || d.pausing) && !d.inDoubt[i]:
+			// Nothing new starts; an attempt in flight at a crash runs to its end.
 		case stopping:
 			wake = earliest(wake, now)
 		case !d.canStart():
@@ -597,12 +610,11 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	case done:
 		d.finish(now, saga.StatusCompleted)
 		return
-	case d.failing != nil && !inFlight:
-		err := d.failing
-		d.failing = nil
-		d.fail(now, err)
+	case stuck && !inFlight:
+		d.fail(now, d.failingCause())
 		return
-	case d.pausing && d.failing == nil && !inFlight:
+	case stuck:
+	case d.pausing && !inFlight:
 		d.enterPause(now)
 		return
 	case deferred && !inFlight:
@@ -622,6 +634,19 @@ func (d *driver) backward(now time.Time, stopping bool) {
 	r := d.rec
 	var wake time.Time
 	inFlight, deferred := false, false
+	for i := range r.Steps {
+		if s := &r.Steps[i]; s.Status == saga.StepRunning && !s.InFlight {
+			// The action of a parallel step that was in flight when the
+			// saga turned around, and did not answer before a restart or
+			// a pause: undo it if it may have acted.
+			d.undoOrDrop(now, i)
+		}
+	}
+	// A compensation failed for good: nothing new starts, and the saga
+	// fails once nothing is in flight.
+	stuck := d.failing != nil || slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+		return s.Status == saga.StepCompensating && s.GaveUp
+	})
 	for k := len(d.g.Order) - 1; k >= 0; k-- {
 		i := d.g.Order[k]
 		s := &r.Steps[i]
@@ -640,6 +665,9 @@ func (d *driver) backward(now time.Time, stopping bool) {
 				continue
 			}
 		case s.Status == saga.StepCompensating:
+			if s.GaveUp {
+				continue
+			}
 			if s.Next.After(now) {
 				wake = earliest(wake, s.Next)
 				continue
@@ -651,7 +679,8 @@ func (d *driver) backward(now time.Time, stopping bool) {
 			continue
 		}
 		switch {
-		case d.failing != nil, d.pausing:
+		case (stuck || d.pausing) && !d.inDoubt[i]:
+			// Nothing new starts; an attempt in flight at a crash runs to its end.
 		case stopping:
 			wake = earliest(wake, now)
 		case !d.canStart():
@@ -663,12 +692,11 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		}
 	}
 	switch {
-	case d.failing != nil && !inFlight:
-		err := d.failing
-		d.failing = nil
-		d.fail(now, err)
+	case stuck && !inFlight:
+		d.fail(now, d.failingCause())
 		return
-	case d.pausing && d.failing == nil && !inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+	case stuck:
+	case d.pausing && !inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
 		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
 	}):
 		d.enterPause(now)
@@ -688,7 +716,6 @@ func (d *driver) backward(now time.Time, stopping bool) {
 // starts until it is resumed (Engine.Resume), in the status it had.
 func (d *driver) enterPause(now time.Time) {
 	r := d.rec
-	d.pause.Store(false)
 	d.pausing = false
 	r.PausedFrom, r.Status, r.WakeAt = r.Status, saga.StatusPaused, time.Time{}
 	d.statuses = append(d.statuses, r.Status)
@@ -863,7 +890,9 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		for _, ev := range o.events {
 			d.emit(now, s.Name, ev)
 		}
-		d.tx, o.tx = o.tx, nil // the step's own writes commit with its success
+		if o.tx != nil {
+			d.tx, o.tx = o.tx, nil // the step's own writes commit with its success
+		}
 		switch o.phase {
 		case saga.PhaseCompensation:
 			s.Status = saga.StepCompensated
@@ -916,6 +945,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	case o.phase == saga.PhaseAction && st.Fallback != nil:
 		d.toFallback(now, s)
 	case o.phase == saga.PhaseCompensation:
+		s.GaveUp = true
 		d.failWhenDone(now, o.step, &compensationFailed{
 			cause: errors.Wrapf(o.err, "compensation of step %q failed after %s", s.Name, plural(s.Attempts, "attempt")),
 			why:   decodeError(r.ErrorEnc, r.Error),
@@ -964,13 +994,56 @@ func (d *driver) turnedAround(now time.Time, o *outcome) {
 			Duration: o.dur, Err: o.err})
 		s.Error = o.err.Error()
 	}
-	s.ActionAttempts = actionAttempts(s)
-	if s.OutcomeUnknown && d.def.Steps[o.step].Compensation != nil {
-		s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
-		s.Error = "outcome unknown: the attempt was cut off, or its answer could not be used (" + s.Error + ")"
+	d.undoOrDrop(now, o.step)
+}
+
+// undoOrDrop decides, as the saga turns around, what becomes of step i,
+// whose action (or fallback) did not succeed: compensated if it may have
+// taken effect (in flight at a crash, or cut off), else failed.
+// Compensations must tolerate an action that never happened.
+func (d *driver) undoOrDrop(now time.Time, i int) {
+	s := &d.rec.Steps[i]
+	if s.Status == saga.StepRunning {
+		s.ActionAttempts = actionAttempts(s)
+	}
+	var why string
+	switch {
+	case d.inDoubt[i]:
+		why = "outcome unknown: the attempt was in flight at a crash"
+	case s.OutcomeUnknown:
+		why = "outcome unknown: the attempt was cut off, or its answer could not be used"
+	}
+	if why != "" && d.def.Steps[i].Compensation != nil {
+		s.Status, s.Phase, s.Attempts, s.PhaseStarted, s.Next = saga.StepCompensating, saga.PhaseCompensation, 0, now, time.Time{}
+		if s.Error != "" {
+			why += " (" + s.Error + ")"
+		}
+		s.Error = why
 		return
 	}
 	s.Status = saga.StepFailed
+}
+
+// failingCause is why a saga that a step's failure stopped fails: as the
+// failure said, or, after a restart, as its record does.
+func (d *driver) failingCause() error {
+	if err := d.failing; err != nil {
+		return err
+	}
+	r := d.rec
+	for i := range r.Steps {
+		s := &r.Steps[i]
+		switch {
+		case s.Status == saga.StepCompensating && s.GaveUp:
+			return &compensationFailed{
+				cause: errors.Newf("compensation of step %q failed after %s: %s", s.Name, plural(s.Attempts, "attempt"), s.Error),
+				why:   decodeError(r.ErrorEnc, r.Error),
+			}
+		case s.Status == saga.StepFailed && r.Status == saga.StatusRunning:
+			return errors.Newf("step %q after the pivot failed for good: %s", s.Name, s.Error)
+		}
+	}
+	return errors.New("a step failed for good")
 }
 
 // pastPivot reports whether the saga's pivot step has succeeded.
@@ -996,28 +1069,9 @@ func (d *driver) compensate(now time.Time, cause error) {
 		case saga.StepPending:
 			s.Status = saga.StepSkipped
 		case saga.StepRunning, saga.StepFailed: // waiting for a retry, or failed for good just now
-			if s.Status == saga.StepRunning {
-				s.ActionAttempts = actionAttempts(s)
-			}
 			// Its last attempt may have taken effect: it was in flight at a
-			// crash, or cut off by a timeout or the deadline. Undo it;
-			// compensations must tolerate an action that never happened.
-			var why string
-			switch {
-			case d.inDoubt[i]:
-				why = "outcome unknown: the attempt was in flight at a crash"
-			case s.OutcomeUnknown:
-				why = "outcome unknown: the attempt was cut off, or its answer could not be used"
-			}
-			if why != "" && d.def.Steps[i].Compensation != nil {
-				s.Status, s.Phase, s.Attempts, s.PhaseStarted = saga.StepCompensating, saga.PhaseCompensation, 0, now
-				if s.Error != "" {
-					why += " (" + s.Error + ")"
-				}
-				s.Error = why
-				continue
-			}
-			s.Status = saga.StepFailed
+			// crash, or cut off by a timeout or the deadline.
+			d.undoOrDrop(now, i)
 		}
 	}
 	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: r.Status, Error: r.Error})
@@ -1025,6 +1079,7 @@ func (d *driver) compensate(now time.Time, cause error) {
 
 // fail ends the saga in the failed status: an operator must act.
 func (d *driver) fail(now time.Time, cause error) {
+	d.failing = nil
 	d.setError(cause)
 	d.finish(now, saga.StatusFailed)
 }
@@ -1083,7 +1138,7 @@ func (d *driver) retryFailed(now time.Time) error {
 				r.Status = saga.StatusCompensating
 				d.restoreCause()
 			}
-			s.Attempts, s.PhaseStarted, s.Next = 0, now, time.Time{}
+			s.Attempts, s.PhaseStarted, s.Next, s.GaveUp = 0, now, time.Time{}, false
 		case s.Status == saga.StepFailed && d.pastPivot():
 			// Going forward again: the failure is no longer the saga's
 			// error (a saga that completes has none).
@@ -1194,6 +1249,9 @@ func (d *driver) committed() {
 		d.from = st
 	}
 	d.statuses = d.statuses[:0]
+	if r.Status == saga.StatusPaused {
+		d.e.pauseDone(r.ID) // carried out, durably
+	}
 	if h := d.e.opts.Hooks.AttemptFinished; h != nil {
 		for _, a := range d.hooks {
 			h(a)

@@ -111,9 +111,15 @@ type Engine struct {
 	opts  Options
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	defs     map[string]*versions
-	graphs   map[*saga.Definition]*dag.Graph // of every registered definition
+	mu     sync.Mutex
+	defs   map[string]*versions
+	graphs map[*saga.Definition]*dag.Graph // of every registered definition
+	// pauses holds the sagas an operator asked to pause that are not
+	// paused yet (their attempts in flight have not ended); the driver
+	// that finds one pauses the saga. npauses is len(pauses), read on the
+	// hot path without mu.
+	pauses   map[ulid.ULID]bool
+	npauses  atomic.Int64
 	breakers map[string]*breaker
 	active   map[ulid.ULID]*driver
 	broken   map[ulid.ULID]bool // records that failed to load: not dispatched again until a restart
@@ -202,6 +208,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 		log:       opts.Logger,
 		defs:      make(map[string]*versions),
 		graphs:    make(map[*saga.Definition]*dag.Graph),
+		pauses:    make(map[ulid.ULID]bool),
 		breakers:  make(map[string]*breaker),
 		active:    make(map[ulid.ULID]*driver),
 		broken:    make(map[ulid.ULID]bool),
@@ -861,21 +868,19 @@ func (e *Engine) Pause(ctx context.Context, id string) error {
 	default:
 		return errors.Wrapf(ErrConflict, "engine: pause saga %s: it is %s", id, s.Status)
 	}
+	// The request first: a driver of this process that holds the saga, or
+	// takes it from here on, pauses it at its next decision.
 	e.mu.Lock()
-	if d := e.active[u]; d != nil && !d.op {
-		// Its driver pauses it once its attempts in flight have ended
-		// (or, should it let go first, release does).
-		d.pause.Store(true)
-		e.mu.Unlock()
+	if !e.pauses[u] {
+		e.pauses[u] = true
+		e.npauses.Add(1)
+	}
+	d := e.active[u]
+	e.mu.Unlock()
+	if d != nil && !d.op {
 		return nil
 	}
-	e.mu.Unlock()
-	return errors.Wrapf(e.pauseIdle(ctx, u), "engine: pause saga %s", id)
-}
-
-// pauseIdle pauses a saga no driver of this process runs.
-func (e *Engine) pauseIdle(ctx context.Context, u ulid.ULID) error {
-	err := e.claimAndDrive(ctx, u, false, func(d *driver) error {
+	err = e.claimAndDrive(ctx, u, false, func(d *driver) error {
 		r, now := d.rec, e.clock.Now()
 		switch r.Status {
 		case saga.StatusPaused:
@@ -888,10 +893,34 @@ func (e *Engine) pauseIdle(ctx context.Context, u ulid.ULID) error {
 		d.enterPause(now)
 		return nil
 	})
-	if errors.Is(err, errNoChange) {
-		return nil
+	if err != nil && !errors.Is(err, errNoChange) {
+		e.pauseDone(u) // not paused: the caller hears why, and nothing is left pending
+		return errors.Wrapf(err, "engine: pause saga %s", id)
 	}
-	return err
+	return nil
+}
+
+// pauseRequested reports whether an operator asked to pause the saga.
+func (e *Engine) pauseRequested(id ulid.ULID) bool {
+	if e.npauses.Load() == 0 {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.pauses[id]
+}
+
+// pauseDone forgets a pause request: carried out, called off, or moot.
+func (e *Engine) pauseDone(id ulid.ULID) {
+	if e.npauses.Load() == 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.pauses[id] {
+		delete(e.pauses, id)
+		e.npauses.Add(-1)
+	}
 }
 
 // Resume ends a pause: the saga goes on in the status it had when it was
@@ -899,21 +928,26 @@ func (e *Engine) pauseIdle(ctx context.Context, u ulid.ULID) error {
 // calls off a pause still waiting for attempts to end); a finished one is
 // ErrConflict.
 func (e *Engine) Resume(ctx context.Context, id string) error {
-	u, s, err := e.lookup(id)
+	u, _, err := e.lookup(id)
 	if err != nil {
 		return err
 	}
-	switch s.Status {
-	case saga.StatusRunning, saga.StatusCompensating:
-		e.mu.Lock()
-		if d := e.active[u]; d != nil {
-			d.pause.Store(false)
-		}
-		e.mu.Unlock()
-		return nil
-	case saga.StatusPaused:
-	default:
-		return errors.Wrapf(ErrConflict, "engine: resume saga %s: it is %s", id, s.Status)
+	// Called off first; then, once a driver holding the saga has ended
+	// its transition (it may have read the request before), the stored
+	// status says whether there is a pause to end.
+	e.pauseDone(u)
+	e.mu.Lock()
+	d := e.active[u]
+	e.mu.Unlock()
+	if d != nil {
+		d.mu.Lock()
+		//lint:ignore SA2001 an empty critical section: waiting for the driver's transition is the point
+		d.mu.Unlock()
+	}
+	if _, s, err := e.lookup(id); err != nil {
+		return err
+	} else if s.Status == saga.StatusRunning || s.Status == saga.StatusCompensating {
+		return nil // not paused, and now it will not be
 	}
 	err = e.claimAndDrive(ctx, u, false, func(d *driver) error {
 		r, now := d.rec, e.clock.Now()

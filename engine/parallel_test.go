@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/steps"
 	"github.com/sagad/sagad/storage"
 )
 
@@ -582,5 +584,110 @@ func TestParallelCompensationFailsAfterSiblings(t *testing.T) {
 	calls = rec.list()
 	if s.Status != saga.StatusCompensated || slices.Index(calls, "undo-a") > slices.Index(calls, "undo-root") {
 		t.Fatalf("after the retry: %s, calls %v; want compensated, a's before root's", s.Status, calls)
+	}
+}
+
+// TestParallelTurnAroundAcrossRestart: a branch's action is in flight when
+// the saga turns around, and the engine stops before it answers. After the
+// restart the action is in doubt: it is compensated, then the step before
+// it, and the saga ends compensated (it used to stay compensating).
+func TestParallelTurnAroundAcrossRestart(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	var rec recorder
+	var restarted atomic.Bool
+	def := &saga.Definition{Name: "turn", Steps: []saga.Step{
+		{Name: "root", Action: rec.ok("root", nil), Compensation: rec.ok("undo-root", nil)},
+		{Name: "bad", After: []string{"root"}, Action: rec.fail("bad", saga.Permanent(errors.New("no")))},
+		{Name: "slow", After: []string{"root"}, Compensation: rec.ok("undo-slow", nil),
+			Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+				if restarted.Load() {
+					return nil, nil
+				}
+				<-ctx.Done() // cut off by the shutdown
+				return nil, ctx.Err()
+			}},
+	}}
+	statuses := make(chan saga.Status, 16)
+	eng := openEngine(t, path, engine.Options{ShutdownGrace: 10 * time.Millisecond, Hooks: statusSignal(statuses)}, def)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+	st, err := eng.Start(context.Background(), "turn", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, statuses, saga.StatusCompensating)
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	restarted.Store(true)
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}})
+	s := b.wait(t, st.ID)
+	calls := rec.list()
+	if s.Status != saga.StatusCompensated || !slices.Contains(calls, "undo-slow") ||
+		slices.Index(calls, "undo-slow") > slices.Index(calls, "undo-root") {
+		t.Fatalf("after the restart: %s, calls %v; want compensated, the in-doubt branch undone before root", s.Status, calls)
+	}
+}
+
+// TestParallelFailurePastPivotAcrossRestart: past the pivot, a branch fails
+// for good while another runs, and the engine stops before that one ends.
+// After the restart the saga ends failed once the other branch is done (it
+// used to stay running, with nothing to wake it).
+func TestParallelFailurePastPivotAcrossRestart(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	var restarted atomic.Bool
+	def := &saga.Definition{Name: "pivot", Steps: []saga.Step{
+		{Name: "p", Pivot: true, Action: steps.Noop},
+		{Name: "x", After: []string{"p"}, Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+			return nil, saga.Permanent(errors.New("refused"))
+		}},
+		{Name: "y", After: []string{"p"}, Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			if restarted.Load() {
+				return nil, nil
+			}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}},
+	}}
+	xFailed := make(chan struct{})
+	var once sync.Once
+	eng := openEngine(t, path, engine.Options{ShutdownGrace: 10 * time.Millisecond, Hooks: engine.Hooks{
+		AttemptFinished: func(a engine.AttemptInfo) {
+			if a.Step == "x" && a.Err != nil {
+				once.Do(func() { close(xFailed) })
+			}
+		}}}, def)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+	st, err := eng.Start(context.Background(), "pivot", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-xFailed
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	restarted.Store(true)
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}})
+	s := b.wait(t, st.ID)
+	if s.Status != saga.StatusFailed || s.Err == nil || !strings.Contains(s.Err.Error(), `step "x" after the pivot failed for good`) {
+		t.Fatalf("after the restart: %s (%v), want failed because of x", s.Status, s.Err)
+	}
+	for _, step := range s.Steps {
+		if step.Name == "y" && step.Status != saga.StepSucceeded {
+			t.Errorf("y: %s, want succeeded (it ran again after the restart)", step.Status)
+		}
 	}
 }

@@ -195,8 +195,16 @@ func (e *Engine) release(d *driver) {
 	// An abort request that came with the last commit, on a saga that now
 	// waits: act on it now, not when the wait ends.
 	redispatch := d.redispatch || (d.abort.Load() && !d.finished && d.rec.Status == saga.StatusRunning && !d.reload)
-	// A pause asked for after the driver's last decision: carry it out.
-	pause := d.pause.Load() && !d.op && !d.finished && d.rec.Status != saga.StatusPaused
+	// A pause asked for after the driver's last decision: a new driver
+	// carries it out. One that is moot is forgotten.
+	if e.pauses[id] && !d.op && !d.reload {
+		if d.finished || d.rec.Status == saga.StatusPaused {
+			delete(e.pauses, id)
+			e.npauses.Add(-1)
+		} else {
+			redispatch = true
+		}
+	}
 	_, waited := e.waiters[id]
 	var claimers []chan struct{}
 	if len(e.claimers) > 0 { // rare: an operator waits for some saga
@@ -235,15 +243,6 @@ func (e *Engine) release(d *driver) {
 		close(ch)
 	}
 	switch {
-	case pause:
-		e.drivers.Add(1)
-		go func() {
-			defer e.drivers.Done()
-			if err := e.pauseIdle(context.Background(), id); err != nil && !errors.Is(err, ErrClosed) {
-				e.log.Warn("saga not paused: pause it again", "saga", id.String(), "err", err)
-				e.reloadLater(id) // it still needs a driver
-			}
-		}()
 	case d.reload:
 		e.reloadLater(id)
 	case redispatch:

@@ -66,6 +66,10 @@ type Step struct {
 	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// Error is the last error of the step.
 	Error string `json:"error,omitempty"`
+	// GaveUp is true when the step's compensation failed for good while
+	// attempts of other steps were in flight: the saga fails once they
+	// have ended.
+	GaveUp bool `json:"gave_up,omitempty"`
 	// Next is when the step's next attempt is due (a retry's backoff, an
 	// open breaker's wait); zero when it is due now. The saga's WakeAt is
 	// the earliest of its steps'.
