@@ -678,7 +678,7 @@ func TestErrorMarksMatchTheStandardLibrary(t *testing.T) {
 		t.Error("saga.OutcomeUnknown: the standard library's errors.Is does not see the mark")
 	}
 	entered, release := make(chan struct{}), make(chan struct{})
-	def := &saga.Definition{Name: "marks", Timeout: 50 * time.Millisecond, Steps: []saga.Step{
+	def := &saga.Definition{Name: "marks", Timeout: 30 * time.Second, Steps: []saga.Step{
 		{Name: "declined", Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
 			return nil, saga.Permanent(errFlaky)
 		}},
