@@ -240,14 +240,14 @@ func (d *driver) run() {
 			// The common case: one attempt, nothing else in flight.
 			n := d.starts[0]
 			d.starts = d.starts[:0]
-			d.outs = append(d.outs, d.attempt(n)())
+			d.outs = append(d.outs, d.attempt(n).run(d))
 		} else {
 			for _, n := range d.starts {
 				if d.results == nil {
 					d.results = make(chan *outcome, len(d.rec.Steps))
 				}
-				run := d.attempt(n)
-				go func() { d.results <- run() }()
+				p := d.attempt(n)
+				go func() { d.results <- p.run(d) }()
 			}
 			d.running += len(d.starts)
 			d.starts = d.starts[:0]
@@ -336,11 +336,34 @@ func (d *driver) transition(now time.Time) error {
 	return nil
 }
 
-// attempt prepares an attempt of n and returns the function that runs it
-// and returns its outcome. attempt reads the saga, on the driver's
-// goroutine; the function it returns may run on another, and reads only
-// what attempt gave it.
-func (d *driver) attempt(n effect) func() *outcome {
+// prepared is an attempt ready to run: what it needs from the saga, read
+// on the driver's goroutine, so that it may run on another.
+type prepared struct {
+	o        *outcome
+	call     *saga.Call
+	f        saga.Func
+	b        *breaker
+	parent   context.Context
+	timeout  time.Duration
+	deadline time.Time
+}
+
+// run runs the attempt and returns its outcome.
+func (p prepared) run(d *driver) *outcome {
+	ctx, cancel := clock.WithTimeout(d.e.clock, p.parent, p.timeout)
+	defer cancel()
+	if !p.deadline.IsZero() {
+		var cancelD context.CancelFunc
+		ctx, cancelD = d.e.clock.WithDeadline(ctx, p.deadline)
+		defer cancelD()
+	}
+	d.call(ctx, p.o, p.b, p.f, p.call)
+	return p.o
+}
+
+// attempt prepares an attempt of n. It reads the saga, on the driver's
+// goroutine; the attempt may then run on another.
+func (d *driver) attempt(n effect) prepared {
 	r := d.rec
 	st, s := &d.def.Steps[n.step], &r.Steps[n.step]
 	f := st.Action
@@ -373,19 +396,8 @@ func (d *driver) attempt(n effect) func() *outcome {
 	// The function gets its own copies: changing them in place must not
 	// change what is stored or what later steps see.
 	call.Input, call.Data = cloneInput(r.Input, r.Data)
-	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
-	b := d.breaker(n)
-	return func() *outcome {
-		ctx, cancel := clock.WithTimeout(d.e.clock, parent, timeout)
-		defer cancel()
-		if !deadline.IsZero() {
-			var cancelD context.CancelFunc
-			ctx, cancelD = d.e.clock.WithDeadline(ctx, deadline)
-			defer cancelD()
-		}
-		d.call(ctx, o, b, f, call)
-		return o
-	}
+	return prepared{o: &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}, call: call, f: f, b: d.breaker(n),
+		parent: parent, timeout: timeout, deadline: deadline}
 }
 
 // call runs f with the attempt's context and records what happened in o.
@@ -436,29 +448,44 @@ func (d *driver) call(ctx context.Context, o *outcome, b *breaker, f saga.Func, 
 
 // checkOutput refuses an action's or fallback's output that is over
 // Options.MaxStepOutput, or that would take the saga's data over
-// Options.MaxSagaData.
+// Options.MaxSagaData. It is small, and the refusal is built elsewhere: it
+// runs deep in the driver's stack, on every success.
 func (d *driver) checkOutput(step int, out json.RawMessage) error {
-	name := d.def.Steps[step].Name
-	if m := d.e.opts.MaxStepOutput; m > 0 && len(out) > m {
-		return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
-			"step %q returned %d bytes of output, over the limit of %d", name, len(out), m), ErrTooLarge),
-			"return less (an id or a URL instead of a document), or raise the engine's MaxStepOutput (sagad serve --max-step-output)"))
+	if len(out) == 0 {
+		return nil
 	}
-	if m := d.e.opts.MaxSagaData; m > 0 && len(out) > 0 {
+	if m := d.e.opts.MaxStepOutput; m > 0 && len(out) > m {
+		return d.tooLarge(step, len(out), 0, m)
+	}
+	if m := d.e.opts.MaxSagaData; m > 0 {
 		total := len(out)
 		for k, v := range d.rec.Data {
-			if k != name {
+			if k != d.def.Steps[step].Name {
 				total += len(v)
 			}
 		}
 		if total > m {
-			return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
-				"step %q returned %d bytes of output, which would make the saga's data %d bytes, over the limit of %d",
-				name, len(out), total, m), ErrTooLarge),
-				"return less from the saga's steps, or raise the engine's MaxSagaData (sagad serve --max-saga-data)"))
+			return d.tooLarge(step, len(out), total, m)
 		}
 	}
 	return nil
+}
+
+// tooLarge is checkOutput's refusal: of the output itself (total 0), or of
+// the saga's data it would make.
+//
+//go:noinline
+func (d *driver) tooLarge(step, n, total, limit int) error {
+	name := d.def.Steps[step].Name
+	if total == 0 {
+		return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
+			"step %q returned %d bytes of output, over the limit of %d", name, n, limit), ErrTooLarge),
+			"return less (an id or a URL instead of a document), or raise the engine's MaxStepOutput (sagad serve --max-step-output)"))
+	}
+	return saga.Permanent(errors.WithHint(errors.Mark(errors.Newf(
+		"step %q returned %d bytes of output, which would make the saga's data %d bytes, over the limit of %d",
+		name, n, total, limit), ErrTooLarge),
+		"return less from the saga's steps, or raise the engine's MaxSagaData (sagad serve --max-saga-data)"))
 }
 
 // cloneInput copies a saga's input and data into one new buffer.
@@ -568,7 +595,7 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	done, inFlight, deferred := true, false, false
 	// A step failed for good past the pivot: nothing new starts, and the
 	// saga fails once nothing is in flight.
-	stuck := d.failing != nil || slices.ContainsFunc(r.Steps, func(s storage.Step) bool { return s.Status == saga.StepFailed })
+	stuck := d.failing != nil || d.anyStep(saga.StepFailed, false)
 	for _, i := range d.g.Order {
 		s := &r.Steps[i]
 		switch s.Status {
@@ -644,9 +671,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 	}
 	// A compensation failed for good: nothing new starts, and the saga
 	// fails once nothing is in flight.
-	stuck := d.failing != nil || slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
-		return s.Status == saga.StepCompensating && s.GaveUp
-	})
+	stuck := d.failing != nil || d.anyStep(saga.StepCompensating, true)
 	for k := len(d.g.Order) - 1; k >= 0; k-- {
 		i := d.g.Order[k]
 		s := &r.Steps[i]
@@ -714,6 +739,9 @@ func (d *driver) backward(now time.Time, stopping bool) {
 
 // enterPause pauses the saga: no attempt of it is in flight, and none
 // starts until it is resumed (Engine.Resume), in the status it had.
+// Not inlined: a cold path, kept out of the frames of the hot ones.
+//
+//go:noinline
 func (d *driver) enterPause(now time.Time) {
 	r := d.rec
 	d.pausing = false
@@ -721,6 +749,17 @@ func (d *driver) enterPause(now time.Time) {
 	d.statuses = append(d.statuses, r.Status)
 	d.log(now, storage.LogEntry{Event: storage.EventPaused, Status: r.Status,
 		Note: "paused by an operator: no attempt starts until it is resumed"})
+}
+
+// anyStep reports whether a step of the saga is in status st (and, with
+// gaveUp, has given up).
+func (d *driver) anyStep(st saga.StepStatus, gaveUp bool) bool {
+	for i := range d.rec.Steps {
+		if s := &d.rec.Steps[i]; s.Status == st && (!gaveUp || s.GaveUp) {
+			return true
+		}
+	}
+	return false
 }
 
 // depsSucceeded reports whether every step step i waits for has succeeded.
@@ -917,6 +956,16 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		}
 		return
 	}
+	d.failed(o, now, info, entry)
+}
+
+// failed records a failed attempt: a retry, the fallback, or the failure
+// for good of its step. Apart from apply, which runs on every outcome, so
+// that apply's frame stays small on the drivers' stacks.
+//
+//go:noinline
+func (d *driver) failed(o *outcome, now time.Time, info AttemptInfo, entry storage.LogEntry) {
+	r, s, st := d.rec, &d.rec.Steps[o.step], &d.def.Steps[o.step]
 	s.Error = o.err.Error()
 	entry.Event, entry.Error = storage.EventAttemptFailed, s.Error
 	policy := st.Retry.WithDefaults(3)
@@ -977,6 +1026,9 @@ func (d *driver) failWhenDone(now time.Time, i int, cause error) {
 // turnedAround records a failed action or fallback of a parallel step that
 // ended after the saga turned around: it is not retried, and it is
 // compensated if it may have taken effect.
+// Not inlined: a cold path, kept out of the frames of the hot ones.
+//
+//go:noinline
 func (d *driver) turnedAround(now time.Time, o *outcome) {
 	s := &d.rec.Steps[o.step]
 	if o.blocked {
@@ -1001,6 +1053,9 @@ func (d *driver) turnedAround(now time.Time, o *outcome) {
 // whose action (or fallback) did not succeed: compensated if it may have
 // taken effect (in flight at a crash, or cut off), else failed.
 // Compensations must tolerate an action that never happened.
+// Not inlined: a cold path, kept out of the frames of the hot ones.
+//
+//go:noinline
 func (d *driver) undoOrDrop(now time.Time, i int) {
 	s := &d.rec.Steps[i]
 	if s.Status == saga.StepRunning {
@@ -1026,6 +1081,9 @@ func (d *driver) undoOrDrop(now time.Time, i int) {
 
 // failingCause is why a saga that a step's failure stopped fails: as the
 // failure said, or, after a restart, as its record does.
+// Not inlined: a cold path, kept out of the frames of the hot ones.
+//
+//go:noinline
 func (d *driver) failingCause() error {
 	if err := d.failing; err != nil {
 		return err

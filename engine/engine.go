@@ -1056,7 +1056,7 @@ func (e *Engine) Retry(ctx context.Context, id string, opts ...RetryOption) erro
 		// Checked again under the claim: a Resolve may have come between.
 		r, now := d.rec, e.clock.Now()
 		if ro.set && (r.Status == saga.StatusFailed || r.Parked == "" && waiting(r.Status, r.WakeAt, inFlight(r), now)) {
-			d.log(now, storage.LogEntry{Event: storage.EventInputReplaced, PrevInput: r.Input, Input: input,
+			d.log(now, storage.LogEntry{Event: storage.EventInputReplaced, InputChange: &storage.InputChange{PrevInput: r.Input, Input: input},
 				Note: "an operator retried the saga with a new input; the attempts that follow get it"})
 			r.Input = input
 		}

@@ -93,8 +93,14 @@ type LogEntry struct {
 	// retried and on a wait for an open circuit breaker.
 	Next time.Time `json:"next,omitzero"`
 	Note string    `json:"note,omitempty"`
-	// Input and PrevInput are the saga's new and old input, on an
-	// input_replaced entry.
+	// InputChange is set on an input_replaced entry. A pointer: entries
+	// are built on the hot path, where their size counts.
+	*InputChange
+}
+
+// InputChange is the saga's new and old input, on an input_replaced log
+// entry.
+type InputChange struct {
 	Input     json.RawMessage `json:"input,omitempty"`
 	PrevInput json.RawMessage `json:"prev_input,omitempty"`
 }

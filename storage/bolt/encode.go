@@ -320,11 +320,13 @@ func appendLog(b []byte, e *storage.LogEntry) []byte {
 	b = appendStr(b, "error", e.Error, true)
 	b = appendJSONTime(b, "next", e.Next, true)
 	b = appendStr(b, "note", e.Note, true)
-	if len(e.Input) > 0 {
-		b = append(appendKey(b, "input"), e.Input...)
-	}
-	if len(e.PrevInput) > 0 {
-		b = append(appendKey(b, "prev_input"), e.PrevInput...)
+	if c := e.InputChange; c != nil {
+		if len(c.Input) > 0 {
+			b = append(appendKey(b, "input"), c.Input...)
+		}
+		if len(c.PrevInput) > 0 {
+			b = append(appendKey(b, "prev_input"), c.PrevInput...)
+		}
 	}
 	return append(b, '}')
 }

@@ -103,7 +103,7 @@ func TestEncodeLogParity(t *testing.T) {
 	checkLogParity(t, e)
 	checkLogParity(t, &storage.LogEntry{At: now})
 	checkLogParity(t, &storage.LogEntry{At: now, Event: storage.EventInputReplaced,
-		Input: json.RawMessage(`{"qty":2}`), PrevInput: json.RawMessage(`{"qty":-1}`)})
+		InputChange: &storage.InputChange{Input: json.RawMessage(`{"qty":2}`), PrevInput: json.RawMessage(`{"qty":-1}`)}})
 }
 
 func checkLogParity(t *testing.T, e *storage.LogEntry) {

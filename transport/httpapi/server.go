@@ -566,8 +566,10 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 	out := make([]client.LogEntry, len(entries))
 	for i, e := range entries {
 		out[i] = client.LogEntry{Seq: e.Seq, At: e.At, Event: string(e.Event), Step: e.Step, Phase: string(e.Phase),
-			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note,
-			Input: e.Input, PrevInput: e.PrevInput}
+			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note}
+		if c := e.InputChange; c != nil {
+			out[i].Input, out[i].PrevInput = c.Input, c.PrevInput
+		}
 	}
 	return out
 }
