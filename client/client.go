@@ -247,6 +247,15 @@ func (c *Client) Log(ctx context.Context, id string) ([]LogEntry, error) {
 	return out.Entries, err
 }
 
+// Complete delivers a participant's answer to a call it answered 202
+// Accepted. It reports whether the answer was used (false: no attempt
+// waited for it any more; it was recorded and ignored).
+func (c *Client) Complete(ctx context.Context, id, step string, req CompleteRequest) (bool, error) {
+	var out Completed
+	_, err := c.do(ctx, http.MethodPost, "/v1/sagas/"+url.PathEscape(id)+"/steps/"+url.PathEscape(step)+"/complete", nil, req, &out)
+	return out.Applied, err
+}
+
 // Pause stops a running or compensating saga once its attempts in flight
 // have ended; it starts none until Resume (see engine.Engine.Pause).
 func (c *Client) Pause(ctx context.Context, id string) error {

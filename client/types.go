@@ -63,7 +63,12 @@ type Step struct {
 	CompensationAttempts int    `json:"compensation_attempts,omitempty"`
 	FallbackUsed         bool   `json:"fallback_used,omitempty"`
 	InFlight             bool   `json:"in_flight,omitempty"`
-	Error                string `json:"error,omitempty"`
+	// Waiting is true while the step's attempt waits for its participant's
+	// answer (a 202): since WaitingSince, at most until WaitingUntil.
+	Waiting      bool      `json:"waiting,omitempty"`
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	WaitingUntil time.Time `json:"waiting_until,omitzero"`
+	Error        string    `json:"error,omitempty"`
 }
 
 // LogEntry is one entry of a saga's step log.
@@ -161,6 +166,31 @@ type ResolveRequest struct {
 	Note string `json:"note"`
 	// By names who resolved it.
 	By string `json:"by,omitempty"`
+}
+
+// CompleteRequest is the body of POST /v1/sagas/{id}/steps/{step}/complete:
+// a participant's answer to a call it answered 202 Accepted (see
+// engine.Engine.Complete).
+type CompleteRequest struct {
+	// Phase and Attempt name the call answered: its X-Saga-Phase and
+	// X-Saga-Attempt headers.
+	Phase   string `json:"phase"`
+	Attempt int    `json:"attempt"`
+	// Status means what an HTTP status of a synchronous answer means: 2xx
+	// success, 4xx other than 408, 425 and 429 a failure for good, the
+	// rest a failure that is retried.
+	Status int `json:"status"`
+	// Data is the step's output, on success.
+	Data json.RawMessage `json:"data,omitempty"`
+	// Error says why it failed.
+	Error string `json:"error,omitempty"`
+}
+
+// Completed is the answer to a completion.
+type Completed struct {
+	// Applied is false when no attempt waited for this answer (answered
+	// already, timed out): it was recorded in the saga's log and ignored.
+	Applied bool `json:"applied"`
 }
 
 // Definition is a registered declarative definition.

@@ -96,6 +96,7 @@ type outcome struct {
 	attempt int
 	data    json.RawMessage
 	err     error
+	started time.Time
 	dur     time.Duration
 	// cut: the attempt's timeout or the saga's deadline ended it before it
 	// answered, or it failed with saga.ErrOutcomeUnknown: its outcome is
@@ -422,7 +423,7 @@ func (d *driver) call(ctx context.Context, o *outcome, b *breaker, f saga.Func, 
 	} else {
 		o.data, o.err = safeCall(ctx, f, call)
 	}
-	o.dur = clock.Since(d.e.clock, start)
+	o.started, o.dur = start, clock.Since(d.e.clock, start)
 	// Cut off by its timeout or the deadline, or the function says it does
 	// not know whether the participant acted: the outcome is unknown.
 	o.cut = o.err != nil && !o.blocked && (ctx.Err() != nil || saga.IsOutcomeUnknown(o.err))
@@ -553,6 +554,7 @@ func (d *driver) advance(now time.Time) {
 		clear(d.outs[len(keep):])
 		d.outs = keep
 	}
+	d.expirePending(now)
 	stopping := !d.e.isRunning()
 	d.pausing = d.e.pauseRequested(r.ID)
 	for {
@@ -593,6 +595,7 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	r := d.rec
 	var wake time.Time
 	done, inFlight, deferred := true, false, false
+	waiting := false // an attempt waits for its answer (it may come, or time out)
 	// A step failed for good past the pivot: nothing new starts, and the
 	// saga fails once nothing is in flight.
 	stuck := d.failing != nil || d.anyStep(saga.StepFailed, false)
@@ -608,6 +611,11 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 			}
 		case saga.StepRunning:
 			done = false
+			if s.Pending {
+				waiting = true
+				wake = earliest(wake, s.Next)
+				continue
+			}
 			if s.InFlight {
 				inFlight = true
 				continue
@@ -637,14 +645,14 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	case done:
 		d.finish(now, saga.StatusCompleted)
 		return
-	case stuck && !inFlight:
+	case stuck && !inFlight && !waiting:
 		d.fail(now, d.failingCause())
 		return
 	case stuck:
 	case d.pausing && !inFlight:
 		d.enterPause(now)
 		return
-	case deferred && !inFlight:
+	case deferred && !inFlight && !waiting:
 		wake = now
 	}
 	if !wake.IsZero() && !r.Deadline.IsZero() && wake.After(r.Deadline) && !past {
@@ -660,9 +668,9 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 func (d *driver) backward(now time.Time, stopping bool) {
 	r := d.rec
 	var wake time.Time
-	inFlight, deferred := false, false
+	inFlight, deferred, waiting := false, false, false
 	for i := range r.Steps {
-		if s := &r.Steps[i]; s.Status == saga.StepRunning && !s.InFlight {
+		if s := &r.Steps[i]; s.Status == saga.StepRunning && !s.InFlight && !s.Pending {
 			// The action of a parallel step that was in flight when the
 			// saga turned around, and did not answer before a restart or
 			// a pause: undo it if it may have acted.
@@ -676,6 +684,11 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		i := d.g.Order[k]
 		s := &r.Steps[i]
 		switch {
+		case s.Pending:
+			// An attempt that waits for its answer.
+			waiting = true
+			wake = earliest(wake, s.Next)
+			continue
 		case s.InFlight:
 			// A compensation, or the action of a parallel step that was
 			// running when the saga turned around.
@@ -717,7 +730,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		}
 	}
 	switch {
-	case stuck && !inFlight:
+	case stuck && !inFlight && !waiting:
 		d.fail(now, d.failingCause())
 		return
 	case stuck:
@@ -726,15 +739,53 @@ func (d *driver) backward(now time.Time, stopping bool) {
 	}):
 		d.enterPause(now)
 		return
-	case !inFlight && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
-		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
+	case !inFlight && !waiting && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
 	}):
 		d.finish(now, saga.StatusCompensated)
 		return
-	case deferred && !inFlight:
+	case deferred && !inFlight && !waiting:
 		wake = now
 	}
 	r.WakeAt = wake
+}
+
+// pend records that an attempt waits for its participant's answer
+// (saga.ErrPending): until Engine.Complete delivers it, or the step's
+// timeout passes.
+//
+//go:noinline
+func (d *driver) pend(o *outcome, now time.Time) {
+	s := &d.rec.Steps[o.step]
+	s.Pending, s.Next = true, o.started.Add(d.stepTimeout(o.step))
+	delete(d.inDoubt, o.step)
+	if o.tx != nil { // nothing is kept before the answer
+		_ = o.tx.Rollback(context.Background())
+		o.tx = nil
+	}
+	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
+		Duration: o.dur, Next: s.Next, Note: "the participant answers later; waiting until the step's timeout"})
+}
+
+// expirePending ends the waits whose time is up: each attempt failed with
+// an unknown outcome, and its retry policy applies.
+func (d *driver) expirePending(now time.Time) {
+	for i := range d.rec.Steps {
+		if s := &d.rec.Steps[i]; s.Pending && !s.Next.After(now) {
+			timeout := d.stepTimeout(i)
+			s.Pending = false
+			d.apply(&outcome{step: i, phase: s.Phase, attempt: s.Attempts, started: s.Next.Add(-timeout), dur: timeout, cut: true,
+				err: saga.OutcomeUnknown(errors.Newf("step %q %s: no answer within its timeout (%s)", s.Name, s.Phase, timeout))}, now)
+		}
+	}
+}
+
+// stepTimeout is the timeout of step i's attempts.
+func (d *driver) stepTimeout(i int) time.Duration {
+	if t := d.def.Steps[i].Timeout; t > 0 {
+		return t
+	}
+	return 30 * time.Second
 }
 
 // enterPause pauses the saga: no attempt of it is in flight, and none
@@ -889,6 +940,10 @@ func (d *driver) toFallback(now time.Time, s *storage.Step) {
 func (d *driver) apply(o *outcome, now time.Time) {
 	r, s, st := d.rec, &d.rec.Steps[o.step], &d.def.Steps[o.step]
 	s.InFlight = false
+	if o.err != nil && !o.blocked && errors.Is(o.err, saga.ErrPending) {
+		d.pend(o, now)
+		return
+	}
 	if o.err == nil && o.phase != saga.PhaseCompensation {
 		if err := d.checkOutput(o.step, o.data); err != nil {
 			// The participant acted, but its answer cannot be kept: the
@@ -1119,7 +1174,7 @@ func (d *driver) compensate(now time.Time, cause error) {
 	d.setError(cause)
 	for i := range r.Steps {
 		s := &r.Steps[i]
-		if s.InFlight {
+		if s.InFlight || s.Pending {
 			continue // a parallel step's attempt: it ends first (see turnedAround)
 		}
 		s.Next = time.Time{}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"runtime/debug"
@@ -584,7 +585,7 @@ func (e *Engine) lookup(id string) (ulid.ULID, *Saga, error) {
 	if err != nil {
 		return u, nil, errors.Wrap(err, "engine")
 	}
-	return u, sagaView(rec), nil
+	return u, e.view(rec), nil
 }
 
 // sagaGet reads a saga's record; a missing one is ErrNotFound.
@@ -680,7 +681,7 @@ func (e *Engine) notifyFinished(r *storage.Saga) {
 	delete(e.waiters, r.ID)
 	e.mu.Unlock()
 	for _, ch := range ws {
-		ch <- sagaView(r)
+		ch <- e.view(r)
 	}
 }
 
@@ -727,7 +728,7 @@ func (e *Engine) List(ctx context.Context, o ListOptions) (*Page, error) {
 	}
 	p := &Page{Sagas: make([]*Saga, len(recs))}
 	for i, r := range recs {
-		p.Sagas[i] = sagaView(r)
+		p.Sagas[i] = e.view(r)
 	}
 	if more && len(recs) > 0 {
 		p.NextCursor = recs[len(recs)-1].ID.String()
@@ -1075,6 +1076,71 @@ func (e *Engine) Retry(ctx context.Context, id string, opts ...RetryOption) erro
 		return errors.Wrapf(ErrConflict, "it is %s, not failed or waiting for a retry", r.Status)
 	})
 	return errors.Wrapf(err, "engine: retry saga %s", id)
+}
+
+// Result is a participant's answer to an attempt that waited for it: Err
+// nil for success (with Data, the step's output), else the failure, with
+// the same meaning as a step function's error (saga.Permanent: failed for
+// good; saga.OutcomeUnknown; anything else: retried under the step's
+// policy).
+type Result struct {
+	Data json.RawMessage
+	Err  error
+}
+
+// Complete delivers the answer to an attempt whose step function returned
+// saga.ErrPending: attempt number attempt of the step's phase (the
+// saga.Call's Step, Phase and Attempt). The answer is recorded, and the saga
+// goes on, as if the function had returned it. It reports whether the
+// answer was used: one for an attempt that no longer waits (answered
+// already, timed out, or never pending) is recorded in the saga's log and
+// ignored, so that a second delivery of one answer changes nothing. Any
+// goroutine, or process that opens the engine's store, may call it.
+//
+// An answer that comes while the attempt's function has not yet returned
+// (a participant that calls back before its 202 is read) waits up to a few
+// seconds for it; past that, Complete fails with ErrConflict: deliver it
+// again.
+func (e *Engine) Complete(ctx context.Context, id, step string, phase saga.Phase, attempt int, res Result) (bool, error) {
+	u, _, err := e.lookup(id)
+	if err != nil {
+		return false, err
+	}
+	if len(res.Data) > 0 && res.Err == nil && !json.Valid(res.Data) {
+		return false, errors.Wrapf(ErrInvalidInput, "engine: complete saga %s step %q: data is not valid JSON", id, step)
+	}
+	applied := false
+	err = e.claimAndDrive(ctx, u, true, func(d *driver) error {
+		r, now := d.rec, e.clock.Now()
+		i := slices.IndexFunc(r.Steps, func(s storage.Step) bool { return s.Name == step })
+		if i < 0 {
+			return errors.Wrapf(ErrInvalidInput, "it has no step %q", step)
+		}
+		s := &r.Steps[i]
+		if !s.Pending || s.Phase != phase || s.Attempts != attempt {
+			why := "no attempt of the step waits for an answer"
+			if s.Pending {
+				why = fmt.Sprintf("attempt %d of its %s waits, not this one", s.Attempts, s.Phase)
+			}
+			entry := storage.LogEntry{Event: storage.EventAnswerIgnored, Step: step, Phase: phase, Attempt: attempt,
+				Note: "an answer for attempt " + strconv.Itoa(attempt) + " of the " + string(phase) + " came and was ignored: " + why}
+			if res.Err != nil {
+				entry.Error = res.Err.Error()
+			}
+			r.UpdatedAt = now
+			d.log(now, entry)
+			return nil
+		}
+		timeout := d.stepTimeout(i)
+		started := s.Next.Add(-timeout)
+		s.Pending = false
+		d.outs = append(d.outs[:0], &outcome{step: i, phase: phase, attempt: attempt, data: res.Data, err: res.Err,
+			cut: res.Err != nil && saga.IsOutcomeUnknown(res.Err), started: started, dur: now.Sub(started)})
+		d.advance(now)
+		applied = true
+		return nil
+	})
+	return applied, errors.Wrapf(err, "engine: complete saga %s step %q", id, step)
 }
 
 // RetryOption configures Retry.

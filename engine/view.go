@@ -59,8 +59,31 @@ type Step struct {
 	// InFlight is true while an attempt is running (or was, when the process
 	// died).
 	InFlight bool
+	// Waiting is true while the step's attempt waits for its participant's
+	// answer (saga.ErrPending, an HTTP 202): since WaitingSince, at most
+	// until WaitingUntil.
+	Waiting                    bool
+	WaitingSince, WaitingUntil time.Time
 	// Error is the step's last error.
 	Error string
+}
+
+// view is sagaView, with the start of the waits of steps that wait for an
+// answer (their timeout is in the definition).
+func (e *Engine) view(r *storage.Saga) *Saga {
+	s := sagaView(r)
+	for i := range s.Steps {
+		if st := &s.Steps[i]; st.Waiting {
+			if def := e.definition(r.Definition, r.Fingerprint); def != nil && i < len(def.Steps) {
+				timeout := def.Steps[i].Timeout
+				if timeout <= 0 {
+					timeout = 30 * time.Second
+				}
+				st.WaitingSince = st.WaitingUntil.Add(-timeout)
+			}
+		}
+	}
+	return s
 }
 
 func sagaView(r *storage.Saga) *Saga {
@@ -78,6 +101,9 @@ func sagaView(r *storage.Saga) *Saga {
 			FallbackUsed: st.FallbackUsed, InFlight: st.InFlight, Error: st.Error}
 		if st.Phase == saga.PhaseCompensation {
 			v.CompensationAttempts = st.Attempts
+		}
+		if st.Pending {
+			v.Waiting, v.WaitingUntil = true, st.Next
 		}
 		s.Steps[i] = v
 	}

@@ -12,6 +12,14 @@ import (
 // Permanent to return it; test for it with IsPermanent.
 var ErrPermanent = errors.New("saga: permanent failure")
 
+// ErrPending is what a step function returns when the participant took
+// the call and answers later (an HTTP 202, a command sent to a queue): the
+// attempt is recorded as waiting and holds no goroutine and no concurrency
+// slot until its answer comes through engine.Engine.Complete, or its
+// step's Timeout passes (then it failed with an unknown outcome, and its
+// retry policy applies). Return it as is or wrapped.
+var ErrPending = errors.New("saga: pending: the participant answers later")
+
 // ErrInvalidDefinition is the mark on every error Validate returns.
 var ErrInvalidDefinition = errors.New("saga: invalid definition")
 

@@ -66,6 +66,10 @@ type Step struct {
 	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// Error is the last error of the step.
 	Error string `json:"error,omitempty"`
+	// Pending is true while the step's current attempt waits for the
+	// participant's answer (saga.ErrPending); Next is then when it stops
+	// waiting.
+	Pending bool `json:"pending,omitempty"`
 	// GaveUp is true when the step's compensation failed for good while
 	// attempts of other steps were in flight: the saga fails once they
 	// have ended.
@@ -123,6 +127,8 @@ const (
 	EventPauseRequested   Event = "pause_requested"
 	EventPaused           Event = "paused"
 	EventUnpaused         Event = "unpaused"
+	EventAttemptPending   Event = "attempt_pending"
+	EventAnswerIgnored    Event = "answer_ignored"
 	EventResumed          Event = "resumed"
 	EventRetryRequested   Event = "retry_requested"
 	EventResolved         Event = "resolved"

@@ -13,7 +13,7 @@ var completionWords = map[string][]string{
 	"serve":       {"--db", "--listen", "--token", "--amqp-url", "--exchange", "--definitions", "--concurrency", "--shutdown-grace", "--retention", "--node", "--pprof", "--log-level", "--log-format", "--max-connections", "--max-step-output", "--max-saga-data", "--metrics-step-labels"},
 	"check":       {"--db", "--addr", "--token", "--json"},
 	"bench":       {"-n", "-c", "-steps", "-fail", "-dir", "-db", "-addr", "-token", "-nosync", "-cpuprofile", "-memprofile", "-trace"},
-	"sagas":       {"list", "show", "retry", "abort", "resolve", "pause", "resume"},
+	"sagas":       {"list", "show", "retry", "abort", "resolve", "pause", "resume", "complete"},
 	"outbox":      {"list", "stats", "requeue", "discard"},
 	"definitions": {"list", "show", "put"},
 	"backup":      {"--db", "--addr", "--token", "--to"},

@@ -699,3 +699,64 @@ func TestListsSayTheyAreCutOff(t *testing.T) {
 		}
 	})
 }
+
+// sagad sagas complete delivers the answer of a participant that answered
+// 202: online through the daemon, and offline, where an answer for an
+// attempt that no longer waits is recorded and ignored.
+func TestSagasComplete(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted) // it answers later
+	}))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	d := startDaemon(t, path)
+	c := d.client(t)
+	ctx := context.Background()
+	spec := fmt.Sprintf(`{"steps":[{"name":"approve","action":{"url":"%s/approve","timeout":"1h"}}]}`, srv.URL)
+	if _, err := c.PutDefinition(ctx, "approval", []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Start(ctx, "approval", nil, client.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) { // no signal from outside
+		s, err := c.Get(ctx, res.ID)
+		if err == nil && len(s.Steps) == 1 && s.Steps[0].Waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the saga never waited for its answer: %+v (%v)", s, err)
+		}
+	}
+	code, out, errOut := runCmd(t, "sagas", "show", "--addr", "http://"+d.addr, res.ID)
+	if code != exitOK || !strings.Contains(out, "waiting for its answer") {
+		t.Fatalf("sagas show of a waiting saga: exit %d: %s %s", code, out, errOut)
+	}
+	data := filepath.Join(t.TempDir(), "approval.json")
+	if err := os.WriteFile(data, []byte(`{"by": "ann"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runCmd(t, "sagas", "complete", "--addr", "http://"+d.addr, "--attempt", "1", "--data", data, res.ID, "approve")
+	if code != exitOK || !strings.Contains(out, "approve action attempt 1 answered 200") {
+		t.Fatalf("sagas complete: exit %d: %s %s", code, out, errOut)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	s, err := c.Wait(wctx, res.ID)
+	cancel()
+	if err != nil || s.Status != "completed" || string(s.Data["approve"]) != `{"by":"ann"}` {
+		t.Fatalf("after complete: %+v (%v), want completed with the answer's data", s, err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	code, out, errOut = runCmd(t, "sagas", "complete", "--db", path, "--attempt", "1", "--json", res.ID, "approve")
+	if code != exitOK || !strings.Contains(out, `"applied": false`) {
+		t.Fatalf("offline complete of an answered attempt: exit %d: %s %s", code, out, errOut)
+	}
+	if code, _, errOut = runCmd(t, "sagas", "complete", "--db", path, res.ID, "approve"); code != exitUsage || !strings.Contains(errOut, "--attempt") {
+		t.Fatalf("complete without --attempt: exit %d: %s", code, errOut)
+	}
+}

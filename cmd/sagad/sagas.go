@@ -32,6 +32,7 @@ func (c *sagasCommand) run(ctx context.Context, args []string) int {
 		{"retry", "retry a failed saga's failed compensation, retry a waiting saga now, or resume a parked saga", func(a []string) int { return c.control(ctx, "retry", a) }},
 		{"abort", "compensate a running saga", func(a []string) int { return c.control(ctx, "abort", a) }},
 		{"pause", "start no new attempt of a saga until it is resumed", func(a []string) int { return c.control(ctx, "pause", a) }},
+		{"complete", "deliver a participant's answer to a call it answered 202", func(a []string) int { return c.complete(ctx, a) }},
 		{"resume", "carry on with a paused saga", func(a []string) int { return c.control(ctx, "resume", a) }},
 		{"resolve", "mark a failed saga, or one whose compensation waits for a retry, as handled by hand, with a note", func(a []string) int { return c.control(ctx, "resolve", a) }},
 	}, args)
@@ -241,6 +242,10 @@ func printSaga(w io.Writer, s *client.Saga, log []client.LogEntry) {
 		}
 		if st.FallbackUsed {
 			attempts += ", fallback used"
+		}
+		if st.Waiting {
+			attempts += fmt.Sprintf(", waiting for its answer for %s (until %s)",
+				time.Since(st.WaitingSince).Round(time.Second), st.WaitingUntil.UTC().Format("15:04:05Z"))
 		}
 		out := ""
 		if raw, ok := s.Data[st.Name]; ok {
@@ -501,6 +506,67 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	fmt.Fprintf(c.stdout, "%s: %s requested; the saga is %s\n", id, verb, s.Status)
 	if b.Offline() {
 		fmt.Fprintln(c.stdout, "recorded in the file: sagad carries it out when it next runs on it (or run sagad recover)")
+	}
+	return exitOK
+}
+
+// complete delivers a participant's answer to a waiting attempt.
+func (c *sagasCommand) complete(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("sagas complete", flag.ContinueOnError)
+	var t target
+	t.flags(fs)
+	var req client.CompleteRequest
+	var dataFile string
+	fs.StringVar(&req.Phase, "phase", "action", "the call's phase (X-Saga-Phase): action, compensation or fallback")
+	fs.IntVar(&req.Attempt, "attempt", 0, "the call's attempt (X-Saga-Attempt); required")
+	fs.IntVar(&req.Status, "status", 200, "what the participant answers, as an HTTP status: 2xx success, 4xx (not 408, 425, 429) failed for good, the rest retried")
+	fs.StringVar(&dataFile, "data", "", "a JSON file (- for stdin): the step's output, on success")
+	fs.StringVar(&req.Error, "error", "", "why it failed")
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, `Usage: sagad sagas complete [--db FILE | --addr URL] --attempt N [--phase P] [--status S] [--data FILE|-] [--error MSG] ID STEP
+
+Delivers the answer of a participant that answered a call 202 Accepted, as
+it would with POST /v1/sagas/ID/steps/STEP/complete: the attempt that waits
+for it ends, and the saga goes on. An answer for an attempt that no longer
+waits is recorded in the saga's log and ignored.
+
+Example:
+  sagad sagas complete --addr http://127.0.0.1:8080 --attempt 1 --data approval.json 01J9Z3K8Q5W6X7Y8Z9A0B1C2D3 approve
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 2 || req.Attempt < 1 {
+		fmt.Fprintln(c.stderr, "sagad sagas complete: give the saga id and the step, and --attempt")
+		return exitUsage
+	}
+	if dataFile != "" {
+		var err error
+		if req.Data, err = readInput(c.stdin, dataFile); err != nil {
+			return fail(c.stderr, "sagas complete", err)
+		}
+	}
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "sagas complete", err)
+	}
+	defer b.Close()
+	applied, err := b.Complete(ctx, fs.Arg(0), fs.Arg(1), req)
+	if err != nil {
+		return fail(c.stderr, "sagas complete", err)
+	}
+	if t.json {
+		printJSON(c.stdout, client.Completed{Applied: applied})
+		return exitOK
+	}
+	if applied {
+		fmt.Fprintf(c.stdout, "%s: %s %s attempt %d answered %d\n", fs.Arg(0), fs.Arg(1), req.Phase, req.Attempt, req.Status)
+	} else {
+		fmt.Fprintf(c.stdout, "%s: no attempt of %s waits for this answer; it was recorded in the saga's log and ignored\n", fs.Arg(0), fs.Arg(1))
 	}
 	return exitOK
 }

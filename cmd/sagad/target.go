@@ -39,6 +39,7 @@ type backend interface {
 	Retry(ctx context.Context, id string) error
 	RetryWithInput(ctx context.Context, id string, input json.RawMessage) error
 	Pause(ctx context.Context, id string) error
+	Complete(ctx context.Context, id, step string, req client.CompleteRequest) (bool, error)
 	Resume(ctx context.Context, id string) error
 	Resolve(ctx context.Context, id, note, by string) error
 	Definitions(ctx context.Context) ([]client.Definition, error)
@@ -166,7 +167,15 @@ func (o offline) Abort(ctx context.Context, id string) error { return o.eng.Abor
 
 func (o offline) Retry(ctx context.Context, id string) error { return o.eng.Retry(ctx, id) }
 
-func (o offline) Pause(ctx context.Context, id string) error  { return o.eng.Pause(ctx, id) }
+func (o offline) Pause(ctx context.Context, id string) error { return o.eng.Pause(ctx, id) }
+
+func (o offline) Complete(ctx context.Context, id, step string, req client.CompleteRequest) (bool, error) {
+	phase, res, err := httpapi.CompleteResult(req)
+	if err != nil {
+		return false, err
+	}
+	return o.eng.Complete(ctx, id, step, phase, req.Attempt, res)
+}
 func (o offline) Resume(ctx context.Context, id string) error { return o.eng.Resume(ctx, id) }
 
 func (o offline) RetryWithInput(ctx context.Context, id string, input json.RawMessage) error {

@@ -45,6 +45,7 @@ const (
 	flagFallbackUsed
 	flagOutcomeUnknown
 	flagGaveUp
+	flagPending
 )
 
 // appendSaga appends the body of s (everything after the header).
@@ -78,6 +79,9 @@ func appendSaga(b []byte, s *storage.Saga) []byte {
 		}
 		if st.GaveUp {
 			flags |= flagGaveUp
+		}
+		if st.Pending {
+			flags |= flagPending
 		}
 		b = appendBytes(b, st.Name)
 		b = append(b, stepStatusCodes[st.Status], phaseCodes[st.Phase], flags)
@@ -161,12 +165,13 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 			var ok1, ok2 bool
 			st.Status, ok1 = stepStatusOf[sc]
 			st.Phase, ok2 = phaseOf[pc]
-			if r.err == nil && (!ok1 || !ok2 || flags > flagInFlight|flagFallbackUsed|flagOutcomeUnknown|flagGaveUp) {
+			if r.err == nil && (!ok1 || !ok2 || flags > flagInFlight|flagFallbackUsed|flagOutcomeUnknown|flagGaveUp|flagPending) {
 				r.err = errors.Newf("step %d: status %d, phase %d, flags %d", i, sc, pc, flags)
 			}
 			st.InFlight, st.FallbackUsed = flags&flagInFlight != 0, flags&flagFallbackUsed != 0
 			st.OutcomeUnknown = flags&flagOutcomeUnknown != 0
 			st.GaveUp = flags&flagGaveUp != 0
+			st.Pending = flags&flagPending != 0
 			st.Attempts = r.int()
 			st.PhaseStarted = r.time()
 			st.ActionAttempts = r.int()

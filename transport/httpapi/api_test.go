@@ -1,10 +1,12 @@
 package httpapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -901,4 +903,73 @@ func TestPauseAndResume(t *testing.T) {
 		resp, body := a.send(t, http.MethodPost, "/v1/sagas/"+id+"/"+op, "", nil)
 		requireProblem(t, resp, body, http.StatusConflict, "completed")
 	}
+}
+
+// TestAcceptedThenCompleted: a participant answers 202 and calls back
+// later; in the second saga its callback reaches sagad before sagad has
+// read the 202. Both complete with the data of the callback; a repeated
+// callback is ignored; bad callbacks are 400 problems.
+func TestAcceptedThenCompleted(t *testing.T) {
+	t.Parallel()
+	var a *api
+	received := make(chan struct{}, 4) // a callback reached the API
+	a = newAPIWith(t, options{httpServer: func(s *http.Server) {
+		next := s.Handler
+		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/complete") {
+				select {
+				case received <- struct{}{}:
+				default:
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	p := newParticipant(t)
+	callbacks := make(chan error, 4)
+	early := atomic.Bool{}
+	p.on("/approve", func(n int, w http.ResponseWriter, r *http.Request) {
+		attempt, _ := strconv.Atoi(r.Header.Get("X-Saga-Attempt"))
+		id, phase := r.Header.Get("X-Saga-Id"), r.Header.Get("X-Saga-Phase")
+		go func() {
+			_, err := a.c.Complete(context.Background(), id, "approve",
+				client.CompleteRequest{Phase: phase, Attempt: attempt, Status: 200, Data: json.RawMessage(`{"approved_by":"ann"}`)})
+			callbacks <- err
+		}()
+		if early.Load() {
+			<-received // the callback is at sagad before the 202 leaves
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
+	a.put(t, "approval", fmt.Sprintf(`{"steps":[{"name":"approve","action":{"url":"%s/approve","timeout":"1m"}}]}`, p.URL()), http.StatusCreated)
+	for _, first := range []bool{false, true} {
+		for len(received) > 0 {
+			<-received
+		}
+		early.Store(first)
+		s := a.run(t, "approval", nil)
+		requireStatus(t, s, "completed")
+		if string(s.Data["approve"]) != `{"approved_by":"ann"}` {
+			t.Errorf("data %s, want the callback's", s.Data["approve"])
+		}
+		if err := <-callbacks; err != nil {
+			t.Errorf("callback (early %v): %v", first, err)
+		}
+		applied, err := a.c.Complete(ctx(t), s.ID, "approve", client.CompleteRequest{Phase: "action", Attempt: 1, Status: 200})
+		if err != nil || applied {
+			t.Errorf("repeated callback: applied %v, %v; want ignored", applied, err)
+		}
+	}
+	unknown := ulid.Make().String()
+	for _, tt := range []struct{ body, detail string }{
+		{`{"phase":"action","attempt":1}`, "status 0"},
+		{`{"phase":"undo","attempt":1,"status":200}`, "phase"},
+		{`{"phase":"action","attempt":0,"status":200}`, "attempt 0"},
+		{`{"phase":"action","attempt":1,"status":200,"extra":1}`, "unknown field"},
+	} {
+		resp, body := a.send(t, http.MethodPost, "/v1/sagas/"+unknown+"/steps/approve/complete", tt.body, nil)
+		requireProblem(t, resp, body, http.StatusBadRequest, tt.detail)
+	}
+	resp, body := a.send(t, http.MethodPost, "/v1/sagas/"+unknown+"/steps/approve/complete", `{"phase":"action","attempt":1,"status":200}`, nil)
+	requireProblem(t, resp, body, http.StatusNotFound, unknown)
 }

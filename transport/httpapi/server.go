@@ -141,6 +141,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/sagas/{id}/retry", true, s.retrySaga, nil},
 		{"POST /v1/sagas/{id}/resolve", true, s.resolveSaga, nil},
 		{"POST /v1/sagas/{id}/pause", true, s.pauseSaga, nil},
+		{"POST /v1/sagas/{id}/steps/{step}/complete", true, s.completeStep, nil},
 		{"POST /v1/sagas/{id}/resume", true, s.resumeSaga, nil},
 		{"GET /v1/outbox", true, s.listOutbox, []string{"status", "cursor", "limit"}},
 		{"GET /v1/outbox/stats", true, s.outboxStats, nil},
@@ -574,6 +575,54 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 	return out
 }
 
+// CompleteResult checks a completion and turns it into the engine's terms:
+// its status means what the status of a synchronous answer means.
+func CompleteResult(req client.CompleteRequest) (saga.Phase, engine.Result, error) {
+	phase := saga.Phase(req.Phase)
+	switch {
+	case phase != saga.PhaseAction && phase != saga.PhaseCompensation && phase != saga.PhaseFallback:
+		return "", engine.Result{}, badRequest("invalid-phase", errors.Newf("phase %q: want action, compensation or fallback", req.Phase))
+	case req.Attempt < 1:
+		return "", engine.Result{}, badRequest("invalid-attempt", errors.Newf("attempt %d: want the call's X-Saga-Attempt, 1 or more", req.Attempt))
+	case req.Status < 100 || req.Status > 599:
+		return "", engine.Result{}, badRequest("invalid-status", errors.Newf("status %d: want an HTTP status, 100 to 599", req.Status))
+	}
+	res := engine.Result{Data: req.Data}
+	if req.Status < 200 || req.Status > 299 {
+		msg := req.Error
+		if msg == "" {
+			msg = http.StatusText(req.Status)
+		}
+		res.Data = nil
+		res.Err = errors.Newf("the participant answered %d: %s", req.Status, msg)
+		if req.Status >= 400 && req.Status <= 499 && req.Status != http.StatusRequestTimeout &&
+			req.Status != http.StatusTooEarly && req.Status != http.StatusTooManyRequests {
+			res.Err = saga.Permanent(res.Err)
+		}
+	}
+	return phase, res, nil
+}
+
+// completeStep delivers a participant's answer to a call it answered 202.
+func (s *Server) completeStep(w http.ResponseWriter, r *http.Request) {
+	var req client.CompleteRequest
+	if err := readJSON(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	phase, res, err := CompleteResult(req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	applied, err := s.eng.Complete(r.Context(), r.PathValue("id"), r.PathValue("step"), phase, req.Attempt, res)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, client.Completed{Applied: applied})
+}
+
 func (s *Server) pauseSaga(w http.ResponseWriter, r *http.Request) {
 	s.control(w, r, s.eng.Pause)
 }
@@ -646,7 +695,8 @@ func SagaJSON(sg *engine.Saga) *client.Saga {
 	}
 	for i, st := range sg.Steps {
 		out.Steps[i] = client.Step{Name: st.Name, Status: string(st.Status), Phase: string(st.Phase), Attempts: st.Attempts,
-			CompensationAttempts: st.CompensationAttempts, FallbackUsed: st.FallbackUsed, InFlight: st.InFlight, Error: st.Error}
+			CompensationAttempts: st.CompensationAttempts, FallbackUsed: st.FallbackUsed, InFlight: st.InFlight, Error: st.Error,
+			Waiting: st.Waiting, WaitingSince: st.WaitingSince, WaitingUntil: st.WaitingUntil}
 	}
 	return out
 }

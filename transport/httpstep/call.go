@@ -207,6 +207,10 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 	}()
 
 	switch code := resp.StatusCode; {
+	case code == http.StatusAccepted:
+		// The participant answers later, through POST
+		// /v1/sagas/{id}/steps/{step}/complete.
+		return nil, saga.ErrPending
 	case code >= 200 && code <= 299:
 		return c.success(resp, sc)
 	case code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooEarly || code == http.StatusTooManyRequests:

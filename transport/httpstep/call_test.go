@@ -664,3 +664,16 @@ func TestSpecCopied(t *testing.T) {
 		t.Errorf("request to %s with X-A %q, want /a with 1", r.Path, r.Header.Get("X-A"))
 	}
 }
+
+// A 202 Accepted means the participant answers later: the call returns
+// saga.ErrPending, whatever the body says.
+func TestAcceptedIsPending(t *testing.T) {
+	t.Parallel()
+	url := newParticipant(t, answer(http.StatusAccepted, `{"ticket": 7}`)).URL + "/step"
+	spec := &httpstep.Spec{Steps: []httpstep.StepSpec{{Name: "reserve", Action: &httpstep.CallSpec{URL: url}}}}
+	f := define(t, spec, nil).Steps[0].Action
+	out, err := f(context.Background(), newCall(saga.PhaseAction, 1))
+	if !errors.Is(err, saga.ErrPending) || out != nil {
+		t.Fatalf("202: output %s, error %v; want none and saga.ErrPending", out, err)
+	}
+}

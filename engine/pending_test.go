@@ -1,0 +1,159 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sagad/sagad/clock"
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// pendingCall is a call a participant took, to answer later.
+type pendingCall struct {
+	id, step string
+	phase    saga.Phase
+	attempt  int
+}
+
+// answersLater is a step function that hands its call to calls and
+// returns saga.ErrPending.
+func answersLater(calls chan<- pendingCall) saga.Func {
+	return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+		calls <- pendingCall{c.SagaID, c.Step, c.Phase, c.Attempt}
+		return nil, saga.ErrPending
+	}
+}
+
+func nextCall(t *testing.T, calls <-chan pendingCall) pendingCall {
+	t.Helper()
+	select {
+	case c := <-calls:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("the participant was never called")
+		return pendingCall{}
+	}
+}
+
+// TestPendingStepIsCompleted: a step whose participant answers later
+// waits, across a restart, until Complete delivers the answer; a second
+// delivery is recorded and ignored.
+func TestPendingStepIsCompleted(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	calls := make(chan pendingCall, 4)
+	var seen json.RawMessage
+	def := &saga.Definition{Name: "approval", Steps: []saga.Step{
+		{Name: "approve", Action: answersLater(calls), Timeout: time.Hour},
+		{Name: "ship", Action: func(_ context.Context, c *saga.Call) (json.RawMessage, error) {
+			seen = c.Data["approve"]
+			return nil, nil
+		}},
+	}}
+	b := setupNoCleanup(t, path, def, true)
+	ctx := context.Background()
+	st, err := b.eng.Start(ctx, "approval", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nextCall(t, calls)
+	b.close(t)
+
+	b = setupNoCleanup(t, path, def, true)
+	defer b.close(t)
+	s, err := b.eng.Get(ctx, st.ID)
+	if err != nil || s.Status != saga.StatusRunning || s.WakeAt.IsZero() {
+		t.Fatalf("after a restart: %+v (%v), want running and due at the end of its wait", s, err)
+	}
+	if w := s.Steps[0]; !w.Waiting || w.WaitingSince.IsZero() || w.WaitingUntil.Sub(w.WaitingSince) != time.Hour || !w.WaitingUntil.Equal(s.WakeAt) {
+		t.Errorf("approve %+v: want waiting, for up to its hour-long timeout, until the saga's wake time", w)
+	}
+	if applied, err := b.eng.Complete(ctx, c.id, c.step, c.phase, c.attempt, engine.Result{Data: json.RawMessage(`{"by":"ann"}`)}); err != nil || !applied {
+		t.Fatalf("complete: applied %v, %v", applied, err)
+	}
+	s = b.wait(t, st.ID)
+	if s.Status != saga.StatusCompleted || string(seen) != `{"by":"ann"}` {
+		t.Fatalf("status %s, ship saw %s: want completed with the answer's data", s.Status, seen)
+	}
+	if applied, err := b.eng.Complete(ctx, c.id, c.step, c.phase, c.attempt, engine.Result{Data: json.RawMessage(`{"by":"bob"}`)}); err != nil || applied {
+		t.Fatalf("second complete: applied %v, %v; want recorded and ignored", applied, err)
+	}
+	if _, err := b.eng.Complete(ctx, c.id, "nope", c.phase, 1, engine.Result{}); !errors.Is(err, engine.ErrInvalidInput) {
+		t.Errorf("complete of an unknown step: %v, want ErrInvalidInput", err)
+	}
+	log, err := b.eng.Log(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []storage.Event
+	for _, e := range log {
+		if e.Step == "approve" && e.Event != storage.EventAttemptStarted {
+			events = append(events, e.Event)
+		}
+	}
+	want := []storage.Event{storage.EventAttemptPending, storage.EventAttemptSucceeded, storage.EventAnswerIgnored}
+	if len(events) != len(want) || events[0] != want[0] || events[1] != want[1] || events[2] != want[2] {
+		t.Errorf("approve's log %v, want %v", events, want)
+	}
+}
+
+// TestPendingStepTimesOut: no answer within the step's timeout fails the
+// attempt with an unknown outcome; the retry waits again; the late answer
+// to the first attempt is ignored, the second's is used; an answer that
+// fails for good compensates.
+func TestPendingStepTimesOut(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2032, 1, 1, 0, 0, 0, 0, time.UTC)
+	f := clock.NewFake(start)
+	calls := make(chan pendingCall, 4)
+	undone := make(chan string, 4)
+	def := &saga.Definition{Name: "slow", Steps: []saga.Step{
+		{Name: "reserve", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil },
+			Compensation: func(_ context.Context, c *saga.Call) (json.RawMessage, error) { undone <- c.Step; return nil, nil }},
+		{Name: "approve", Action: answersLater(calls), Timeout: time.Minute,
+			Retry:        saga.RetryPolicy{MaxAttempts: 3, InitialInterval: time.Second, Jitter: -1},
+			Compensation: func(_ context.Context, c *saga.Call) (json.RawMessage, error) { undone <- c.Step; return nil, nil }},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Clock: f}})
+	ctx := context.Background()
+	st, err := b.eng.Start(ctx, "slow", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := nextCall(t, calls)
+	f.BlockUntilWaiting(start.Add(time.Minute)) // the scheduler waits for the end of the wait
+	f.Advance(time.Minute)                      // no answer: the attempt timed out
+	f.BlockUntilWaiting(start.Add(time.Minute + time.Second))
+	f.Advance(time.Second) // the retry
+	second := nextCall(t, calls)
+	if second.attempt != 2 {
+		t.Fatalf("second call is attempt %d, want 2", second.attempt)
+	}
+	if applied, err := b.eng.Complete(ctx, first.id, first.step, first.phase, first.attempt, engine.Result{}); err != nil || applied {
+		t.Fatalf("late answer: applied %v, %v; want ignored", applied, err)
+	}
+	if applied, err := b.eng.Complete(ctx, second.id, second.step, second.phase, second.attempt,
+		engine.Result{Err: saga.Permanent(errors.New("rejected by a person"))}); err != nil || !applied {
+		t.Fatalf("answer: applied %v, %v", applied, err)
+	}
+	s := b.wait(t, st.ID)
+	if s.Status != saga.StatusCompensated || s.Err == nil || !saga.IsPermanent(s.Err) {
+		t.Fatalf("status %s (%v), want compensated for the rejection", s.Status, s.Err)
+	}
+	// The answer to the same idempotency key settles what the timed-out
+	// attempt did: approve did nothing, and only reserve is undone.
+	if got := <-undone; got != "reserve" {
+		t.Errorf("compensation of %s, want reserve", got)
+	}
+	select {
+	case got := <-undone:
+		t.Errorf("a second compensation, of %s; want none", got)
+	default:
+	}
+}
