@@ -100,6 +100,21 @@ func openJournal(path string) (*journal, error) {
 	return &journal{f: f}, nil
 }
 
+// reopenJournal opens the journal in the parent, once the child is dead,
+// and marks the restart in it.
+func reopenJournal(t *testing.T, path string) *journal {
+	t.Helper()
+	j, err := openJournal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j.f.Close() })
+	if err := j.write("restart"); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
 func (j *journal) write(fields ...any) error {
 	_, err := j.f.WriteString(fmt.Sprintln(fields...))
 	return errors.Wrap(err, "write journal")
@@ -411,14 +426,7 @@ func testCrash(t *testing.T, db func(t *testing.T, dir string) string) {
 				}
 			}
 
-			j, err := openJournal(jpath)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = j.f.Close() })
-			if err := j.write("restart"); err != nil {
-				t.Fatal(err)
-			}
+			j := reopenJournal(t, jpath)
 			// setup closes the engine and checks the file when the test ends.
 			b := setup(t, setupOpts{path: dbPath, defs: []*saga.Definition{crashDefinition(j, nil)}})
 			checkCrashRecovery(t, b, tc, kill, jpath)

@@ -588,14 +588,43 @@ func (d *driver) advance(now time.Time) {
 	}
 }
 
+// tally is what forward and backward learn as they look at the steps.
+type tally struct {
+	wake     time.Time // the earliest time something is due
+	inFlight bool      // an attempt runs
+	waiting  bool      // an attempt waits for its answer (it may come, or time out)
+	deferred bool      // an attempt is due and waits for a concurrency slot
+}
+
+// due notes that something is due at t.
+func (t *tally) due(at time.Time) { t.wake = earliest(t.wake, at) }
+
+// turn acts on step i, whose turn has come: it records its next attempt
+// as started, unless nothing may start (held: a failure or a pause waits
+// for the attempts in flight; stopping), no concurrency slot is free, or
+// an open breaker makes it wait.
+func (d *driver) turn(now time.Time, i int, held, stopping bool, t *tally) {
+	switch {
+	case held && !d.inDoubt[i]:
+		// Nothing new starts; an attempt in flight at a crash runs to its end.
+	case stopping:
+		t.due(now)
+	case !d.canStart():
+		t.deferred = true
+	case d.begin(now, i):
+		t.inFlight = true
+	default:
+		t.due(d.rec.Steps[i].Next)
+	}
+}
+
 // forward starts every step whose wait is over: those whose dependencies
 // have all succeeded, and those whose retry is due. It completes the saga
 // when every step has succeeded.
 func (d *driver) forward(now time.Time, stopping, past bool) {
 	r := d.rec
-	var wake time.Time
-	done, inFlight, deferred := true, false, false
-	waiting := false // an attempt waits for its answer (it may come, or time out)
+	var t tally
+	done := true
 	// A step failed for good past the pivot: nothing new starts, and the
 	// saga fails once nothing is in flight.
 	stuck := d.failing != nil || d.anyStep(saga.StepFailed, false)
@@ -612,53 +641,42 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 		case saga.StepRunning:
 			done = false
 			if s.Pending {
-				waiting = true
-				wake = earliest(wake, s.Next)
+				t.waiting = true
+				t.due(s.Next)
 				continue
 			}
 			if s.InFlight {
-				inFlight = true
+				t.inFlight = true
 				continue
 			}
 			if s.Next.After(now) {
-				wake = earliest(wake, s.Next)
+				t.due(s.Next)
 				continue
 			}
 		default: // failed for good past the pivot
 			done = false
 			continue
 		}
-		switch {
-		case (stuck || d.pausing) && !d.inDoubt[i]:
-			// Nothing new starts; an attempt in flight at a crash runs to its end.
-		case stopping:
-			wake = earliest(wake, now)
-		case !d.canStart():
-			deferred = true
-		case d.begin(now, i):
-			inFlight = true
-		default:
-			wake = earliest(wake, s.Next)
-		}
+		d.turn(now, i, stuck || d.pausing, stopping, &t)
 	}
 	switch {
 	case done:
 		d.finish(now, saga.StatusCompleted)
 		return
-	case stuck && !inFlight && !waiting:
+	case stuck && !t.inFlight && !t.waiting:
 		d.fail(now, d.failingCause())
 		return
 	case stuck:
-	case d.pausing && !inFlight:
+	case d.pausing && !t.inFlight:
 		d.enterPause(now)
 		return
-	case deferred && !inFlight && !waiting:
-		wake = now
+	case t.deferred && !t.inFlight && !t.waiting:
+		t.wake = now
 	}
-	if !wake.IsZero() && !r.Deadline.IsZero() && wake.After(r.Deadline) && !past {
-		wake = r.Deadline
+	if !t.wake.IsZero() && !r.Deadline.IsZero() && t.wake.After(r.Deadline) && !past {
+		t.wake = r.Deadline
 	}
-	r.WakeAt = wake
+	r.WakeAt = t.wake
 }
 
 // backward starts the compensations whose turn has come, in reverse
@@ -667,8 +685,7 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 // left to undo.
 func (d *driver) backward(now time.Time, stopping bool) {
 	r := d.rec
-	var wake time.Time
-	inFlight, deferred, waiting := false, false, false
+	var t tally
 	for i := range r.Steps {
 		if s := &r.Steps[i]; s.Status == saga.StepRunning && !s.InFlight && !s.Pending {
 			// The action of a parallel step that was in flight when the
@@ -686,13 +703,13 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		switch {
 		case s.Pending:
 			// An attempt that waits for its answer.
-			waiting = true
-			wake = earliest(wake, s.Next)
+			t.waiting = true
+			t.due(s.Next)
 			continue
 		case s.InFlight:
 			// A compensation, or the action of a parallel step that was
 			// running when the saga turned around.
-			inFlight = true
+			t.inFlight = true
 			continue
 		case s.Status == saga.StepSucceeded:
 			if !d.dependentsDone(i) {
@@ -707,7 +724,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 				continue
 			}
 			if s.Next.After(now) {
-				wake = earliest(wake, s.Next)
+				t.due(s.Next)
 				continue
 			}
 			if !d.dependentsDone(i) {
@@ -716,38 +733,27 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		default:
 			continue
 		}
-		switch {
-		case (stuck || d.pausing) && !d.inDoubt[i]:
-			// Nothing new starts; an attempt in flight at a crash runs to its end.
-		case stopping:
-			wake = earliest(wake, now)
-		case !d.canStart():
-			deferred = true
-		case d.begin(now, i):
-			inFlight = true
-		default:
-			wake = earliest(wake, s.Next)
-		}
+		d.turn(now, i, stuck || d.pausing, stopping, &t)
 	}
 	switch {
-	case stuck && !inFlight && !waiting:
+	case stuck && !t.inFlight && !t.waiting:
 		d.fail(now, d.failingCause())
 		return
 	case stuck:
-	case d.pausing && !inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+	case d.pausing && !t.inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
 		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
 	}):
 		d.enterPause(now)
 		return
-	case !inFlight && !waiting && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+	case !t.inFlight && !t.waiting && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
 		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
 	}):
 		d.finish(now, saga.StatusCompensated)
 		return
-	case deferred && !inFlight && !waiting:
-		wake = now
+	case t.deferred && !t.inFlight && !t.waiting:
+		t.wake = now
 	}
-	r.WakeAt = wake
+	r.WakeAt = t.wake
 }
 
 // pend records that an attempt waits for its participant's answer

@@ -214,6 +214,25 @@ func openStore(t *testing.T, path string, bo bolt.Options, o engine.Options, def
 	return eng
 }
 
+// runEngine runs eng until stop, which cancels Run, waits for it and
+// closes the engine.
+func runEngine(t *testing.T, eng *engine.Engine) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if err := eng.Close(); err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	}
+}
+
 func (b *bundle) close(t *testing.T) {
 	t.Helper()
 	if b.cancel != nil {

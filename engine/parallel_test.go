@@ -428,14 +428,7 @@ func TestParallelCrash(t *testing.T) {
 	if err := recovery.CheckFile(dbPath); err != nil {
 		t.Fatalf("consistency check right after the crash: %v", err)
 	}
-	j, err := openJournal(jpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = j.f.Close() })
-	if err := j.write("restart"); err != nil {
-		t.Fatal(err)
-	}
+	j := reopenJournal(t, jpath)
 	b := setup(t, setupOpts{path: dbPath, defs: []*saga.Definition{parCrashDefinition(j, nil)}})
 
 	lines := readJournal(t, jpath)
@@ -610,21 +603,13 @@ func TestParallelTurnAroundAcrossRestart(t *testing.T) {
 	}}
 	statuses := make(chan saga.Status, 16)
 	eng := openEngine(t, path, engine.Options{ShutdownGrace: 10 * time.Millisecond, Hooks: statusSignal(statuses)}, def)
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- eng.Run(ctx) }()
+	stop := runEngine(t, eng)
 	st, err := eng.Start(context.Background(), "turn", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, statuses, saga.StatusCompensating)
-	cancel()
-	if err := <-runDone; err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	restarted.Store(true)
 	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}})
 	s := b.wait(t, st.ID)
@@ -664,21 +649,13 @@ func TestParallelFailurePastPivotAcrossRestart(t *testing.T) {
 				once.Do(func() { close(xFailed) })
 			}
 		}}}, def)
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- eng.Run(ctx) }()
+	stop := runEngine(t, eng)
 	st, err := eng.Start(context.Background(), "pivot", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-xFailed
-	cancel()
-	if err := <-runDone; err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	restarted.Store(true)
 	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{def}})
 	s := b.wait(t, st.ID)
