@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,4 +127,64 @@ func benchDef(b *testing.B, conc int, mode bolt.CommitMode, def *saga.Definition
 	}
 	b.ReportMetric(float64(r.Quantile(0.5))/1e6, "p50-ms")
 	b.ReportMetric(float64(r.Quantile(0.99))/1e6, "p99-ms")
+}
+
+// BenchmarkPendingSagas starts b.N sagas whose one step's participant
+// answers later (saga.ErrPending), waits until all of them wait, and
+// reports the goroutines and heap the engine holds for them: a waiting saga
+// costs its stored record, not a goroutine.
+//
+//	go test ./engine -run '^$' -bench BenchmarkPendingSagas -benchtime 100000x
+func BenchmarkPendingSagas(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "bench.db")
+	db, err := bolt.Open(path, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var waiting atomic.Int64
+	all := make(chan struct{})
+	eng, err := engine.New(db, engine.Options{Concurrency: 1024, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Hooks: engine.Hooks{AttemptPending: func(engine.AttemptInfo) {
+			if waiting.Add(1) == int64(b.N) {
+				close(all)
+			}
+		}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	def := &saga.Definition{Name: "approval", Steps: []saga.Step{{Name: "approve", Timeout: 24 * time.Hour,
+		Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, saga.ErrPending }}}}
+	if err := eng.Register(def); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); _ = eng.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-runDone
+		_ = eng.Close()
+	}()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	}
+	g0, h0 := runtime.NumGoroutine(), heap()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := eng.Start(ctx, "approval", nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-all
+	b.StopTimer()
+	// The drivers let go just after their last commit.
+	for i := 0; i < 200 && runtime.NumGoroutine() > g0+16; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	g1, h1 := runtime.NumGoroutine(), heap()
+	b.ReportMetric(float64(g1-g0), "goroutines")
+	b.ReportMetric(float64(h1-h0)/float64(b.N), "heap-B/saga")
 }

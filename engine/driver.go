@@ -771,6 +771,8 @@ func (d *driver) pend(o *outcome, now time.Time) {
 	}
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
 		Duration: o.dur, Next: s.Next, Note: "the participant answers later; waiting until the step's timeout"})
+	d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
+		Duration: o.dur, Pending: true})
 }
 
 // expirePending ends the waits whose time is up: each attempt failed with
@@ -1371,9 +1373,15 @@ func (d *driver) committed() {
 	if r.Status == saga.StatusPaused {
 		d.e.pauseDone(r.ID) // carried out, durably
 	}
-	if h := d.e.opts.Hooks.AttemptFinished; h != nil {
+	if len(d.hooks) > 0 {
+		finished, pending := d.e.opts.Hooks.AttemptFinished, d.e.opts.Hooks.AttemptPending
 		for _, a := range d.hooks {
-			h(a)
+			switch {
+			case a.Pending && pending != nil:
+				pending(a)
+			case !a.Pending && finished != nil:
+				finished(a)
+			}
 		}
 	}
 	d.hooks = d.hooks[:0]

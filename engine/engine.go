@@ -85,6 +85,9 @@ type Hooks struct {
 	SagaStatusChanged func(definition string, from, to saga.Status)
 	// AttemptFinished is called when an attempt's outcome is committed.
 	AttemptFinished func(AttemptInfo)
+	// AttemptPending is called when an attempt is committed as waiting
+	// for its participant's answer (saga.ErrPending).
+	AttemptPending func(AttemptInfo)
 	// BreakerStateChanged is called when a circuit breaker changes state
 	// ("closed", "half-open", "open").
 	BreakerStateChanged func(name, from, to string)
@@ -101,6 +104,9 @@ type AttemptInfo struct {
 	Err error
 	// Retry is true when another attempt of the same phase was scheduled.
 	Retry bool
+	// Pending is true when the attempt waits for its answer (see
+	// Hooks.AttemptPending); Err is then nil.
+	Pending bool
 }
 
 // Engine runs sagas durably on a storage.Store. Its methods are safe for

@@ -56,13 +56,17 @@ func TestPendingStepIsCompleted(t *testing.T) {
 			return nil, nil
 		}},
 	}}
-	b := setupNoCleanup(t, path, def, true)
+	pending := make(chan engine.AttemptInfo, 1)
+	b := setupNoCleanup(t, path, def, true, engine.Hooks{AttemptPending: func(a engine.AttemptInfo) { pending <- a }})
 	ctx := context.Background()
 	st, err := b.eng.Start(ctx, "approval", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := nextCall(t, calls)
+	if a := <-pending; a.Step != "approve" || a.Attempt != 1 || !a.Pending || a.Err != nil {
+		t.Errorf("AttemptPending hook got %+v, want approve's first attempt", a)
+	}
 	b.close(t)
 
 	b = setupNoCleanup(t, path, def, true)
