@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -173,10 +174,21 @@ func BenchmarkPendingSagas(b *testing.B) {
 	}
 	g0, h0 := runtime.NumGoroutine(), heap()
 	b.ResetTimer()
-	for range b.N {
-		if _, err := eng.Start(ctx, "approval", nil); err != nil {
-			b.Fatal(err)
-		}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 64 { // starters at once, so that commits are shared
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				if _, err := eng.Start(ctx, "approval", nil); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		return
 	}
 	<-all
 	b.StopTimer()
