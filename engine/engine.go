@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -1140,10 +1141,22 @@ func (e *Engine) Complete(ctx context.Context, id, step string, phase saga.Phase
 		timeout := d.stepTimeout(i)
 		started := s.Next.Add(-timeout)
 		s.Pending = false
-		d.outs = append(d.outs[:0], &outcome{step: i, phase: phase, attempt: attempt, data: res.Data, err: res.Err,
-			cut: res.Err != nil && saga.IsOutcomeUnknown(res.Err), started: started, dur: now.Sub(started)})
-		d.advance(now)
+		o := &outcome{step: i, phase: phase, attempt: attempt, data: res.Data, err: res.Err,
+			cut: res.Err != nil && saga.IsOutcomeUnknown(res.Err), started: started, dur: now.Sub(started)}
 		applied = true
+		if r.Status != saga.StatusPaused {
+			d.outs = append(d.outs[:0], o)
+			d.advance(now)
+			return nil
+		}
+		// Paused: the answer is recorded as the saga would have recorded
+		// it, and the saga stays paused, in the status that follows.
+		r.Status, r.UpdatedAt = cmp.Or(r.PausedFrom, saga.StatusRunning), now
+		d.apply(o, now)
+		if r.Status == saga.StatusRunning || r.Status == saga.StatusCompensating {
+			r.PausedFrom, r.Status, r.WakeAt = r.Status, saga.StatusPaused, time.Time{}
+			d.statuses = d.statuses[:0] // it never left its pause
+		}
 		return nil
 	})
 	return applied, errors.Wrapf(err, "engine: complete saga %s step %q", id, step)

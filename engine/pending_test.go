@@ -161,3 +161,47 @@ func TestPendingStepTimesOut(t *testing.T) {
 	default:
 	}
 }
+
+// TestPendingAnswerWhilePaused: an answer that comes while the saga is
+// paused is recorded, and the saga stays paused, in the status that
+// follows from it; resumed, it goes on from there.
+func TestPendingAnswerWhilePaused(t *testing.T) {
+	t.Parallel()
+	calls := make(chan pendingCall, 4)
+	undone := make(chan string, 4)
+	def := &saga.Definition{Name: "approval", Steps: []saga.Step{
+		{Name: "reserve", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil },
+			Compensation: func(_ context.Context, c *saga.Call) (json.RawMessage, error) { undone <- c.Step; return nil, nil }},
+		{Name: "approve", Action: answersLater(calls), Timeout: time.Hour},
+	}}
+	statuses := make(chan saga.Status, 16)
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: statusSignal(statuses)}})
+	ctx := context.Background()
+	st, err := b.eng.Start(ctx, "approval", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nextCall(t, calls)
+	if err := b.eng.Pause(ctx, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, statuses, saga.StatusPaused) // a wait for an answer does not hold a pause up
+	if applied, err := b.eng.Complete(ctx, c.id, c.step, c.phase, c.attempt, engine.Result{Err: saga.Permanent(errors.New("rejected"))}); err != nil || !applied {
+		t.Fatalf("complete: %v, %v", applied, err)
+	}
+	s, err := b.eng.Get(ctx, st.ID)
+	if err != nil || s.Status != saga.StatusPaused || s.PausedFrom != saga.StatusCompensating {
+		t.Fatalf("after the answer: %+v (%v), want still paused, to resume compensating", s, err)
+	}
+	select {
+	case step := <-undone:
+		t.Fatalf("compensation of %s ran while the saga was paused", step)
+	default:
+	}
+	if err := b.eng.Resume(ctx, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.wait(t, st.ID); s.Status != saga.StatusCompensated || <-undone != "reserve" {
+		t.Fatalf("after resume: %s, want compensated with reserve undone", s.Status)
+	}
+}
