@@ -46,7 +46,16 @@ func nextCall(t *testing.T, calls <-chan pendingCall) pendingCall {
 // delivery is recorded and ignored.
 func TestPendingStepIsCompleted(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "sagad.db")
+	testPendingCompleted(t, filepath.Join(t.TempDir(), "sagad.db"))
+}
+
+// TestPendingStepIsCompletedPostgres is the same on PostgreSQL.
+func TestPendingStepIsCompletedPostgres(t *testing.T) {
+	t.Parallel()
+	testPendingCompleted(t, postgresURL(t))
+}
+
+func testPendingCompleted(t *testing.T, path string) {
 	calls := make(chan pendingCall, 4)
 	var seen json.RawMessage
 	def := &saga.Definition{Name: "approval", Steps: []saga.Step{
