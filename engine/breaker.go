@@ -63,10 +63,11 @@ func (e *Engine) breakerFor(p saga.BreakerPolicy) *breaker {
 		MaxRequests: p.HalfOpenRequests,
 		Timeout:     p.OpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= p.Failures },
-		// A participant that answers with a permanent error is up; a step
-		// that panicked says nothing good about it.
+		// A participant that answers with a permanent error is up, and so
+		// is one that took the call to answer later; a step that panicked
+		// says nothing good about it.
 		IsSuccessful: func(err error) bool {
-			return err == nil || (saga.IsPermanent(err) && !errors.Is(err, errPanic))
+			return err == nil || errors.Is(err, saga.ErrPending) || (saga.IsPermanent(err) && !errors.Is(err, errPanic))
 		},
 		// Our own cancellations (shutdown, abort) say nothing about the participant.
 		IsExcluded: func(err error) bool {

@@ -267,7 +267,7 @@ func (d *driver) run() {
 				d.outs = append(d.outs, <-d.results)
 				d.running--
 			}
-			d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil })
+			d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil && !errors.Is(o.err, saga.ErrPending) })
 			if len(d.outs) == 0 {
 				return
 			}
@@ -670,8 +670,8 @@ func (d *driver) forward(now time.Time, stopping, past bool) {
 	case d.pausing && !t.inFlight:
 		d.enterPause(now)
 		return
-	case t.deferred && !t.inFlight && !t.waiting:
-		t.wake = now
+	case t.deferred && !t.inFlight:
+		t.wake = now // a driver with a slot starts it
 	}
 	if !t.wake.IsZero() && !r.Deadline.IsZero() && t.wake.After(r.Deadline) && !past {
 		t.wake = r.Deadline
@@ -741,7 +741,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		return
 	case stuck:
 	case d.pausing && !t.inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
-		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating
+		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
 	}):
 		d.enterPause(now)
 		return
@@ -750,8 +750,8 @@ func (d *driver) backward(now time.Time, stopping bool) {
 	}):
 		d.finish(now, saga.StatusCompensated)
 		return
-	case t.deferred && !t.inFlight && !t.waiting:
-		t.wake = now
+	case t.deferred && !t.inFlight:
+		t.wake = now // a driver with a slot starts it
 	}
 	r.WakeAt = t.wake
 }
@@ -872,10 +872,10 @@ func (d *driver) releaseSlots() {
 }
 
 // othersInFlight reports whether a step other than step i has an attempt
-// in flight.
+// in flight, or waiting for its answer.
 func (d *driver) othersInFlight(i int) bool {
 	for k := range d.rec.Steps {
-		if k != i && d.rec.Steps[k].InFlight {
+		if s := &d.rec.Steps[k]; k != i && (s.InFlight || s.Pending) {
 			return true
 		}
 	}
@@ -1207,6 +1207,9 @@ func (d *driver) fail(now time.Time, cause error) {
 
 func (d *driver) finish(now time.Time, st saga.Status) {
 	d.rec.Status, d.rec.WakeAt = st, time.Time{}
+	for i := range d.rec.Steps {
+		d.rec.Steps[i].Pending = false // an answer that comes now is ignored
+	}
 	d.statuses = append(d.statuses, st)
 	d.finished = true
 	d.log(now, storage.LogEntry{Event: storage.EventStatus, Status: st, Error: d.rec.Error})

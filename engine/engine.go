@@ -1074,7 +1074,9 @@ func (e *Engine) Retry(ctx context.Context, id string, opts ...RetryOption) erro
 		case r.Parked == "" && waiting(r.Status, r.WakeAt, inFlight(r), now):
 			r.WakeAt, r.UpdatedAt = now, now
 			for i := range r.Steps {
-				r.Steps[i].Next = time.Time{}
+				if !r.Steps[i].Pending { // a wait for an answer goes on
+					r.Steps[i].Next = time.Time{}
+				}
 			}
 			d.log(now, storage.LogEntry{Event: storage.EventRetryRequested, Status: r.Status,
 				Note: "an operator asked to retry now instead of waiting"})
@@ -1124,9 +1126,18 @@ func (e *Engine) Complete(ctx context.Context, id, step string, phase saga.Phase
 			return errors.Wrapf(ErrInvalidInput, "it has no step %q", step)
 		}
 		s := &r.Steps[i]
-		if !s.Pending || s.Phase != phase || s.Attempts != attempt {
+		if s.InFlight && s.Phase == phase && s.Attempts == attempt && !r.Status.Finished() {
+			// Its function has not returned, in a process that has not
+			// let go, or it was in flight at a crash and runs again
+			// before it waits: the answer must not be lost.
+			return errors.WithHint(errors.Wrapf(ErrConflict, "attempt %d of step %q is still running", attempt, step),
+				"deliver the answer again in a moment")
+		}
+		if r.Status.Finished() || !s.Pending || s.Phase != phase || s.Attempts != attempt {
 			why := "no attempt of the step waits for an answer"
-			if s.Pending {
+			if r.Status.Finished() {
+				why = "the saga is " + string(r.Status)
+			} else if s.Pending {
 				why = fmt.Sprintf("attempt %d of its %s waits, not this one", s.Attempts, s.Phase)
 			}
 			entry := storage.LogEntry{Event: storage.EventAnswerIgnored, Step: step, Phase: phase, Attempt: attempt,

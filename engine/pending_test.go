@@ -214,3 +214,66 @@ func TestPendingAnswerWhilePaused(t *testing.T) {
 		t.Fatalf("after resume: %s, want compensated with reserve undone", s.Status)
 	}
 }
+
+// TestAnswerStartsTheNextStepAtOnce: an answer that lets a step start
+// starts it at once, while a sibling still waits for its own answer (it
+// used to wait for the end of the sibling's wait). A failure for good
+// while a sibling waits fails the saga only once that wait ends.
+func TestAnswerStartsTheNextStepAtOnce(t *testing.T) {
+	t.Parallel()
+	calls := make(chan pendingCall, 8)
+	started := make(chan struct{}, 1)
+	def := &saga.Definition{Name: "two", Steps: []saga.Step{
+		{Name: "p", Pivot: true, Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }},
+		{Name: "a", After: []string{"p"}, Action: answersLater(calls), Timeout: time.Hour},
+		{Name: "b", After: []string{"p"}, Action: answersLater(calls), Timeout: time.Hour},
+		{Name: "c", After: []string{"a"}, Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+			started <- struct{}{}
+			return nil, saga.Permanent(errors.New("refused"))
+		}},
+	}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	ctx := context.Background()
+	st, err := b.eng.Start(ctx, "two", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waits := map[string]pendingCall{}
+	for range 2 {
+		c := nextCall(t, calls)
+		waits[c.step] = c
+	}
+	// a's answer: c starts now, not when b's hour is over.
+	a := waits["a"]
+	if applied, err := b.eng.Complete(ctx, a.id, a.step, a.phase, a.attempt, engine.Result{}); err != nil || !applied {
+		t.Fatalf("complete a: %v, %v", applied, err)
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("c did not start after a's answer")
+	}
+	// c failed for good past the pivot, and b still waits: not failed yet.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) { // no signal for "c recorded"
+		s, err := b.eng.Get(ctx, st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Steps[3].Status == saga.StepFailed {
+			if s.Status != saga.StatusRunning {
+				t.Fatalf("status %s while b waits for its answer, want running", s.Status)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c's failure never recorded: %+v", s.Steps[3])
+		}
+	}
+	bw := waits["b"]
+	if applied, err := b.eng.Complete(ctx, bw.id, bw.step, bw.phase, bw.attempt, engine.Result{}); err != nil || !applied {
+		t.Fatalf("complete b: %v, %v", applied, err)
+	}
+	if s := b.wait(t, st.ID); s.Status != saga.StatusFailed {
+		t.Fatalf("status %s, want failed once b has answered", s.Status)
+	}
+}

@@ -103,7 +103,11 @@
 // Idempotency-Key answered with a failure), so a compensation must tolerate
 // an action that never happened.
 //
-//   - 2xx succeeds. An empty body (or only whitespace, or 204) gives no
+//   - 202 Accepted means the participant answers later: the attempt waits
+//     (saga.ErrPending) for POST /v1/sagas/{id}/steps/{step}/complete, or
+//     for the call's timeout. (Earlier versions took 202 as a success:
+//     a participant that means "done" must answer 200 or 204.)
+//   - Any other 2xx succeeds. An empty body (or only whitespace, or 204) gives no
 //     output. Any other body must be JSON of at most 1 MiB. If it is an
 //     object, its top-level "_events" member, if present and not null, is
 //     an array of integration events, each {"name", "routing_key",
