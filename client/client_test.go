@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sagad/sagad/client"
 )
@@ -109,5 +111,32 @@ func TestPathSegmentsAreEscapedOnce(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A log entry's duration is a Go duration string on the wire; nanoseconds,
+// as older daemons sent, are read too.
+func TestLogEntryDuration(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{`{"seq":1,"event":"attempt_failed","duration":"1.5s"}`, 1500 * time.Millisecond},
+		{`{"seq":1,"event":"attempt_failed","duration":250000000}`, 250 * time.Millisecond},
+		{`{"seq":1,"event":"saga_started"}`, 0},
+	} {
+		var e client.LogEntry
+		if err := json.Unmarshal([]byte(tt.in), &e); err != nil || e.Duration != tt.want {
+			t.Errorf("%s: duration %v (%v), want %v", tt.in, e.Duration, err, tt.want)
+		}
+	}
+	b, err := json.Marshal(client.LogEntry{Seq: 1, Event: "attempt_failed", Duration: 1500 * time.Millisecond})
+	if err != nil || !strings.Contains(string(b), `"duration":"1.5s"`) {
+		t.Errorf("marshal: %s (%v), want the duration as \"1.5s\"", b, err)
+	}
+	var bad client.LogEntry
+	if err := json.Unmarshal([]byte(`{"seq":3,"duration":"soon"}`), &bad); err == nil || !strings.Contains(err.Error(), "log entry 3") {
+		t.Errorf("a malformed duration: %v, want an error naming the entry", err)
 	}
 }

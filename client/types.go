@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -97,7 +98,7 @@ type LogEntry struct {
 // logEntryJSON is LogEntry's wire format: its duration as a string.
 type logEntryJSON struct {
 	logEntryFields
-	Duration string `json:"duration,omitempty"`
+	Duration json.RawMessage `json:"duration,omitempty"`
 }
 
 type logEntryFields LogEntry // without LogEntry's methods
@@ -106,24 +107,37 @@ type logEntryFields LogEntry // without LogEntry's methods
 func (e LogEntry) MarshalJSON() ([]byte, error) {
 	w := logEntryJSON{logEntryFields: logEntryFields(e)}
 	if e.Duration != 0 {
-		w.Duration = e.Duration.String()
+		w.Duration = strconv.AppendQuote(nil, e.Duration.String())
 	}
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON decodes e, reading its duration as a Go duration string.
+// UnmarshalJSON decodes e, reading its duration as a Go duration string
+// (or, as daemons before the string format sent it, nanoseconds).
 func (e *LogEntry) UnmarshalJSON(b []byte) error {
 	var w logEntryJSON
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
 	*e = LogEntry(w.logEntryFields)
-	if w.Duration != "" {
-		d, err := time.ParseDuration(w.Duration)
+	switch raw := w.Duration; {
+	case len(raw) == 0 || string(raw) == "null":
+	case raw[0] == '"':
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return errors.Wrapf(err, "log entry %d: duration", w.Seq)
+		}
+		d, err := time.ParseDuration(str)
 		if err != nil {
 			return errors.Wrapf(err, "log entry %d: duration", w.Seq)
 		}
 		e.Duration = d
+	default:
+		var ns int64
+		if err := json.Unmarshal(raw, &ns); err != nil {
+			return errors.Wrapf(err, "log entry %d: duration", w.Seq)
+		}
+		e.Duration = time.Duration(ns)
 	}
 	return nil
 }
