@@ -89,30 +89,8 @@ func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
 
 // benchDef runs b.N sagas of def, conc at a time, on a new file.
 func benchDef(b *testing.B, conc int, mode bolt.CommitMode, def *saga.Definition) {
-	path := filepath.Join(b.TempDir(), "bench.db")
-	db, err := bolt.Open(path, &bolt.Options{CommitMode: mode})
-	if err != nil {
-		b.Fatal(err)
-	}
-	eng, err := engine.New(db, engine.Options{
-		Concurrency: max(conc, 1024),
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := eng.Register(def); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); _ = eng.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-runDone
-		_ = eng.Close()
-	}()
-
+	eng, ctx, stop := benchEngine(b, &bolt.Options{CommitMode: mode}, engine.Options{Concurrency: max(conc, 1024)}, def)
+	defer stop()
 	b.ResetTimer()
 	r := sagaload.Run(ctx, b, eng, conc, b.N, "bench", func(int) (any, saga.Status) { return nil, saga.StatusCompleted })
 	b.StopTimer()
@@ -137,35 +115,16 @@ func benchDef(b *testing.B, conc int, mode bolt.CommitMode, def *saga.Definition
 //
 //	go test ./engine -run '^$' -bench BenchmarkPendingSagas -benchtime 100000x
 func BenchmarkPendingSagas(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "bench.db")
-	db, err := bolt.Open(path, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
 	var waiting atomic.Int64
 	all := make(chan struct{})
-	eng, err := engine.New(db, engine.Options{Concurrency: 1024, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Hooks: engine.Hooks{AttemptPending: func(engine.AttemptInfo) {
-			if waiting.Add(1) == int64(b.N) {
-				close(all)
-			}
-		}}})
-	if err != nil {
-		b.Fatal(err)
-	}
 	def := &saga.Definition{Name: "approval", Steps: []saga.Step{{Name: "approve", Timeout: 24 * time.Hour,
 		Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, saga.ErrPending }}}}
-	if err := eng.Register(def); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); _ = eng.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-runDone
-		_ = eng.Close()
-	}()
+	eng, ctx, stop := benchEngine(b, nil, engine.Options{Concurrency: 1024, Hooks: engine.Hooks{AttemptPending: func(engine.AttemptInfo) {
+		if waiting.Add(1) == int64(b.N) {
+			close(all)
+		}
+	}}}, def)
+	defer stop()
 	heap := func() uint64 {
 		runtime.GC()
 		var m runtime.MemStats
@@ -199,4 +158,32 @@ func BenchmarkPendingSagas(b *testing.B) {
 	g1, h1 := runtime.NumGoroutine(), heap()
 	b.ReportMetric(float64(g1-g0), "goroutines")
 	b.ReportMetric(float64(h1-h0)/float64(b.N), "heap-B/saga")
+}
+
+// benchEngine runs an engine with def registered on a new file until stop;
+// it returns the engine and the context it runs under. (Not b.Cleanup: a
+// benchmark function runs more than once, and each run's engine must be
+// gone before the next.)
+func benchEngine(b *testing.B, bo *bolt.Options, opts engine.Options, def *saga.Definition) (*engine.Engine, context.Context, func()) {
+	b.Helper()
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "bench.db"), bo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng, err := engine.New(db, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := eng.Register(def); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); _ = eng.Run(ctx) }()
+	return eng, ctx, func() {
+		cancel()
+		<-runDone
+		_ = eng.Close()
+	}
 }
