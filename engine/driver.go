@@ -112,6 +112,15 @@ type outcome struct {
 	tx saga.Tx
 }
 
+// dropTx rolls back the transaction the attempt enlisted, if any: its
+// writes are not kept.
+func (o *outcome) dropTx() {
+	if o.tx != nil {
+		_ = o.tx.Rollback(context.Background())
+		o.tx = nil
+	}
+}
+
 // create stores a new saga; with plan it also plans (and records) its
 // first attempt. It returns the id of an existing saga when the
 // idempotency key is taken.
@@ -225,17 +234,7 @@ func (d *driver) run() {
 	defer d.e.release(d)
 	for {
 		if d.abortedRemotely {
-			// The abort came before these attempts: they are recorded as
-			// started, and end without running, as aborted.
-			d.abortedRemotely = false
-			d.starts = slices.DeleteFunc(d.starts, func(n effect) bool {
-				if n.phase == saga.PhaseCompensation {
-					return false
-				}
-				d.outs = append(d.outs, &outcome{step: n.step, phase: n.phase, attempt: d.rec.Steps[n.step].Attempts,
-					err: saga.Permanent(errors.Wrap(ErrAborted, "not run: an abort request came first"))})
-				return true
-			})
+			d.skipAborted()
 		}
 		if len(d.starts) == 1 && d.running == 0 && len(d.outs) == 0 {
 			// The common case: one attempt, nothing else in flight.
@@ -243,15 +242,7 @@ func (d *driver) run() {
 			d.starts = d.starts[:0]
 			d.outs = append(d.outs, d.attempt(n).run(d))
 		} else {
-			for _, n := range d.starts {
-				if d.results == nil {
-					d.results = make(chan *outcome, len(d.rec.Steps))
-				}
-				p := d.attempt(n)
-				go func() { d.results <- p.run(d) }()
-			}
-			d.running += len(d.starts)
-			d.starts = d.starts[:0]
+			d.launch()
 			if len(d.outs) == 0 {
 				if d.running == 0 {
 					return // nothing to do before rec.WakeAt, or ever
@@ -259,36 +250,77 @@ func (d *driver) run() {
 				d.collect()
 			}
 		}
-		if context.Cause(d.e.attempts) != nil {
-			// Cut off by shutdown: attempts that did not answer stay in
-			// flight for recovery; those that did are committed once
-			// every attempt has ended.
-			for d.running > 0 {
-				d.outs = append(d.outs, <-d.results)
-				d.running--
-			}
-			d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil && !errors.Is(o.err, saga.ErrPending) })
-			if len(d.outs) == 0 {
-				return
-			}
+		if context.Cause(d.e.attempts) != nil && !d.cutOff() {
+			return
 		}
 		if err := d.transition(d.e.clock.Now()); err != nil {
 			d.e.commitFailed(d, err)
-			// What was not committed is forgotten; attempts still running
-			// end unseen, and the saga is loaded again. The steps' own
-			// writes go with them.
-			for ; d.running > 0; d.running-- {
-				d.outs = append(d.outs, <-d.results)
-			}
-			for _, o := range d.outs {
-				if o.tx != nil {
-					_ = o.tx.Rollback(context.Background())
-				}
-			}
-			d.outs = nil
+			d.forget()
 			return
 		}
 	}
+}
+
+// skipAborted ends the attempts the last commit recorded as started
+// without running them: an abort request from another process came first.
+// Compensations still run.
+//
+//go:noinline
+func (d *driver) skipAborted() {
+	d.abortedRemotely = false
+	d.starts = slices.DeleteFunc(d.starts, func(n effect) bool {
+		if n.phase == saga.PhaseCompensation {
+			return false
+		}
+		d.outs = append(d.outs, &outcome{step: n.step, phase: n.phase, attempt: d.rec.Steps[n.step].Attempts,
+			err: saga.Permanent(errors.Wrap(ErrAborted, "not run: an abort request came first"))})
+		return true
+	})
+}
+
+// launch runs the attempts the last commit recorded as started, each in a
+// goroutine of its own that reports on d.results.
+//
+//go:noinline
+func (d *driver) launch() {
+	for _, n := range d.starts {
+		if d.results == nil {
+			d.results = make(chan *outcome, len(d.rec.Steps))
+		}
+		p := d.attempt(n)
+		go func() { d.results <- p.run(d) }()
+	}
+	d.running += len(d.starts)
+	d.starts = d.starts[:0]
+}
+
+// cutOff handles a shutdown that cut attempts off: those that did not
+// answer stay in flight for recovery; those that did are committed once
+// every attempt has ended. It reports whether there is anything to commit.
+// Not inlined, as the other cold paths below: run is at the bottom of
+// every driver's stack.
+//
+//go:noinline
+func (d *driver) cutOff() bool {
+	for ; d.running > 0; d.running-- {
+		d.outs = append(d.outs, <-d.results)
+	}
+	d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil && !errors.Is(o.err, saga.ErrPending) })
+	return len(d.outs) > 0
+}
+
+// forget drops what a failed commit did not record: attempts still running
+// end unseen (the saga is loaded again), and the steps' own writes go.
+//
+//go:noinline
+func (d *driver) forget() {
+	for ; d.running > 0; d.running-- {
+		d.outs = append(d.outs, <-d.results)
+	}
+	for _, o := range d.outs {
+		o.dropTx()
+	}
+	d.outs = nil
 }
 
 // collect waits for an outcome of an attempt running in its own goroutine,
@@ -374,10 +406,7 @@ func (d *driver) attempt(n effect) prepared {
 	case saga.PhaseCompensation:
 		f = st.Compensation
 	}
-	timeout := st.Timeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
+	timeout := attemptTimeout(st)
 	parent := d.e.shards[r.ID[15]%byte(len(d.e.shards))]
 	// Past the pivot the saga only goes forward: its deadline no longer
 	// applies (nor does it to compensations, which must run to the end).
@@ -440,9 +469,7 @@ func (d *driver) call(ctx context.Context, o *outcome, b *breaker, f saga.Func, 
 			o.events = nil
 		}
 		if o.err != nil {
-			// The attempt did not succeed: the step's own writes go.
-			_ = o.tx.Rollback(context.Background())
-			o.tx = nil
+			o.dropTx() // the attempt did not succeed: the step's own writes go
 		}
 	}
 }
@@ -735,19 +762,19 @@ func (d *driver) backward(now time.Time, stopping bool) {
 		}
 		d.turn(now, i, stuck || d.pausing, stopping, &t)
 	}
+	// Something is left to undo, or to wait for.
+	left := slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
+		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
+	})
 	switch {
 	case stuck && !t.inFlight && !t.waiting:
 		d.fail(now, d.failingCause())
 		return
 	case stuck:
-	case d.pausing && !t.inFlight && slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
-		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
-	}):
+	case d.pausing && !t.inFlight && left:
 		d.enterPause(now)
 		return
-	case !t.inFlight && !t.waiting && !slices.ContainsFunc(r.Steps, func(s storage.Step) bool {
-		return s.Status == saga.StepSucceeded || s.Status == saga.StepCompensating || s.Pending
-	}):
+	case !t.inFlight && !left:
 		d.finish(now, saga.StatusCompensated)
 		return
 	case t.deferred && !t.inFlight:
@@ -765,10 +792,7 @@ func (d *driver) pend(o *outcome, now time.Time) {
 	s := &d.rec.Steps[o.step]
 	s.Pending, s.Next = true, o.started.Add(d.stepTimeout(o.step))
 	delete(d.inDoubt, o.step)
-	if o.tx != nil { // nothing is kept before the answer
-		_ = o.tx.Rollback(context.Background())
-		o.tx = nil
-	}
+	o.dropTx() // nothing is kept before the answer
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
 		Duration: o.dur, Next: s.Next, Note: "the participant answers later; waiting until the step's timeout"})
 	d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
@@ -789,9 +813,12 @@ func (d *driver) expirePending(now time.Time) {
 }
 
 // stepTimeout is the timeout of step i's attempts.
-func (d *driver) stepTimeout(i int) time.Duration {
-	if t := d.def.Steps[i].Timeout; t > 0 {
-		return t
+func (d *driver) stepTimeout(i int) time.Duration { return attemptTimeout(&d.def.Steps[i]) }
+
+// attemptTimeout is the timeout of a step's attempts (saga.Step.Timeout).
+func attemptTimeout(st *saga.Step) time.Duration {
+	if st.Timeout > 0 {
+		return st.Timeout
 	}
 	return 30 * time.Second
 }
@@ -958,10 +985,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 			// step fails for good and is compensated if the saga turns
 			// around.
 			o.err, o.cut, o.events = err, true, nil
-			if o.tx != nil {
-				_ = o.tx.Rollback(context.Background())
-				o.tx = nil
-			}
+			o.dropTx()
 		}
 	}
 	if o.err != nil && o.phase != saga.PhaseCompensation && r.Status != saga.StatusRunning {
@@ -975,15 +999,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 	}
 	info := AttemptInfo{Definition: r.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur, Err: o.err}
 	entry := storage.LogEntry{Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur}
-	delete(d.inDoubt, o.step) // an attempt answered: the doubt of a crash is settled
-	switch o.phase {
-	case saga.PhaseAction:
-		// Under the contract of idempotency keys, a later answer to the
-		// same key settles what an earlier cut-off attempt did.
-		s.OutcomeUnknown = o.cut
-	case saga.PhaseFallback: // another key: the action's unknown stays
-		s.OutcomeUnknown = s.OutcomeUnknown || o.cut
-	}
+	d.answered(s, o)
 	if o.err == nil {
 		entry.Event = storage.EventAttemptSucceeded
 		d.log(now, entry)
@@ -1073,6 +1089,20 @@ func (d *driver) failed(o *outcome, now time.Time, info AttemptInfo, entry stora
 	}
 }
 
+// answered records what an attempt's answer says of its step's effect:
+// the doubt of a crash is settled, and, under the contract of idempotency
+// keys, a later answer to the same key settles what an earlier cut-off
+// attempt did (a fallback has another key: the action's unknown stays).
+func (d *driver) answered(s *storage.Step, o *outcome) {
+	delete(d.inDoubt, o.step)
+	switch o.phase {
+	case saga.PhaseAction:
+		s.OutcomeUnknown = o.cut
+	case saga.PhaseFallback:
+		s.OutcomeUnknown = s.OutcomeUnknown || o.cut
+	}
+}
+
 // failWhenDone ends the saga failed because of step i: at once, or, when
 // attempts of other steps are in flight, once they have ended (they are
 // recorded; no new attempt starts meanwhile).
@@ -1097,12 +1127,7 @@ func (d *driver) turnedAround(now time.Time, o *outcome) {
 	if o.blocked {
 		s.Attempts-- // refused by the breaker: nothing was attempted
 	} else {
-		if o.phase == saga.PhaseAction {
-			s.OutcomeUnknown = o.cut
-		} else {
-			s.OutcomeUnknown = s.OutcomeUnknown || o.cut
-		}
-		delete(d.inDoubt, o.step)
+		d.answered(s, o)
 		d.log(now, storage.LogEntry{Event: storage.EventAttemptFailed, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
 			Duration: o.dur, Error: o.err.Error(), Note: "not retried: the saga is turning around"})
 		d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,

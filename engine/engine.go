@@ -308,16 +308,8 @@ func (e *Engine) Register(def *saga.Definition) error {
 // definition returns the registered definition with that name and
 // fingerprint (fp empty: the latest).
 func (e *Engine) definition(name, fp string) *saga.Definition {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	v := e.defs[name]
-	if v == nil {
-		return nil
-	}
-	if fp == "" {
-		return v.latest
-	}
-	return v.byFP[fp]
+	def, _ := e.plan(name, fp)
+	return def
 }
 
 // plan returns the registered definition with that name and fingerprint
@@ -846,14 +838,12 @@ func (e *Engine) abortPaused(ctx context.Context, u ulid.ULID, id string) error 
 		r.WakeAt = now // the scheduler drives it from here
 		return nil
 	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
 	return errors.Wrapf(err, "engine: abort saga %s", id)
 }
 
 // errNoChange is what a change passed to claimAndDrive returns when the
-// saga is already as asked: nothing is written.
+// saga is already as asked: nothing is written, and claimAndDrive returns
+// nil.
 var errNoChange = errors.New("no change")
 
 // Pause stops a running or compensating saga: no attempt of it starts
@@ -901,11 +891,8 @@ func (e *Engine) Pause(ctx context.Context, id string) error {
 		d.enterPause(now)
 		return nil
 	})
-	if err != nil && !errors.Is(err, errNoChange) {
-		e.pauseDone(u) // not paused: the caller hears why, and nothing is left pending
-		return errors.Wrapf(err, "engine: pause saga %s", id)
-	}
-	return nil
+	e.pauseDone(u) // carried out, moot, or refused (the caller hears why): nothing is left pending
+	return errors.Wrapf(err, "engine: pause saga %s", id)
 }
 
 // pauseRequested reports whether an operator asked to pause the saga.
@@ -966,17 +953,11 @@ func (e *Engine) Resume(ctx context.Context, id string) error {
 		default:
 			return errors.Wrapf(ErrConflict, "it is %s", r.Status)
 		}
-		to := r.PausedFrom
-		if to == "" {
-			to = saga.StatusRunning
-		}
+		to := cmp.Or(r.PausedFrom, saga.StatusRunning)
 		r.Status, r.PausedFrom, r.WakeAt, r.UpdatedAt = to, "", now, now
 		d.log(now, storage.LogEntry{Event: storage.EventUnpaused, Status: to, Note: "resumed by an operator"})
 		return nil
 	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
 	return errors.Wrapf(err, "engine: resume saga %s", id)
 }
 

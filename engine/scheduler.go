@@ -368,6 +368,9 @@ func (e *Engine) claimAndDrive(ctx context.Context, id ulid.ULID, needDef bool, 
 		err = errors.Wrapf(d.write(), "saga %s", id)
 	}
 	d.mu.Unlock()
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -75,11 +75,7 @@ func (e *Engine) view(r *storage.Saga) *Saga {
 	for i := range s.Steps {
 		if st := &s.Steps[i]; st.Waiting {
 			if def := e.definition(r.Definition, r.Fingerprint); def != nil && i < len(def.Steps) {
-				timeout := def.Steps[i].Timeout
-				if timeout <= 0 {
-					timeout = 30 * time.Second
-				}
-				st.WaitingSince = st.WaitingUntil.Add(-timeout)
+				st.WaitingSince = st.WaitingUntil.Add(-attemptTimeout(&def.Steps[i]))
 			}
 		}
 	}

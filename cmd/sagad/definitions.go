@@ -155,13 +155,7 @@ Example:
 		return exitUsage
 	}
 	name, file := fs.Arg(0), fs.Arg(1)
-	var spec []byte
-	var err error
-	if file == "-" {
-		spec, err = io.ReadAll(os.Stdin)
-	} else {
-		spec, err = os.ReadFile(file)
-	}
+	spec, err := readFileArg(os.Stdin, file)
 	if err != nil {
 		return fail(c.stderr, "definitions put", err)
 	}

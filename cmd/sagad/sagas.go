@@ -454,7 +454,7 @@ func (c *sagasCommand) control(ctx context.Context, verb string, args []string) 
 	var input json.RawMessage
 	if inputFile != "" {
 		var err error
-		if input, err = readInput(c.stdin, inputFile); err != nil {
+		if input, err = readJSONArg(c.stdin, "--input", inputFile); err != nil {
 			return fail(c.stderr, "sagas "+verb, err)
 		}
 	}
@@ -546,7 +546,7 @@ Flags:
 	}
 	if dataFile != "" {
 		var err error
-		if req.Data, err = readInput(c.stdin, dataFile); err != nil {
+		if req.Data, err = readJSONArg(c.stdin, "--data", dataFile); err != nil {
 			return fail(c.stderr, "sagas complete", err)
 		}
 	}
@@ -571,24 +571,27 @@ Flags:
 	return exitOK
 }
 
-// readInput reads a JSON value from a file, or from stdin for "-".
-func readInput(stdin io.Reader, name string) (json.RawMessage, error) {
-	var data []byte
-	var err error
+// readFileArg reads a file named on the command line, or stdin for "-".
+func readFileArg(stdin io.Reader, name string) ([]byte, error) {
 	if name == "-" {
-		data, err = io.ReadAll(io.LimitReader(stdin, 1<<20+1))
-	} else {
-		data, err = os.ReadFile(name)
+		return io.ReadAll(stdin)
 	}
+	return os.ReadFile(name)
+}
+
+// readJSONArg reads the JSON value in the file a flag names (- for stdin):
+// at most 1 MiB, the API's limit.
+func readJSONArg(stdin io.Reader, flag, name string) (json.RawMessage, error) {
+	data, err := readFileArg(io.LimitReader(stdin, 1<<20+1), name)
 	if err != nil {
-		return nil, errors.Wrapf(err, "--input %s", name)
+		return nil, errors.Wrapf(err, "%s %s", flag, name)
 	}
 	data = bytes.TrimSpace(data)
 	if len(data) > 1<<20 {
-		return nil, errors.Newf("--input %s: more than 1 MiB", name)
+		return nil, errors.Newf("%s %s: more than 1 MiB", flag, name)
 	}
 	if !json.Valid(data) {
-		return nil, errors.Newf("--input %s: not a JSON value", name)
+		return nil, errors.Newf("%s %s: not a JSON value", flag, name)
 	}
 	return data, nil
 }
