@@ -2,9 +2,10 @@
 // Open, any backend (storage/bolt, storage/postgres) with New.
 //
 // An Engine is opened on a store, given definitions (Register), and run
-// (Run). Start records a saga and returns; the engine drives it forward step
-// by step and, when a step fails for good, compensates the steps that
-// succeeded, last first. Wait returns a saga once it has finished.
+// (Run). Start records a saga and returns; the engine drives it forward,
+// each step once those it waits for have succeeded (saga.Step.After), and,
+// when a step fails for good, compensates the steps that succeeded in
+// reverse order. Wait returns a saga once it has finished.
 //
 // # Guarantees
 //

@@ -1199,7 +1199,8 @@ func (d *driver) pastPivot() bool {
 }
 
 // compensate turns the saga around: it stops going forward and undoes its
-// succeeded steps, last first, and the step whose outcome is unknown.
+// succeeded steps (backward decides in what order), and those whose outcome
+// is unknown.
 func (d *driver) compensate(now time.Time, cause error) {
 	r := d.rec
 	r.Status, r.WakeAt = saga.StatusCompensating, time.Time{}

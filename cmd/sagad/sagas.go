@@ -409,7 +409,7 @@ Example:
 	"abort": `Usage: sagad sagas abort [--db FILE | --addr URL] [--wait D] ID
 
 Asks a running saga to stop going forward and compensate the steps that
-succeeded, last first. An attempt in flight finishes first; a saga past its
+succeeded, in reverse order. Attempts in flight finish first; a saga past its
 pivot step cannot be aborted. Offline, the request is recorded and the
 daemon (or sagad recover) acts on it.
 
