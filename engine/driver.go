@@ -414,20 +414,26 @@ func (d *driver) attempt(n effect) prepared {
 	if n.phase != saga.PhaseCompensation && !d.pastPivot() {
 		deadline = r.Deadline
 	}
+	return prepared{o: &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}, call: d.newCall(n), f: f, b: d.breaker(n),
+		parent: parent, timeout: timeout, deadline: deadline}
+}
+
+// newCall describes the current attempt of n to its function.
+func (d *driver) newCall(n effect) *saga.Call {
+	r, st := d.rec, &d.def.Steps[n.step]
 	sagaID := r.ID.String()
 	call := &saga.Call{
 		SagaID:         sagaID,
 		Definition:     r.Definition,
 		Step:           st.Name,
 		Phase:          n.phase,
-		Attempt:        s.Attempts,
+		Attempt:        r.Steps[n.step].Attempts,
 		IdempotencyKey: sagaID + "/" + st.Name + "/" + string(n.phase),
 	}
 	// The function gets its own copies: changing them in place must not
 	// change what is stored or what later steps see.
 	call.Input, call.Data = cloneInput(r.Input, r.Data)
-	return prepared{o: &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}, call: call, f: f, b: d.breaker(n),
-		parent: parent, timeout: timeout, deadline: deadline}
+	return call
 }
 
 // call runs f with the attempt's context and records what happened in o.
@@ -639,7 +645,13 @@ func (d *driver) turn(now time.Time, i int, held, stopping bool, t *tally) {
 	case !d.canStart():
 		t.deferred = true
 	case d.begin(now, i):
-		t.inFlight = true
+		if s := &d.rec.Steps[i]; s.Pending {
+			// Sent as a command: it waits for the answer, or its timeout.
+			t.waiting = true
+			t.due(s.Next)
+		} else {
+			t.inFlight = true
+		}
 	default:
 		t.due(d.rec.Steps[i].Next)
 	}
@@ -938,8 +950,11 @@ func (d *driver) begin(now time.Time, i int) bool {
 		}
 	}
 	s.Attempts++
-	s.InFlight = true
 	s.Next = time.Time{}
+	if cmd := d.def.Steps[i].Commands.For(s.Phase); cmd != nil && d.send(now, i, cmd) {
+		return true
+	}
+	s.InFlight = true
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptStarted, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts})
 	d.starts = append(d.starts, n)
 	return true

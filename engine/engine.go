@@ -259,6 +259,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 		return errors.Wrap(err, "engine: register")
 	}
 	fp := def.Fingerprint()
+	def = withCommands(def)
 	e.mu.Lock()
 	// Every breaker is checked before any is created, so that a refused
 	// definition leaves none behind to constrain the next one.

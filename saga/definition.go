@@ -60,15 +60,20 @@ type Step struct {
 	// Name is unique within the definition; it matches the same pattern as
 	// Definition.Name. It keys the step's output in Call.Data.
 	Name string
-	// Action does the step's work. Required.
+	// Action does the step's work. Required, unless Commands.Action
+	// sends it to the participant as a message instead.
 	Action Func
-	// Compensation undoes a succeeded Action. Optional: a step without one is
-	// skipped during compensation.
+	// Compensation undoes a succeeded Action. Optional: a step without one
+	// (and without Commands.Compensation) is skipped during compensation.
 	Compensation Func
 	// Fallback runs once when Action has failed for good (attempts or time
 	// exhausted, a permanent error, or the circuit breaker open). If it
 	// succeeds, the step counts as succeeded and the saga goes on.
 	Fallback Func
+	// Commands sends phases of the step to a participant that answers
+	// later, as messages through the outbox (see Command), in place of
+	// their Func. A phase has a Func or a Command, not both.
+	Commands Commands
 	// Retry is the Action's retry policy. The zero value retries 3 times in
 	// all (see RetryPolicy for the defaults).
 	Retry RetryPolicy
@@ -97,6 +102,55 @@ type Step struct {
 	// the succeeded steps that wait for it have ended.
 	After []string
 }
+
+// Command builds the message that asks a step's participant to act, for a
+// phase whose participant answers later by message (Step.Commands). When
+// the engine starts an attempt of the phase, it calls the Command with the
+// attempt's Call and writes the message to the outbox in the same commit
+// that records the attempt as started, so that no message is lost and none
+// is sent for an attempt that was not recorded. A relay publishes it, with
+// the attempt's identity as headers (Idempotency-Key, X-Saga-Id,
+// X-Saga-Definition, X-Saga-Step, X-Saga-Phase, X-Saga-Attempt) and a
+// correlation id "<saga id>/<step>/<phase>/<attempt>". The step then waits,
+// holding no goroutine, for the answer (Engine.Complete; a reply consumer
+// such as transport/rabbitmq's Replies calls it) until its Timeout, as
+// for a Func that returns ErrPending.
+//
+// The Event's Exchange is taken as it is: empty is the broker's default
+// exchange, which routes on the queue's name. A Command must have no side
+// effects and give the same message for the same Call: it may run more
+// than once for one attempt. An error fails the attempt, with the meaning
+// a Func's error has.
+type Command func(c *Call) (Event, error)
+
+// Commands are the phases of a step whose participant is reached by a
+// message (see Command). Nil fields are phases run by the step's Funcs.
+type Commands struct {
+	Action       Command
+	Compensation Command
+	Fallback     Command
+}
+
+// For returns the Command of phase p, or nil.
+func (c *Commands) For(p Phase) Command {
+	switch p {
+	case PhaseAction:
+		return c.Action
+	case PhaseCompensation:
+		return c.Compensation
+	case PhaseFallback:
+		return c.Fallback
+	}
+	return nil
+}
+
+// HasCompensation reports whether the step can be undone: it has a
+// Compensation or a Commands.Compensation.
+func (s *Step) HasCompensation() bool { return s.Compensation != nil || s.Commands.Compensation != nil }
+
+// HasFallback reports whether the step has a Fallback or a
+// Commands.Fallback.
+func (s *Step) HasFallback() bool { return s.Fallback != nil || s.Commands.Fallback != nil }
 
 // AtStart is the After of a step that waits for no other step: it starts
 // with the saga. Any empty, non-nil slice means the same.
@@ -243,8 +297,20 @@ func (d *Definition) validate() error {
 			return errors.Newf("%s duplicates steps[%d]", field("name"), j)
 		}
 		seen[s.Name] = i
-		if s.Action == nil {
-			return errors.Newf("%s is required", field("action"))
+		if s.Action == nil && s.Commands.Action == nil {
+			return errors.Newf("%s is required (a Func, or Commands.Action)", field("action"))
+		}
+		for _, p := range []struct {
+			name string
+			both bool
+		}{
+			{"action", s.Action != nil && s.Commands.Action != nil},
+			{"compensation", s.Compensation != nil && s.Commands.Compensation != nil},
+			{"fallback", s.Fallback != nil && s.Commands.Fallback != nil},
+		} {
+			if p.both {
+				return errors.Newf("%s has both a Func and a Command; give one", field(p.name))
+			}
 		}
 		if s.Timeout < 0 {
 			return errors.Newf("%s %s is negative", field("timeout"), s.Timeout)
@@ -257,6 +323,9 @@ func (d *Definition) validate() error {
 		}
 		if s.Breaker.Name != "" && !namePattern.MatchString(s.Breaker.Name) {
 			return errors.Newf("%s %q must match %s", field("breaker name"), s.Breaker.Name, namePattern)
+		}
+		if s.Breaker.Name != "" && s.Commands.Action != nil {
+			return errors.Newf("%s: the action is a command, whose answers a breaker does not see; guard the participant's calls elsewhere", field("breaker"))
 		}
 		if s.Breaker.Name == "" && s.Breaker != (BreakerPolicy{}) {
 			return errors.Newf("%s has settings but no name", field("breaker"))
@@ -289,9 +358,9 @@ func (d *Definition) validate() error {
 		case !g.Related(i, pivot):
 			return errors.Newf("saga: definition %q: steps[%d] (%q): pivot: the step runs alongside the pivot %q; every step must come before the pivot or after it",
 				d.Name, i, s.Name, pv)
-		case g.Before(i, pivot) && s.Compensation == nil:
+		case g.Before(i, pivot) && !s.HasCompensation():
 			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: is required before the pivot %q", d.Name, i, s.Name, pv)
-		case g.Before(pivot, i) && s.Compensation != nil:
+		case g.Before(pivot, i) && s.HasCompensation():
 			return errors.Newf("saga: definition %q: steps[%d] (%q): compensation: a step after the pivot %q is never compensated", d.Name, i, s.Name, pv)
 		}
 	}
@@ -337,8 +406,15 @@ func (d *Definition) Fingerprint() string {
 	h.Write(b)
 	for i, s := range d.Steps {
 		b = strconv.AppendQuote(append(b[:0], "\nstep "...), s.Name)
-		b = strconv.AppendBool(append(b, " compensation="...), s.Compensation != nil)
-		b = strconv.AppendBool(append(b, " fallback="...), s.Fallback != nil)
+		b = strconv.AppendBool(append(b, " compensation="...), s.HasCompensation())
+		b = strconv.AppendBool(append(b, " fallback="...), s.HasFallback())
+		// Absent without commands, so that definitions written before
+		// them keep their fingerprints.
+		if c := s.Commands; c.Action != nil || c.Compensation != nil || c.Fallback != nil {
+			b = strconv.AppendBool(append(b, " commands="...), c.Action != nil)
+			b = strconv.AppendBool(append(b, ","...), c.Compensation != nil)
+			b = strconv.AppendBool(append(b, ","...), c.Fallback != nil)
+		}
 		b = appendPolicy(append(b, " retry="...), s.Retry)
 		b = appendPolicy(append(b, " compensation_retry="...), s.CompensationRetry)
 		b = strconv.AppendInt(append(b, " timeout="...), int64(s.Timeout), 10)

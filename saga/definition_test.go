@@ -15,6 +15,10 @@ import (
 
 func noop(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }
 
+func cmd(c *saga.Call) (saga.Event, error) {
+	return saga.Event{Name: "do", Payload: json.RawMessage(`{}`)}, nil
+}
+
 // step returns a valid step named name with an action and a compensation.
 func step(name string) saga.Step {
 	return saga.Step{Name: name, Action: noop, Compensation: noop}
@@ -106,6 +110,13 @@ func TestDefinitionValidate(t *testing.T) {
 		{name: "empty step name", def: def(step("")), wants: []string{"steps[0]", "name"}},
 		{name: "duplicate step names", def: def(step("a"), step("b"), step("a")), wants: []string{"steps[2]", `"a"`, "duplicates steps[0]"}},
 		{name: "missing action", def: def(step("a"), saga.Step{Name: "b"}), wants: []string{"steps[1]", `"b"`, "action", "required"}},
+		{name: "command action", def: def(saga.Step{Name: "a", Commands: saga.Commands{Action: cmd, Compensation: cmd}, Fallback: noop})},
+		{name: "command before the pivot counts as compensation", def: def(saga.Step{Name: "a", Action: noop, Commands: saga.Commands{Compensation: cmd}}, with(step("p"), func(s *saga.Step) { s.Pivot = true; s.Compensation = nil }))},
+		{name: "action func and command", def: def(saga.Step{Name: "a", Action: noop, Commands: saga.Commands{Action: cmd}}), wants: []string{`"a"`, "action", "both a Func and a Command"}},
+		{name: "compensation func and command", def: def(saga.Step{Name: "a", Action: noop, Compensation: noop, Commands: saga.Commands{Compensation: cmd}}), wants: []string{"compensation", "both"}},
+		{name: "fallback func and command", def: def(saga.Step{Name: "a", Action: noop, Fallback: noop, Commands: saga.Commands{Fallback: cmd}}), wants: []string{"fallback", "both"}},
+		{name: "breaker on a command", def: def(saga.Step{Name: "a", Commands: saga.Commands{Action: cmd}, Breaker: saga.BreakerPolicy{Name: "b"}}), wants: []string{`"a"`, "breaker", "command"}},
+		{name: "command after the pivot", def: def(with(step("p"), func(s *saga.Step) { s.Pivot = true }), saga.Step{Name: "b", Action: noop, Commands: saga.Commands{Compensation: cmd}}), wants: []string{`"b"`, "never compensated"}},
 		{name: "negative step timeout", def: def(with(step("a"), func(s *saga.Step) { s.Timeout = -1 })), wants: []string{"steps[0]", `"a"`, "timeout", "negative"}},
 		{name: "breaker settings without name", def: def(with(step("a"), func(s *saga.Step) { s.Breaker.Failures = 3 })), wants: []string{`"a"`, "breaker", "no name"}},
 		{name: "breaker open_for without name", def: def(with(step("a"), func(s *saga.Step) { s.Breaker.OpenFor = time.Second })), wants: []string{`"a"`, "breaker", "no name"}},
@@ -251,6 +262,8 @@ func TestDefinitionFingerprint(t *testing.T) {
 		{"breaker", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay"} }), false},
 		{"breaker settings", with(func(d *saga.Definition) { d.Steps[1].Breaker = saga.BreakerPolicy{Name: "pay", Failures: 2} }), false},
 		{"pivot", with(func(d *saga.Definition) { d.Steps[2].Pivot = true }), false},
+		{"action sent as a command", with(func(d *saga.Definition) { d.Steps[0].Action, d.Steps[0].Commands.Action = nil, cmd }), false},
+		{"compensation sent as a command", with(func(d *saga.Definition) { d.Steps[0].Compensation, d.Steps[0].Commands.Compensation = nil, cmd }), false},
 		{"after spelling out the line", with(func(d *saga.Definition) {
 			d.Steps[0].After, d.Steps[1].After, d.Steps[2].After = saga.AtStart, []string{"reserve"}, []string{"charge"}
 		}), true},

@@ -25,6 +25,12 @@ const (
 // through them.
 var OutboxStatuses = []OutboxStatus{OutboxNew, OutboxProduced, OutboxNotProduced}
 
+// HeaderCorrelationID is the header that makes an outbox event a command to
+// a step's participant (saga.Command): a relay publishes it with the
+// header's value as the message's correlation id, its reply queue as
+// reply_to, and the exchange as it is (empty: the broker's default).
+const HeaderCorrelationID = "x-saga-correlation-id"
+
 // OutboxEvent is an integration event in the outbox.
 type OutboxEvent struct {
 	ID         ulid.ULID `json:"id"`

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"time"
 
@@ -72,11 +73,11 @@ func (s *Spec) build(name string, client *http.Client) (*saga.Definition, error)
 		st := &s.Steps[i]
 		step := saga.Step{
 			Name:    st.Name,
-			Action:  newCaller(st.Action, client).call,
 			Timeout: st.Action.timeout(),
 			Pivot:   st.Pivot,
 			After:   st.After,
 		}
+		st.Action.bind(&step.Action, &step.Commands.Action, client)
 		switch {
 		case st.Retry != nil:
 			step.Retry = st.Retry.policy()
@@ -84,14 +85,14 @@ func (s *Spec) build(name string, client *http.Client) (*saga.Definition, error)
 			step.Retry = st.Action.Retry.policy()
 		}
 		if c := st.Compensation; c != nil {
-			step.Compensation = newCaller(c, client).call
+			c.bind(&step.Compensation, &step.Commands.Compensation, client)
 			step.Timeout = max(step.Timeout, c.timeout())
 			if c.Retry != nil {
 				step.CompensationRetry = c.Retry.policy()
 			}
 		}
 		if c := st.Fallback; c != nil {
-			step.Fallback = newCaller(c, client).call
+			c.bind(&step.Fallback, &step.Commands.Fallback, client)
 			step.Timeout = max(step.Timeout, c.timeout())
 		}
 		if st.CircuitBreaker != nil {
@@ -105,12 +106,43 @@ func (s *Spec) build(name string, client *http.Client) (*saga.Definition, error)
 	return def, nil
 }
 
-// timeout returns the call's per-attempt timeout, defaulted.
+// bind sets the phase's Func to the HTTP call, or its Command to the
+// command c describes.
+func (c *CallSpec) bind(f *saga.Func, cmd *saga.Command, client *http.Client) {
+	if c.AMQP != nil {
+		*cmd = newCommand(c)
+		return
+	}
+	*f = newCaller(c, client).call
+}
+
+// timeout returns the call's per-attempt timeout, defaulted: for a
+// command, how long it waits for the reply.
 func (c *CallSpec) timeout() time.Duration {
-	if c.Timeout == 0 {
+	t := c.Timeout
+	if c.AMQP != nil {
+		t = c.AMQP.Timeout
+	}
+	if t == 0 {
 		return defaultCallTimeout
 	}
-	return time.Duration(c.Timeout)
+	return time.Duration(t)
+}
+
+// newCommand returns the command a call over AMQP sends: the request body
+// of an HTTP call, to the spec's exchange and routing key, with its extra
+// headers. The engine adds the attempt's identity.
+func newCommand(c *CallSpec) saga.Command {
+	exchange, key := c.AMQP.Exchange, c.AMQP.RoutingKey
+	headers := maps.Clone(c.Headers)
+	return func(sc *saga.Call) (saga.Event, error) {
+		body, err := requestBody(sc)
+		if err != nil {
+			return saga.Event{}, saga.Permanent(errors.Wrapf(err, "httpstep: command to %q: encode body", key))
+		}
+		return saga.Event{Name: "sagad." + string(sc.Phase), Exchange: exchange, RoutingKey: key, Payload: body,
+			Headers: maps.Clone(headers)}, nil
+	}
 }
 
 func (r *RetrySpec) policy() saga.RetryPolicy {

@@ -64,11 +64,16 @@ type StepSpec struct {
 	After []string `json:"after,omitzero"`
 }
 
-// CallSpec is one HTTP call to a participant: a step's action, compensation
-// or fallback.
+// CallSpec is one call to a participant: a step's action, compensation or
+// fallback, as an HTTP request (URL) or as a command message through the
+// outbox and RabbitMQ (AMQP). Give one of the two.
 type CallSpec struct {
-	// URL is the participant's absolute http:// or https:// URL. Required.
-	URL string `json:"url"`
+	// URL is the participant's absolute http:// or https:// URL.
+	URL string `json:"url,omitempty"`
+	// AMQP sends the call as a command message instead, answered by a
+	// reply message (see AMQPSpec). Method and Timeout do not apply: the
+	// reply's timeout is AMQP.Timeout.
+	AMQP *AMQPSpec `json:"amqp,omitempty"`
 	// Method is POST (the default), PUT, PATCH or DELETE.
 	Method string `json:"method,omitempty"`
 	// Timeout bounds each attempt. Zero: 30s.
@@ -82,6 +87,29 @@ type CallSpec struct {
 	// Idempotency-Key, X-Saga-*) nor those net/http manages (Host,
 	// Content-Length, Transfer-Encoding, Connection and the like).
 	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// AMQPSpec sends a call as a command (saga.Command): the engine writes the
+// message to the outbox in the commit that records the attempt's start; the
+// relay publishes it (persistent, mandatory, confirmed) with the request
+// body an HTTP call gets, the same headers (Idempotency-Key, X-Saga-Id,
+// X-Saga-Definition, X-Saga-Step, X-Saga-Phase, X-Saga-Attempt, and the
+// call's Headers), correlation_id "<saga id>/<step>/<phase>/<attempt>" and
+// reply_to the relay's reply queue. The participant answers with a message
+// to reply_to carrying the same correlation_id, a header "status" (an
+// integer with an HTTP status's meaning) and a JSON body: the step's data,
+// or {"error": "..."}. A command the broker returns (no queue bound) is a
+// failed attempt.
+type AMQPSpec struct {
+	// Exchange is the exchange the command is published to; empty is the
+	// broker's default exchange, which routes to the queue named by the
+	// routing key.
+	Exchange string `json:"exchange"`
+	// RoutingKey routes the command. Required; at most 255 bytes.
+	RoutingKey string `json:"routing_key"`
+	// Timeout is how long an attempt waits for the reply; then it failed
+	// with an unknown outcome and the retry policy applies. Zero: 30s.
+	Timeout Duration `json:"timeout,omitzero"`
 }
 
 // RetrySpec is a retry policy; it maps field for field onto
@@ -256,7 +284,8 @@ var (
 	specFields    = []string{"steps", "timeout", "events"}
 	eventsFields  = []string{"lifecycle", "exchange"}
 	stepFields    = []string{"name", "action", "compensation", "fallback", "retry", "circuit_breaker", "pivot", "after"}
-	callFields    = []string{"url", "method", "timeout", "retry", "headers"}
+	callFields    = []string{"url", "amqp", "method", "timeout", "retry", "headers"}
+	amqpFields    = []string{"exchange", "routing_key", "timeout"}
 	retryFields   = []string{"max_attempts", "initial_interval", "max_interval", "multiplier", "max_elapsed"}
 	breakerFields = []string{"name", "failures", "open_for", "half_open_requests"}
 )
@@ -317,6 +346,19 @@ func decodeCall(p string, raw json.RawMessage, dst **CallSpec) error {
 		switch key {
 		case "url":
 			return decodeString(p, v, &c.URL)
+		case "amqp":
+			a := new(AMQPSpec)
+			c.AMQP = a
+			return decodeObject(p, v, amqpFields, func(key, p string, v json.RawMessage) error {
+				switch key {
+				case "exchange":
+					return decodeString(p, v, &a.Exchange)
+				case "routing_key":
+					return decodeString(p, v, &a.RoutingKey)
+				default:
+					return decodeDuration(p, v, &a.Timeout)
+				}
+			})
 		case "method":
 			return decodeString(p, v, &c.Method)
 		case "timeout":
@@ -536,6 +578,9 @@ func (s *Spec) check() error {
 		}
 		if b := st.CircuitBreaker; b != nil {
 			bp := p + ".circuit_breaker"
+			if st.Action.AMQP != nil {
+				return bad(bp, "not allowed when the action is sent over AMQP: a breaker counts the answers of calls, and a command's come later")
+			}
 			if b.Name == "" {
 				return bad(bp+".name", "is required")
 			}
@@ -575,8 +620,11 @@ var reservedHeaders = []string{
 }
 
 func (c *CallSpec) check(p string) error {
+	if c.AMQP != nil {
+		return c.checkAMQP(p)
+	}
 	if c.URL == "" {
-		return bad(p+".url", "is required")
+		return bad(p+".url", "is required (or amqp)")
 	}
 	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
 		return bad(p+".url", "must be an absolute http or https URL (got %q)", c.URL)
@@ -594,6 +642,38 @@ func (c *CallSpec) check(p string) error {
 			return err
 		}
 	}
+	return c.checkHeaders(p)
+}
+
+// checkAMQP checks a call sent as a command.
+func (c *CallSpec) checkAMQP(p string) error {
+	a := c.AMQP
+	switch {
+	case c.URL != "":
+		return bad(p+".amqp", "give url or amqp, not both")
+	case c.Method != "":
+		return bad(p+".method", "not allowed with amqp")
+	case c.Timeout != 0:
+		return bad(p+".timeout", "not allowed with amqp: give it as %s.amqp.timeout", p)
+	case a.Exchange != "" && !namePattern.MatchString(a.Exchange):
+		return bad(p+".amqp.exchange", "%q must be empty (the default exchange) or match %s", a.Exchange, namePattern)
+	case a.RoutingKey == "":
+		return bad(p+".amqp.routing_key", "is required")
+	case len(a.RoutingKey) > 255:
+		return bad(p+".amqp.routing_key", "is %d bytes, at most 255", len(a.RoutingKey))
+	case a.Timeout < 0:
+		return bad(p+".amqp.timeout", "must not be negative (%s)", time.Duration(a.Timeout))
+	}
+	if c.Retry != nil {
+		if err := c.Retry.check(p + ".retry"); err != nil {
+			return err
+		}
+	}
+	return c.checkHeaders(p)
+}
+
+// checkHeaders checks the call's extra headers.
+func (c *CallSpec) checkHeaders(p string) error {
 	keys := slices.Sorted(func(yield func(string) bool) {
 		for k := range c.Headers {
 			if !yield(k) {

@@ -77,6 +77,33 @@ func TestParseValid(t *testing.T) {
 		{name: "PUT", input: oneStep(`"method": "PUT"`)},
 		{name: "PATCH", input: oneStep(`"method": "PATCH"`)},
 		{name: "DELETE", input: oneStep(`"method": "DELETE"`)},
+		{name: "amqp", input: `{"steps": [{"name": "reserve",
+			"action": {"amqp": {"exchange": "", "routing_key": "inventory.reserve", "timeout": "2m"}, "retry": {"max_attempts": 5}, "headers": {"tenant": "acme"}},
+			"compensation": {"amqp": {"exchange": "inventory", "routing_key": "release"}},
+			"fallback": {"url": "http://127.0.0.1:1/reserve"}}]}`,
+			check: func(t *testing.T, s *httpstep.Spec, d *saga.Definition) {
+				st := d.Steps[0]
+				if st.Action != nil || st.Commands.Action == nil || st.Compensation != nil || st.Commands.Compensation == nil ||
+					st.Fallback == nil || st.Commands.Fallback != nil {
+					t.Errorf("step %+v: want the action and compensation as commands, the fallback as an HTTP call", st)
+				}
+				if st.Timeout != 2*time.Minute || st.Retry.MaxAttempts != 5 {
+					t.Errorf("step timeout %s, retry %+v: want the reply's 2m and 5 attempts", st.Timeout, st.Retry)
+				}
+				call := &saga.Call{SagaID: "01J0000000000000000000000S", Definition: "d", Step: "reserve", Phase: saga.PhaseAction, Attempt: 2,
+					Input: json.RawMessage(`{"sku":"x"}`)}
+				ev, err := st.Commands.Action(call)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ev.Exchange != "" || ev.RoutingKey != "inventory.reserve" || ev.Headers["tenant"] != "acme" || ev.Validate() != nil ||
+					!strings.Contains(string(ev.Payload), `"attempt":2,"input":{"sku":"x"}`) {
+					t.Errorf("command %+v (%s): want the HTTP request body on the default exchange", ev, ev.Payload)
+				}
+				if ev, _ := st.Commands.Compensation(call); ev.Exchange != "inventory" || ev.RoutingKey != "release" {
+					t.Errorf("compensation command %+v", ev)
+				}
+			}},
 		{name: "headers", input: oneStep(`"headers": {"Authorization": "Bearer t", "x-tenant": "acme", "User-Agent": "shop/1", "Accept": "*/*"}`)},
 		{name: "durations", input: oneStep(`"timeout": "1m30s", "retry": {"initial_interval": "0s", "max_elapsed": "1h"}`),
 			check: func(t *testing.T, s *httpstep.Spec, d *saga.Definition) {
@@ -176,6 +203,19 @@ func TestParseInvalid(t *testing.T) {
 		{name: "null action", input: `{"steps": [{"name": "a", "action": null}]}`, want: "steps[0].action: is required"},
 		{name: "action not an object", input: `{"steps": [{"name": "a", "action": "http://x/a"}]}`, want: "steps[0].action: must be a JSON object"},
 		{name: "missing url", input: `{"steps": [{"name": "a", "action": {"method": "POST"}}]}`, want: "steps[0].action.url: is required"},
+		{name: "url and amqp", input: oneStep(`"amqp": {"routing_key": "k"}`), want: "steps[0].action.amqp: give url or amqp, not both"},
+		{name: "amqp with method", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}, "method": "PUT"}}]}`, want: "steps[0].action.method: not allowed with amqp"},
+		{name: "amqp with call timeout", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}, "timeout": "1s"}}]}`,
+			want: "steps[0].action.timeout: not allowed with amqp: give it as steps[0].action.amqp.timeout"},
+		{name: "amqp without routing key", input: `{"steps": [{"name": "a", "action": {"amqp": {"exchange": "x"}}}]}`, want: "steps[0].action.amqp.routing_key: is required"},
+		{name: "amqp bad exchange", input: `{"steps": [{"name": "a", "action": {"amqp": {"exchange": "a b", "routing_key": "k"}}}]}`, want: "steps[0].action.amqp.exchange"},
+		{name: "amqp long routing key", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "` + strings.Repeat("k", 256) + `"}}}]}`,
+			want: "steps[0].action.amqp.routing_key: is 256 bytes, at most 255"},
+		{name: "amqp negative timeout", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k", "timeout": "-1s"}}}]}`, want: "steps[0].action.amqp.timeout: must not be negative"},
+		{name: "amqp unknown field", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k", "queue": "q"}}}]}`, want: "steps[0].action.amqp.queue: unknown field"},
+		{name: "amqp reserved header", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}, "headers": {"X-Saga-Id": "x"}}}]}`, want: "X-Saga-Id is reserved"},
+		{name: "amqp action with breaker", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}}, "circuit_breaker": {"name": "b"}}]}`,
+			want: "steps[0].circuit_breaker: not allowed when the action is sent over AMQP"},
 		{name: "relative url", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}}, {"name": "b", "action": {"url": "/reserve"}}]}`,
 			want: "steps[1].action.url: must be an absolute http or https URL"},
 		{name: "ftp url", input: `{"steps": [{"name": "a", "action": {"url": "ftp://x/a"}}]}`, want: "steps[0].action.url: must be an absolute http or https URL"},

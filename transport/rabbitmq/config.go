@@ -52,6 +52,19 @@ type Config struct {
 	Heartbeat time.Duration
 	// ConnectionName shows in the broker's management UI. Zero: "sagad relay".
 	ConnectionName string
+	// ReplyQueue is the durable queue participants answer commands on (a
+	// saga.Command's message carries it as reply_to); Replies declares and
+	// consumes it. Zero: "sagad.replies".
+	ReplyQueue string
+	// ReplyPrefetch caps the replies Replies has taken and not yet
+	// acknowledged: it handles that many at once. Zero: 256.
+	ReplyPrefetch int
+	// Completer takes the answers Replies reads, and the failure of a
+	// command the broker could not deliver (returned: no queue bound to its
+	// routing key; its exchange missing), which fails the attempt at once.
+	// *engine.Engine is one. Required by Replies; without it the relay
+	// leaves an undeliverable command's attempt to its timeout.
+	Completer Completer
 	// Logger receives the relay's logs. Nil: slog.Default().
 	Logger *slog.Logger
 	// Hooks observe the relay (metrics).
@@ -74,6 +87,11 @@ type Hooks struct {
 	Retried func(ev *storage.OutboxEvent, err error)
 	// NotProduced is called when an event ran out of attempts.
 	NotProduced func(ev *storage.OutboxEvent, err error)
+	// Reply is called by Replies, on a goroutine of the reply's own, once
+	// it has handled a reply: result is "applied" (it ended its attempt),
+	// "ignored" (recorded and ignored: late, or delivered twice) or
+	// "rejected" (malformed, or for no saga).
+	Reply func(result string)
 	// Connection is called when the relay connects (err nil) and when it
 	// loses its connection or fails to connect (err set).
 	Connection func(up bool, err error)
@@ -111,6 +129,12 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 10 * time.Second
 	}
+	if c.ReplyQueue == "" {
+		c.ReplyQueue = "sagad.replies"
+	}
+	if c.ReplyPrefetch <= 0 {
+		c.ReplyPrefetch = 256
+	}
 	if c.ConnectionName == "" {
 		c.ConnectionName = "sagad relay"
 	}
@@ -129,6 +153,10 @@ func (c *Config) Validate() error {
 		return errors.Mark(errors.New("rabbitmq: URL is required (amqp://user:pass@host:5672/vhost)"), ErrInvalidConfig)
 	case c.Window > 65535:
 		return errors.Mark(errors.Newf("rabbitmq: window %d is larger than 65535", c.Window), ErrInvalidConfig)
+	case c.ReplyPrefetch > 65535:
+		return errors.Mark(errors.Newf("rabbitmq: reply prefetch %d is larger than 65535", c.ReplyPrefetch), ErrInvalidConfig)
+	case len(c.ReplyQueue) > 255:
+		return errors.Mark(errors.Newf("rabbitmq: reply queue name is %d bytes, at most 255", len(c.ReplyQueue)), ErrInvalidConfig)
 	case c.RetryMax < c.RetryInitial:
 		return errors.Mark(errors.Newf("rabbitmq: retry max %s is below retry initial %s", c.RetryMax, c.RetryInitial), ErrInvalidConfig)
 	case c.ReconnectMax < c.ReconnectInitial:

@@ -22,6 +22,7 @@ import (
 type bundle struct {
 	eng       *engine.Engine
 	relay     *rabbitmq.Relay
+	replies   *rabbitmq.Replies
 	path      string
 	published chan struct{} // a value after each batch of produced marks
 	stop      func()
@@ -31,6 +32,8 @@ type setupOpts struct {
 	path    string
 	cfg     rabbitmq.Config
 	noRelay bool
+	// replies runs a reply consumer with cfg beside the relay.
+	replies bool
 	defs    []*saga.Definition
 	// outbox, when set, is what the relay reads the store through.
 	outbox func(storage.Store) storage.OutboxStore
@@ -77,6 +80,9 @@ func setup(t *testing.T, so setupOpts) *bundle {
 			default:
 			}
 		}
+		if cfg.Completer == nil {
+			cfg.Completer = eng
+		}
 		var store storage.OutboxStore = eng.Store()
 		if so.outbox != nil {
 			store = so.outbox(eng.Store())
@@ -92,6 +98,19 @@ func setup(t *testing.T, so setupOpts) *bundle {
 				t.Errorf("relay run: %v", err)
 			}
 		}()
+		if so.replies {
+			b.replies, err = rabbitmq.NewReplies(cfg)
+			if err != nil {
+				t.Fatalf("new replies: %v", err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := b.replies.Run(ctx); err != nil {
+					t.Errorf("replies run: %v", err)
+				}
+			}()
+		}
 	}
 	var once sync.Once
 	b.stop = func() {
@@ -121,7 +140,9 @@ func (b *bundle) run(t *testing.T, def string, input any) *engine.Saga {
 	defer cancel()
 	s, err := b.eng.Wait(ctx, st.ID)
 	if err != nil {
-		t.Fatalf("wait %s: %v", st.ID, err)
+		got, _ := b.eng.Get(context.Background(), st.ID)
+		log, _ := b.eng.Log(context.Background(), st.ID)
+		t.Fatalf("wait %s: %v\nsaga: %+v\nlog: %+v", st.ID, err, got, log)
 	}
 	return s
 }

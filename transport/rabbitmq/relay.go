@@ -38,6 +38,9 @@ type Relay struct {
 	cfg Config
 	log *slog.Logger
 
+	// bg counts the goroutines that fail the attempts of undelivered
+	// commands; Run waits for them.
+	bg                              sync.WaitGroup
 	running                         atomic.Bool
 	connected                       atomic.Bool
 	cur                             atomic.Pointer[session] // Run's session, for Stats
@@ -262,6 +265,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer r.running.Store(false)
+	defer r.bg.Wait()
 	for {
 		lctx, cancel := context.WithCancel(ctx) // ends the lead when run returns
 		lead, err := r.db.OutboxLead(lctx)
@@ -512,7 +516,7 @@ func (r *Relay) connect(guard *connGuard) (*session, error) {
 	s.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, r.cfg.Window+1))
 	s.returns = ch.NotifyReturn(make(chan amqp.Return, r.cfg.Window+1))
 	s.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
-	if err := r.declare(s, r.cfg.Exchange); err != nil {
+	if err := r.declare(s, r.cfg.Exchange, false); err != nil {
 		// The default exchange: every event that names none needs it, so
 		// the relay stays offline, retrying, until it can be declared.
 		return fail(err, "declare exchange")
@@ -544,19 +548,30 @@ func (r *Relay) watchBlocked(s *session, blocks <-chan amqp.Blocking) {
 // closes that channel, reopened for the next declaration, and not the
 // publishing one with the other sagas' messages in flight. Such a refusal
 // is reported as refused(err).
-func (r *Relay) declare(s *session, name string) error {
-	if s.declared[name] {
+// A command's exchange is the participant's: it is only checked
+// (passively declared), and the default exchange ("") not at all.
+//
+// Before the first command it declares the reply queue, so that no reply
+// is dropped for want of it before Replies declares it.
+func (r *Relay) declare(s *session, name string, command bool) error {
+	if command && !s.declared[replyQueueKey] {
+		if err := r.declareChannel(s); err != nil {
+			return err
+		}
+		if _, err := s.decl.QueueDeclare(r.cfg.ReplyQueue, true, false, false, false, nil); err != nil {
+			s.decl = nil
+			return errors.Wrapf(err, "reply queue %q", r.cfg.ReplyQueue)
+		}
+		s.declared[replyQueueKey] = true
+	}
+	if s.declared[name] || command && name == "" {
 		return nil
 	}
-	if s.decl == nil {
-		ch, err := s.conn.Channel()
-		if err != nil {
-			return errors.Wrap(err, "rabbitmq: open a channel to declare exchanges")
-		}
-		s.decl = ch
+	if err := r.declareChannel(s); err != nil {
+		return err
 	}
 	var err error
-	if r.cfg.NoDeclare {
+	if r.cfg.NoDeclare || command {
 		err = s.decl.ExchangeDeclarePassive(name, r.cfg.ExchangeKind, true, false, false, false, nil)
 	} else {
 		err = s.decl.ExchangeDeclare(name, r.cfg.ExchangeKind, true, false, false, false, nil)
@@ -567,6 +582,23 @@ func (r *Relay) declare(s *session, name string) error {
 		return errors.Wrapf(err, "exchange %q", name)
 	}
 	s.declared[name] = true
+	return nil
+}
+
+// replyQueueKey marks the reply queue in session.declared.
+const replyQueueKey = "\x00reply queue"
+
+// declareChannel opens the session's channel for declarations, if it has
+// none (a refused declaration closes it).
+func (r *Relay) declareChannel(s *session) error {
+	if s.decl != nil {
+		return nil
+	}
+	ch, err := s.conn.Channel()
+	if err != nil {
+		return errors.Wrap(err, "rabbitmq: open a channel to declare exchanges")
+	}
+	s.decl = ch
 	return nil
 }
 
@@ -742,8 +774,15 @@ func (r *Relay) publish(st *state, s *session) error {
 		}
 		ev := it.ev
 		exchange := r.exchange(ev)
-		if err := r.declare(s, exchange); err != nil {
-			if refused(err) {
+		corr, command := ev.Headers[storage.HeaderCorrelationID]
+		if err := r.declare(s, exchange, command); err != nil {
+			switch {
+			case refused(err) && command:
+				// The participant's exchange does not exist: the
+				// command's attempt failed.
+				r.undeliverable(st, it, err.Error())
+				continue
+			case refused(err):
 				// The event names an exchange that cannot be declared:
 				// that is its failed attempt; the others go on.
 				r.fail(st, it, err)
@@ -756,13 +795,7 @@ func (r *Relay) publish(st *state, s *session) error {
 		for k, v := range ev.Headers {
 			headers[k] = v
 		}
-		headers["x-saga-id"] = ev.SagaID.String()
-		headers["x-saga-definition"] = ev.Definition
-		if ev.Step != "" {
-			headers["x-saga-step"] = ev.Step
-		}
-		tag := s.ch.GetNextPublishSeqNo()
-		err := s.ch.Publish(exchange, ev.RoutingKey, !r.cfg.AllowUnroutable, false, amqp.Publishing{
+		msg := amqp.Publishing{
 			Headers:      headers,
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Persistent,
@@ -771,7 +804,21 @@ func (r *Relay) publish(st *state, s *session) error {
 			Type:         ev.Name,
 			AppId:        "sagad",
 			Body:         ev.Payload,
-		})
+		}
+		if command {
+			// The engine wrote the attempt's identity as headers (X-Saga-Id
+			// and the rest); the correlation id is a property.
+			delete(headers, storage.HeaderCorrelationID)
+			msg.CorrelationId, msg.ReplyTo = corr, r.cfg.ReplyQueue
+		} else {
+			headers["x-saga-id"] = ev.SagaID.String()
+			headers["x-saga-definition"] = ev.Definition
+			if ev.Step != "" {
+				headers["x-saga-step"] = ev.Step
+			}
+		}
+		tag := s.ch.GetNextPublishSeqNo()
+		err := s.ch.Publish(exchange, ev.RoutingKey, command || !r.cfg.AllowUnroutable, false, msg)
 		if err != nil {
 			st.ready = append([]*item{it}, st.ready...)
 			return errors.Wrap(err, "rabbitmq: publish")
@@ -839,6 +886,8 @@ func (r *Relay) confirm(st *state, s *session, c amqp.Confirmation) {
 	switch {
 	case !c.Ack:
 		r.fail(st, it, errors.New("nacked by the broker"))
+	case it.returned != "" && isCommand(it.ev):
+		r.undeliverable(st, it, it.returned)
 	case it.returned != "":
 		r.fail(st, it, errors.New(it.returned))
 	default:
@@ -983,7 +1032,7 @@ const brokerKey = "\x00broker"
 
 // exchange is the exchange an event is published to.
 func (r *Relay) exchange(ev *storage.OutboxEvent) string {
-	if ev.Exchange != "" {
+	if ev.Exchange != "" || isCommand(ev) {
 		return ev.Exchange
 	}
 	return r.cfg.Exchange

@@ -1,0 +1,397 @@
+package rabbitmq
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/cockroachdb/errors"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
+	"github.com/sagad/sagad/storage"
+)
+
+// Completer takes a participant's answer to an attempt that waits for it
+// (engine.Engine.Complete): true when the answer was used, false when it
+// was recorded and ignored (late, or a second delivery). *engine.Engine is
+// one.
+type Completer interface {
+	Complete(ctx context.Context, id, step string, phase saga.Phase, attempt int, res engine.Result) (bool, error)
+}
+
+// maxReplyExcerpt caps how much of a failure reply's body an error quotes.
+const maxReplyExcerpt = 200
+
+// isCommand reports whether an outbox event is a command to a step's
+// participant (saga.Command), not an integration event.
+func isCommand(ev *storage.OutboxEvent) bool {
+	_, ok := ev.Headers[storage.HeaderCorrelationID]
+	return ok
+}
+
+// undeliverable handles a command the broker could not deliver (returned,
+// or its exchange is missing): publishing it again would not help, since
+// a retry of the attempt sends a new one, so it is done with (marked
+// produced), and its attempt fails now rather than at its timeout.
+func (r *Relay) undeliverable(st *state, it *item, why string) {
+	it.state, it.tag, it.returned = stMarking, 0, ""
+	st.pending.produced = append(st.pending.produced, it)
+	r.advance(st, it)
+	ev := it.ev
+	corr := ev.Headers[storage.HeaderCorrelationID]
+	r.log.Warn("command not delivered; its attempt fails", "command", corr, "exchange", ev.Exchange, "routing_key", ev.RoutingKey, "reason", why)
+	c := r.cfg.Completer
+	if c == nil {
+		return
+	}
+	id, step, phase, attempt, err := engine.ParseCorrelationID(corr)
+	if err != nil {
+		r.log.Error("relay: command with a malformed correlation id", "command", corr, "err", err)
+		return
+	}
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res := engine.Result{Err: errors.Newf("the broker did not deliver the command: %s", why)}
+		if _, err := c.Complete(ctx, id, step, phase, attempt, res); err != nil {
+			r.log.Warn("relay: could not fail the attempt of an undelivered command; it fails at its timeout", "command", corr, "err", err)
+		}
+	}()
+}
+
+// Replies consumes participants' replies to commands (saga.Command) from
+// Config.ReplyQueue and hands each to Config.Completer. A reply is
+// acknowledged only once its outcome is committed: a crash before that
+// leaves it in the queue, to be delivered again, and a second delivery of
+// an answer is recorded and ignored. Create it with NewReplies and start
+// it with Run; several processes may consume one queue.
+//
+// A reply carries the command's correlation_id, a header "status" (an
+// integer with the meaning of an HTTP status: 2xx success, 408, 425, 429
+// and 5xx retryable, other statuses permanent failures) and a JSON body:
+// the step's data, or {"error": "..."} for a failure. A reply that is not
+// such a message, or answers a saga that does not exist, is rejected
+// without requeueing (dead-lettered if the queue has a dead-letter
+// exchange) and logged.
+type Replies struct {
+	cfg Config
+	log *slog.Logger
+
+	running, connected         atomic.Bool
+	applied, ignored, rejected atomic.Int64
+}
+
+// ReplyStats counts what Replies did since NewReplies.
+type ReplyStats struct {
+	Connected bool `json:"connected"`
+	// Applied counts answers that ended the attempt they answered.
+	Applied int64 `json:"applied"`
+	// Ignored counts answers recorded and ignored: late (the attempt timed
+	// out or was answered) or delivered twice.
+	Ignored int64 `json:"ignored"`
+	// Rejected counts replies that were malformed or answered no saga.
+	Rejected int64 `json:"rejected"`
+}
+
+// NewReplies returns a consumer of cfg.ReplyQueue on cfg.URL that hands
+// answers to cfg.Completer (required). It checks cfg and does not connect:
+// Run does.
+func NewReplies(cfg Config) (*Replies, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Completer == nil {
+		return nil, errors.Mark(errors.New("rabbitmq: replies need a Completer (the engine)"), ErrInvalidConfig)
+	}
+	if cfg.ConnectionName == "sagad relay" {
+		cfg.ConnectionName = "sagad replies"
+	}
+	return &Replies{cfg: cfg, log: cfg.Logger.With("component", "replies")}, nil
+}
+
+// Stats returns the consumer's counters.
+func (r *Replies) Stats() ReplyStats {
+	return ReplyStats{Connected: r.connected.Load(), Applied: r.applied.Load(), Ignored: r.ignored.Load(), Rejected: r.rejected.Load()}
+}
+
+// Run declares the reply queue (durable) and consumes it until ctx ends,
+// reconnecting whenever the broker goes away. When ctx ends it stops
+// consuming, lets the replies it holds finish (each acknowledged once
+// committed) and returns nil; replies not acknowledged go back to the
+// queue when the connection closes.
+func (r *Replies) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer r.running.Store(false)
+	reconnect := backoff.NewExponentialBackOff()
+	reconnect.InitialInterval, reconnect.MaxInterval = r.cfg.ReconnectInitial, r.cfg.ReconnectMax
+	reconnect.MaxElapsedTime = 0
+	reconnect.Reset()
+	var fails failLog
+	for {
+		err := r.session(ctx, func() {
+			reconnect.Reset()
+			if n, ok := fails.ok(brokerKey, r.cfg.Clock.Now()); ok {
+				r.log.Info("replies: consuming", "queue", r.cfg.ReplyQueue, "failed_attempts", n.count, "after", n.since.Round(time.Millisecond))
+			} else {
+				r.log.Info("replies: consuming", "queue", r.cfg.ReplyQueue)
+			}
+		})
+		r.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := reconnect.NextBackOff()
+		if n, ok := fails.fail(brokerKey, r.cfg.Clock.Now(), err); ok && n.first {
+			r.log.Warn("replies: cannot consume the reply queue; replies wait in it", "queue", r.cfg.ReplyQueue, "err", err, "retry_in", wait.Round(time.Millisecond))
+		} else if ok {
+			r.log.Warn("replies: still cannot consume the reply queue", "queue", r.cfg.ReplyQueue, "attempts", n.count,
+				"failing_for", n.since.Round(time.Second), "last_err", n.last)
+		}
+		t := time.NewTimer(wait) // reconnecting to a real broker: the wall clock's
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session consumes over one connection until ctx ends or the connection
+// fails; it returns once every reply it took has been handled.
+func (r *Replies) session(ctx context.Context, up func()) error {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(r.cfg.ConnectionName)
+	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Heartbeat: r.cfg.Heartbeat, Locale: "en_US",
+		Properties: props, Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return errors.Wrap(err, "rabbitmq: dial")
+	}
+	defer func() { _ = conn.CloseDeadline(time.Now().Add(closeGrace)) }()
+	ch, err := conn.Channel()
+	if err != nil {
+		return errors.Wrap(err, "rabbitmq: open channel")
+	}
+	if err := ch.Qos(r.cfg.ReplyPrefetch, 0, false); err != nil {
+		return errors.Wrap(err, "rabbitmq: set prefetch")
+	}
+	if _, err := ch.QueueDeclare(r.cfg.ReplyQueue, true, false, false, false, nil); err != nil {
+		return errors.Wrapf(err, "rabbitmq: declare queue %q", r.cfg.ReplyQueue)
+	}
+	const tag = "sagad-replies"
+	deliveries, err := ch.Consume(r.cfg.ReplyQueue, tag, false, false, false, false, nil)
+	if err != nil {
+		return errors.Wrapf(err, "rabbitmq: consume queue %q", r.cfg.ReplyQueue)
+	}
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	r.connected.Store(true)
+	up()
+	var wg sync.WaitGroup
+	defer wg.Wait() // before the connection closes: acks go out
+	// Handlers finish what they took even as Run is stopped: an outcome
+	// committed and not acknowledged would be delivered again, and
+	// ignored, which is harmless but noisy.
+	hctx := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			_ = ch.Cancel(tag, false)
+			return nil
+		case err := <-closed:
+			if err == nil {
+				return errors.New("rabbitmq: connection closed")
+			}
+			return err
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("rabbitmq: consumer cancelled by the broker")
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.handle(hctx, &d)
+			}()
+		}
+	}
+}
+
+// handle delivers one reply and acknowledges it once its outcome is
+// committed.
+func (r *Replies) handle(ctx context.Context, d *amqp.Delivery) {
+	reject := func(why string, err error) {
+		r.rejected.Add(1)
+		r.hook("rejected")
+		r.log.Warn("replies: reply rejected: "+why, "correlation_id", d.CorrelationId, "message_id", d.MessageId, "err", err)
+		_ = d.Reject(false)
+	}
+	id, step, phase, attempt, err := engine.ParseCorrelationID(d.CorrelationId)
+	if err != nil {
+		reject("its correlation_id names no attempt", err)
+		return
+	}
+	status, err := replyStatus(d.Headers["status"])
+	if err != nil {
+		reject("its status header is not an HTTP status", err)
+		return
+	}
+	res := replyResult(status, d.Body)
+	if testBeforeComplete != nil {
+		testBeforeComplete(d.CorrelationId)
+	}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		applied, err := r.cfg.Completer.Complete(cctx, id, step, phase, attempt, res)
+		cancel()
+		switch {
+		case err == nil:
+			if applied {
+				r.applied.Add(1)
+				r.hook("applied")
+			} else {
+				r.ignored.Add(1)
+				r.hook("ignored")
+				r.log.Info("replies: reply recorded and ignored: its attempt no longer waits (late, or delivered twice)",
+					"correlation_id", d.CorrelationId)
+			}
+			if err := d.Ack(false); err != nil {
+				// The connection is gone: the reply is delivered again,
+				// and then ignored.
+				r.log.Debug("replies: ack failed", "correlation_id", d.CorrelationId, "err", err)
+			}
+			return
+		case errors.Is(err, engine.ErrNotFound):
+			reject("it answers a saga that does not exist", err)
+			return
+		case errors.Is(err, engine.ErrInvalidInput), errors.Is(err, engine.ErrInvalidID):
+			reject("it does not fit the saga", err)
+			return
+		case errors.Is(err, engine.ErrClosed):
+			// Left unacknowledged: it goes back to the queue when the
+			// connection closes, for this process's next run or another.
+			return
+		}
+		// ErrConflict: the attempt has not begun to wait yet, or another
+		// process drives the saga; anything else is the store failing.
+		// Either way, try again shortly, holding the reply.
+		wait := 100 * time.Millisecond
+		if !errors.Is(err, engine.ErrConflict) {
+			r.log.Error("replies: could not record a reply; trying again", "correlation_id", d.CorrelationId, "err", err)
+			wait = time.Second
+		}
+		t := time.NewTimer(wait) // a pause before the next try: the wall clock's
+		<-t.C
+	}
+}
+
+func (r *Replies) hook(result string) {
+	if h := r.cfg.Hooks.Reply; h != nil {
+		h(result)
+	}
+}
+
+// replyStatus reads a reply's status header: an integer from 100 to 599,
+// as any AMQP integer type, an integral float or a decimal string.
+func replyStatus(v any) (int, error) {
+	var n int64
+	switch v := v.(type) {
+	case nil:
+		return 0, errors.New("no status header: want an integer with an HTTP status's meaning, such as 200")
+	case int8:
+		n = int64(v)
+	case int16:
+		n = int64(v)
+	case int32:
+		n = int64(v)
+	case int64:
+		n = v
+	case int:
+		n = int64(v)
+	case uint8:
+		n = int64(v)
+	case uint16:
+		n = int64(v)
+	case uint32:
+		n = int64(v)
+	case float32, float64:
+		f := toFloat(v)
+		if f != math.Trunc(f) {
+			return 0, errors.Newf("status %v is not an integer", f)
+		}
+		n = int64(f)
+	case string:
+		i, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return 0, errors.Newf("status %q is not an integer", v)
+		}
+		n = i
+	default:
+		return 0, errors.Newf("status of type %T: want an integer", v)
+	}
+	if n < 100 || n > 599 {
+		return 0, errors.Newf("status %d: want an HTTP status, 100 to 599", n)
+	}
+	return int(n), nil
+}
+
+func toFloat(v any) float64 {
+	if f, ok := v.(float32); ok {
+		return float64(f)
+	}
+	return v.(float64)
+}
+
+// replyResult turns a reply into the engine's terms, as the answer to a
+// synchronous HTTP call is: a 2xx body is the step's data; a failure's
+// message is its {"error": ...}, or the start of its body.
+func replyResult(status int, body []byte) engine.Result {
+	body = bytes.TrimSpace(body)
+	if status >= 200 && status <= 299 {
+		if len(body) == 0 {
+			return engine.Result{}
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, body); err != nil {
+			// The participant says it acted, and its answer cannot be
+			// used: asking again would get the same one.
+			return engine.Result{Err: saga.Permanent(saga.OutcomeUnknown(errors.Newf(
+				"the participant replied %d with a body that is not valid JSON: %q", status, excerptOf(body))))}
+		}
+		return engine.Result{Data: buf.Bytes()}
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	msg := ""
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		msg = e.Error
+	} else if len(body) > 0 {
+		msg = excerptOf(body)
+	}
+	return engine.StatusResult(status, nil, msg)
+}
+
+func excerptOf(b []byte) string {
+	if len(b) > maxReplyExcerpt {
+		b = b[:maxReplyExcerpt]
+	}
+	return strings.ToValidUTF8(string(b), "\uFFFD")
+}
+
+// testBeforeComplete, when a test sets it, runs before a reply is handed
+// to the Completer.
+var testBeforeComplete func(correlationID string)
