@@ -17,6 +17,7 @@ import (
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/steps"
+	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
 )
 
@@ -218,6 +219,59 @@ func ExampleEngine_Start_parallel() {
 	// Output:
 	// status: completed
 	// ship: "shipping \"R-7\" paid by \"A-9\""
+}
+
+// A step whose participant answers by message: its Command builds the
+// message, which the engine writes to the outbox in the commit that starts
+// the attempt. A relay publishes it (transport/rabbitmq), and the reply
+// comes back through Complete (rabbitmq.Replies calls it); the step holds
+// no goroutine meanwhile. Here the example plays the relay and the
+// participant.
+func ExampleEngine_Complete_command() {
+	eng, stop := runExampleEngine(&saga.Definition{
+		Name: "order",
+		Steps: []saga.Step{{
+			Name: "reserve",
+			Commands: saga.Commands{Action: func(c *saga.Call) (saga.Event, error) {
+				return saga.Event{Name: "inventory.reserve", Payload: c.Input}, nil
+			}},
+			Timeout: time.Minute, // how long an attempt waits for the reply
+		}},
+	})
+	defer stop()
+
+	ctx := context.Background()
+	<-eng.Recovered() // a running engine starts the first attempt with the saga
+	started, err := eng.Start(ctx, "order", Order{ID: "1004", Item: "desk", Qty: 1})
+	if err != nil {
+		panic(err)
+	}
+	page, err := eng.OutboxList(ctx, engine.OutboxListOptions{})
+	if err != nil {
+		panic(err)
+	}
+	cmd := page.Events[0]
+	fmt.Println("command:", cmd.RoutingKey, string(cmd.Payload))
+	id, step, phase, attempt, err := engine.ParseCorrelationID(cmd.Headers[storage.HeaderCorrelationID])
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("for:", id == started.ID, step, phase, attempt)
+
+	// The participant's reply: status 200 and its data.
+	applied, err := eng.Complete(ctx, id, step, phase, attempt, engine.StatusResult(200, json.RawMessage(`{"hold":"H-1"}`), ""))
+	if err != nil {
+		panic(err)
+	}
+	s, err := eng.Wait(ctx, started.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("applied:", applied, s.Status, string(s.Data["reserve"]))
+	// Output:
+	// command: inventory.reserve {"id":"1004","item":"desk","qty":1}
+	// for: true reserve action 1
+	// applied: true completed {"hold":"H-1"}
 }
 
 // Starting twice with the same idempotency key starts one saga: the second

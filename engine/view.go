@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/errors/errorspb"
 	"github.com/gogo/protobuf/proto"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/sagad/sagad/internal/errmark"
 	"github.com/sagad/sagad/saga"
@@ -168,4 +169,56 @@ func (s *Saga) Output(step string, v any) error {
 		return errors.Newf("engine: saga %s: no output from step %q", s.ID, step)
 	}
 	return errors.Wrapf(json.Unmarshal(raw, v), "engine: saga %s: decode output of %q", s.ID, step)
+}
+
+// Waits summarises the steps that wait for their participant's answer
+// (saga.ErrPending, a command, an HTTP 202).
+type Waits struct {
+	// Steps counts them.
+	Steps int
+	// Oldest is when the longest of their waits began; zero when none
+	// waits.
+	Oldest time.Time
+}
+
+// Waits counts the steps that wait for an answer, in every unfinished saga
+// that waits for something. It reads each such saga: its cost grows with
+// them (sagad's /metrics reads it at most every 15 seconds).
+func (e *Engine) Waits(ctx context.Context) (Waits, error) {
+	var ids []ulid.ULID
+	err := e.sagas.SagaUnfinished(ctx, func(id ulid.ULID, _ saga.Status, wake time.Time) bool {
+		if !wake.IsZero() {
+			ids = append(ids, id)
+		}
+		return true
+	})
+	if err != nil {
+		return Waits{}, errors.Wrap(err, "engine: waits: list unfinished sagas")
+	}
+	var w Waits
+	for _, id := range ids {
+		r, err := e.sagas.SagaGet(ctx, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // pruned meanwhile
+		}
+		if err != nil {
+			return Waits{}, errors.Wrapf(err, "engine: waits: read saga %s", id)
+		}
+		def := e.definition(r.Definition, r.Fingerprint)
+		for i := range r.Steps {
+			s := &r.Steps[i]
+			if !s.Pending {
+				continue
+			}
+			w.Steps++
+			since := s.Next
+			if def != nil && i < len(def.Steps) {
+				since = s.Next.Add(-attemptTimeout(&def.Steps[i]))
+			}
+			if w.Oldest.IsZero() || since.Before(w.Oldest) {
+				w.Oldest = since
+			}
+		}
+	}
+	return w, nil
 }

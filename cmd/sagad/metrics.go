@@ -23,6 +23,7 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	breakers *prometheus.GaugeVec
 	relayOut *prometheus.CounterVec
+	replies  *prometheus.CounterVec
 	// steps bounds the step label of the attempt series; nil: the
 	// series have no step label.
 	steps *stepLabels
@@ -51,8 +52,11 @@ func newMetrics(withSteps bool) *metrics {
 		Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open."}, []string{"breaker"})
 	m.relayOut = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_relay_events_total",
 		Help: "Outbox events the relay handled, by outcome (published, retried, not_produced)."}, []string{"outcome"})
+	m.replies = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagad_replies_total",
+		Help: "Participants' replies to commands, by result (applied; ignored: late or delivered twice; rejected: malformed or for no saga)."},
+		[]string{"result"})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.entered, m.attempts, m.latency, m.breakers, m.relayOut)
+		m.entered, m.attempts, m.latency, m.breakers, m.relayOut, m.replies)
 	return m
 }
 
@@ -94,6 +98,15 @@ func (m *metrics) relayHooks() rabbitmq.Hooks {
 	}
 }
 
+// replyHooks counts the reply consumer's results.
+func (m *metrics) replyHooks(h rabbitmq.Hooks) rabbitmq.Hooks {
+	for _, result := range []string{"applied", "ignored", "rejected"} {
+		m.replies.WithLabelValues(result)
+	}
+	h.Reply = func(result string) { m.replies.WithLabelValues(result).Inc() }
+	return h
+}
+
 // watch registers the gauges read from the engine (and relay, if any) at
 // scrape time.
 func (m *metrics) watch(eng *engine.Engine, relay *rabbitmq.Relay) {
@@ -124,13 +137,40 @@ var (
 	relayBlockedDesc = prometheus.NewDesc("sagad_relay_blocked",
 		"1 while the broker blocks the relay's connection (a memory or disk alarm): events wait in the outbox.", nil, nil)
 	inflightDesc = prometheus.NewDesc("sagad_relay_in_flight", "Messages published and not yet confirmed.", nil, nil)
+	waitingDesc  = prometheus.NewDesc("sagad_steps_waiting",
+		"Steps waiting for their participant's answer (a command's reply, an HTTP 202's callback); read at most every 15 s.", nil, nil)
+	waitOldestDesc = prometheus.NewDesc("sagad_step_wait_oldest_seconds",
+		"How long the longest wait for a participant's answer has lasted; 0 when none waits.", nil, nil)
 )
+
+// waitsEvery is how often a scrape reads the waiting steps again: the
+// count reads every saga that waits.
+const waitsEvery = 15 * time.Second
 
 // stateCollector reads stored state when scraped.
 type stateCollector struct {
 	m     *metrics
 	eng   *engine.Engine
 	relay *rabbitmq.Relay
+
+	mu      sync.Mutex
+	waits   engine.Waits
+	waitsAt time.Time // when waits was read; zero: never
+}
+
+// readWaits returns the waiting steps, read again if the last reading is
+// older than waitsEvery.
+func (c *stateCollector) readWaits() (engine.Waits, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waitsAt.IsZero() || time.Since(c.waitsAt) >= waitsEvery {
+		w, err := c.eng.Waits(context.Background())
+		if err != nil {
+			return engine.Waits{}, false
+		}
+		c.waits, c.waitsAt = w, time.Now()
+	}
+	return c.waits, true
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -141,6 +181,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- writesDesc
 	ch <- commitTimeDesc
 	ch <- pagesDesc
+	ch <- waitingDesc
+	ch <- waitOldestDesc
 	if c.relay != nil {
 		ch <- relayUpDesc
 		ch <- relayBlockedDesc
@@ -165,6 +207,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for st, n := range counts {
 			ch <- prometheus.MustNewConstMetric(sagasDesc, prometheus.GaugeValue, float64(n), string(st))
 		}
+	}
+	if w, ok := c.readWaits(); ok {
+		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(w.Steps))
+		age := 0.0
+		if !w.Oldest.IsZero() {
+			age = max(time.Since(w.Oldest).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(waitOldestDesc, prometheus.GaugeValue, age)
 	}
 	if st, err := c.eng.OutboxStats(context.Background()); err == nil {
 		ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, float64(st.Counts.New), "new")

@@ -38,9 +38,11 @@ type serveCommand struct {
 
 type serveConfig struct {
 	db, listen, amqpURL, exchange, token, definitions string
-	logLevel, logFormat                               string
-	concurrency                                       int
-	grace                                             time.Duration
+	// replyQueue is where participants answer commands (AMQP steps).
+	replyQueue          string
+	logLevel, logFormat string
+	concurrency         int
+	grace               time.Duration
 	// retention is engine.Options' Retention: finished sagas (not failed
 	// ones) are pruned once they have been finished this long; 0 keeps them.
 	retention time.Duration
@@ -67,6 +69,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "HTTP listen address (env SAGAD_LISTEN)")
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "RabbitMQ URL; turns the outbox relay on (env SAGAD_AMQP_URL)")
 	fs.StringVar(&cfg.exchange, "exchange", "sagad.events", "exchange for events that name none (env SAGAD_EXCHANGE)")
+	fs.StringVar(&cfg.replyQueue, "reply-queue", "sagad.replies", "durable queue participants of AMQP steps reply to; with --amqp-url, sagad consumes it (env SAGAD_REPLY_QUEUE)")
 	fs.StringVar(&cfg.token, "token", "", "bearer token required by the API, without whitespace (env SAGAD_TOKEN)")
 	fs.StringVar(&cfg.definitions, "definitions", "", "directory of definition files NAME.json to register at start (env SAGAD_DEFINITIONS)")
 	fs.IntVar(&cfg.concurrency, "concurrency", 1024, "sagas running steps at once (env SAGAD_CONCURRENCY)")
@@ -264,9 +267,14 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	}
 
 	var relay *rabbitmq.Relay
+	var replies *rabbitmq.Replies
 	if cfg.amqpURL != "" {
-		relay, err = rabbitmq.New(eng.Store(), rabbitmq.Config{URL: cfg.amqpURL, Exchange: cfg.exchange, Logger: log, Hooks: m.relayHooks()})
-		if err != nil {
+		rcfg := rabbitmq.Config{URL: cfg.amqpURL, Exchange: cfg.exchange, ReplyQueue: cfg.replyQueue, Completer: eng,
+			Logger: log, Hooks: m.replyHooks(m.relayHooks())}
+		if relay, err = rabbitmq.New(eng.Store(), rcfg); err != nil {
+			return err
+		}
+		if replies, err = rabbitmq.NewReplies(rcfg); err != nil {
 			return err
 		}
 	}
@@ -310,7 +318,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -324,6 +332,13 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 			defer wg.Done()
 			if err := relay.Run(runCtx); err != nil {
 				errs <- errors.Wrap(err, "sagad: relay")
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := replies.Run(runCtx); err != nil {
+				errs <- errors.Wrap(err, "sagad: replies")
 			}
 		}()
 	}

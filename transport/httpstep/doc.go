@@ -1,5 +1,6 @@
 // Package httpstep builds sagas from declarative JSON definitions whose
-// steps call remote participants over HTTP.
+// steps call remote participants over HTTP, or send them commands over
+// AMQP.
 //
 // Parse decodes and validates a Spec; Spec.Definition turns it into a
 // saga.Definition to register with the engine. The package knows nothing
@@ -145,6 +146,30 @@
 // deadline) is outcome unknown whatever its error says; one cut off by
 // shutdown is left in flight, for recovery to run again with the same
 // Idempotency-Key.
+//
+// # AMQP calls
+//
+// An action, compensation or fallback may be a command to a participant
+// that answers by message instead of an HTTP call:
+//
+//	"action": {
+//	  "amqp": {
+//	    "exchange": "",                                        // "" (default): the broker's default exchange
+//	    "routing_key": "inventory.reserve",                    // required, at most 255 bytes
+//	    "timeout": "30s"                                       // how long an attempt waits for the reply; default "30s"
+//	  },
+//	  "retry": {...},                                          // as for an HTTP call
+//	  "headers": {"tenant": "acme"}                            // extra AMQP headers
+//	}
+//
+// url, method and the call's own timeout do not go with amqp, and a step
+// whose action is a command has no circuit_breaker. The phase becomes a
+// saga.Command (saga.Step.Commands): the command, with the body an HTTP
+// call gets, goes to the outbox in the commit that records the attempt's
+// start, and transport/rabbitmq publishes it and reads the reply (see that
+// package for the message's properties and the reply's). A reply's status
+// header means what an HTTP status means above; its body is the step's data,
+// or {"error": "..."} for a failure.
 //
 // The step functions return errors, with the method and URL as context; they
 // never log.

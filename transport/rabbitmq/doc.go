@@ -45,6 +45,35 @@
 // the event's exchange (or Config.Exchange), declared durable of
 // Config.ExchangeKind before first use, with the event's routing key.
 //
+// # Commands and replies
+//
+// A step whose participant answers by message (saga.Command, a JSON
+// definition's {"amqp": ...} call) writes its command to the outbox in the
+// commit that records the attempt's start. The relay publishes a command
+// as it does an event, always mandatory, with the attempt's identity as
+// headers (Idempotency-Key, X-Saga-Id, X-Saga-Definition, X-Saga-Step,
+// X-Saga-Phase, X-Saga-Attempt), correlation id
+// "<saga id>/<step>/<phase>/<attempt>" and reply_to Config.ReplyQueue
+// (declared durable before the first command). Its exchange is taken as it
+// is: empty is the broker's default exchange, and a named one is only
+// checked, never declared. A command the broker cannot deliver (returned,
+// or its exchange is missing) is not retried by the relay: its attempt
+// fails at once (Config.Completer), and the step's retry policy sends a new
+// one.
+//
+// Replies consumes Config.ReplyQueue with manual acknowledgements and hands
+// each reply to the engine (engine.Engine.Complete); it acknowledges a
+// reply once its outcome is committed, so a crash in between delivers it
+// again, and the second delivery is recorded and ignored.
+//
+//	cfg := rabbitmq.Config{URL: url, Completer: eng}
+//	relay, err := rabbitmq.New(eng.Store(), cfg)
+//	...
+//	replies, err := rabbitmq.NewReplies(cfg)
+//	...
+//	go relay.Run(ctx)
+//	go replies.Run(ctx)
+//
 // # Running it
 //
 // Run one relay per database, next to engine.Run in the same process (the
