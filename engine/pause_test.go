@@ -145,7 +145,14 @@ func TestPauseKeepsTimeCounting(t *testing.T) {
 		{Name: "charge", Retry: saga.RetryPolicy{MaxAttempts: 5, InitialInterval: time.Hour, MaxInterval: time.Hour, Jitter: -1},
 			Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, errFlaky }},
 	}}
-	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Clock: f, Hooks: onRetry(retried)}})
+	hooks := onRetry(retried)
+	paused := make(chan struct{}, 4)
+	hooks.SagaStatusChanged = func(_ string, _, to saga.Status) {
+		if to == saga.StatusPaused {
+			paused <- struct{}{}
+		}
+	}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Clock: f, Hooks: hooks}})
 	ctx := context.Background()
 	st, err := b.eng.Start(ctx, "slow", nil)
 	if err != nil {
@@ -155,6 +162,9 @@ func TestPauseKeepsTimeCounting(t *testing.T) {
 	if err := b.eng.Pause(ctx, st.ID); err != nil {
 		t.Fatal(err)
 	}
+	// The retry hook ran while the driver still held the saga: the
+	// pause is then carried out as it lets go, after Pause returned.
+	<-paused
 	s, err := b.eng.Get(ctx, st.ID)
 	if err != nil || s.Status != saga.StatusPaused || !s.WakeAt.IsZero() {
 		t.Fatalf("paused saga %+v (%v): want paused, due never", s, err)
@@ -181,6 +191,7 @@ func TestPauseKeepsTimeCounting(t *testing.T) {
 	if err := b.eng.Pause(ctx, st.ID); err != nil {
 		t.Fatal(err)
 	}
+	<-paused
 	f.Advance(3 * time.Hour)
 	if s, _ := b.eng.Get(ctx, st.ID); s.Status != saga.StatusPaused {
 		t.Fatalf("status %s after the deadline passed while paused, want still paused", s.Status)
