@@ -97,17 +97,30 @@ func TestCommandStep(t *testing.T) {
 			return c.Data["reserve"], nil
 		}},
 	}}
+	badCommand := func(*saga.Call) (saga.Event, error) {
+		return saga.Event{Name: "bad name!", Payload: json.RawMessage(`{}`)}, nil
+	}
 	broken := &saga.Definition{Name: "broken", Steps: []saga.Step{
-		{Name: "reserve", Commands: saga.Commands{Action: func(*saga.Call) (saga.Event, error) {
-			return saga.Event{Name: "bad name!", Payload: json.RawMessage(`{}`)}, nil
-		}}},
+		{Name: "reserve", Commands: saga.Commands{Action: badCommand}},
 	}}
-	for _, d := range []*saga.Definition{def, broken} {
+	// ship's command cannot be built, and it falls due in Complete's
+	// commit, which has no concurrency slot to run its failing attempt.
+	brokenLater := &saga.Definition{Name: "broken-later", Steps: []saga.Step{
+		{Name: "reserve", Commands: saga.Commands{Action: command("inventory.reserve"), Compensation: command("inventory.release")}, Timeout: time.Hour},
+		{Name: "ship", Commands: saga.Commands{Action: badCommand}},
+	}}
+	// pay's action and fallback are commands: once the action failed for
+	// good, the fallback goes out in the same commit.
+	withFallback := &saga.Definition{Name: "fallback", Steps: []saga.Step{
+		{Name: "pay", Commands: saga.Commands{Action: command("card.charge"), Fallback: command("invoice.send")}, Timeout: time.Hour},
+		{Name: "ship", Commands: saga.Commands{Action: command("ship")}, Timeout: time.Hour},
+	}}
+	for _, d := range []*saga.Definition{def, broken, brokenLater, withFallback} {
 		if err := eng.Register(d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = eng.Run(ctx) }()
 	t.Cleanup(func() {
@@ -125,14 +138,20 @@ func TestCommandStep(t *testing.T) {
 		select {
 		case <-pending:
 		case <-time.After(10 * time.Second):
-			t.Fatalf("saga %s never waited", id)
+			s, _ := eng.Get(ctx, id)
+			log, _ := eng.Log(ctx, id)
+			t.Fatalf("saga %s never waited: %+v\n%+v", id, s, log)
 		}
 		s, err := eng.Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if w := s.Steps[slices.IndexFunc(s.Steps, func(st engine.Step) bool { return st.Waiting })]; !s.WakeAt.Equal(w.WaitingUntil) {
+		w := s.Steps[slices.IndexFunc(s.Steps, func(st engine.Step) bool { return st.Waiting })]
+		if !s.WakeAt.Equal(w.WaitingUntil) {
 			t.Errorf("saga %s wakes at %s, not when %s's wait ends (%s)", id, s.WakeAt, w.Name, w.WaitingUntil)
+		}
+		if ws, err := eng.Waits(ctx); err != nil || ws.Steps != 1 || !ws.Oldest.Equal(w.WaitingSince) {
+			t.Errorf("Waits = %+v (%v), want %s's wait, since %s", ws, err, w.Name, w.WaitingSince)
 		}
 		page, err := eng.OutboxList(ctx, engine.OutboxListOptions{Limit: 1000})
 		if err != nil {
@@ -201,6 +220,60 @@ func TestCommandStep(t *testing.T) {
 		t.Fatalf("broken saga %+v, %v: want compensated with the command's fault as the step's error", s, err)
 	}
 
+	// A command that falls due as an answer is recorded is written in the
+	// same commit: the fallback of a failed action, the next step's.
+	fb, err := eng.Start(ctx, "fallback", "card")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitingFor(fb.ID, fb.ID+"/pay/action/1")
+	inOutbox := func(corr string) bool {
+		page, err := eng.OutboxList(ctx, engine.OutboxListOptions{Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(page.Events, func(ev *storage.OutboxEvent) bool { return ev.Headers[storage.HeaderCorrelationID] == corr })
+	}
+	if _, err := eng.Complete(ctx, fb.ID, "pay", saga.PhaseAction, 1, engine.StatusResult(402, nil, "card declined")); err != nil {
+		t.Fatal(err)
+	}
+	if !inOutbox(fb.ID + "/pay/fallback/1") {
+		t.Fatal("the fallback's command is not in the outbox when Complete returns")
+	}
+	<-pending
+	if _, err := eng.Complete(ctx, fb.ID, "pay", saga.PhaseFallback, 1, engine.StatusResult(200, nil, "")); err != nil {
+		t.Fatal(err)
+	}
+	if !inOutbox(fb.ID + "/ship/action/1") {
+		t.Fatal("ship's command is not in the outbox when Complete returns")
+	}
+	<-pending
+	if _, err := eng.Complete(ctx, fb.ID, "ship", saga.PhaseAction, 1, engine.StatusResult(200, nil, "")); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := eng.Wait(ctx, fb.ID); err != nil || s.Status != saga.StatusCompleted || !s.Steps[0].FallbackUsed {
+		t.Fatalf("saga %+v, %v: want completed through pay's fallback", s, err)
+	}
+
+	// A command that cannot be built, falling due in Complete's commit:
+	// a driver with a slot runs its failing attempt, and the saga turns
+	// around.
+	bl, err := eng.Start(ctx, "broken-later", "desk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitingFor(bl.ID, bl.ID+"/reserve/action/1")
+	if _, err := eng.Complete(ctx, bl.ID, "reserve", saga.PhaseAction, 1, engine.Result{}); err != nil {
+		t.Fatal(err)
+	}
+	waitingFor(bl.ID, bl.ID+"/reserve/compensation/1")
+	if _, err := eng.Complete(ctx, bl.ID, "reserve", saga.PhaseCompensation, 1, engine.Result{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := eng.Wait(ctx, bl.ID); err != nil || s.Status != saga.StatusCompensated || !strings.Contains(s.Steps[1].Error, "bad name!") {
+		t.Fatalf("saga %+v, %v: want compensated, ship failed by its command", s, err)
+	}
+
 	// Every command was written by the transition that recorded its
 	// attempt as started, and every started attempt of a command phase
 	// wrote its command.
@@ -215,12 +288,12 @@ func TestCommandStep(t *testing.T) {
 			}
 		}
 		for _, a := range tr.started {
-			if strings.Contains(a, "/reserve/") && !strings.HasPrefix(a, bad.ID) && !slices.Contains(tr.commands, a) {
+			if !strings.HasPrefix(a, bad.ID) && !strings.HasPrefix(a, bl.ID+"/ship/") && !strings.Contains(a, "/charge/") && !slices.Contains(tr.commands, a) {
 				t.Errorf("attempt %s started without its command in the same transition", a)
 			}
 		}
 	}
-	if sent != 3 {
-		t.Errorf("%d commands written, want 3 (two actions and a compensation; none for the broken saga): %+v", sent, ws.transitions)
+	if sent != 8 {
+		t.Errorf("%d commands written, want 8 (none for the broken steps): %+v", sent, ws.transitions)
 	}
 }

@@ -642,7 +642,8 @@ func (d *driver) turn(now time.Time, i int, held, stopping bool, t *tally) {
 		// Nothing new starts; an attempt in flight at a crash runs to its end.
 	case stopping:
 		t.due(now)
-	case !d.canStart():
+	case !d.sends(i) && !d.canStart():
+		// A command needs no slot: it is written with the commit.
 		t.deferred = true
 	case d.begin(now, i):
 		if s := &d.rec.Steps[i]; s.Pending {
@@ -817,8 +818,9 @@ func (d *driver) expirePending(now time.Time) {
 	for i := range d.rec.Steps {
 		if s := &d.rec.Steps[i]; s.Pending && !s.Next.After(now) {
 			timeout := d.stepTimeout(i)
-			s.Pending = false
-			d.apply(&outcome{step: i, phase: s.Phase, attempt: s.Attempts, started: s.Next.Add(-timeout), dur: timeout, cut: true,
+			started := s.Next.Add(-timeout)
+			s.Pending, s.Next = false, time.Time{}
+			d.apply(&outcome{step: i, phase: s.Phase, attempt: s.Attempts, started: started, dur: timeout, cut: true,
 				err: saga.OutcomeUnknown(errors.Newf("step %q %s: no answer within its timeout (%s)", s.Name, s.Phase, timeout))}, now)
 		}
 	}
@@ -880,6 +882,23 @@ func (d *driver) dependentsDone(i int) bool {
 		}
 	}
 	return true
+}
+
+// sends reports whether the next attempt of step i is a command (see
+// send): what the step's status says its next phase is.
+func (d *driver) sends(i int) bool {
+	c := &d.def.Steps[i].Commands
+	if c.Action == nil && c.Compensation == nil && c.Fallback == nil {
+		return false
+	}
+	s := &d.rec.Steps[i]
+	switch s.Status {
+	case saga.StepPending:
+		return c.Action != nil
+	case saga.StepSucceeded, saga.StepCompensating:
+		return c.Compensation != nil
+	}
+	return c.For(s.Phase) != nil
 }
 
 // canStart takes a concurrency slot for one more attempt of the saga, if it
@@ -951,8 +970,19 @@ func (d *driver) begin(now time.Time, i int) bool {
 	}
 	s.Attempts++
 	s.Next = time.Time{}
-	if cmd := d.def.Steps[i].Commands.For(s.Phase); cmd != nil && d.send(now, i, cmd) {
-		return true
+	if cmd := d.def.Steps[i].Commands.For(s.Phase); cmd != nil {
+		if d.send(now, i, cmd) {
+			return true
+		}
+		if !d.canStart() {
+			// The command cannot be built: the attempt runs as a
+			// function that fails with the reason (commandFunc), which
+			// takes a slot this driver (an operator's, Complete's) does
+			// not have. One that has it runs it, at once.
+			s.Attempts--
+			s.Next = now
+			return false
+		}
 	}
 	s.InFlight = true
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptStarted, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts})
@@ -983,7 +1013,7 @@ func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) b
 
 func (d *driver) toFallback(now time.Time, s *storage.Step) {
 	s.ActionAttempts = s.Attempts
-	s.Phase, s.Attempts, s.PhaseStarted = saga.PhaseFallback, 0, now
+	s.Phase, s.Attempts, s.PhaseStarted, s.Next = saga.PhaseFallback, 0, now, time.Time{}
 }
 
 // apply records an attempt's outcome in the saga.

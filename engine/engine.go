@@ -163,7 +163,10 @@ type Engine struct {
 // versions holds the registered versions of one definition, by fingerprint.
 type versions struct {
 	latest *saga.Definition
-	byFP   map[string]*saga.Definition
+	// given is latest as it was registered (latest may be the engine's
+	// copy, see withCommands): what Definitions returns.
+	given *saga.Definition
+	byFP  map[string]*saga.Definition
 }
 
 // Open opens (or creates) the engine's bbolt database at path, with the
@@ -259,6 +262,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 		return errors.Wrap(err, "engine: register")
 	}
 	fp := def.Fingerprint()
+	given := def
 	def = withCommands(def)
 	e.mu.Lock()
 	// Every breaker is checked before any is created, so that a refused
@@ -290,7 +294,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 		v = &versions{byFP: make(map[string]*saga.Definition)}
 		e.defs[def.Name] = v
 	}
-	v.latest = def
+	v.latest, v.given = def, given
 	v.byFP[fp] = def
 	e.graphs[def] = graphOf(def)
 	// Sagas started before fingerprints covered policies recorded the
@@ -346,7 +350,7 @@ func (e *Engine) Definitions() []*saga.Definition {
 	defer e.mu.Unlock()
 	out := make([]*saga.Definition, 0, len(e.defs))
 	for _, v := range e.defs {
-		out = append(out, v.latest)
+		out = append(out, v.given)
 	}
 	return out
 }
@@ -1133,7 +1137,7 @@ func (e *Engine) Complete(ctx context.Context, id, step string, phase saga.Phase
 		}
 		timeout := d.stepTimeout(i)
 		started := s.Next.Add(-timeout)
-		s.Pending = false
+		s.Pending, s.Next = false, time.Time{}
 		o := &outcome{step: i, phase: phase, attempt: attempt, data: res.Data, err: res.Err,
 			cut: res.Err != nil && saga.IsOutcomeUnknown(res.Err), started: started, dur: now.Sub(started)}
 		applied = true

@@ -195,6 +195,9 @@ func TestPendingAnswerWhilePaused(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(t, statuses, saga.StatusPaused) // a wait for an answer does not hold a pause up
+	if w, err := b.eng.Waits(ctx); err != nil || w.Steps != 1 {
+		t.Errorf("Waits of a paused saga whose step waits: %+v (%v), want 1 step", w, err)
+	}
 	if applied, err := b.eng.Complete(ctx, c.id, c.step, c.phase, c.attempt, engine.Result{Err: saga.Permanent(errors.New("rejected"))}); err != nil || !applied {
 		t.Fatalf("complete: %v, %v", applied, err)
 	}

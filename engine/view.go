@@ -204,21 +204,39 @@ func (e *Engine) Waits(ctx context.Context) (Waits, error) {
 		if err != nil {
 			return Waits{}, errors.Wrapf(err, "engine: waits: read saga %s", id)
 		}
-		def := e.definition(r.Definition, r.Fingerprint)
-		for i := range r.Steps {
-			s := &r.Steps[i]
-			if !s.Pending {
-				continue
-			}
-			w.Steps++
-			since := s.Next
-			if def != nil && i < len(def.Steps) {
-				since = s.Next.Add(-attemptTimeout(&def.Steps[i]))
-			}
-			if w.Oldest.IsZero() || since.Before(w.Oldest) {
-				w.Oldest = since
-			}
+		e.countWaits(r, &w)
+	}
+	// A paused saga's answer may still come: its step waits too.
+	for o := (storage.ListOptions{Status: saga.StatusPaused, Limit: 1000}); ; {
+		page, more, err := e.sagas.SagaList(ctx, o)
+		if err != nil {
+			return Waits{}, errors.Wrap(err, "engine: waits: list paused sagas")
+		}
+		for _, r := range page {
+			e.countWaits(r, &w)
+		}
+		if !more || len(page) == 0 {
+			return w, nil
+		}
+		o.Before = page[len(page)-1].ID
+	}
+}
+
+// countWaits adds the steps of r that wait for an answer to w.
+func (e *Engine) countWaits(r *storage.Saga, w *Waits) {
+	def := e.definition(r.Definition, r.Fingerprint)
+	for i := range r.Steps {
+		s := &r.Steps[i]
+		if !s.Pending {
+			continue
+		}
+		w.Steps++
+		since := s.Next
+		if def != nil && i < len(def.Steps) {
+			since = s.Next.Add(-attemptTimeout(&def.Steps[i]))
+		}
+		if w.Oldest.IsZero() || since.Before(w.Oldest) {
+			w.Oldest = since
 		}
 	}
-	return w, nil
 }

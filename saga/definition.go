@@ -324,8 +324,8 @@ func (d *Definition) validate() error {
 		if s.Breaker.Name != "" && !namePattern.MatchString(s.Breaker.Name) {
 			return errors.Newf("%s %q must match %s", field("breaker name"), s.Breaker.Name, namePattern)
 		}
-		if s.Breaker.Name != "" && s.Commands.Action != nil {
-			return errors.Newf("%s: the action is a command, whose answers a breaker does not see; guard the participant's calls elsewhere", field("breaker"))
+		if c := s.Commands; s.Breaker.Name != "" && (c.Action != nil || c.Compensation != nil || c.Fallback != nil) {
+			return errors.Newf("%s: the step sends commands, whose answers a breaker does not see; a breaker guards steps whose phases are all calls", field("breaker"))
 		}
 		if s.Breaker.Name == "" && s.Breaker != (BreakerPolicy{}) {
 			return errors.Newf("%s has settings but no name", field("breaker"))

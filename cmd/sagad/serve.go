@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 	"github.com/sagad/sagad/transport/rabbitmq"
@@ -278,6 +279,14 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 			return err
 		}
 	}
+	if relay == nil {
+		for _, def := range eng.Definitions() {
+			if sendsCommands(def) {
+				log.Warn("a definition has steps over AMQP and sagad runs without --amqp-url: their commands wait in the outbox, and their attempts time out",
+					"definition", def.Name)
+			}
+		}
+	}
 	m.watch(eng, relay)
 
 	api, err := httpapi.New(httpapi.Config{Engine: eng, Definitions: defs, Token: cfg.token, Logger: log, Pprof: cfg.pprof,
@@ -463,4 +472,15 @@ func syncDefinitions(ctx context.Context, defs *httpapi.Definitions, log *slog.L
 			log.Warn("stored definitions not read; trying again", "err", err)
 		}
 	}
+}
+
+// sendsCommands reports whether a definition has a phase sent as a
+// command (an AMQP call).
+func sendsCommands(def *saga.Definition) bool {
+	for _, st := range def.Steps {
+		if c := st.Commands; c.Action != nil || c.Compensation != nil || c.Fallback != nil {
+			return true
+		}
+	}
+	return false
 }

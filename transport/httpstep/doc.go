@@ -156,14 +156,17 @@
 //	  "amqp": {
 //	    "exchange": "",                                        // "" (default): the broker's default exchange
 //	    "routing_key": "inventory.reserve",                    // required, at most 255 bytes
-//	    "timeout": "30s"                                       // how long an attempt waits for the reply; default "30s"
+//	    "timeout": "30s"                                       // how long an attempt waits for the reply; default "30s";
+//	                                                           // not shorter than the step's other calls' timeouts
 //	  },
 //	  "retry": {...},                                          // as for an HTTP call
 //	  "headers": {"tenant": "acme"}                            // extra AMQP headers
 //	}
 //
 // url, method and the call's own timeout do not go with amqp, and a step
-// whose action is a command has no circuit_breaker. The phase becomes a
+// with a call over AMQP has no circuit_breaker. The engine has one timeout
+// per step, the longest of its calls': an HTTP call applies its own shorter
+// one, but a command waits for the step's, so an AMQP call must give it. The phase becomes a
 // saga.Command (saga.Step.Commands): the command, with the body an HTTP
 // call gets, goes to the outbox in the commit that records the attempt's
 // start, and transport/rabbitmq publishes it and reads the reply (see that

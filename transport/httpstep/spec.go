@@ -576,10 +576,13 @@ func (s *Spec) check() error {
 				return err
 			}
 		}
+		if err := st.checkWaits(p); err != nil {
+			return err
+		}
 		if b := st.CircuitBreaker; b != nil {
 			bp := p + ".circuit_breaker"
-			if st.Action.AMQP != nil {
-				return bad(bp, "not allowed when the action is sent over AMQP: a breaker counts the answers of calls, and a command's come later")
+			if st.sendsCommands() {
+				return bad(bp, "not allowed in a step with calls over AMQP: a breaker counts the answers of calls as they come, and a command's come later")
 			}
 			if b.Name == "" {
 				return bad(bp+".name", "is required")
@@ -610,6 +613,40 @@ func (s *Spec) check() error {
 		return bad(path, "%s", p.Msg)
 	}
 	return nil
+}
+
+// checkWaits refuses an AMQP call whose timeout is shorter than another
+// of the step's calls': the engine has one timeout per step (the longest
+// of its calls'), which an HTTP call shortens for itself, but which is
+// how long a command waits for its reply.
+func (st *StepSpec) checkWaits(p string) error {
+	calls := []struct {
+		name string
+		c    *CallSpec
+	}{{"action", st.Action}, {"compensation", st.Compensation}, {"fallback", st.Fallback}}
+	longest, which := time.Duration(0), ""
+	for _, c := range calls {
+		if c.c != nil && c.c.timeout() > longest {
+			longest, which = c.c.timeout(), c.name
+		}
+	}
+	for _, c := range calls {
+		if c.c != nil && c.c.AMQP != nil && c.c.timeout() < longest {
+			return bad(p+"."+c.name+".amqp.timeout", "%s, but the step's %s takes up to %s: a command waits for the step's one timeout, the longest of its calls'; give its AMQP calls that timeout",
+				c.c.timeout(), which, longest)
+		}
+	}
+	return nil
+}
+
+// sendsCommands reports whether any of the step's calls is over AMQP.
+func (st *StepSpec) sendsCommands() bool {
+	for _, c := range []*CallSpec{st.Action, st.Compensation, st.Fallback} {
+		if c != nil && c.AMQP != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // reservedHeaders are the request headers a spec may not set: the

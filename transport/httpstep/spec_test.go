@@ -79,7 +79,7 @@ func TestParseValid(t *testing.T) {
 		{name: "DELETE", input: oneStep(`"method": "DELETE"`)},
 		{name: "amqp", input: `{"steps": [{"name": "reserve",
 			"action": {"amqp": {"exchange": "", "routing_key": "inventory.reserve", "timeout": "2m"}, "retry": {"max_attempts": 5}, "headers": {"tenant": "acme"}},
-			"compensation": {"amqp": {"exchange": "inventory", "routing_key": "release"}},
+			"compensation": {"amqp": {"exchange": "inventory", "routing_key": "release", "timeout": "2m"}},
 			"fallback": {"url": "http://127.0.0.1:1/reserve"}}]}`,
 			check: func(t *testing.T, s *httpstep.Spec, d *saga.Definition) {
 				st := d.Steps[0]
@@ -215,7 +215,13 @@ func TestParseInvalid(t *testing.T) {
 		{name: "amqp unknown field", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k", "queue": "q"}}}]}`, want: "steps[0].action.amqp.queue: unknown field"},
 		{name: "amqp reserved header", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}, "headers": {"X-Saga-Id": "x"}}}]}`, want: "X-Saga-Id is reserved"},
 		{name: "amqp action with breaker", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}}, "circuit_breaker": {"name": "b"}}]}`,
-			want: "steps[0].circuit_breaker: not allowed when the action is sent over AMQP"},
+			want: "steps[0].circuit_breaker: not allowed in a step with calls over AMQP"},
+		{name: "amqp timeout shorter than the step's", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k", "timeout": "2s"}}, "compensation": {"amqp": {"routing_key": "k"}}}]}`,
+			want: "steps[0].action.amqp.timeout: 2s, but the step's compensation takes up to 30s"},
+		{name: "amqp timeout shorter than an HTTP call's", input: `{"steps": [{"name": "a", "action": {"amqp": {"routing_key": "k"}}, "fallback": {"url": "http://x/a", "timeout": "2m"}}]}`,
+			want: "steps[0].action.amqp.timeout: 30s, but the step's fallback takes up to 2m0s"},
+		{name: "amqp compensation with breaker", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}, "compensation": {"amqp": {"routing_key": "k"}}, "circuit_breaker": {"name": "b"}}]}`,
+			want: "steps[0].circuit_breaker: not allowed in a step with calls over AMQP"},
 		{name: "relative url", input: `{"steps": [{"name": "a", "action": {"url": "http://x/a"}}, {"name": "b", "action": {"url": "/reserve"}}]}`,
 			want: "steps[1].action.url: must be an absolute http or https URL"},
 		{name: "ftp url", input: `{"steps": [{"name": "a", "action": {"url": "ftp://x/a"}}]}`, want: "steps[0].action.url: must be an absolute http or https URL"},

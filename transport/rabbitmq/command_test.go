@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -252,7 +253,16 @@ func TestAMQPStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s"), orderSpec(t, "order-late", queue, "300ms"), lostDef},
+	nowhereSpec, err := httpstep.Parse("nowhere", []byte(`{"steps": [{"name": "send", "action": {"amqp": {"exchange": "`+brokertest.Name("nowhere")+`", "routing_key": "k"},
+		"retry": {"max_attempts": 2, "initial_interval": "10ms"}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhereDef, err := nowhereSpec.Definition("nowhere", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s"), orderSpec(t, "order-late", queue, "300ms"), lostDef, nowhereDef},
 		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Hooks: rabbitmq.Hooks{Reply: rc.hook}}})
 	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
 
@@ -376,6 +386,13 @@ func TestAMQPStep(t *testing.T) {
 				t.Fatal(err)
 			}
 			rc.await(t, "rejected")
+		}
+	})
+
+	t.Run("missing exchange", func(t *testing.T) {
+		s := b.run(t, "nowhere", nil)
+		if s.Status != saga.StatusCompensated || s.Steps[0].Attempts != 2 || !strings.Contains(s.Steps[0].Error, "NOT_FOUND") {
+			t.Fatalf("saga %s %s, attempts %d, error %q: want both attempts failed for the missing exchange", s.ID, s.Status, s.Steps[0].Attempts, s.Steps[0].Error)
 		}
 	})
 
@@ -651,4 +668,95 @@ func TestAMQPCrashChild(t *testing.T) {
 		fmt.Println("recorded")
 	}
 	select {} // until killed
+}
+
+// A reply queue an operator declared with arguments of its own (a
+// dead-letter exchange, the quorum type) is used as it is: neither the
+// relay nor Replies declares it again with other arguments.
+func TestAMQPReplyQueueWithArguments(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	queue, replyQueue := brokertest.Name("test.shop"), brokertest.Name("test.replies")
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(replyQueue, true, false, false, false, amqp.Table{
+		"x-queue-type": "quorum", "x-dead-letter-exchange": "amq.fanout"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	newParticipant(t, brokerURL, queue, shop(nil))
+	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s")},
+		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue}})
+	if s := b.run(t, "order", map[string]string{"charge": "ok"}); s.Status != saga.StatusCompleted || s.Steps[0].Attempts != 1 {
+		t.Fatalf("saga %s %s, reserve attempts %d: want completed at once", s.ID, s.Status, s.Steps[0].Attempts)
+	}
+}
+
+// stuckCompleter refuses every answer as a saga another process holds.
+type stuckCompleter struct{ calls chan bool }
+
+func (c *stuckCompleter) Complete(_ context.Context, id, _ string, _ saga.Phase, _ int, _ engine.Result) (bool, error) {
+	c.calls <- true
+	return false, errors.Wrapf(engine.ErrConflict, "saga %s is being driven by another process", id)
+}
+
+// A reply that cannot be recorded is held for a few tries, then given
+// back to the queue, and delivered again; Run returns at once when it is
+// stopped, even while a reply is held.
+func TestRepliesGiveBackWhatTheyCannotRecord(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	replyQueue := brokertest.Name("test.replies")
+	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	c := &stuckCompleter{calls: make(chan bool, 64)}
+	r, err := rabbitmq.NewReplies(rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Completer: c, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reply waits in the queue before Replies runs.
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(replyQueue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = ch.PublishWithContext(ctx, "", replyQueue, false, false, amqp.Publishing{
+		CorrelationId: ulid.Make().String() + "/reserve/action/1", Headers: amqp.Table{"status": int32(200)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	// Ten tries, given back, then offered again.
+	for i := range 11 {
+		select {
+		case <-c.calls:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the reply was offered %d times, want it offered again after %d", i, 10)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run did not return while a reply was held")
+	}
 }

@@ -54,7 +54,8 @@
 // headers (Idempotency-Key, X-Saga-Id, X-Saga-Definition, X-Saga-Step,
 // X-Saga-Phase, X-Saga-Attempt), correlation id
 // "<saga id>/<step>/<phase>/<attempt>" and reply_to Config.ReplyQueue
-// (declared durable before the first command). Its exchange is taken as it
+// (used as it is, declared durable if it is missing, before the first
+// command; one queue per database). Its exchange is taken as it
 // is: empty is the broker's default exchange, and a named one is only
 // checked, never declared. A command the broker cannot deliver (returned,
 // or its exchange is missing) is not retried by the relay: its attempt

@@ -137,6 +137,8 @@ type markResult struct {
 
 // state is what Run's goroutine owns.
 type state struct {
+	// ctx is run's: it ends when the relay stops.
+	ctx    context.Context
 	items  map[ulid.ULID]*item
 	sagas  map[ulid.ULID]*sagaQueue
 	parked map[ulid.ULID]bool
@@ -287,7 +289,7 @@ func (r *Relay) Run(ctx context.Context) error {
 
 // run publishes events until ctx ends (see Run).
 func (r *Relay) run(ctx context.Context) error {
-	st := &state{items: make(map[ulid.ULID]*item), sagas: make(map[ulid.ULID]*sagaQueue), parked: make(map[ulid.ULID]bool)}
+	st := &state{ctx: ctx, items: make(map[ulid.ULID]*item), sagas: make(map[ulid.ULID]*sagaQueue), parked: make(map[ulid.ULID]bool)}
 	st.requeues = r.db.OutboxRequeues()
 	if err := r.loadParked(st); err != nil {
 		return err
@@ -551,18 +553,13 @@ func (r *Relay) watchBlocked(s *session, blocks <-chan amqp.Blocking) {
 // A command's exchange is the participant's: it is only checked
 // (passively declared), and the default exchange ("") not at all.
 //
-// Before the first command it declares the reply queue, so that no reply
-// is dropped for want of it before Replies declares it.
+// Before the first command it makes sure the reply queue exists (see
+// replyQueue), so that no reply is dropped for want of it.
 func (r *Relay) declare(s *session, name string, command bool) error {
 	if command && !s.declared[replyQueueKey] {
-		if err := r.declareChannel(s); err != nil {
+		if err := r.replyQueue(s); err != nil {
 			return err
 		}
-		if _, err := s.decl.QueueDeclare(r.cfg.ReplyQueue, true, false, false, false, nil); err != nil {
-			s.decl = nil
-			return errors.Wrapf(err, "reply queue %q", r.cfg.ReplyQueue)
-		}
-		s.declared[replyQueueKey] = true
 	}
 	if s.declared[name] || command && name == "" {
 		return nil
@@ -582,6 +579,64 @@ func (r *Relay) declare(s *session, name string, command bool) error {
 		return errors.Wrapf(err, "exchange %q", name)
 	}
 	s.declared[name] = true
+	return nil
+}
+
+// replyQueue checks that the reply queue exists, as it is (with whatever
+// arguments it was declared: a dead-letter exchange, a quorum queue), and
+// declares it durable if it does not, unless Config.NoDeclare. A queue
+// that is missing and cannot be declared does not stop commands: it is
+// logged, once a session, and replies are dropped by the broker until it
+// exists (their attempts time out and are retried).
+func (r *Relay) replyQueue(s *session) error {
+	err := declareQueue(s.conn, &s.decl, r.cfg.ReplyQueue, r.cfg.NoDeclare)
+	switch {
+	case err == nil:
+	case refused(err):
+		r.log.Warn("relay: the reply queue is missing and cannot be declared; replies to commands are dropped until it exists",
+			"queue", r.cfg.ReplyQueue, "err", err)
+	default:
+		return err
+	}
+	s.declared[replyQueueKey] = true
+	return nil
+}
+
+// declareQueue checks that queue exists (a passive declaration, which
+// accepts it with any arguments), and declares it durable if it does not
+// and declare allows. *ch is the channel to declare on, opened on conn
+// when nil, and set to nil when the broker closed it.
+func declareQueue(conn *amqp.Connection, ch **amqp.Channel, queue string, noDeclare bool) error {
+	open := func() error {
+		if *ch != nil {
+			return nil
+		}
+		c, err := conn.Channel()
+		if err != nil {
+			return errors.Wrap(err, "rabbitmq: open a channel to declare queues")
+		}
+		*ch = c
+		return nil
+	}
+	if err := open(); err != nil {
+		return err
+	}
+	_, err := (*ch).QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err == nil {
+		return nil
+	}
+	*ch = nil // a refusal closes the channel
+	var ae *amqp.Error
+	if noDeclare || !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+		return errors.Wrapf(err, "queue %q", queue)
+	}
+	if err := open(); err != nil {
+		return err
+	}
+	if _, err := (*ch).QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		*ch = nil
+		return errors.Wrapf(err, "declare queue %q", queue)
+	}
 	return nil
 }
 

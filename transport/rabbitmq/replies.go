@@ -59,14 +59,21 @@ func (r *Relay) undeliverable(st *state, it *item, why string) {
 		r.log.Error("relay: command with a malformed correlation id", "command", corr, "err", err)
 		return
 	}
+	stop := st.ctx
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
 		res := engine.Result{Err: errors.Newf("the broker did not deliver the command: %s", why)}
-		if _, err := c.Complete(ctx, id, step, phase, attempt, res); err != nil {
-			r.log.Warn("relay: could not fail the attempt of an undelivered command; it fails at its timeout", "command", corr, "err", err)
+		for try := 1; ; try++ {
+			// Each try waits for a busy saga a few seconds at most.
+			_, err := c.Complete(stop, id, step, phase, attempt, res)
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, engine.ErrConflict) || try == 3 || stop.Err() != nil {
+				r.log.Warn("relay: could not fail the attempt of an undelivered command; it fails at its timeout", "command", corr, "err", err)
+				return
+			}
 		}
 	}()
 }
@@ -76,7 +83,9 @@ func (r *Relay) undeliverable(st *state, it *item, why string) {
 // acknowledged only once its outcome is committed: a crash before that
 // leaves it in the queue, to be delivered again, and a second delivery of
 // an answer is recorded and ignored. Create it with NewReplies and start
-// it with Run; several processes may consume one queue.
+// it with Run. Several processes that share a store may consume one queue;
+// processes with stores of their own need queues of their own (a reply for
+// a saga the store does not hold is rejected).
 //
 // A reply carries the command's correlation_id, a header "status" (an
 // integer with the meaning of an HTTP status: 2xx success, 408, 425, 429
@@ -190,8 +199,13 @@ func (r *Replies) session(ctx context.Context, up func()) error {
 	if err := ch.Qos(r.cfg.ReplyPrefetch, 0, false); err != nil {
 		return errors.Wrap(err, "rabbitmq: set prefetch")
 	}
-	if _, err := ch.QueueDeclare(r.cfg.ReplyQueue, true, false, false, false, nil); err != nil {
-		return errors.Wrapf(err, "rabbitmq: declare queue %q", r.cfg.ReplyQueue)
+	// On a channel of its own: a refusal closes the channel.
+	var decl *amqp.Channel
+	if err := declareQueue(conn, &decl, r.cfg.ReplyQueue, r.cfg.NoDeclare); err != nil {
+		return errors.Wrap(err, "rabbitmq: reply queue")
+	}
+	if decl != nil {
+		_ = decl.Close()
 	}
 	const tag = "sagad-replies"
 	deliveries, err := ch.Consume(r.cfg.ReplyQueue, tag, false, false, false, false, nil)
@@ -201,12 +215,14 @@ func (r *Replies) session(ctx context.Context, up func()) error {
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	r.connected.Store(true)
 	up()
+	// Handlers end with the session: what they hold and have not
+	// acknowledged goes back to the queue when the connection closes.
+	sctx, endSession := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer wg.Wait() // before the connection closes: acks go out
-	// Handlers finish what they took even as Run is stopped: an outcome
-	// committed and not acknowledged would be delivered again, and
-	// ignored, which is harmless but noisy.
-	hctx := context.WithoutCancel(ctx)
+	defer func() {
+		endSession()
+		wg.Wait() // before the connection closes: acks go out
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -224,15 +240,23 @@ func (r *Replies) session(ctx context.Context, up func()) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r.handle(hctx, &d)
+				r.handle(sctx, &d)
 			}()
 		}
 	}
 }
 
+// replyTries bounds how often handle offers a reply to the Completer
+// before it gives it back to the queue (to this process later, or to
+// another that shares the store).
+const replyTries = 10
+
 // handle delivers one reply and acknowledges it once its outcome is
-// committed.
-func (r *Replies) handle(ctx context.Context, d *amqp.Delivery) {
+// committed. It returns when session ends, leaving the reply
+// unacknowledged; a Complete already under way finishes first (an outcome
+// committed and not acknowledged is delivered again, and ignored).
+func (r *Replies) handle(session context.Context, d *amqp.Delivery) {
+	ctx := context.WithoutCancel(session)
 	reject := func(why string, err error) {
 		r.rejected.Add(1)
 		r.hook("rejected")
@@ -253,7 +277,7 @@ func (r *Replies) handle(ctx context.Context, d *amqp.Delivery) {
 	if testBeforeComplete != nil {
 		testBeforeComplete(d.CorrelationId)
 	}
-	for {
+	for try := 1; ; try++ {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		applied, err := r.cfg.Completer.Complete(cctx, id, step, phase, attempt, res)
 		cancel()
@@ -286,15 +310,30 @@ func (r *Replies) handle(ctx context.Context, d *amqp.Delivery) {
 			return
 		}
 		// ErrConflict: the attempt has not begun to wait yet, or another
-		// process drives the saga; anything else is the store failing.
-		// Either way, try again shortly, holding the reply.
+		// process drives the saga. ErrUnknownDefinition: the saga's
+		// version is not registered here (another process may have it).
+		// Anything else: the store is failing. Try again shortly, holding
+		// the reply, then give it back to the queue.
 		wait := 100 * time.Millisecond
 		if !errors.Is(err, engine.ErrConflict) {
-			r.log.Error("replies: could not record a reply; trying again", "correlation_id", d.CorrelationId, "err", err)
 			wait = time.Second
 		}
+		if try == replyTries {
+			r.log.Warn("replies: could not record a reply; it goes back to the queue", "correlation_id", d.CorrelationId,
+				"tries", try, "err", err)
+			_ = d.Nack(false, true)
+			return
+		}
+		if !errors.Is(err, engine.ErrConflict) && try == 1 {
+			r.log.Warn("replies: could not record a reply; trying again", "correlation_id", d.CorrelationId, "err", err)
+		}
 		t := time.NewTimer(wait) // a pause before the next try: the wall clock's
-		<-t.C
+		select {
+		case <-t.C:
+		case <-session.Done():
+			t.Stop()
+			return
+		}
 	}
 }
 
