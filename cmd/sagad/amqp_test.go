@@ -49,15 +49,7 @@ func TestDaemonAMQPStep(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
 	queue, replyQueue := brokertest.Name("test.daemon.shop"), brokertest.Name("test.daemon.replies")
-	conn, err := amqp.Dial(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := brokertest.Channel(t, brokerURL)
 	if _, err := ch.QueueDeclare(queue, false, true, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +57,7 @@ func TestDaemonAMQPStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _, _ = ch.QueueDelete(replyQueue, false, false, false) }()
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 
 	d := startDaemon(t, filepath.Join(t.TempDir(), "sagad.db"), "--amqp-url", brokerURL, "--reply-queue", replyQueue)
 	c := d.client(t)

@@ -146,3 +146,39 @@ func (s *Sink) Collect(t testing.TB, until string, timeout time.Duration) []amqp
 		}
 	}
 }
+
+// Channel opens a connection to the broker and a channel on it, both
+// closed when the test ends.
+func Channel(t testing.TB, brokerURL string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		t.Fatalf("brokertest: dial: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("brokertest: channel: %v", err)
+	}
+	return ch
+}
+
+// DeleteQueue deletes a durable queue when the test ends.
+func DeleteQueue(t testing.TB, brokerURL, queue string) {
+	t.Helper()
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(brokerURL)
+		if err != nil {
+			t.Errorf("brokertest: delete queue %s: %v", queue, err)
+			return
+		}
+		defer func() { _ = conn.Close() }()
+		ch, err := conn.Channel()
+		if err == nil {
+			_, err = ch.QueueDelete(queue, false, false, false)
+		}
+		if err != nil {
+			t.Errorf("brokertest: delete queue %s: %v", queue, err)
+		}
+	})
+}

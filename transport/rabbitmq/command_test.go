@@ -1,7 +1,6 @@
 package rabbitmq_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -264,7 +262,7 @@ func TestAMQPStep(t *testing.T) {
 	}
 	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s"), orderSpec(t, "order-late", queue, "300ms"), lostDef, nowhereDef},
 		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Hooks: rabbitmq.Hooks{Reply: rc.hook}}})
-	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 
 	run := func(t *testing.T, def, charge string) *engine.Saga {
 		t.Helper()
@@ -367,15 +365,7 @@ func TestAMQPStep(t *testing.T) {
 	})
 
 	t.Run("replies for nothing", func(t *testing.T) {
-		conn, err := amqp.Dial(brokerURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = conn.Close() }()
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ch := brokertest.Channel(t, brokerURL)
 		for _, m := range []amqp.Publishing{
 			{CorrelationId: ulid.Make().String() + "/reserve/action/1", Headers: amqp.Table{"status": int32(200)}, Body: []byte(`{}`)},
 			{CorrelationId: "not an attempt", Headers: amqp.Table{"status": int32(200)}},
@@ -412,23 +402,6 @@ func correlations(ds []amqp.Delivery) []string {
 	return out
 }
 
-// deleteQueue deletes a durable queue a test used.
-func deleteQueue(t *testing.T, brokerURL, queue string) {
-	conn, err := amqp.Dial(brokerURL)
-	if err != nil {
-		t.Errorf("delete queue %s: %v", queue, err)
-		return
-	}
-	defer func() { _ = conn.Close() }()
-	ch, err := conn.Channel()
-	if err == nil {
-		_, err = ch.QueueDelete(queue, false, false, false)
-	}
-	if err != nil {
-		t.Errorf("delete queue %s: %v", queue, err)
-	}
-}
-
 // TestAMQPStepBrokerDown: while the broker cannot be reached, commands that
 // fall due wait in the outbox, and their sagas wait; once it is back, the
 // commands go out and the sagas finish.
@@ -450,7 +423,7 @@ func TestAMQPStepBrokerDown(t *testing.T) {
 					}
 				}
 			}}}})
-	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 	b.run(t, "order", map[string]string{"charge": "ok"}) // everything is up
 
 	proxy.Cut()
@@ -513,35 +486,13 @@ func TestAMQPCrash(t *testing.T) {
 			queue := brokertest.Name("test.shop")
 			replyQueue := brokertest.Name("test.replies")
 			p := newParticipant(t, brokerURL, queue, shop(nil))
-			t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+			brokertest.DeleteQueue(t, brokerURL, replyQueue)
 			path := filepath.Join(t.TempDir(), "sagad.db")
 
 			cmd := exec.Command(os.Args[0], "-test.run", "^TestAMQPCrashChild$", "-test.v")
 			cmd.Env = append(os.Environ(), amqpCrashEnv+"="+point, "SAGAD_CRASH_DB="+path, "SAGAD_CRASH_AMQP="+brokerURL,
 				"SAGAD_CRASH_QUEUE="+queue, "SAGAD_CRASH_REPLIES="+replyQueue)
-			cmd.Stderr = os.Stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			sc := bufio.NewScanner(out)
-			killed := false
-			for sc.Scan() {
-				if sc.Text() == point {
-					if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-						t.Fatal(err)
-					}
-					killed = true
-					break
-				}
-			}
-			_ = cmd.Wait()
-			if !killed {
-				t.Fatal("child ended before it was killed; see its output above")
-			}
+			killAt(t, cmd, point)
 			if point == "recorded" && len(p.commands("")) != 0 {
 				t.Fatalf("the participant got %d commands from a child that ran no relay", len(p.commands("")))
 			}
@@ -677,20 +628,12 @@ func TestAMQPReplyQueueWithArguments(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
 	queue, replyQueue := brokertest.Name("test.shop"), brokertest.Name("test.replies")
-	conn, err := amqp.Dial(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := brokertest.Channel(t, brokerURL)
 	if _, err := ch.QueueDeclare(replyQueue, true, false, false, false, amqp.Table{
 		"x-queue-type": "quorum", "x-dead-letter-exchange": "amq.fanout"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 	newParticipant(t, brokerURL, queue, shop(nil))
 	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s")},
 		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue}})
@@ -714,22 +657,14 @@ func TestRepliesGiveBackWhatTheyCannotRecord(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
 	replyQueue := brokertest.Name("test.replies")
-	t.Cleanup(func() { deleteQueue(t, brokerURL, replyQueue) })
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 	c := &stuckCompleter{calls: make(chan bool, 64)}
 	r, err := rabbitmq.NewReplies(rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Completer: c, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The reply waits in the queue before Replies runs.
-	conn, err := amqp.Dial(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := brokertest.Channel(t, brokerURL)
 	if _, err := ch.QueueDeclare(replyQueue, true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,22 @@ func TestRelayCrash(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestRelayCrashChild$", "-test.v")
 	cmd.Env = append(os.Environ(), relayCrashEnv+"=1", "SAGAD_CRASH_DB="+path,
 		"SAGAD_CRASH_AMQP="+brokerURL, "SAGAD_CRASH_EXCHANGE="+exchange)
+	killAt(t, cmd, "publishing")
+
+	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{seqDef(crashSteps)},
+		cfg: rabbitmq.Config{URL: brokerURL, Exchange: exchange}})
+	sagas, deliveries, events := checkRelayedAfterCrash(t, b, sink)
+	if len(sagas) != crashSagas {
+		t.Fatalf("child started %d sagas before it died, want %d (it starts them all before the relay)", len(sagas), crashSagas)
+	}
+	t.Logf("%d deliveries for %d events: %d duplicates, each with its original message id",
+		deliveries, events, deliveries-events)
+}
+
+// killAt runs a crash test's child process and kills it (SIGKILL) when it
+// prints a line that starts with at.
+func killAt(t *testing.T, cmd *exec.Cmd, at string) {
+	t.Helper()
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -53,7 +69,7 @@ func TestRelayCrash(t *testing.T) {
 	sc := bufio.NewScanner(out)
 	killed := false
 	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "publishing") {
+		if strings.HasPrefix(sc.Text(), at) {
 			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
@@ -65,15 +81,6 @@ func TestRelayCrash(t *testing.T) {
 	if !killed {
 		t.Fatal("child ended before it was killed; see its output above")
 	}
-
-	b := setup(t, setupOpts{path: path, defs: []*saga.Definition{seqDef(crashSteps)},
-		cfg: rabbitmq.Config{URL: brokerURL, Exchange: exchange}})
-	sagas, deliveries, events := checkRelayedAfterCrash(t, b, sink)
-	if len(sagas) != crashSagas {
-		t.Fatalf("child started %d sagas before it died, want %d (it starts them all before the relay)", len(sagas), crashSagas)
-	}
-	t.Logf("%d deliveries for %d events: %d duplicates, each with its original message id",
-		deliveries, events, deliveries-events)
 }
 
 // checkRelayedAfterCrash runs every saga on b's file to its end and lets the
