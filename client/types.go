@@ -217,6 +217,17 @@ type Definition struct {
 	Created bool `json:"created,omitempty"`
 }
 
+// DefinitionVersion is one stored version of a definition.
+type DefinitionVersion struct {
+	Version string `json:"version"`
+	// Latest is true for the version new sagas start on.
+	Latest bool            `json:"latest,omitempty"`
+	Spec   json.RawMessage `json:"spec"`
+	// Unfinished counts the sagas running, compensating, paused or failed
+	// on this version.
+	Unfinished int `json:"unfinished"`
+}
+
 // OutboxEvent is an integration event in the outbox.
 type OutboxEvent struct {
 	ID         string            `json:"id"`

@@ -699,6 +699,9 @@ type ListOptions struct {
 	Cursor string
 	// Limit caps the page. Zero: 100; at most 1000.
 	Limit int
+	// IdempotencyKey keeps only the saga started with this key (a page of
+	// one, or none); the other fields do not apply.
+	IdempotencyKey string
 }
 
 // Page is one page of List.
@@ -718,6 +721,9 @@ func (e *Engine) List(ctx context.Context, o ListOptions) (*Page, error) {
 		o.Limit = 100
 	}
 	o.Limit = min(o.Limit, 1000)
+	if o.IdempotencyKey != "" {
+		return e.listKey(ctx, o.IdempotencyKey)
+	}
 	so := storage.ListOptions{Status: o.Status, Definition: o.Definition, Limit: o.Limit}
 	if o.Cursor != "" {
 		u, err := parseID(o.Cursor)
@@ -738,6 +744,56 @@ func (e *Engine) List(ctx context.Context, o ListOptions) (*Page, error) {
 		p.NextCursor = recs[len(recs)-1].ID.String()
 	}
 	return p, nil
+}
+
+// listKey is List of the saga an idempotency key names.
+func (e *Engine) listKey(ctx context.Context, key string) (*Page, error) {
+	id, ok, err := e.sagas.IdemGet(ctx, key)
+	if err != nil {
+		return nil, errors.Wrap(err, "engine: list: idempotency key")
+	}
+	p := &Page{}
+	if !ok {
+		return p, nil
+	}
+	r, err := e.sagas.SagaGet(ctx, id)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return p, nil // pruned meanwhile
+	case err != nil:
+		return nil, errors.Wrapf(err, "engine: list: saga %s", id)
+	}
+	p.Sagas = append(p.Sagas, e.view(r))
+	return p, nil
+}
+
+// Counts returns how many stored sagas are in each status.
+func (e *Engine) Counts(ctx context.Context) (map[saga.Status]int, error) {
+	c, err := e.sagas.SagaCounts(ctx)
+	return c, errors.Wrap(err, "engine: counts")
+}
+
+// VersionCounts counts the unfinished sagas of a definition (running,
+// compensating, paused or failed) by the version (fingerprint) they run
+// on. It reads them all.
+func (e *Engine) VersionCounts(ctx context.Context, definition string) (map[string]int, error) {
+	out := make(map[string]int)
+	for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating, saga.StatusPaused, saga.StatusFailed} {
+		for o := (storage.ListOptions{Status: st, Definition: definition, Limit: 1000}); ; {
+			recs, more, err := e.sagas.SagaList(ctx, o)
+			if err != nil {
+				return nil, errors.Wrapf(err, "engine: count %s sagas of %s", st, definition)
+			}
+			for _, r := range recs {
+				out[r.Fingerprint]++
+			}
+			if !more || len(recs) == 0 {
+				break
+			}
+			o.Before = recs[len(recs)-1].ID
+		}
+	}
+	return out, nil
 }
 
 // Log returns every entry of a saga's step log, in order.

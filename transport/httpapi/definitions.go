@@ -205,6 +205,26 @@ func (d *Definitions) List() ([]client.Definition, error) {
 	return out, errors.Wrap(err, "httpapi: list definitions")
 }
 
+// Versions returns every stored version of a definition, oldest first,
+// with how many unfinished sagas run on each.
+func (d *Definitions) Versions(ctx context.Context, name string) ([]client.DefinitionVersion, error) {
+	stored, err := d.eng.Store().DefinitionList(ctx)
+	if err != nil {
+		return nil, errors.Wrap(err, "httpapi: list definitions")
+	}
+	counts, err := d.eng.VersionCounts(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	out := []client.DefinitionVersion{}
+	for _, sd := range stored {
+		if sd.Name == name {
+			out = append(out, client.DefinitionVersion{Version: sd.Version, Latest: sd.Latest, Spec: sd.Spec, Unfinished: counts[sd.Version]})
+		}
+	}
+	return out, nil
+}
+
 // LoadDir puts every *.json file of dir as the definition named after the
 // file (orders.json defines "orders") and returns how many it read.
 func (d *Definitions) LoadDir(dir string) (int, error) {
@@ -265,6 +285,19 @@ func (s *Server) getDefinition(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) definitionVersions(w http.ResponseWriter, r *http.Request) {
+	vs, err := s.cfg.Definitions.Versions(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(vs) == 0 {
+		writeProblem(w, r, http.StatusNotFound, "definition-not-found", "no definition named "+r.PathValue("name"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": r.PathValue("name"), "versions": vs})
 }
 
 func (s *Server) listDefinitions(w http.ResponseWriter, r *http.Request) {

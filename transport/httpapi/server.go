@@ -133,8 +133,10 @@ func (s *Server) routes() []route {
 		{"PUT /v1/definitions/{name}", true, s.putDefinition, nil},
 		{"GET /v1/definitions", true, s.listDefinitions, nil},
 		{"GET /v1/definitions/{name}", true, s.getDefinition, nil},
+		{"GET /v1/definitions/{name}/versions", true, s.definitionVersions, nil},
 		{"POST /v1/sagas", true, s.startSaga, []string{"wait"}},
-		{"GET /v1/sagas", true, s.listSagas, []string{"status", "definition", "cursor", "limit"}},
+		{"GET /v1/sagas", true, s.listSagas, []string{"status", "definition", "cursor", "limit", "key"}},
+		{"GET /v1/sagas/stats", true, s.sagaStats, nil},
 		{"GET /v1/sagas/{id}", true, s.getSaga, []string{"wait"}},
 		{"GET /v1/sagas/{id}/log", true, s.sagaLog, nil},
 		{"POST /v1/sagas/{id}/abort", true, s.abortSaga, nil},
@@ -533,12 +535,26 @@ func (s *Server) listSagas(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := s.eng.List(r.Context(), engine.ListOptions{Status: status, Definition: q.Get("definition"),
-		Cursor: q.Get("cursor"), Limit: limit})
+		Cursor: q.Get("cursor"), Limit: limit, IdempotencyKey: q.Get("key")})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, PageJSON(page))
+}
+
+// sagaStats counts the stored sagas by status (every status, zeros too).
+func (s *Server) sagaStats(w http.ResponseWriter, r *http.Request) {
+	counts, err := s.eng.Counts(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make(map[string]int, len(saga.Statuses))
+	for _, st := range saga.Statuses {
+		out[string(st)] = counts[st]
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"counts": out})
 }
 
 // PageJSON converts a page of the engine's sagas to the wire format of a
