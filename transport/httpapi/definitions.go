@@ -205,7 +205,7 @@ func (d *Definitions) List() ([]client.Definition, error) {
 	return out, errors.Wrap(err, "httpapi: list definitions")
 }
 
-// Versions returns every stored version of a definition, oldest first,
+// Versions returns every stored version of a definition, the latest last,
 // with how many unfinished sagas run on each.
 func (d *Definitions) Versions(ctx context.Context, name string) ([]client.DefinitionVersion, error) {
 	stored, err := d.eng.Store().DefinitionList(ctx)
@@ -222,6 +222,7 @@ func (d *Definitions) Versions(ctx context.Context, name string) ([]client.Defin
 			out = append(out, client.DefinitionVersion{Version: sd.Version, Latest: sd.Latest, Spec: sd.Spec, Unfinished: counts[sd.Version]})
 		}
 	}
+	sort.SliceStable(out, func(i, j int) bool { return !out[i].Latest && out[j].Latest })
 	return out, nil
 }
 

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 
 	"github.com/sagad/sagad/client"
@@ -53,9 +54,10 @@ func TestStatsKeyAndVersions(t *testing.T) {
 		Versions []client.DefinitionVersion
 	}
 	a.sendJSON(t, http.MethodGet, "/v1/definitions/shop/versions", "", http.StatusOK, &vs)
-	if len(vs.Versions) != 3 || vs.Versions[0].Version != v1.Version || vs.Versions[1].Version != v2.Version ||
-		vs.Versions[2].Version != v3.Version || !vs.Versions[2].Latest || vs.Versions[0].Latest {
-		t.Fatalf("versions %+v, want %s, %s, %s (latest) in order", vs.Versions, v1.Version, v2.Version, v3.Version)
+	old := []string{v1.Version, v2.Version}
+	if len(vs.Versions) != 3 || !slices.Contains(old, vs.Versions[0].Version) || !slices.Contains(old, vs.Versions[1].Version) ||
+		vs.Versions[2].Version != v3.Version || !vs.Versions[2].Latest || vs.Versions[0].Latest || vs.Versions[1].Latest {
+		t.Fatalf("versions %+v, want %s and %s, then %s (latest)", vs.Versions, v1.Version, v2.Version, v3.Version)
 	}
 	if vs.Versions[2].Unfinished != 1 || vs.Versions[0].Unfinished != 0 || vs.Versions[1].Unfinished != 0 {
 		t.Errorf("versions %+v: want the waiting saga counted on the latest, none on the others", vs.Versions)
