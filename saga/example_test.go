@@ -48,3 +48,28 @@ func ExamplePermanent() {
 	// true true
 	// false
 }
+
+// Mermaid draws a definition; in Markdown, put it in a ```mermaid block.
+func ExampleDefinition_Mermaid() {
+	noop := func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }
+	def := &saga.Definition{Name: "order", Steps: []saga.Step{
+		{Name: "reserve", Action: noop, Compensation: noop},
+		{Name: "charge", Action: noop, Compensation: noop, Breaker: saga.BreakerPolicy{Name: "payments"}},
+		{Name: "ship", Action: noop, Fallback: noop, Pivot: true},
+	}}
+	fmt.Print(def.Mermaid())
+	// Output:
+	// flowchart LR
+	//   s0["reserve"]
+	//   c0(["undo reserve"])
+	//   s0 -.-> c0
+	//   s1["charge<br/>breaker: payments"]
+	//   c1(["undo charge"])
+	//   s1 -.-> c1
+	//   s2{{"ship<br/>pivot"}}
+	//   f2[/"fallback of ship"/]
+	//   s2 ==>|fails| f2
+	//   s0 --> s1
+	//   c1 -.-> c0
+	//   s1 --> s2
+}

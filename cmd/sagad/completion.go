@@ -15,7 +15,7 @@ var completionWords = map[string][]string{
 	"bench":       {"-n", "-c", "-steps", "-fail", "-dir", "-db", "-addr", "-token", "-nosync", "-cpuprofile", "-memprofile", "-trace"},
 	"sagas":       {"list", "show", "retry", "abort", "resolve", "pause", "resume", "complete"},
 	"outbox":      {"list", "stats", "requeue", "discard"},
-	"definitions": {"list", "show", "put"},
+	"definitions": {"list", "show", "put", "diagram"},
 	"backup":      {"--db", "--addr", "--token", "--to"},
 	"compact":     {"--db", "--json"},
 	"recover":     {"--db", "--addr", "--token", "--timeout", "--json", "--max-step-output", "--max-saga-data"},

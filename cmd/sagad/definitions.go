@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/sagad/sagad/client"
+	"github.com/sagad/sagad/transport/httpstep"
 )
 
 // definitionsCommand implements 'sagad definitions list|show|put'.
@@ -26,6 +27,7 @@ func (c *definitionsCommand) run(ctx context.Context, args []string) int {
 		{"list", "the stored definitions, each name's latest version", func(a []string) int { return c.list(ctx, a) }},
 		{"show", "a definition's latest version, as JSON (NAME)", func(a []string) int { return c.show(ctx, a) }},
 		{"put", "store and register a definition from a file (NAME FILE, or - for standard input)", func(a []string) int { return c.put(ctx, a) }},
+		{"diagram", "a definition's latest version drawn as a Mermaid flowchart (NAME)", func(a []string) int { return c.diagram(ctx, a) }},
 	}
 	if len(args) > 0 {
 		for _, s := range subs {
@@ -36,7 +38,7 @@ func (c *definitionsCommand) run(ctx context.Context, args []string) int {
 	}
 	fmt.Fprintln(c.stderr, "Usage: sagad definitions <command> [--db FILE | --addr URL] [flags]\n\nCommands:")
 	for _, s := range subs {
-		fmt.Fprintf(c.stderr, "  %-5s %s\n", s.name, s.help)
+		fmt.Fprintf(c.stderr, "  %-7s %s\n", s.name, s.help)
 	}
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 		return exitOK
@@ -134,6 +136,46 @@ Example:
 	} else {
 		fmt.Fprintln(c.stdout, string(d.Spec))
 	}
+	return exitOK
+}
+
+func (c *definitionsCommand) diagram(ctx context.Context, args []string) int {
+	fs, t := c.flags("diagram", `Usage: sagad definitions diagram [--db FILE | --addr URL] NAME
+
+Prints a definition's latest version as a Mermaid flowchart: steps as boxes
+(the pivot a hexagon), the order they run in, fallbacks, circuit breakers,
+and dashed arrows to compensations and between them, in the order they
+run. Paste it into a `+"```mermaid"+` block of a Markdown file, or
+https://mermaid.live.
+
+Example:
+  sagad definitions diagram --addr http://127.0.0.1:8080 order
+`)
+	if code, ok := parse(fs, args, c.stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(c.stderr, "sagad definitions diagram: give one definition name")
+		return exitUsage
+	}
+	b, err := t.open()
+	if err != nil {
+		return fail(c.stderr, "definitions diagram", err)
+	}
+	defer b.Close()
+	d, err := b.Definition(ctx, fs.Arg(0))
+	if err != nil {
+		return fail(c.stderr, "definitions diagram", err)
+	}
+	spec, err := httpstep.Parse(d.Name, d.Spec)
+	if err != nil {
+		return fail(c.stderr, "definitions diagram", err)
+	}
+	def, err := spec.Definition(d.Name, nil)
+	if err != nil {
+		return fail(c.stderr, "definitions diagram", err)
+	}
+	fmt.Fprint(c.stdout, def.Mermaid())
 	return exitOK
 }
 

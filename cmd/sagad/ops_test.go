@@ -645,6 +645,10 @@ func TestDefinitionsCommand(t *testing.T) {
 		if code, _, errOut = runCmd(t, append([]string{"definitions", "show", "nope"}, where...)...); code != exitFailed || !strings.Contains(errOut, "no definition named nope") {
 			t.Fatalf("definitions show of an unknown name: exit %d: %s", code, errOut)
 		}
+		want := "flowchart LR\n  s0[\"reserve\"]\n  s1[\"ship\"]\n  s0 --> s1\n"
+		if code, out, errOut = runCmd(t, append([]string{"definitions", "diagram", "order"}, where...)...); code != exitOK || out != want {
+			t.Fatalf("definitions diagram: exit %d: %q %s, want %q", code, out, errOut, want)
+		}
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -654,6 +658,9 @@ func TestDefinitionsCommand(t *testing.T) {
 	code, out, errOut := runCmd(t, "definitions", "list", "--json", "--db", path)
 	if code != exitOK || !strings.Contains(out, `"name": "order"`) {
 		t.Fatalf("offline definitions list: exit %d: %s %s", code, out, errOut)
+	}
+	if code, out, errOut := runCmd(t, "definitions", "diagram", "order", "--db", path); code != exitOK || !strings.Contains(out, "s0 --> s1") {
+		t.Fatalf("offline definitions diagram: exit %d: %s %s", code, out, errOut)
 	}
 	if code, _, _ := runCmd(t, "definitions", "put", "bad", filepath.Join(dir, "missing.json"), "--db", path); code != exitFailed {
 		t.Fatalf("put of a missing file: exit %d", code)
