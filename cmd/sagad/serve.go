@@ -24,6 +24,7 @@ import (
 	"github.com/sagad/sagad/storage/bolt"
 	"github.com/sagad/sagad/transport/httpapi"
 	"github.com/sagad/sagad/transport/rabbitmq"
+	"github.com/sagad/sagad/transport/webui"
 )
 
 // serveCommand implements 'sagad serve', the daemon.
@@ -61,6 +62,8 @@ type serveConfig struct {
 	node string
 	// pprof serves net/http/pprof on the API listener.
 	pprof bool
+	// ui serves the web UI under /ui/ on the API listener.
+	ui bool
 }
 
 func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
@@ -77,6 +80,7 @@ func (c *serveCommand) flags(fs *flag.FlagSet) *serveConfig {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error (env SAGAD_LOG_LEVEL)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (env SAGAD_LOG_FORMAT)")
 	fs.DurationVar(&cfg.grace, "shutdown-grace", 10*time.Second, "how long running attempts may finish at shutdown (env SAGAD_SHUTDOWN_GRACE)")
+	fs.BoolVar(&cfg.ui, "ui", true, "serve the web UI under /ui/ on the API listener; it calls the API, with the token when there is one (env SAGAD_UI)")
 	fs.BoolVar(&cfg.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the API listener, behind the token (env SAGAD_PPROF)")
 	fs.DurationVar(&cfg.retention, "retention", 0, "prune completed, compensated and resolved sagas finished this long ago, such as 720h; failed ones stay until resolved; 0 keeps everything (env SAGAD_RETENTION)")
 	fs.IntVar(&cfg.maxConnections, "max-connections", defaultMaxConnections(),
@@ -319,7 +323,15 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	// for its saga answers 202 with the id at once instead of being cut off.
 	reqCtx, endRequests := context.WithCancel(context.Background())
 	defer endRequests()
-	srv := &http.Server{Handler: api, BaseContext: func(net.Listener) context.Context { return reqCtx },
+	var handler http.Handler = api
+	if cfg.ui {
+		mux := http.NewServeMux()
+		mux.Handle("/ui", webui.Handler())
+		mux.Handle("/ui/", webui.Handler())
+		mux.Handle("/", api)
+		handler = mux
+	}
+	srv := &http.Server{Handler: handler, BaseContext: func(net.Listener) context.Context { return reqCtx },
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 90 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -357,7 +369,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 		}
 	}()
 	c.started.Store(true)
-	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "",
+	log.Info("sagad serving", "addr", ln.Addr().String(), "db", cfg.db, "relay", relay != nil, "auth", cfg.token != "", "ui", cfg.ui,
 		"max_connections", maxConns)
 	var failed error
 	select {
