@@ -406,6 +406,21 @@ func TestUI(t *testing.T) {
 		}
 	})
 
+	t.Run("narrow window", func(t *testing.T) {
+		// A phone's width: the page does not scroll sideways (wide tables
+		// scroll in their own box), and the keyboard reaches the bars.
+		tt := tab(t, b)
+		run(t, tt, chromedp.EmulateViewport(390, 844), chromedp.Navigate(s.url+"/ui/sagas/"+compensated), chromedp.WaitVisible(css(`#timeline`)))
+		if w := eval[int](t, tt, `document.documentElement.scrollWidth - document.documentElement.clientWidth`); w > 0 {
+			t.Errorf("the saga page is %dpx wider than a 390px window", w)
+		}
+		artefact(t, "ui-saga-narrow.png", value(t, tt, chromedp.FullScreenshot(100)))
+		run(t, tt, chromedp.Navigate(s.url+"/ui/"), until(`document.querySelectorAll('#sagas tbody tr').length > 0`))
+		if w := eval[int](t, tt, `document.documentElement.scrollWidth - document.documentElement.clientWidth`); w > 0 {
+			t.Errorf("the list is %dpx wider than a 390px window", w)
+		}
+	})
+
 	t.Run("not found", func(t *testing.T) {
 		tt := tab(t, b)
 		run(t, tt, chromedp.Navigate(s.url+"/ui/nothing/here"))
