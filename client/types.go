@@ -89,6 +89,9 @@ type LogEntry struct {
 	Error    string        `json:"error,omitempty"`
 	Next     time.Time     `json:"next,omitzero"`
 	Note     string        `json:"note,omitempty"`
+	// OutcomeUnknown is set on a failed attempt whose participant may have
+	// acted (cut off by its timeout, or no usable answer).
+	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// Input and PrevInput are the saga's new and old input, on an
 	// input_replaced entry (a retry with a corrected input).
 	Input     json.RawMessage `json:"input,omitempty"`

@@ -1043,7 +1043,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		return
 	}
 	info := AttemptInfo{Definition: r.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur, Err: o.err}
-	entry := storage.LogEntry{Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur}
+	entry := storage.LogEntry{Step: s.Name, Phase: o.phase, Attempt: o.attempt, Duration: o.dur, OutcomeUnknown: o.err != nil && o.cut}
 	d.answered(s, o)
 	if o.err == nil {
 		entry.Event = storage.EventAttemptSucceeded
@@ -1174,7 +1174,7 @@ func (d *driver) turnedAround(now time.Time, o *outcome) {
 	} else {
 		d.answered(s, o)
 		d.log(now, storage.LogEntry{Event: storage.EventAttemptFailed, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
-			Duration: o.dur, Error: o.err.Error(), Note: "not retried: the saga is turning around"})
+			Duration: o.dur, Error: o.err.Error(), OutcomeUnknown: o.cut, Note: "not retried: the saga is turning around"})
 		d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
 			Duration: o.dur, Err: o.err})
 		s.Error = o.err.Error()

@@ -97,6 +97,10 @@ type LogEntry struct {
 	// retried and on a wait for an open circuit breaker.
 	Next time.Time `json:"next,omitzero"`
 	Note string    `json:"note,omitempty"`
+	// OutcomeUnknown is set on a failed attempt whose participant may have
+	// acted: it was cut off by its timeout or the saga's deadline, or
+	// failed with saga.ErrOutcomeUnknown.
+	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	// InputChange is set on an input_replaced entry. A pointer: entries
 	// are built on the hot path, where their size counts.
 	*InputChange

@@ -325,6 +325,9 @@ func appendLog(b []byte, e *storage.LogEntry) []byte {
 	b = appendStr(b, "error", e.Error, true)
 	b = appendJSONTime(b, "next", e.Next, true)
 	b = appendStr(b, "note", e.Note, true)
+	if e.OutcomeUnknown {
+		b = append(b, `,"outcome_unknown":true`...)
+	}
 	if c := e.InputChange; c != nil {
 		if len(c.Input) > 0 {
 			b = append(appendKey(b, "input"), c.Input...)

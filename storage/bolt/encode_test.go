@@ -99,7 +99,8 @@ func TestEncodeLogParity(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
 	e := &storage.LogEntry{Seq: 9, At: now, Event: storage.EventAttemptFailed, Step: "s", Phase: saga.PhaseAction, Attempt: 2,
-		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y <&> \u2028 \xff", Next: now.Add(time.Second), Note: "retry"}
+		Status: saga.StatusRunning, Duration: time.Millisecond, Error: "x\"y <&> \u2028 \xff", Next: now.Add(time.Second), Note: "retry",
+		OutcomeUnknown: true}
 	checkLogParity(t, e)
 	checkLogParity(t, &storage.LogEntry{At: now})
 	checkLogParity(t, &storage.LogEntry{At: now, Event: storage.EventInputReplaced,

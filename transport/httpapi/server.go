@@ -531,7 +531,7 @@ func (s *Server) listSagas(w http.ResponseWriter, r *http.Request) {
 	}
 	status := saga.Status(q.Get("status"))
 	if status != "" && !status.Valid() {
-		s.writeError(w, r, badRequest("invalid-status", errors.Newf("status %q: want running, compensating, completed, compensated, failed or resolved", status)))
+		s.writeError(w, r, badRequest("invalid-status", errors.Newf("status %q: want running, compensating, paused, completed, compensated, failed or resolved", status)))
 		return
 	}
 	page, err := s.eng.List(r.Context(), engine.ListOptions{Status: status, Definition: q.Get("definition"),
@@ -583,7 +583,8 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 	out := make([]client.LogEntry, len(entries))
 	for i, e := range entries {
 		out[i] = client.LogEntry{Seq: e.Seq, At: e.At, Event: string(e.Event), Step: e.Step, Phase: string(e.Phase),
-			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note}
+			Attempt: e.Attempt, Status: string(e.Status), Duration: e.Duration, Error: e.Error, Next: e.Next, Note: e.Note,
+			OutcomeUnknown: e.OutcomeUnknown}
 		if c := e.InputChange; c != nil {
 			out[i].Input, out[i].PrevInput = c.Input, c.PrevInput
 		}

@@ -3,7 +3,8 @@
 // in a browser. It is static files embedded in the binary (no build step,
 // nothing from the network) that call sagad's documented HTTP API from the
 // browser, with the API's bearer token when the daemon has one: the UI
-// asks for it once and keeps it for the browser session only.
+// asks for it once and keeps it for the browser tab only (sessionStorage;
+// never in a URL).
 //
 // Handler serves it under /ui/; mount it next to the API on one listener,
 // as sagad serve does:

@@ -54,6 +54,11 @@ func (p *participants) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 	case "/busy":
 		w.WriteHeader(http.StatusServiceUnavailable)
+	case "/hang":
+		select { // until the call's timeout cuts it off
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
 	case "/fixable":
 		if !p.fixed.Load() {
 			http.Error(w, "participant broken", http.StatusBadRequest)
@@ -122,6 +127,7 @@ func newSite(t *testing.T, token string) *site {
 	put("stuck", `{"steps": [
 		{"name": "reserve", "action": {"url": "P/ok"}, "compensation": {"url": "P/fixable", "retry": {"max_attempts": 1}}},
 		{"name": "charge", "action": {"url": "P/no"}}]}`)
+	put("cutoff", `{"steps": [{"name": "call", "action": {"url": "P/hang", "timeout": "100ms"}, "retry": {"max_attempts": 2, "initial_interval": "10ms"}}]}`)
 	put("approval", `{"steps": [{"name": "approve", "action": {"url": "P/later", "timeout": "1h"}}]}`)
 	put("undoing", `{"steps": [
 		{"name": "reserve", "action": {"url": "P/ok"}, "compensation": {"url": "P/busy", "retry": {"max_attempts": 5, "initial_interval": "1h"}}},
@@ -223,9 +229,11 @@ func drop[T any](a chromedp.Action[T]) void {
 	}
 }
 
-// until waits for a JavaScript condition to hold in the page.
+// until waits for a JavaScript condition to hold in the page; one that
+// throws (an element not drawn yet) does not hold.
 func until(cond string) void {
-	return drop(chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(15*time.Second)))
+	return drop(chromedp.Poll[bool]("(() => { try { return !!("+cond+"); } catch (e) { return false; } })()",
+		chromedp.WithPollingTimeout(15*time.Second)))
 }
 
 // css is a selector of the first element that matches.
@@ -288,11 +296,12 @@ func TestUI(t *testing.T) {
 	t.Run("list and filters", func(t *testing.T) {
 		tt := tab(t, b)
 		run(t, tt, chromedp.Navigate(s.url+"/ui/"), until(`document.querySelectorAll('#sagas tbody tr').length === 7`))
+		// Read in one go: a live refresh may draw the page again between reads.
+		seen := eval[map[string][]string](t, tt, `Object.fromEntries([...document.querySelectorAll('#sagas tbody tr')].map((r) =>
+			[r.dataset.id, [r.querySelector('.badge').textContent, document.querySelector('button[data-status="' + r.querySelector('.badge').textContent + '"] .n').textContent]]))`)
 		for st, id := range byStatus {
-			n := value(t, tt, chromedp.Text(css(`button[data-status="`+st+`"] .n`)))
-			text := value(t, tt, chromedp.Text(css(`tr[data-id="`+id+`"] .badge`)))
-			if n != "1" || text != st {
-				t.Errorf("status %s: count %q, row badge %q; want 1 and %s", st, n, text, st)
+			if got := seen[id]; len(got) != 2 || got[0] != st || got[1] != "1" {
+				t.Errorf("saga %s: row badge and its status's count %v, want %s and 1", id, got, st)
 			}
 		}
 		if !eval[bool](t, tt, `document.querySelector('.counts li:first-child button').dataset.status === 'failed' &&
@@ -301,7 +310,8 @@ func TestUI(t *testing.T) {
 		}
 		// Filter by status, then by definition, with the live refresh off
 		// (it draws the page again under the test's feet).
-		run(t, tt, chromedp.Click(css(`#live`)), until(`!document.querySelector('#live').checked`),
+		run(t, tt, drop(chromedp.Evaluate[bool](`(sessionStorage.setItem('sagad.live', 'off'), true)`)), chromedp.Navigate(s.url+"/ui/"),
+			until(`!document.querySelector('#live').checked`),
 			chromedp.Click(css(`button[data-status="failed"]`)),
 			until(`location.search === '?status=failed' && document.querySelectorAll('#sagas tbody tr').length === 1`))
 		if at := value(t, tt, chromedp.Text(css(`#sagas tbody tr td:nth-child(4)`))); at != "reserve" {
@@ -311,28 +321,55 @@ func TestUI(t *testing.T) {
 			return drop(chromedp.Evaluate[bool](`(() => { const s = document.querySelector('` + sel + `'); s.value = '` + v + `';
 				s.dispatchEvent(new Event('change')); return true })()`))
 		}
+		// The keyboard steps through a filter's options: each one applies,
+		// and the select keeps the focus.
+		run(t, tt, chromedp.Focus(css(`#f-status`)), chromedp.SendKeys(css(`#f-status`), kb.ArrowDown),
+			until(`location.search === '?status=running' && document.activeElement && document.activeElement.id === 'f-status'`),
+			chromedp.SendKeys(css(`#f-status`), kb.ArrowDown),
+			until(`location.search === '?status=compensating' && document.activeElement && document.activeElement.id === 'f-status'`))
 		run(t, tt, pick(`#f-status`, ""), until(`location.search === '' && document.querySelectorAll('#sagas tbody tr').length === 7`),
 			pick(`#f-definition`, "approval"),
 			until(`location.search === '?definition=approval' && document.querySelectorAll('#sagas tbody tr').length === 2`))
 		// Found by id, typed and entered.
 		run(t, tt, chromedp.Focus(css(`#f-find`)), chromedp.SendKeys(css(`#f-find`), completed+kb.Enter),
 			until(`document.querySelectorAll('#sagas tbody tr').length === 1 && document.querySelector('#sagas tbody tr').dataset.id === '`+completed+`'`))
-		// Live again: the refresh draws the table anew and keeps the filters.
+		// Live again: the refresh draws the table anew, and keeps the
+		// filters and the focus (here on a saga's link).
 		run(t, tt, pick(`#f-find`, ""), chromedp.Navigate(s.url+"/ui/?definition=approval"), chromedp.WaitVisible(css(`#sagas`)),
 			chromedp.Click(css(`#live`)), until(`document.querySelector('#live').checked`),
+			chromedp.Focus(css(`a[href="/ui/sagas/`+running+`"]`)),
 			drop(chromedp.Evaluate[bool](`(window.__mark = document.querySelector('#sagas'), true)`)),
 			until(`document.querySelector('#sagas') !== window.__mark && location.search === '?definition=approval' &&
 				document.querySelector('#f-definition').value === 'approval' && document.querySelectorAll('#sagas tbody tr').length === 2`))
+		if focused := eval[string](t, tt, `document.activeElement.getAttribute('href') || document.activeElement.tagName`); focused != "/ui/sagas/"+running {
+			t.Errorf("after a live refresh the focus is on %q, want the link it was on", focused)
+		}
+	})
+
+	t.Run("refresh of a running saga", func(t *testing.T) {
+		// One refresh every 2 s, not one more each time (two API calls
+		// each), and the focus stays on the bar it was on.
+		tt := tab(t, b)
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+running), chromedp.WaitVisible(css(`#timeline`)),
+			drop(chromedp.Evaluate[bool](`(window.__calls = 0, window.__fetch = window.fetch,
+				window.fetch = (...a) => { window.__calls++; return window.__fetch(...a); }, true)`)))
+		time.Sleep(7 * time.Second) // the span the refresh rate is measured over
+		if n := eval[int](t, tt, `window.__calls`); n < 4 || n > 8 {
+			t.Errorf("%d API calls in 7 s on a running saga's page, want 3 refreshes of two (about 6)", n)
+		}
 	})
 
 	t.Run("paging", func(t *testing.T) {
 		tt := tab(t, b)
-		run(t, tt, chromedp.Navigate(s.url+"/ui/?limit=3"), until(`document.querySelectorAll('#sagas tbody tr').length === 3`))
+		run(t, tt, chromedp.Navigate(s.url+"/ui/?limit=3"), drop(chromedp.Evaluate[bool](`(sessionStorage.setItem('sagad.live', 'off'), true)`)),
+			chromedp.Navigate(s.url+"/ui/?limit=3"), until(`document.querySelectorAll('#sagas tbody tr').length === 3`))
 		want := eval[int](t, tt, `[...document.querySelectorAll('.counts .n')].reduce((a, e) => a + Number(e.textContent), 0)`)
 		var seen []string
+		var pages [][]string
 		for page := 0; ; page++ {
 			ids := eval[[]string](t, tt, `[...document.querySelectorAll('#sagas tbody tr')].map((r) => r.dataset.id)`)
 			seen = append(seen, ids...)
+			pages = append(pages, ids)
 			if !eval[bool](t, tt, `!document.querySelector('#next').disabled`) {
 				break
 			}
@@ -342,6 +379,16 @@ func TestUI(t *testing.T) {
 			run(t, tt, chromedp.Click(css(`#next`)),
 				until(`document.querySelector('#sagas tbody tr') && document.querySelector('#sagas tbody tr').dataset.id !== '`+ids[0]+`'`))
 		}
+		// Back, then to the first page.
+		if len(pages) < 2 {
+			t.Fatalf("one page of %d sagas at 3 a page", len(seen))
+		}
+		prev := pages[len(pages)-2]
+		run(t, tt, chromedp.Click(css(`#prev`)), until(`document.querySelector('#sagas tbody tr').dataset.id === '`+prev[0]+`'`))
+		if got := eval[[]string](t, tt, `[...document.querySelectorAll('#sagas tbody tr')].map((r) => r.dataset.id)`); strings.Join(got, ",") != strings.Join(prev, ",") {
+			t.Errorf("Previous page shows %v, want %v", got, prev)
+		}
+		run(t, tt, chromedp.Click(css(`#first`)), until(`document.querySelector('#sagas tbody tr').dataset.id === '`+seen[0]+`' && document.querySelector('#first').disabled`))
 		uniq := map[string]bool{}
 		for _, id := range seen {
 			if uniq[id] {
@@ -376,6 +423,17 @@ func TestUI(t *testing.T) {
 			t.Errorf("timeline: %d bars (%d retried, %d failed for good, %d compensations) for %d attempts in the log; want 5: reserve, charge three times, reserve's compensation",
 				bars, retried, failedBars, comp, starts)
 		}
+		// Attempts cut off by their timeout say so, and the wait before
+		// the retry shows.
+		cut := s.run(t, "cutoff", true)
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+cut), chromedp.WaitVisible(css(`#timeline`)))
+		if got := eval[[]string](t, tt, `[...document.querySelectorAll('#timeline rect.attempt')].map((r) => r.dataset.outcome)`); strings.Join(got, ",") != "cut,cut" {
+			t.Errorf("attempts cut off by their timeout drawn as %v, want cut,cut", got)
+		}
+		if n := eval[int](t, tt, `document.querySelectorAll('#timeline line.wait').length`); n != 1 {
+			t.Errorf("%d waits before a retry drawn, want 1", n)
+		}
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+compensated), chromedp.WaitVisible(css(`#timeline`)))
 		// Focusing a bar tells its attempt, duration and error.
 		run(t, tt, chromedp.Focus(css(`#timeline rect.attempt.failed`)), chromedp.WaitVisible(css(`#tip`)))
 		if tip := value(t, tt, chromedp.Text(css(`#tip`))); !strings.Contains(tip, "charge action attempt 3") || !strings.Contains(tip, "card declined") {
@@ -444,8 +502,8 @@ func TestUIToken(t *testing.T) {
 	}
 	run(t, tt, chromedp.Clear(css(`#token`)), chromedp.SendKeys(css(`#token`), "s3cret-token"+kb.Enter),
 		chromedp.WaitVisible(css(`#definitions`)))
-	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 5 {
-		t.Errorf("after signing in, %d definitions listed, want 5", n)
+	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 6 {
+		t.Errorf("after signing in, %d definitions listed, want 6", n)
 	}
 	if url := value(t, tt, chromedp.Location()); strings.Contains(url, "s3cret") || !strings.HasSuffix(url, "/ui/definitions") {
 		t.Errorf("location %q: want the page asked for, and never the token", url)

@@ -8,8 +8,61 @@ const SVGNS = 'http://www.w3.org/2000/svg';
 const STATUSES = ['failed', 'running', 'compensating', 'paused', 'completed', 'compensated', 'resolved'];
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/i;
 const main = document.getElementById('main');
-let refresh = null; // the live refresh of the current page, if any
-let gen = 0;        // bumped on every navigation: late answers of an old page are dropped
+let timer = null;       // the current page's next refresh, if any
+let gen = 0;            // bumped on every navigation: late answers of an old page are dropped
+let pendingFocus = null; // what to focus once the page asked for is drawn
+
+// later runs the current page's refresh in ms, unless the person has left
+// the page meanwhile. There is only ever one pending.
+function later(my, ms, fn) {
+  clearTimeout(timer);
+  timer = setTimeout(() => { timer = null; if (my === gen) fn(); }, ms);
+}
+
+// focusKey names the focused element so that it can be found again once the
+// page is drawn anew (a live refresh, a filter that changed).
+function focusKey(e) {
+  if (!e || e === document.body || !main.contains(e) || e === main) return null;
+  if (e.id) return '#' + CSS.escape(e.id);
+  let sel = e.tagName.toLowerCase();
+  for (const a of ['data-id', 'data-status', 'data-action', 'data-step', 'data-phase', 'data-attempt', 'href']) {
+    if (e.hasAttribute(a)) sel += `[${a}="${CSS.escape(e.getAttribute(a))}"]`;
+  }
+  return sel;
+}
+
+function restoreFocus(key) {
+  const e = key && main.querySelector(key);
+  if (e) e.focus({preventScroll: true});
+  return !!e;
+}
+
+// redraw draws the current page again (a live refresh): focus, scroll and
+// what a text box holds are kept.
+async function redraw(my, draw) {
+  const key = focusKey(document.activeElement), scroll = window.scrollY;
+  hideTip();
+  await draw();
+  if (my !== gen) return;
+  restoreFocus(key);
+  window.scrollTo(0, scroll);
+}
+
+// refreshFailed says, on the page, that a live refresh failed; a refused
+// token asks for it again.
+function refreshFailed(my, e) {
+  if (my !== gen) return;
+  if (e instanceof APIError && e.status === 401) {
+    loginPage(my, location.pathname + location.search, e.hadToken);
+    return;
+  }
+  let note = document.getElementById('refresh-note');
+  if (!note) {
+    note = el('p', {id: 'refresh-note', class: 'msg error', role: 'status'});
+    main.prepend(note);
+  }
+  note.textContent = 'Live refresh failed: ' + e.message;
+}
 
 // ---------------------------------------------------------------- DOM
 
@@ -116,14 +169,18 @@ const routes = [
   [/^\/ui\/outbox$/, outboxPage],
 ];
 
-function navigate(href, replace) {
+// navigate shows another page; with keep, the element that has the focus
+// keeps it (a filter changed), else the new page's content gets it.
+function navigate(href, replace, keep) {
+  pendingFocus = keep ? focusKey(document.activeElement) : null;
   if (replace) history.replaceState(null, '', href);
   else history.pushState(null, '', href);
   route();
 }
 
 async function route() {
-  if (refresh) { clearInterval(refresh); refresh = null; }
+  clearTimeout(timer);
+  timer = null;
   hideTip();
   const my = ++gen;
   const path = location.pathname;
@@ -143,12 +200,28 @@ async function route() {
         loginPage(my, path + location.search, e.hadToken);
         return;
       }
-      render(el('h1', {}, 'Something went wrong'), message('error', e.message));
+      if (e instanceof APIError && e.status === 404) {
+        notFound(path, e.message);
+      } else {
+        render(el('h1', {}, 'Something went wrong'), message('error', e.message));
+      }
+    }
+    if (my === gen) {
+      // The element that had the focus keeps it; else the page's content
+      // gets it, unless the page gave it to something (a form's field).
+      const key = pendingFocus;
+      pendingFocus = null;
+      if (!restoreFocus(key) && !main.contains(document.activeElement)) main.focus({preventScroll: true});
     }
     return;
   }
+  notFound(path);
+}
+
+function notFound(path, why) {
   document.title = 'Not found · sagad';
-  render(el('h1', {}, 'Not found'), el('p', {}, 'There is no page at ', el('code', {}, path), '. ', link('/ui/', 'See the sagas'), '.'));
+  render(el('h1', {}, 'Not found'), why ? message('error', why) : null,
+    el('p', {}, 'There is no page at ', el('code', {}, path), '. ', link('/ui/', 'See the sagas'), '.'));
 }
 
 document.addEventListener('click', (ev) => {
@@ -228,7 +301,8 @@ async function listPage(my) {
       page = {sagas: [await get('/v1/sagas/' + encodeURIComponent(find))]};
     } catch (e) {
       if (e.status !== 404) throw e;
-      page = {sagas: []};
+      // Not an id: an idempotency key that looks like one.
+      page = await get('/v1/sagas?key=' + encodeURIComponent(find));
     }
   } else if (find) {
     page = await get('/v1/sagas?key=' + encodeURIComponent(find));
@@ -244,7 +318,7 @@ async function listPage(my) {
   const go = (changes) => {
     const n = new URLSearchParams(location.search);
     for (const [k, v] of Object.entries(changes)) { if (v) n.set(k, v); else n.delete(k); }
-    navigate('/ui/' + (n.toString() ? '?' + n : ''));
+    navigate('/ui/' + (n.toString() ? '?' + n : ''), false, true);
   };
   const filterChange = (k, v) => go({[k]: v, cursor: '', trail: ''});
 
@@ -304,18 +378,23 @@ async function listPage(my) {
     page.sagas.length ? table : el('p', {class: 'muted', id: 'empty'}, 'No saga matches.'), pager);
 
   // The live refresh fetches the same filters and page again; it keeps
-  // what the person typed and where the focus is.
+  // where the focus is, and waits while the person types in Find.
   function setLive(on) {
-    if (refresh) { clearInterval(refresh); refresh = null; }
+    clearTimeout(timer);
+    timer = null;
     if (!on) return;
-    refresh = setInterval(async () => {
-      if (document.activeElement === findInput || my !== gen) return;
-      const focused = document.activeElement && document.activeElement.id;
-      const scroll = window.scrollY;
-      try { await listPage(my); } catch (e) { return; }
-      if (focused && document.getElementById(focused)) document.getElementById(focused).focus({preventScroll: true});
-      window.scrollTo(0, scroll);
-    }, 3000);
+    later(my, 3000, async () => {
+      if (document.activeElement === findInput || findInput.value.trim() !== find) {
+        setLive(true);
+        return;
+      }
+      try {
+        await redraw(my, () => listPage(my));
+      } catch (e) {
+        refreshFailed(my, e);
+        setLive(true);
+      }
+    });
   }
   setLive(live.checked);
 }
@@ -327,10 +406,9 @@ async function listPage(my) {
 function attempts(log, now) {
   const bars = [], open = new Map();
   const key = (e) => e.step + '\u0000' + e.phase + '\u0000' + e.attempt;
-  const close = (e, outcome) => {
-    const b = open.get(key(e));
+  const close = (e, outcome, b = open.get(key(e))) => {
     if (!b) return;
-    open.delete(key(e));
+    open.delete(key(b));
     b.end = Date.parse(e.at);
     b.outcome = outcome;
     b.error = e.error || '';
@@ -344,6 +422,9 @@ function attempts(log, now) {
   for (const e of log) {
     switch (e.event) {
       case 'attempt_started': {
+        // One still open under the same number never ran (a breaker
+        // refused it; the number is used again).
+        close(e, 'blocked');
         const b = {step: e.step, phase: e.phase, attempt: e.attempt, start: Date.parse(e.at), end: null, outcome: 'running', error: ''};
         bars.push(b);
         open.set(key(e), b);
@@ -358,8 +439,13 @@ function attempts(log, now) {
         close(e, 'succeeded');
         break;
       case 'attempt_failed':
-        if (/no answer|deadline exceeded|timed? ?out|timeout|cut off|not in full/i.test(e.error || '')) close(e, 'cut');
-        else close(e, e.next ? 'retried' : 'failed');
+        close(e, e.outcome_unknown ? 'cut' : e.next ? 'retried' : 'failed');
+        break;
+      case 'breaker_open':
+        // The call a start recorded was refused: nothing was attempted.
+        for (const b of open.values()) {
+          if (b.step === e.step && b.phase === e.phase) { close(e, 'blocked', b); break; }
+        }
         break;
       case 'attempt_in_doubt':
         close(e, 'doubt');
@@ -369,6 +455,8 @@ function attempts(log, now) {
   for (const b of bars) if (b.end === null) b.end = now;
   return bars;
 }
+
+const FINISHED = /^(completed|compensated|failed|resolved)$/;
 
 // parseDuration reads a Go duration string ("1.5s", "290µs", "2m3s") as
 // milliseconds; null if it is not one.
@@ -386,8 +474,9 @@ function parseDuration(text) {
 }
 
 const OUTCOMES = {
-  succeeded: 'succeeded', retried: 'failed, retried', failed: 'failed for good', cut: 'cut off (no answer in time)',
+  succeeded: 'succeeded', retried: 'failed, retried', failed: 'failed for good', cut: 'cut off (may have acted)',
   doubt: 'in doubt (in flight at a crash)', waiting: 'waiting for its answer', running: 'running',
+  blocked: 'refused by the circuit breaker',
 };
 
 function fmtMs(ms) {
@@ -412,7 +501,8 @@ function hideTip() { if (tip) tip.hidden = true; }
 // fallback) and a row per compensation, each attempt a bar from its start
 // to its end, coloured by outcome, and the wait before a retry dashed.
 function timeline(s, log) {
-  const now = Date.now();
+  // A finished saga's attempts have all ended by its last update.
+  const now = FINISHED.test(s.status) ? Date.parse(s.updated_at) : Date.now();
   const bars = attempts(log, now);
   const rows = [];
   const rowOf = new Map();
@@ -440,13 +530,13 @@ function timeline(s, log) {
   rows.forEach((label, i) => g.append(svg('text', {class: 'row-label', x: 6, y: TOP + i * RH + 18}, label.length > 24 ? label.slice(0, 23) + '…' : label)));
   for (const b of bars) {
     const y = TOP + b.row * RH + 5, x1 = x(b.start), w = Math.max(4, x(b.end) - x1);
-    if (b.outcome === 'retried' && b.next) {
+    if (b.next) {
       g.append(svg('line', {class: 'wait', x1: x1 + w, x2: Math.max(x1 + w, x(b.next)), y1: y + 9, y2: y + 9}));
     }
     const text = `${b.step} ${b.phase} attempt ${b.attempt}: ${OUTCOMES[b.outcome]}, ${b.duration || fmtMs(b.end - b.start)}` +
       (b.error ? '\n' + b.error : '');
     const r = svg('rect', {class: `attempt ${b.outcome}${b.phase === 'fallback' ? ' fallback' : ''}`, x: x1, y, width: w, height: 18, rx: 2,
-      tabindex: 0, 'aria-label': text, 'data-step': b.step, 'data-phase': b.phase, 'data-attempt': b.attempt, 'data-outcome': b.outcome},
+      tabindex: 0, role: 'img', 'aria-label': text, 'data-step': b.step, 'data-phase': b.phase, 'data-attempt': b.attempt, 'data-outcome': b.outcome},
     svg('title', {}, text));
     r.addEventListener('mouseenter', () => showTip(r, text));
     r.addEventListener('focus', () => showTip(r, text));
@@ -456,7 +546,10 @@ function timeline(s, log) {
   }
   const legend = el('ul', {class: 'legend', 'aria-label': 'legend'},
     Object.entries(OUTCOMES).map(([k, v]) => el('li', {}, el('i', {class: k}), v)),
-    el('li', {}, 'dashed: waiting for a retry; dotted border: fallback'));
+    el('li', {}, 'dashed line: the wait before a retry; dotted border: a fallback'));
+  g.addEventListener('mouseenter', () => { hovering = true; });
+  g.addEventListener('mouseleave', () => { hovering = false; });
+  hovering = false;
   return [el('div', {class: 'timeline-wrap'}, g), legend];
 }
 
@@ -507,7 +600,8 @@ async function sagaPage(my, id, flash) {
   if (my !== gen) return;
   document.title = `Saga ${s.id} · sagad`;
   const entries = log.entries || [];
-  const again = (msg) => { if (my === gen) sagaPage(my, id, msg).catch((e) => render(message('error', e.message))); };
+  // After an action: the saga as it is now, and what the action did.
+  const again = (msg) => { if (my === gen) redraw(my, () => sagaPage(my, id, msg)).catch((e) => refreshFailed(my, e)); };
   const actions = actionsFor(s, again);
   const facts = el('dl', {class: 'facts'},
     el('dt', {}, 'Status'), el('dd', {id: 'status'}, badge(s.status), s.paused_from ? ` (resumes ${s.paused_from})` : ''),
@@ -542,10 +636,18 @@ async function sagaPage(my, id, flash) {
     el('h2', {}, 'Steps'), steps,
     el('h2', {}, 'Input'), json(s.input),
     el('h2', {}, 'Log'), logTable);
-  if (!s.status.match(/^(completed|compensated|failed|resolved)$/)) {
-    refresh = setInterval(() => { if (my === gen && !document.activeElement.closest('.actions')) again(flash); }, 2000);
+  if (!FINISHED.test(s.status)) {
+    // Waits while the person reads a bar or is about to act.
+    const tick = () => {
+      const busy = hovering || (document.activeElement && document.activeElement.closest && document.activeElement.closest('#timeline, .actions'));
+      if (busy) { later(my, 2000, tick); return; }
+      redraw(my, () => sagaPage(my, id, flash)).catch((e) => { refreshFailed(my, e); later(my, 2000, tick); });
+    };
+    later(my, 2000, tick);
   }
 }
+
+let hovering = false; // the pointer is over the timeline
 
 // ---------------------------------------------------------------- definitions
 
@@ -668,7 +770,7 @@ async function outboxPage(my, flash) {
   const [st, np] = await Promise.all([get('/v1/outbox/stats'), get('/v1/outbox?status=not_produced&limit=200')]);
   if (my !== gen) return;
   document.title = 'Outbox · sagad';
-  const again = (msg) => { if (my === gen) outboxPage(my, msg).catch((e) => render(message('error', e.message))); };
+  const again = (msg) => { if (my === gen) redraw(my, () => outboxPage(my, msg)).catch((e) => refreshFailed(my, e)); };
   const requeue = async (btn, id) => {
     btn.disabled = true;
     try {
@@ -698,7 +800,11 @@ async function outboxPage(my, flash) {
         el('td', {class: 'err'}, e.last_error || ''),
         el('td', {}, (() => { const b = el('button', {type: 'button', 'data-action': 'requeue'}, 'Requeue'); b.addEventListener('click', () => requeue(b, e.id)); return b; })()))))))
       : el('p', {class: 'muted'}, 'None: every event was published or waits its turn.'));
-  refresh = setInterval(() => { if (my === gen && !document.activeElement.closest('table')) again(flash); }, 5000);
+  const tick = () => {
+    if (document.activeElement && document.activeElement.closest && document.activeElement.closest('table')) { later(my, 5000, tick); return; }
+    again(flash);
+  };
+  later(my, 5000, tick);
 }
 
 route();
