@@ -20,6 +20,7 @@ import (
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
+	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/transport/httpapi"
 	"github.com/sagad/sagad/transport/webui"
 )
@@ -28,6 +29,7 @@ import (
 // UI on one listener, over an engine on a temporary file, and the
 // participants its definitions call.
 type site struct {
+	eng   *engine.Engine
 	url   string
 	c     *client.Client
 	parts *participants
@@ -109,7 +111,7 @@ func newSite(t *testing.T, token string) *site {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &site{url: srv.URL, c: c, parts: parts}
+	s := &site{eng: eng, url: srv.URL, c: c, parts: parts}
 	put := func(name, spec string) {
 		spec = strings.ReplaceAll(spec, "P/", psrv.URL+"/")
 		if _, err := c.PutDefinition(context.Background(), name, []byte(spec)); err != nil {
@@ -127,6 +129,7 @@ func newSite(t *testing.T, token string) *site {
 	put("stuck", `{"steps": [
 		{"name": "reserve", "action": {"url": "P/ok"}, "compensation": {"url": "P/fixable", "retry": {"max_attempts": 1}}},
 		{"name": "charge", "action": {"url": "P/no"}}]}`)
+	put("announced", `{"steps": [{"name": "one", "action": {"url": "P/ok"}}], "events": {"lifecycle": true}}`)
 	put("cutoff", `{"steps": [{"name": "call", "action": {"url": "P/hang", "timeout": "100ms"}, "retry": {"max_attempts": 2, "initial_interval": "10ms"}}]}`)
 	put("approval", `{"steps": [{"name": "approve", "action": {"url": "P/later", "timeout": "1h"}}]}`)
 	put("undoing", `{"steps": [
@@ -466,6 +469,53 @@ func TestUI(t *testing.T) {
 		}
 	})
 
+	t.Run("pause and resume", func(t *testing.T) {
+		tt := tab(t, b)
+		id := s.run(t, "approval", false)
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+id), chromedp.WaitVisible(css(`button[data-action="pause"]`)),
+			chromedp.Click(css(`button[data-action="pause"]`)),
+			until(`document.querySelector('#status .badge').textContent === 'paused' && document.querySelector('button[data-action="resume"]')`),
+			chromedp.Click(css(`button[data-action="resume"]`)),
+			until(`document.querySelector('#status .badge').textContent === 'running' && document.querySelector('button[data-action="pause"]')`))
+		if got, err := s.c.Get(ctx, id); err != nil || got.Status != "running" || !got.Steps[0].Waiting {
+			t.Fatalf("after Pause and Resume in the UI: %+v %v, want running, waiting for its answer", got, err)
+		}
+	})
+
+	t.Run("outbox requeue", func(t *testing.T) {
+		// No relay runs here: the events of a saga wait as new. One is
+		// marked not_produced, as a relay that gave up on it would.
+		id := s.run(t, "announced", true)
+		page, err := s.eng.OutboxList(ctx, engine.OutboxListOptions{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev *storage.OutboxEvent
+		for _, e := range page.Events {
+			if e.SagaID.String() == id {
+				ev = e
+				break
+			}
+		}
+		if ev == nil {
+			t.Fatalf("saga %s wrote no event", id)
+		}
+		if _, err := s.eng.Store().OutboxMark(ctx, nil, []storage.OutboxFailure{{ID: ev.ID, Error: "NO_ROUTE: no queue is bound", Final: true}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		tt := tab(t, b)
+		run(t, tt, chromedp.Navigate(s.url+"/ui/outbox"), chromedp.WaitVisible(css(`#not-produced`)))
+		if got := eval[string](t, tt, `document.querySelector('#not-produced tbody tr').textContent`); !strings.Contains(got, ev.ID.String()) || !strings.Contains(got, "NO_ROUTE") {
+			t.Errorf("not_produced row %q: want the event and its last error", got)
+		}
+		run(t, tt, chromedp.Click(css(`button[data-action="requeue"]`)),
+			until(`document.querySelector('.msg.info') && document.querySelector('.msg.info').textContent.includes('re-queued') && !document.querySelector('#not-produced')`))
+		st, err := s.eng.OutboxStats(ctx)
+		if err != nil || st.Counts.NotProduced != 0 {
+			t.Errorf("after Requeue: %+v (%v), want no not_produced event", st.Counts, err)
+		}
+	})
+
 	t.Run("narrow window", func(t *testing.T) {
 		// A phone's width: the page does not scroll sideways (wide tables
 		// scroll in their own box), and the keyboard reaches the bars.
@@ -504,8 +554,8 @@ func TestUIToken(t *testing.T) {
 	}
 	run(t, tt, chromedp.Clear(css(`#token`)), chromedp.Focus(css(`#token`)), chromedp.KeyEvent("s3cret-token"+kb.Enter),
 		chromedp.WaitVisible(css(`#definitions`)))
-	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 6 {
-		t.Errorf("after signing in, %d definitions listed, want 6", n)
+	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 7 {
+		t.Errorf("after signing in, %d definitions listed, want 7", n)
 	}
 	if url := value(t, tt, chromedp.Location()); strings.Contains(url, "s3cret") || !strings.HasSuffix(url, "/ui/definitions") {
 		t.Errorf("location %q: want the page asked for, and never the token", url)
