@@ -129,6 +129,9 @@ func newSite(t *testing.T, token string) *site {
 	put("stuck", `{"steps": [
 		{"name": "reserve", "action": {"url": "P/ok"}, "compensation": {"url": "P/fixable", "retry": {"max_attempts": 1}}},
 		{"name": "charge", "action": {"url": "P/no"}}]}`)
+	put("backoff", `{"steps": [
+		{"name": "reserve", "action": {"url": "P/ok"}, "compensation": {"url": "P/ok"}},
+		{"name": "charge", "action": {"url": "P/busy"}, "retry": {"max_attempts": 5, "initial_interval": "1h"}}]}`)
 	put("announced", `{"steps": [{"name": "one", "action": {"url": "P/ok"}}], "events": {"lifecycle": true}}`)
 	put("cutoff", `{"steps": [{"name": "call", "action": {"url": "P/hang", "timeout": "100ms"}, "retry": {"max_attempts": 2, "initial_interval": "10ms"}}]}`)
 	put("approval", `{"steps": [{"name": "approve", "action": {"url": "P/later", "timeout": "1h"}}]}`)
@@ -482,6 +485,37 @@ func TestUI(t *testing.T) {
 		}
 	})
 
+	t.Run("abort and resolve", func(t *testing.T) {
+		// The confirmation and the note are the browser's dialogs; the
+		// test answers them as a person would.
+		tt := tab(t, b)
+		id := s.run(t, "backoff", false) // charge waits an hour for its retry
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+id), chromedp.WaitVisible(css(`button[data-action="abort"]`)),
+			drop(chromedp.Evaluate[bool](`(window.confirm = (q) => (window.__asked = q, true), true)`)),
+			chromedp.Click(css(`button[data-action="abort"]`)),
+			until(`document.querySelector('#status .badge').textContent === 'compensated'`))
+		if asked := eval[string](t, tt, `window.__asked || ''`); !strings.Contains(asked, "Abort saga "+id) {
+			t.Errorf("Abort asked %q, want a confirmation naming the saga", asked)
+		}
+		s.parts.fixed.Store(false)
+		stuck := s.run(t, "stuck", true)
+		run(t, tt, chromedp.Navigate(s.url+"/ui/sagas/"+stuck), chromedp.WaitVisible(css(`button[data-action="resolve"]`)),
+			drop(chromedp.Evaluate[bool](`(window.prompt = () => 'released the stock by hand', true)`)),
+			chromedp.Click(css(`button[data-action="resolve"]`)),
+			until(`document.querySelector('#status .badge').textContent === 'resolved'`))
+		log, err := s.c.Log(ctx, stuck)
+		if err != nil {
+			t.Fatal(err)
+		}
+		noted := false
+		for _, e := range log {
+			noted = noted || e.Event == "resolved" && strings.Contains(e.Note, "released the stock by hand")
+		}
+		if !noted {
+			t.Errorf("the resolved saga's log %+v has no resolved entry with the note", log)
+		}
+	})
+
 	t.Run("outbox requeue", func(t *testing.T) {
 		// No relay runs here: the events of a saga wait as new. One is
 		// marked not_produced, as a relay that gave up on it would.
@@ -554,8 +588,8 @@ func TestUIToken(t *testing.T) {
 	}
 	run(t, tt, chromedp.Clear(css(`#token`)), chromedp.Focus(css(`#token`)), chromedp.KeyEvent("s3cret-token"+kb.Enter),
 		chromedp.WaitVisible(css(`#definitions`)))
-	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 7 {
-		t.Errorf("after signing in, %d definitions listed, want 7", n)
+	if n := eval[int](t, tt, `document.querySelectorAll('#definitions tbody tr').length`); n != 8 {
+		t.Errorf("after signing in, %d definitions listed, want 8", n)
 	}
 	if url := value(t, tt, chromedp.Location()); strings.Contains(url, "s3cret") || !strings.HasSuffix(url, "/ui/definitions") {
 		t.Errorf("location %q: want the page asked for, and never the token", url)
