@@ -79,6 +79,7 @@ type driver struct {
 	redispatch bool
 	statuses   []saga.Status // statuses entered since the last commit, for the hook
 	hooks      []AttemptInfo
+	waits      []WaitInfo            // waits begun since the last commit, for Hooks.StepWaiting
 	events     []storage.OutboxEvent // outbox events for the next commit
 	tx         saga.Tx               // a step's transaction the next commit is written in
 	tr         storage.Transition    // the change change() hands to the store, reused
@@ -178,6 +179,9 @@ func (d *driver) load(now time.Time) (bool, error) {
 			// Not a damaged record: the saga is loaded again later.
 			d.e.commitFailed(d, err)
 			return false, nil
+		}
+		if h := d.e.opts.Hooks.SagaParked; h != nil {
+			h(ParkInfo{SagaID: r.ID.String(), Definition: r.Definition, Version: r.Fingerprint, Reason: reason})
 		}
 		// Register may have stored the definition between the look-up and
 		// this commit, and scanned for parked sagas before it: look again.
@@ -1008,6 +1012,7 @@ func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) b
 	s.Next = until
 	d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase, Next: until,
 		Note: "circuit breaker " + name + " is open: waiting for it to half-open"})
+	d.waiting(s, until, "breaker")
 	return false
 }
 
@@ -1108,6 +1113,7 @@ func (d *driver) failed(o *outcome, now time.Time, info AttemptInfo, entry stora
 			d.log(now, entry)
 			info.Retry = true
 			d.hooks = append(d.hooks, info)
+			d.waiting(s, next, "retry")
 			return
 		}
 	}
@@ -1434,7 +1440,7 @@ func (d *driver) committed() {
 	}
 	for _, st := range d.statuses {
 		if d.from != "" && d.from != st {
-			d.e.statusHook(r.Definition, d.from, st)
+			d.e.statusHook(r.ID, r.Definition, d.from, st)
 			if st == saga.StatusFailed {
 				// Durable now, and a person has to act: say so, once.
 				d.e.log.Warn("saga failed: it could not be compensated; retry it or resolve it by hand (sagad sagas retry|resolve)",
@@ -1448,17 +1454,56 @@ func (d *driver) committed() {
 		d.e.pauseDone(r.ID) // carried out, durably
 	}
 	if len(d.hooks) > 0 {
-		finished, pending := d.e.opts.Hooks.AttemptFinished, d.e.opts.Hooks.AttemptPending
-		for _, a := range d.hooks {
-			switch {
-			case a.Pending && pending != nil:
-				pending(a)
-			case !a.Pending && finished != nil:
-				finished(a)
-			}
-		}
+		d.attemptHooks()
 	}
 	d.hooks = d.hooks[:0]
+	if len(d.waits) > 0 {
+		d.waitHooks()
+	}
+}
+
+// attemptHooks runs the hooks of the attempts the last commit recorded,
+// and of the waits it began.
+//
+//go:noinline
+func (d *driver) attemptHooks() {
+	h := &d.e.opts.Hooks
+	if h.AttemptFinished == nil && h.AttemptPending == nil {
+		return
+	}
+	id := d.rec.ID.String()
+	for _, a := range d.hooks {
+		a.SagaID = id
+		switch {
+		case a.Pending && h.AttemptPending != nil:
+			h.AttemptPending(a)
+		case !a.Pending && h.AttemptFinished != nil:
+			h.AttemptFinished(a)
+		}
+	}
+}
+
+// waitHooks runs Hooks.StepWaiting for the waits the last commit began.
+//
+//go:noinline
+func (d *driver) waitHooks() {
+	if h := d.e.opts.Hooks.StepWaiting; h != nil {
+		id := d.rec.ID.String()
+		for _, w := range d.waits {
+			w.SagaID = id
+			h(w)
+		}
+	}
+	clear(d.waits)
+	d.waits = d.waits[:0]
+}
+
+// waiting notes that step s waits for its next attempt until until, for
+// Hooks.StepWaiting.
+func (d *driver) waiting(s *storage.Step, until time.Time, reason string) {
+	if d.e.opts.Hooks.StepWaiting != nil {
+		d.waits = append(d.waits, WaitInfo{Definition: d.rec.Definition, Step: s.Name, Phase: s.Phase, Until: until, Reason: reason})
+	}
 }
 
 // actionAttempts returns how many times a step's action was attempted.

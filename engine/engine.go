@@ -81,9 +81,9 @@ const (
 // reports on to change (Wait, or Retry and Resolve, which wait for the
 // saga's driver to let go): the driver waits for the hook.
 type Hooks struct {
-	// SagaStatusChanged is called when a saga enters a status; from is empty
-	// for a new saga.
-	SagaStatusChanged func(definition string, from, to saga.Status)
+	// SagaStatusChanged is called when a saga enters a status, once it is
+	// durable.
+	SagaStatusChanged func(StatusChange)
 	// AttemptFinished is called when an attempt's outcome is committed.
 	AttemptFinished func(AttemptInfo)
 	// AttemptPending is called when an attempt is committed as waiting
@@ -92,10 +92,52 @@ type Hooks struct {
 	// BreakerStateChanged is called when a circuit breaker changes state
 	// ("closed", "half-open", "open").
 	BreakerStateChanged func(name, from, to string)
+	// StepWaiting is called when a step starts to wait for its next
+	// attempt: a failed attempt's backoff, or its circuit breaker open.
+	// (A wait for a participant's answer is AttemptPending.)
+	StepWaiting func(WaitInfo)
+	// SagaParked is called when a saga is parked: the version of its
+	// definition it runs on is not registered.
+	SagaParked func(ParkInfo)
+}
+
+// StatusChange describes a saga entering a status, for
+// Hooks.SagaStatusChanged.
+type StatusChange struct {
+	SagaID     string
+	Definition string
+	// From is the status the saga left; empty for a new saga.
+	From saga.Status
+	To   saga.Status
+}
+
+// WaitInfo describes a step that waits for its next attempt, for
+// Hooks.StepWaiting.
+type WaitInfo struct {
+	SagaID     string
+	Definition string
+	Step       string
+	Phase      saga.Phase
+	// Until is when the next attempt is due.
+	Until time.Time
+	// Reason is "retry" (the backoff after a failed attempt) or "breaker"
+	// (the step's circuit breaker is open).
+	Reason string
+}
+
+// ParkInfo describes a parked saga, for Hooks.SagaParked.
+type ParkInfo struct {
+	SagaID     string
+	Definition string
+	// Version is the definition version (fingerprint) the saga runs on,
+	// which is not registered.
+	Version string
+	Reason  string
 }
 
 // AttemptInfo describes a finished attempt, for Hooks.AttemptFinished.
 type AttemptInfo struct {
+	SagaID     string
 	Definition string
 	Step       string
 	Phase      saga.Phase
@@ -465,7 +507,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 		}
 		return e.duplicate(definition, so.idemKey, dup, raw)
 	}
-	e.statusHook(def.Name, "", saga.StatusRunning)
+	e.statusHook(rec.ID, def.Name, "", saga.StatusRunning)
 	if fast {
 		go d.run()
 	} else {
@@ -1384,9 +1426,9 @@ func (e *Engine) Close() error {
 	return e.store.Close()
 }
 
-func (e *Engine) statusHook(def string, from, to saga.Status) {
+func (e *Engine) statusHook(id ulid.ULID, def string, from, to saga.Status) {
 	if h := e.opts.Hooks.SagaStatusChanged; h != nil {
-		h(def, from, to)
+		h(StatusChange{SagaID: id.String(), Definition: def, From: from, To: to})
 	}
 }
 

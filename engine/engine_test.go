@@ -870,9 +870,9 @@ func TestStatusHooks(t *testing.T) {
 		{Name: "a", Action: (&recorder{}).ok("a", nil), Compensation: (&recorder{}).ok("ua", nil)},
 		{Name: "b", Action: (&recorder{}).fail("b", saga.Permanent(errFlaky))}}}
 	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
-		SagaStatusChanged: func(d string, from, to saga.Status) {
+		SagaStatusChanged: func(c engine.StatusChange) {
 			mu.Lock()
-			got = append(got, string(from)+">"+string(to))
+			got = append(got, string(c.From)+">"+string(c.To))
 			mu.Unlock()
 		}}}})
 	b.run(t, "hooks", nil)

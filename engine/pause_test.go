@@ -17,7 +17,7 @@ import (
 
 // statusSignal returns hooks that send every status a saga enters on ch.
 func statusSignal(ch chan<- saga.Status) engine.Hooks {
-	return engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) { ch <- to }}
+	return engine.Hooks{SagaStatusChanged: func(c engine.StatusChange) { ch <- c.To }}
 }
 
 func waitStatus(t *testing.T, ch <-chan saga.Status, want saga.Status) {
@@ -147,8 +147,8 @@ func TestPauseKeepsTimeCounting(t *testing.T) {
 	}}
 	hooks := onRetry(retried)
 	paused := make(chan struct{}, 4)
-	hooks.SagaStatusChanged = func(_ string, _, to saga.Status) {
-		if to == saga.StatusPaused {
+	hooks.SagaStatusChanged = func(c engine.StatusChange) {
+		if c.To == saga.StatusPaused {
 			paused <- struct{}{}
 		}
 	}

@@ -354,7 +354,6 @@ func TestBreakerWaitPastPivotAfterDeadline(t *testing.T) {
 func TestRetryRightAfterFailed(t *testing.T) {
 	// Not parallel: it installs a package-wide hook.
 	var eng atomic.Pointer[engine.Engine]
-	var current atomic.Value // the id of the saga under test
 	gate := make(chan struct{})
 	retried := make(chan error, 1)
 	var undone sync.Map // saga id -> whether its compensation was called
@@ -377,9 +376,9 @@ func TestRetryRightAfterFailed(t *testing.T) {
 	b := setup(t, setupOpts{defs: []*saga.Definition{def}, opts: engine.Options{Hooks: engine.Hooks{
 		// Called once the failed status is committed, before the driver
 		// lets go: the instant an operator's list first shows it.
-		SagaStatusChanged: func(_ string, _, to saga.Status) {
-			if to == saga.StatusFailed {
-				id := current.Load().(string)
+		SagaStatusChanged: func(c engine.StatusChange) {
+			if c.To == saga.StatusFailed {
+				id := c.SagaID
 				go func() { retried <- eng.Load().Retry(context.Background(), id) }()
 				// Hold the driver until the Retry finds it busy.
 				select {
@@ -396,7 +395,6 @@ func TestRetryRightAfterFailed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		current.Store(st.ID)
 		gate <- struct{}{}
 		select {
 		case err := <-retried:

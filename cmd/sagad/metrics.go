@@ -65,7 +65,7 @@ var breakerValue = map[string]float64{"closed": 0, "half-open": 1, "open": 2}
 // engineHooks reports the engine's events.
 func (m *metrics) engineHooks() engine.Hooks {
 	return engine.Hooks{
-		SagaStatusChanged: func(def string, from, to saga.Status) { m.entered.WithLabelValues(def, string(to)).Inc() },
+		SagaStatusChanged: func(c engine.StatusChange) { m.entered.WithLabelValues(c.Definition, string(c.To)).Inc() },
 		AttemptFinished: func(a engine.AttemptInfo) {
 			outcome := "success"
 			switch {

@@ -139,8 +139,8 @@ func (c *recoverCommand) recover(ctx context.Context, path string, timeout time.
 	}
 	eng, err := openEngine(path, storeOptions{bolt: bolt.Options{LockTimeout: 500 * time.Millisecond}}, engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxStepOutput: limits.MaxStepOutput, MaxSagaData: limits.MaxSagaData,
-		Hooks: engine.Hooks{SagaStatusChanged: func(_ string, _, to saga.Status) {
-			if to.Finished() {
+		Hooks: engine.Hooks{SagaStatusChanged: func(c engine.StatusChange) {
+			if c.To.Finished() {
 				finished.Add(1)
 				select {
 				case changed <- struct{}{}:
