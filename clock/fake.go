@@ -87,6 +87,14 @@ func (f *Fake) BlockUntilWaiting(t time.Time) {
 	}
 }
 
+// HasWaiter reports whether some timer, AfterFunc call or deadline waits
+// for a time at or before t: BlockUntilWaiting without the wait.
+func (f *Fake) HasWaiter(t time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.ContainsFunc(f.waiters, func(w *fakeTimer) bool { return !w.at.After(t) })
+}
+
 // NewTimer implements Clock.
 func (f *Fake) NewTimer(d time.Duration) Timer {
 	c := make(chan time.Time, 1)
