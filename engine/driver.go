@@ -1462,8 +1462,7 @@ func (d *driver) committed() {
 	}
 }
 
-// attemptHooks runs the hooks of the attempts the last commit recorded,
-// and of the waits it began.
+// attemptHooks runs the hooks of the attempts the last commit recorded.
 //
 //go:noinline
 func (d *driver) attemptHooks() {
