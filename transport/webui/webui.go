@@ -15,11 +15,15 @@
 package webui
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"io/fs"
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 )
 
 //go:embed assets
@@ -41,6 +45,21 @@ func Handler() http.Handler {
 	if err != nil {
 		panic(err)
 	}
+	// Embedded files have no modification time: an ETag of their content
+	// lets a browser revalidate them (304) instead of fetching them again.
+	etags := map[string]string{}
+	err = fs.WalkDir(sub, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(sub, name)
+		sum := sha256.Sum256(b)
+		etags["/"+name] = `"` + hex.EncodeToString(sum[:8]) + `"`
+		return err
+	})
+	if err != nil {
+		panic(err)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		// Nothing but these files and the API: no inline script, no
@@ -59,14 +78,20 @@ func Handler() http.Handler {
 			h.Set("Cache-Control", "no-cache") // revalidated: a new binary serves new files
 			r2 := r.Clone(r.Context())
 			r2.URL.Path = strings.TrimPrefix(r.URL.Path, "/ui/assets")
+			if tag, ok := etags[r2.URL.Path]; ok {
+				h.Set("ETag", tag) // FileServer answers a matching If-None-Match with 304
+			}
 			files.ServeHTTP(w, r2)
 		default:
 			h.Set("Content-Type", "text/html; charset=utf-8")
 			h.Set("Cache-Control", "no-cache")
 			if !pages.MatchString(r.URL.Path) {
 				w.WriteHeader(http.StatusNotFound) // the page says so too
+				_, _ = w.Write(index)
+				return
 			}
-			_, _ = w.Write(index)
+			h.Set("ETag", etags["/index.html"])
+			http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(index))
 		}
 	})
 }

@@ -633,4 +633,23 @@ func TestHandler(t *testing.T) {
 			t.Errorf("%s: Content-Security-Policy %q", tc.path, csp)
 		}
 	}
+	// A browser revalidates what it has: the same ETag is a 304.
+	for _, path := range []string{"/ui/assets/app.js", "/ui/"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		tag := resp.Header.Get("ETag")
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		req.Header.Set("If-None-Match", tag)
+		again, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = again.Body.Close()
+		if tag == "" || again.StatusCode != http.StatusNotModified {
+			t.Errorf("%s: ETag %q, revalidated %d, want 304", path, tag, again.StatusCode)
+		}
+	}
 }
