@@ -561,3 +561,18 @@ func TestStatus(t *testing.T) {
 		t.Errorf("len(Statuses) = %d, want 7", len(saga.Statuses))
 	}
 }
+
+// A compensation runs after those of the steps after it, passing through
+// steps without one: the diagram's dashed arrows say so.
+func TestMermaidCompensationOrder(t *testing.T) {
+	t.Parallel()
+	def := &saga.Definition{Name: "d", Steps: []saga.Step{
+		{Name: "a", Action: noop, Compensation: noop},
+		{Name: "b", Action: noop},
+		{Name: "c", Action: noop, Compensation: noop},
+	}}
+	got := def.Mermaid()
+	if !strings.Contains(got, "c2 -.-> c0\n") || strings.Contains(got, "c1") {
+		t.Errorf("diagram:\n%s\nwant undo c before undo a, through b, which has none", got)
+	}
+}

@@ -70,6 +70,6 @@ func ExampleDefinition_Mermaid() {
 	//   f2[/"fallback of ship"/]
 	//   s2 ==>|fails| f2
 	//   s0 --> s1
-	//   c1 -.-> c0
 	//   s1 --> s2
+	//   c1 -.-> c0
 }

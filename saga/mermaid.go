@@ -3,6 +3,8 @@ package saga
 import (
 	"strconv"
 	"strings"
+
+	"github.com/sagad/sagad/internal/dag"
 )
 
 // Mermaid draws the definition as a Mermaid flowchart
@@ -49,12 +51,43 @@ func (d *Definition) Mermaid() string {
 	for i, deps := range g.Deps {
 		for _, k := range deps {
 			b.WriteString("  " + stepID(k) + " --> " + stepID(i) + "\n")
-			if d.Steps[i].HasCompensation() && d.Steps[k].HasCompensation() {
-				b.WriteString("  c" + strconv.Itoa(i) + " -.-> c" + strconv.Itoa(k) + "\n")
-			}
+		}
+	}
+	// A compensation runs once those of the steps after it have ended;
+	// a step without one is passed through.
+	for i := range d.Steps {
+		if !d.Steps[i].HasCompensation() {
+			continue
+		}
+		for _, k := range undoneBefore(d, g, i) {
+			b.WriteString("  c" + strconv.Itoa(i) + " -.-> c" + strconv.Itoa(k) + "\n")
 		}
 	}
 	return b.String()
+}
+
+// undoneBefore returns the steps with a compensation that step i waits
+// for, directly or through steps without one: their compensations run
+// after i's.
+func undoneBefore(d *Definition, g *dag.Graph, i int) []int {
+	var out []int
+	seen := map[int]bool{}
+	var walk func(int)
+	walk = func(j int) {
+		for _, k := range g.Deps[j] {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if d.Steps[k].HasCompensation() {
+				out = append(out, k)
+			} else {
+				walk(k)
+			}
+		}
+	}
+	walk(i)
+	return out
 }
 
 func stepID(i int) string { return "s" + strconv.Itoa(i) }

@@ -467,8 +467,10 @@ func TestUI(t *testing.T) {
 		pivot := eval[int](t, tt, `document.querySelectorAll('#diagram rect.box.pivot').length`)
 		comps := eval[int](t, tt, `document.querySelectorAll('#diagram rect.box.comp').length`)
 		fallbacks := eval[int](t, tt, `document.querySelectorAll('#diagram rect.box.fallback').length`)
-		if strings.Join(steps, ",") != "reserve,charge,ship" || pivot != 1 || comps != 2 || fallbacks != 1 {
-			t.Errorf("diagram: steps %v, %d pivot, %d compensations, %d fallbacks; want reserve, charge, ship, 1, 2, 1", steps, pivot, comps, fallbacks)
+		dashed := eval[int](t, tt, `document.querySelectorAll('#diagram path.edge.comp').length`)
+		if strings.Join(steps, ",") != "reserve,charge,ship" || pivot != 1 || comps != 2 || fallbacks != 1 || dashed != 3 {
+			t.Errorf("diagram: steps %v, %d pivot, %d compensations, %d fallbacks, %d dashed arrows; want reserve, charge, ship, 1, 2, 1, 3 (two to compensations, undo charge before undo reserve)",
+				steps, pivot, comps, fallbacks, dashed)
 		}
 	})
 

@@ -706,13 +706,30 @@ function diagram(spec) {
       svg('path', {d: 'M0,0 L10,5 L0,10 z', fill: '#7b1fa2'}))));
   const stepY = 46, compY = 46 + BH + 26, fbY = 0, fbH = 30, cH = 30;
   const curve = (x1, y1, x2, y2) => `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
-  steps.forEach((st, i) => {
-    for (const k of deps[i]) {
-      const a = pos[k], b = pos[i];
-      g.append(svg('path', {class: 'edge', d: curve(a.x + BW, a.y + stepY + BH / 2, b.x - 2, b.y + stepY + BH / 2), 'marker-end': 'url(#arrow)'}));
-      if (st.compensation && steps[k].compensation) {
-        g.append(svg('path', {class: 'edge comp', d: curve(b.x, b.y + compY + cH / 2, a.x + BW + 2, a.y + compY + cH / 2), 'marker-end': 'url(#arrow-c)'}));
+  // A compensation runs once those of the steps after it have ended,
+  // passing through steps that have none.
+  const undoneBefore = (i) => {
+    const out = [], seen = new Set();
+    const walk = (j) => {
+      for (const k of deps[j]) {
+        if (seen.has(k)) continue;
+        seen.add(k);
+        if (steps[k].compensation) out.push(k); else walk(k);
       }
+    };
+    walk(i);
+    return out;
+  };
+  steps.forEach((st, i) => {
+    const b = pos[i];
+    for (const k of deps[i]) {
+      const a = pos[k];
+      g.append(svg('path', {class: 'edge', d: curve(a.x + BW, a.y + stepY + BH / 2, b.x - 2, b.y + stepY + BH / 2), 'marker-end': 'url(#arrow)'}));
+    }
+    if (!st.compensation) return;
+    for (const k of undoneBefore(i)) {
+      const a = pos[k];
+      g.append(svg('path', {class: 'edge comp', d: curve(b.x, b.y + compY + cH / 2, a.x + BW + 2, a.y + compY + cH / 2), 'marker-end': 'url(#arrow-c)'}));
     }
   });
   steps.forEach((st, i) => {
