@@ -33,28 +33,7 @@ func BenchmarkRelay(b *testing.B) {
 	url := brokertest.URL(b)
 	exchange := brokertest.Name("bench.relay")
 	queue := brokertest.Name("bench.relay")
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	admin, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := admin.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := admin.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if err := admin.QueueBind(queue, "#", exchange, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_, _ = admin.QueueDelete(queue, false, false, false)
-		_ = admin.ExchangeDelete(exchange, false, false)
-	}()
+	admin := benchQueue(b, url, exchange, queue, "#")
 	purge := func() {
 		if _, err := admin.QueuePurge(queue, false); err != nil {
 			b.Fatal(err)
@@ -82,6 +61,27 @@ func BenchmarkRelay(b *testing.B) {
 	b.ReportMetric(relayed/raw, "ratio")
 	b.ReportMetric(busy, "relay-busy-msgs/s")
 	b.ReportMetric(busy/raw, "busy-ratio")
+}
+
+// benchQueue declares a durable topic exchange and a durable queue bound
+// to it with binding, both deleted when the benchmark ends, and returns a
+// channel to manage them.
+func benchQueue(b *testing.B, url, exchange, queue, binding string) *amqp.Channel {
+	admin := brokertest.Channel(b, url)
+	if err := admin.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := admin.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if err := admin.QueueBind(queue, binding, exchange, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_, _ = admin.QueueDelete(queue, false, false, false)
+		_ = admin.ExchangeDelete(exchange, false, false)
+	})
+	return admin
 }
 
 // rawPublish publishes n messages with a window of benchWindow unconfirmed

@@ -37,29 +37,8 @@ func benchAMQPSteps(b *testing.B, conc int) {
 	url := brokertest.URL(b)
 	queue, replyQueue := brokertest.Name("bench.shop"), brokertest.Name("bench.replies")
 	exchange := brokertest.Name("bench.raw")
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	admin, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := admin.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := admin.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if err := admin.QueueBind(queue, "order.placed", exchange, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_, _ = admin.QueueDelete(queue, false, false, false)
-		_, _ = admin.QueueDelete(replyQueue, false, false, false)
-		_ = admin.ExchangeDelete(exchange, false, false)
-	}()
+	benchQueue(b, url, exchange, queue, "order.placed")
+	brokertest.DeleteQueue(b, url, replyQueue)
 	participate(b, url, queue)
 
 	spec, err := httpstep.Parse("shop", []byte(fmt.Sprintf(`{"steps": [
