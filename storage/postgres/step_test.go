@@ -41,6 +41,7 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls atomic.Int32
+	var restoreErr atomic.Value // why the proxy could not listen again, if so
 	debit := db.Step(func(ctx context.Context, tx pgx.Tx, c *saga.Call) (json.RawMessage, error) {
 		var in struct{ Fail bool }
 		if err := c.DecodeInput(&in); err != nil {
@@ -60,7 +61,18 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 			// The process loses PostgreSQL once the step has returned,
 			// before the engine commits its success.
 			proxy.Cut()
-			time.AfterFunc(300*time.Millisecond, func() { _ = proxy.Restore() })
+			time.AfterFunc(300*time.Millisecond, func() {
+				// The port may take a moment to listen on again: try for
+				// a few seconds, and say so if it never does.
+				var err error
+				for range 100 {
+					if err = proxy.Restore(); err == nil {
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				restoreErr.Store(err.Error())
+			})
 		}
 		return out, err
 	}
@@ -92,7 +104,8 @@ func TestStepWritesExactlyOnce(t *testing.T) {
 		defer wcancel()
 		s, err := eng.Wait(wctx, st.ID)
 		if err != nil {
-			t.Fatal(err)
+			got, gerr := eng.Get(ctx, st.ID)
+			t.Fatalf("%v; the saga is %+v (%v); the proxy's restore: %v", err, got, gerr, restoreErr.Load())
 		}
 		return s
 	}
