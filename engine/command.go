@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,11 +45,11 @@ func ParseCorrelationID(s string) (sagaID, step string, phase saga.Phase, attemp
 	return parts[0], parts[1], phase, attempt, nil
 }
 
-// StatusResult is the Result of an answer given with an HTTP status, by
-// the rules of a synchronous HTTP call: 2xx is a success with data; 408,
-// 425, 429 and 5xx are failures the step's retry policy retries; any other
-// status is a permanent failure. msg describes a failure (empty: the
-// status's text).
+// StatusResult is the Result of an answer that came later with an HTTP
+// status (a 202's callback, a command's reply): 2xx is a success with
+// data; 4xx other than 408, 425 and 429 is a permanent failure; any other
+// status is a failure the step's retry policy retries. msg describes a
+// failure (empty: the status's text).
 func StatusResult(status int, data json.RawMessage, msg string) Result {
 	if status >= 200 && status <= 299 {
 		return Result{Data: data}
@@ -57,11 +58,11 @@ func StatusResult(status int, data json.RawMessage, msg string) Result {
 		msg = http.StatusText(status)
 	}
 	err := errors.Newf("the participant answered %d: %s", status, msg)
-	switch {
-	case status >= 500, status == http.StatusRequestTimeout, status == http.StatusTooEarly, status == http.StatusTooManyRequests:
-		return Result{Err: err}
+	if status >= 400 && status <= 499 && status != http.StatusRequestTimeout && status != http.StatusTooEarly &&
+		status != http.StatusTooManyRequests {
+		return Result{Err: saga.Permanent(err)}
 	}
-	return Result{Err: saga.Permanent(err)}
+	return Result{Err: err}
 }
 
 // withCommands returns def, or a copy of it whose phases sent as commands
@@ -69,12 +70,7 @@ func StatusResult(status int, data json.RawMessage, msg string) Result {
 // phase's Func to know whether the step has the phase, and the Func runs
 // only when the Command failed at the attempt's start (see commandFunc).
 func withCommands(def *saga.Definition) *saga.Definition {
-	has := false
-	for i := range def.Steps {
-		c := &def.Steps[i].Commands
-		has = has || c.Action != nil || c.Compensation != nil || c.Fallback != nil
-	}
-	if !has {
+	if !slices.ContainsFunc(def.Steps, func(st saga.Step) bool { return st.Commands.Any() }) {
 		return def
 	}
 	cp := *def

@@ -892,7 +892,7 @@ func (d *driver) dependentsDone(i int) bool {
 // send): what the step's status says its next phase is.
 func (d *driver) sends(i int) bool {
 	c := &d.def.Steps[i].Commands
-	if c.Action == nil && c.Compensation == nil && c.Fallback == nil {
+	if !c.Any() {
 		return false
 	}
 	s := &d.rec.Steps[i]

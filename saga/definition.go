@@ -131,6 +131,9 @@ type Commands struct {
 	Fallback     Command
 }
 
+// Any reports whether the step sends any phase as a command.
+func (c *Commands) Any() bool { return c.Action != nil || c.Compensation != nil || c.Fallback != nil }
+
 // For returns the Command of phase p, or nil.
 func (c *Commands) For(p Phase) Command {
 	switch p {
@@ -324,7 +327,7 @@ func (d *Definition) validate() error {
 		if s.Breaker.Name != "" && !namePattern.MatchString(s.Breaker.Name) {
 			return errors.Newf("%s %q must match %s", field("breaker name"), s.Breaker.Name, namePattern)
 		}
-		if c := s.Commands; s.Breaker.Name != "" && (c.Action != nil || c.Compensation != nil || c.Fallback != nil) {
+		if s.Breaker.Name != "" && s.Commands.Any() {
 			return errors.Newf("%s: the step sends commands, whose answers a breaker does not see; a breaker guards steps whose phases are all calls", field("breaker"))
 		}
 		if s.Breaker.Name == "" && s.Breaker != (BreakerPolicy{}) {
@@ -410,7 +413,7 @@ func (d *Definition) Fingerprint() string {
 		b = strconv.AppendBool(append(b, " fallback="...), s.HasFallback())
 		// Absent without commands, so that definitions written before
 		// them keep their fingerprints.
-		if c := s.Commands; c.Action != nil || c.Compensation != nil || c.Fallback != nil {
+		if c := s.Commands; c.Any() {
 			b = strconv.AppendBool(append(b, " commands="...), c.Action != nil)
 			b = strconv.AppendBool(append(b, ","...), c.Compensation != nil)
 			b = strconv.AppendBool(append(b, ","...), c.Fallback != nil)

@@ -125,37 +125,29 @@ func (h *Harness) wrap(user engine.Hooks) engine.Hooks {
 		}
 	}
 	w := user
-	w.SagaStatusChanged = func(c engine.StatusChange) {
-		if user.SagaStatusChanged != nil {
-			user.SagaStatusChanged(c)
-		}
-		poke()
-	}
-	w.AttemptFinished = func(a engine.AttemptInfo) {
-		if user.AttemptFinished != nil {
-			user.AttemptFinished(a)
-		}
-		poke()
-	}
-	w.AttemptPending = func(a engine.AttemptInfo) {
-		if user.AttemptPending != nil {
-			user.AttemptPending(a)
-		}
-		poke()
-	}
-	w.StepWaiting = func(i engine.WaitInfo) {
-		if user.StepWaiting != nil {
-			user.StepWaiting(i)
-		}
-		poke()
-	}
+	w.SagaStatusChanged = then(user.SagaStatusChanged, poke)
+	w.AttemptFinished = then(user.AttemptFinished, poke)
+	w.AttemptPending = then(user.AttemptPending, poke)
+	w.StepWaiting = then(user.StepWaiting, poke)
 	return w
 }
 
+// then returns a hook that calls user's, if any, then after.
+func then[T any](user func(T), after func()) func(T) {
+	return func(v T) {
+		if user != nil {
+			user(v)
+		}
+		after()
+	}
+}
+
 // Run starts a saga of def with input and drives it to its end: whenever
-// it waits for a time (a retry's backoff, an open breaker, its deadline,
-// an answer's timeout), the clock moves there. It returns the saga as it
-// ended, and fails the test if it does not end within Patience.
+// it waits for a time (a retry's backoff, its deadline, an answer's
+// timeout), the clock moves there. Circuit breakers keep the wall clock's
+// time: a saga that waits for an open breaker waits for real. It returns
+// the saga as it ended, and fails the test if it does not end within
+// Patience.
 func (h *Harness) Run(def string, input any, opts ...engine.StartOption) *engine.Saga {
 	h.t.Helper()
 	st, err := h.Engine.Start(context.Background(), def, input, opts...)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/sagatest"
 )
@@ -36,7 +37,9 @@ func order(charges *atomic.Int32) *saga.Definition {
 func TestRunPassesBackoffAtOnce(t *testing.T) {
 	t.Parallel()
 	var charges atomic.Int32
-	h := sagatest.New(t, order(&charges))
+	seen := make(chan engine.AttemptInfo, 16) // the test's own hook runs beside the harness's
+	h := sagatest.NewWith(t, sagatest.Options{Engine: engine.Options{Hooks: engine.Hooks{
+		AttemptFinished: func(a engine.AttemptInfo) { seen <- a }}}}, order(&charges))
 	start := time.Now()
 	s := h.Run("order", "ok")
 	sagatest.RequireStatus(t, s, saga.StatusCompleted)
@@ -45,6 +48,16 @@ func TestRunPassesBackoffAtOnce(t *testing.T) {
 	}
 	h.RequireCalls(s.ID, "reserve/action", "charge/action")
 	h.RequireEvents(s.ID, "payment.charged")
+	for i := range 4 { // the hook runs after the commit the saga's end is read from
+		select {
+		case a := <-seen:
+			if a.SagaID != s.ID {
+				t.Errorf("the test's hook saw an attempt of saga %s, want %s", a.SagaID, s.ID)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the test's AttemptFinished hook saw %d attempts, want 4", i)
+		}
+	}
 	if moved := h.Clock.Now().Sub(sagatest.Start); moved < 20*time.Minute {
 		t.Errorf("the clock moved %s, want past two ten-minute backoffs", moved)
 	}

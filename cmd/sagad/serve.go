@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,7 +286,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	}
 	if relay == nil {
 		for _, def := range eng.Definitions() {
-			if sendsCommands(def) {
+			if slices.ContainsFunc(def.Steps, func(st saga.Step) bool { return st.Commands.Any() }) {
 				log.Warn("a definition has steps over AMQP and sagad runs without --amqp-url: their commands wait in the outbox, and their attempts time out",
 					"definition", def.Name)
 			}
@@ -326,8 +327,7 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	var handler http.Handler = api
 	if cfg.ui {
 		mux := http.NewServeMux()
-		mux.Handle("/ui", webui.Handler())
-		mux.Handle("/ui/", webui.Handler())
+		mux.Handle("/ui/", webui.Handler()) // ServeMux redirects /ui to /ui/
 		mux.Handle("/", api)
 		handler = mux
 	}
@@ -484,15 +484,4 @@ func syncDefinitions(ctx context.Context, defs *httpapi.Definitions, log *slog.L
 			log.Warn("stored definitions not read; trying again", "err", err)
 		}
 	}
-}
-
-// sendsCommands reports whether a definition has a phase sent as a
-// command (an AMQP call).
-func sendsCommands(def *saga.Definition) bool {
-	for _, st := range def.Steps {
-		if c := st.Commands; c.Action != nil || c.Compensation != nil || c.Fallback != nil {
-			return true
-		}
-	}
-	return false
 }

@@ -604,20 +604,7 @@ func CompleteResult(req client.CompleteRequest) (saga.Phase, engine.Result, erro
 	case req.Status < 100 || req.Status > 599:
 		return "", engine.Result{}, badRequest("invalid-status", errors.Newf("status %d: want an HTTP status, 100 to 599", req.Status))
 	}
-	res := engine.Result{Data: req.Data}
-	if req.Status < 200 || req.Status > 299 {
-		msg := req.Error
-		if msg == "" {
-			msg = http.StatusText(req.Status)
-		}
-		res.Data = nil
-		res.Err = errors.Newf("the participant answered %d: %s", req.Status, msg)
-		if req.Status >= 400 && req.Status <= 499 && req.Status != http.StatusRequestTimeout &&
-			req.Status != http.StatusTooEarly && req.Status != http.StatusTooManyRequests {
-			res.Err = saga.Permanent(res.Err)
-		}
-	}
-	return phase, res, nil
+	return phase, engine.StatusResult(req.Status, req.Data, req.Error), nil
 }
 
 // completeStep delivers a participant's answer to a call it answered 202.

@@ -1,9 +1,11 @@
 package httpapi_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sagad/sagad/client"
@@ -64,4 +66,31 @@ func TestStatsKeyAndVersions(t *testing.T) {
 	}
 	resp, body := a.send(t, http.MethodGet, "/v1/definitions/nope/versions", "", nil)
 	requireProblem(t, resp, body, http.StatusNotFound, "no definition named nope")
+}
+
+// A callback's status means what a synchronous answer's does: a 503 is
+// retried, a 402 fails the step for good and the saga compensates.
+func TestCompletedWithFailures(t *testing.T) {
+	t.Parallel()
+	a := newAPI(t, nil)
+	p := newParticipant(t)
+	p.on("/ok", status(200))
+	statuses := []int{503, 402}
+	p.on("/approve", func(n int, w http.ResponseWriter, r *http.Request) {
+		id, attempt := r.Header.Get("X-Saga-Id"), r.Header.Get("X-Saga-Attempt")
+		status := statuses[min(n, len(statuses))-1]
+		go func() { // after the 202 is read, as a participant that works later would
+			var n int
+			fmt.Sscan(attempt, &n)
+			_, _ = a.c.Complete(context.Background(), id, "approve", client.CompleteRequest{Phase: "action", Attempt: n, Status: status, Error: "no"})
+		}()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	a.put(t, "gate", fmt.Sprintf(`{"steps":[{"name":"reserve","action":{"url":"%[1]s/ok"},"compensation":{"url":"%[1]s/ok"}},
+		{"name":"approve","action":{"url":"%[1]s/approve","timeout":"1m"},"retry":{"max_attempts":5,"initial_interval":"10ms"}}]}`, p.URL()), http.StatusCreated)
+	s := a.run(t, "gate", nil)
+	requireStatus(t, s, "compensated")
+	if st := step(t, s, "approve"); st.Attempts != 2 || !strings.Contains(st.Error, "402") {
+		t.Errorf("approve: %d attempts, error %q; want the 503 retried and the 402 final", st.Attempts, st.Error)
+	}
 }

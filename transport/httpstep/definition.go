@@ -140,8 +140,9 @@ func newCommand(c *CallSpec) saga.Command {
 		if err != nil {
 			return saga.Event{}, saga.Permanent(errors.Wrapf(err, "httpstep: command to %q: encode body", key))
 		}
+		// The engine copies Headers into the message's own.
 		return saga.Event{Name: "sagad." + string(sc.Phase), Exchange: exchange, RoutingKey: key, Payload: body,
-			Headers: maps.Clone(headers)}, nil
+			Headers: headers}, nil
 	}
 }
 

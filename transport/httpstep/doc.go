@@ -171,7 +171,8 @@
 // call gets, goes to the outbox in the commit that records the attempt's
 // start, and transport/rabbitmq publishes it and reads the reply (see that
 // package for the message's properties and the reply's). A reply's status
-// header means what an HTTP status means above; its body is the step's data,
+// header means what a 202's callback status means (engine.StatusResult: 2xx
+// success, 4xx other than 408, 425 and 429 permanent, the rest retried); its body is the step's data,
 // or {"error": "..."} for a failure.
 //
 // The step functions return errors, with the method and URL as context; they

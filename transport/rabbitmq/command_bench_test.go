@@ -14,7 +14,6 @@ import (
 	"github.com/sagad/sagad/internal/brokertest"
 	"github.com/sagad/sagad/internal/sagaload"
 	"github.com/sagad/sagad/saga"
-	"github.com/sagad/sagad/transport/httpstep"
 	"github.com/sagad/sagad/transport/rabbitmq"
 )
 
@@ -41,17 +40,10 @@ func benchAMQPSteps(b *testing.B, conc int) {
 	brokertest.DeleteQueue(b, url, replyQueue)
 	participate(b, url, queue)
 
-	spec, err := httpstep.Parse("shop", []byte(fmt.Sprintf(`{"steps": [
+	def := specDef(b, "shop", fmt.Sprintf(`{"steps": [
 		{"name": "reserve", "action": {"amqp": {"routing_key": %[1]q}}},
 		{"name": "charge", "action": {"amqp": {"routing_key": %[1]q}}},
-		{"name": "ship", "action": {"amqp": {"routing_key": %[1]q}}}]}`, queue)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	def, err := spec.Definition("shop", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+		{"name": "ship", "action": {"amqp": {"routing_key": %[1]q}}}]}`, queue))
 	eng, err := engine.Open(filepath.Join(b.TempDir(), "sagad.db"), engine.Options{Logger: quietLogger(), Concurrency: max(conc, 1024)})
 	if err != nil {
 		b.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,17 +122,23 @@ func (p *participant) commands(id string) []amqp.Delivery {
 // waits chargeTimeout for its reply and is tried up to 3 times.
 func orderSpec(t *testing.T, name, queue, chargeTimeout string) *saga.Definition {
 	t.Helper()
-	spec, err := httpstep.Parse(name, []byte(fmt.Sprintf(`{"steps": [
+	return specDef(t, name, fmt.Sprintf(`{"steps": [
 		{"name": "reserve", "action": {"amqp": {"exchange": "", "routing_key": %[1]q, "timeout": "20s"}},
 		 "compensation": {"amqp": {"routing_key": %[1]q, "timeout": "20s"}}},
 		{"name": "charge", "action": {"amqp": {"routing_key": %[1]q, "timeout": %[2]q},
-		 "retry": {"max_attempts": 3, "initial_interval": "10ms"}}}]}`, queue, chargeTimeout)))
+		 "retry": {"max_attempts": 3, "initial_interval": "10ms"}}}]}`, queue, chargeTimeout))
+}
+
+// specDef is the definition of a JSON spec.
+func specDef(tb testing.TB, name, spec string) *saga.Definition {
+	tb.Helper()
+	s, err := httpstep.Parse(name, []byte(spec))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	def, err := spec.Definition(name, nil)
+	def, err := s.Definition(name, nil)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return def
 }
@@ -242,24 +249,10 @@ func TestAMQPStep(t *testing.T) {
 	p := newParticipant(t, brokerURL, queue, shop(held))
 	rc := newReplyCounter()
 	lost := brokertest.Name("nobody")
-	lostSpec, err := httpstep.Parse("lost", []byte(`{"steps": [{"name": "send", "action": {"amqp": {"routing_key": "`+lost+`"},
-		"retry": {"max_attempts": 2, "initial_interval": "10ms"}}}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lostDef, err := lostSpec.Definition("lost", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nowhereSpec, err := httpstep.Parse("nowhere", []byte(`{"steps": [{"name": "send", "action": {"amqp": {"exchange": "`+brokertest.Name("nowhere")+`", "routing_key": "k"},
-		"retry": {"max_attempts": 2, "initial_interval": "10ms"}}}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nowhereDef, err := nowhereSpec.Definition("nowhere", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lostDef := specDef(t, "lost", `{"steps": [{"name": "send", "action": {"amqp": {"routing_key": "`+lost+`"},
+		"retry": {"max_attempts": 2, "initial_interval": "10ms"}}}]}`)
+	nowhereDef := specDef(t, "nowhere", `{"steps": [{"name": "send", "action": {"amqp": {"exchange": "`+brokertest.Name("nowhere")+`", "routing_key": "k"},
+		"retry": {"max_attempts": 2, "initial_interval": "10ms"}}}]}`)
 	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s"), orderSpec(t, "order-late", queue, "300ms"), lostDef, nowhereDef},
 		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Hooks: rabbitmq.Hooks{Reply: rc.hook}}})
 	brokertest.DeleteQueue(t, brokerURL, replyQueue)
@@ -659,7 +652,8 @@ func TestRepliesGiveBackWhatTheyCannotRecord(t *testing.T) {
 	replyQueue := brokertest.Name("test.replies")
 	brokertest.DeleteQueue(t, brokerURL, replyQueue)
 	c := &stuckCompleter{calls: make(chan bool, 64)}
-	r, err := rabbitmq.NewReplies(rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Completer: c, Logger: quietLogger()})
+	rec := &logRecorder{}
+	r, err := rabbitmq.NewReplies(rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue, Completer: c, Logger: slog.New(rec)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -684,6 +678,10 @@ func TestRepliesGiveBackWhatTheyCannotRecord(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("the reply was offered %d times, want it offered again after %d", i, 10)
 		}
+	}
+	// The eleventh offer is a new delivery: the first was given back.
+	if back := rec.lines("replies: could not record a reply; it goes back to the queue"); len(back) != 1 {
+		t.Errorf("%d lines saying the reply went back to the queue after its tries, want 1", len(back))
 	}
 	cancel()
 	select {

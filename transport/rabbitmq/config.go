@@ -50,7 +50,7 @@ type Config struct {
 	// Heartbeat is the AMQP heartbeat interval: a broker that stops
 	// answering is noticed within about two. Zero: 10s.
 	Heartbeat time.Duration
-	// ConnectionName shows in the broker's management UI. Zero: "sagad relay".
+	// ConnectionName shows in the broker's management UI. Zero: "sagad relay" (and "sagad replies" for Replies).
 	ConnectionName string
 	// ReplyQueue is the durable queue participants answer commands on (a
 	// saga.Command's message carries it as reply_to); Replies declares and

@@ -828,8 +828,11 @@ func (r *Relay) publish(st *state, s *session) error {
 			continue
 		}
 		ev := it.ev
-		exchange := r.exchange(ev)
 		corr, command := ev.Headers[storage.HeaderCorrelationID]
+		exchange := ev.Exchange
+		if exchange == "" && !command {
+			exchange = r.cfg.Exchange
+		}
 		if err := r.declare(s, exchange, command); err != nil {
 			switch {
 			case refused(err) && command:
@@ -848,7 +851,9 @@ func (r *Relay) publish(st *state, s *session) error {
 		}
 		headers := make(amqp.Table, len(ev.Headers)+3)
 		for k, v := range ev.Headers {
-			headers[k] = v
+			if k != storage.HeaderCorrelationID { // a command's is a property
+				headers[k] = v
+			}
 		}
 		msg := amqp.Publishing{
 			Headers:      headers,
@@ -863,7 +868,6 @@ func (r *Relay) publish(st *state, s *session) error {
 		if command {
 			// The engine wrote the attempt's identity as headers (X-Saga-Id
 			// and the rest); the correlation id is a property.
-			delete(headers, storage.HeaderCorrelationID)
 			msg.CorrelationId, msg.ReplyTo = corr, r.cfg.ReplyQueue
 		} else {
 			headers["x-saga-id"] = ev.SagaID.String()

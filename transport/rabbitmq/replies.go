@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,36 +89,26 @@ func (r *Relay) undeliverable(st *state, it *item, why string) {
 // a saga the store does not hold is rejected).
 //
 // A reply carries the command's correlation_id, a header "status" (an
-// integer with the meaning of an HTTP status: 2xx success, 408, 425, 429
-// and 5xx retryable, other statuses permanent failures) and a JSON body:
+// integer with the meaning of an HTTP status, as engine.StatusResult
+// reads it: 2xx success, 4xx other than 408, 425 and 429 a permanent
+// failure, the rest retried) and a JSON body:
 // the step's data, or {"error": "..."} for a failure. A reply that is not
 // such a message, or answers a saga that does not exist, is rejected
 // without requeueing (dead-lettered if the queue has a dead-letter
 // exchange) and logged.
 type Replies struct {
-	cfg Config
-	log *slog.Logger
-
-	running, connected         atomic.Bool
-	applied, ignored, rejected atomic.Int64
-}
-
-// ReplyStats counts what Replies did since NewReplies.
-type ReplyStats struct {
-	Connected bool `json:"connected"`
-	// Applied counts answers that ended the attempt they answered.
-	Applied int64 `json:"applied"`
-	// Ignored counts answers recorded and ignored: late (the attempt timed
-	// out or was answered) or delivered twice.
-	Ignored int64 `json:"ignored"`
-	// Rejected counts replies that were malformed or answered no saga.
-	Rejected int64 `json:"rejected"`
+	cfg     Config
+	log     *slog.Logger
+	running atomic.Bool
 }
 
 // NewReplies returns a consumer of cfg.ReplyQueue on cfg.URL that hands
 // answers to cfg.Completer (required). It checks cfg and does not connect:
 // Run does.
 func NewReplies(cfg Config) (*Replies, error) {
+	if cfg.ConnectionName == "" {
+		cfg.ConnectionName = "sagad replies"
+	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -125,15 +116,7 @@ func NewReplies(cfg Config) (*Replies, error) {
 	if cfg.Completer == nil {
 		return nil, errors.Mark(errors.New("rabbitmq: replies need a Completer (the engine)"), ErrInvalidConfig)
 	}
-	if cfg.ConnectionName == "sagad relay" {
-		cfg.ConnectionName = "sagad replies"
-	}
 	return &Replies{cfg: cfg, log: cfg.Logger.With("component", "replies")}, nil
-}
-
-// Stats returns the consumer's counters.
-func (r *Replies) Stats() ReplyStats {
-	return ReplyStats{Connected: r.connected.Load(), Applied: r.applied.Load(), Ignored: r.ignored.Load(), Rejected: r.rejected.Load()}
 }
 
 // Run declares the reply queue (durable) and consumes it until ctx ends,
@@ -160,7 +143,6 @@ func (r *Replies) Run(ctx context.Context) error {
 				r.log.Info("replies: consuming", "queue", r.cfg.ReplyQueue)
 			}
 		})
-		r.connected.Store(false)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -213,7 +195,6 @@ func (r *Replies) session(ctx context.Context, up func()) error {
 		return errors.Wrapf(err, "rabbitmq: consume queue %q", r.cfg.ReplyQueue)
 	}
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	r.connected.Store(true)
 	up()
 	// Handlers end with the session: what they hold and have not
 	// acknowledged goes back to the queue when the connection closes.
@@ -258,7 +239,6 @@ const replyTries = 10
 func (r *Replies) handle(session context.Context, d *amqp.Delivery) {
 	ctx := context.WithoutCancel(session)
 	reject := func(why string, err error) {
-		r.rejected.Add(1)
 		r.hook("rejected")
 		r.log.Warn("replies: reply rejected: "+why, "correlation_id", d.CorrelationId, "message_id", d.MessageId, "err", err)
 		_ = d.Reject(false)
@@ -284,10 +264,8 @@ func (r *Replies) handle(session context.Context, d *amqp.Delivery) {
 		switch {
 		case err == nil:
 			if applied {
-				r.applied.Add(1)
 				r.hook("applied")
 			} else {
-				r.ignored.Add(1)
 				r.hook("ignored")
 				r.log.Info("replies: reply recorded and ignored: its attempt no longer waits (late, or delivered twice)",
 					"correlation_id", d.CorrelationId)
@@ -347,33 +325,21 @@ func (r *Replies) hook(result string) {
 // as any AMQP integer type, an integral float or a decimal string.
 func replyStatus(v any) (int, error) {
 	var n int64
-	switch v := v.(type) {
-	case nil:
+	switch rv := reflect.ValueOf(v); {
+	case v == nil:
 		return 0, errors.New("no status header: want an integer with an HTTP status's meaning, such as 200")
-	case int8:
-		n = int64(v)
-	case int16:
-		n = int64(v)
-	case int32:
-		n = int64(v)
-	case int64:
-		n = v
-	case int:
-		n = int64(v)
-	case uint8:
-		n = int64(v)
-	case uint16:
-		n = int64(v)
-	case uint32:
-		n = int64(v)
-	case float32, float64:
-		f := toFloat(v)
-		if f != math.Trunc(f) {
+	case rv.CanInt():
+		n = rv.Int()
+	case rv.CanUint():
+		n = int64(min(rv.Uint(), math.MaxInt64))
+	case rv.CanFloat():
+		f := rv.Float()
+		if f != math.Trunc(f) || math.Abs(f) > 1e9 {
 			return 0, errors.Newf("status %v is not an integer", f)
 		}
 		n = int64(f)
-	case string:
-		i, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	case rv.Kind() == reflect.String:
+		i, err := strconv.ParseInt(strings.TrimSpace(rv.String()), 10, 64)
 		if err != nil {
 			return 0, errors.Newf("status %q is not an integer", v)
 		}
@@ -385,13 +351,6 @@ func replyStatus(v any) (int, error) {
 		return 0, errors.Newf("status %d: want an HTTP status, 100 to 599", n)
 	}
 	return int(n), nil
-}
-
-func toFloat(v any) float64 {
-	if f, ok := v.(float32); ok {
-		return float64(f)
-	}
-	return v.(float64)
 }
 
 // replyResult turns a reply into the engine's terms, as the answer to a

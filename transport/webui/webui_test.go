@@ -94,8 +94,7 @@ func newSite(t *testing.T, token string) *site {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = eng.Run(ctx) }()
 	mux := http.NewServeMux()
-	mux.Handle("/ui", webui.Handler())
-	mux.Handle("/ui/", webui.Handler())
+	mux.Handle("/ui/", webui.Handler()) // ServeMux redirects /ui to /ui/
 	mux.Handle("/", api)
 	srv := httptest.NewServer(mux)
 	parts := &participants{calls: map[string]int{}}

@@ -48,6 +48,23 @@ async function redraw(my, draw) {
   window.scrollTo(0, scroll);
 }
 
+// poll draws the current page again in ms, and so on while it is shown
+// (each draw schedules the next): it waits while busy() says the person is
+// using the page, and goes on after a refresh that failed.
+function poll(my, ms, busy, draw) {
+  const tick = () => {
+    if (busy()) { later(my, ms, tick); return; }
+    redraw(my, draw).catch((e) => { refreshFailed(my, e); later(my, ms, tick); });
+  };
+  later(my, ms, tick);
+}
+
+// focusIn reports whether the focus is inside an element that sel matches.
+function focusIn(sel) {
+  const a = document.activeElement;
+  return !!(a && a.closest && a.closest(sel));
+}
+
 // refreshFailed says, on the page, that a live refresh failed; a refused
 // token asks for it again.
 function refreshFailed(my, e) {
@@ -374,27 +391,14 @@ async function listPage(my) {
     el('span', {class: 'muted'}, page.sagas.length + ' shown'));
 
   render(el('h1', {}, 'Sagas'), counts, filters,
-    el('p', {}, el('label', {for: 'live', class: 'inline'}, el('span', {}, live, ' Live refresh (every 3 s)'))),
+    el('p', {}, el('label', {for: 'live'}, el('span', {}, live, ' Live refresh (every 3 s)'))),
     page.sagas.length ? table : el('p', {class: 'muted', id: 'empty'}, 'No saga matches.'), pager);
 
   // The live refresh fetches the same filters and page again; it keeps
   // where the focus is, and waits while the person types in Find.
   function setLive(on) {
     clearTimeout(timer);
-    timer = null;
-    if (!on) return;
-    later(my, 3000, async () => {
-      if (document.activeElement === findInput || findInput.value.trim() !== find) {
-        setLive(true);
-        return;
-      }
-      try {
-        await redraw(my, () => listPage(my));
-      } catch (e) {
-        refreshFailed(my, e);
-        setLive(true);
-      }
-    });
+    if (on) poll(my, 3000, () => document.activeElement === findInput || findInput.value.trim() !== find, () => listPage(my));
   }
   setLive(live.checked);
 }
@@ -547,9 +551,6 @@ function timeline(s, log) {
   const legend = el('ul', {class: 'legend', 'aria-label': 'legend'},
     Object.entries(OUTCOMES).map(([k, v]) => el('li', {}, el('i', {class: k}), v)),
     el('li', {}, 'dashed line: the wait before a retry; dotted border: a fallback'));
-  g.addEventListener('mouseenter', () => { hovering = true; });
-  g.addEventListener('mouseleave', () => { hovering = false; });
-  hovering = false;
   return [el('div', {class: 'timeline-wrap'}, g), legend];
 }
 
@@ -638,16 +639,9 @@ async function sagaPage(my, id, flash) {
     el('h2', {}, 'Log'), logTable);
   if (!FINISHED.test(s.status)) {
     // Waits while the person reads a bar or is about to act.
-    const tick = () => {
-      const busy = hovering || (document.activeElement && document.activeElement.closest && document.activeElement.closest('#timeline, .actions'));
-      if (busy) { later(my, 2000, tick); return; }
-      redraw(my, () => sagaPage(my, id, flash)).catch((e) => { refreshFailed(my, e); later(my, 2000, tick); });
-    };
-    later(my, 2000, tick);
+    poll(my, 2000, () => !!main.querySelector('#timeline:hover') || focusIn('#timeline, .actions'), () => sagaPage(my, id, flash));
   }
 }
-
-let hovering = false; // the pointer is over the timeline
 
 // ---------------------------------------------------------------- definitions
 
@@ -817,11 +811,7 @@ async function outboxPage(my, flash) {
         el('td', {class: 'err'}, e.last_error || ''),
         el('td', {}, (() => { const b = el('button', {type: 'button', 'data-action': 'requeue'}, 'Requeue'); b.addEventListener('click', () => requeue(b, e.id)); return b; })()))))))
       : el('p', {class: 'muted'}, 'None: every event was published or waits its turn.'));
-  const tick = () => {
-    if (document.activeElement && document.activeElement.closest && document.activeElement.closest('table')) { later(my, 5000, tick); return; }
-    again(flash);
-  };
-  later(my, 5000, tick);
+  poll(my, 5000, () => focusIn('table'), () => outboxPage(my, flash));
 }
 
 route();
