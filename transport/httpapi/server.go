@@ -593,7 +593,8 @@ func LogJSON(entries []storage.LogEntry) []client.LogEntry {
 }
 
 // CompleteResult checks a completion and turns it into the engine's terms:
-// its status means what the status of a synchronous answer means.
+// its status is read by engine.StatusResult (2xx success, 4xx other than
+// 408, 425 and 429 a failure for good, the rest retried).
 func CompleteResult(req client.CompleteRequest) (saga.Phase, engine.Result, error) {
 	phase := saga.Phase(req.Phase)
 	switch {

@@ -68,7 +68,7 @@ func TestStatsKeyAndVersions(t *testing.T) {
 	requireProblem(t, resp, body, http.StatusNotFound, "no definition named nope")
 }
 
-// A callback's status means what a synchronous answer's does: a 503 is
+// A callback's status is read as engine.StatusResult says: a 503 is
 // retried, a 402 fails the step for good and the saga compensates.
 func TestCompletedWithFailures(t *testing.T) {
 	t.Parallel()
