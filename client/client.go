@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // Client calls a sagad daemon's HTTP API. Its methods are safe for
@@ -95,6 +96,8 @@ func (c *Client) doH(ctx context.Context, method, path string, query url.Values,
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	// The caller's span, if ctx has one: a saga started so links to it.
+	traceContext.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, nil, errors.Wrapf(err, "client: %s %s", method, path)
@@ -365,6 +368,9 @@ func (c *Client) Ready(ctx context.Context) error {
 // returns its size. The daemon cuts off a transfer that takes no data for
 // its stall timeout (30s by default), so w must keep up; a transfer that
 // ends short is an error.
+// traceContext writes the W3C traceparent and tracestate headers.
+var traceContext propagation.TraceContext
+
 func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	u := *c.base
 	u.Path += "/v1/backup"

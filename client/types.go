@@ -39,7 +39,10 @@ type Saga struct {
 	// PausedFrom is the status a paused saga resumes in (running or
 	// compensating); empty unless it is paused.
 	PausedFrom string `json:"paused_from,omitempty"`
-	Steps      []Step `json:"steps"`
+	// TraceID is the OpenTelemetry trace id of the saga's spans, when
+	// sagad traces it.
+	TraceID string `json:"trace_id,omitempty"`
+	Steps   []Step `json:"steps"`
 }
 
 // Finished reports whether the saga has ended.

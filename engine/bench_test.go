@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/sagaload"
 	"github.com/sagad/sagad/saga"
@@ -69,7 +71,7 @@ func BenchmarkParallel(b *testing.B) {
 		{Name: "last", After: []string{"a", "b", "c"}, Action: steps.Noop},
 	}}
 	for _, c := range []int{1, 64} {
-		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchDef(b, c, bolt.CommitGroup, def) })
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) { benchDef(b, c, bolt.CommitGroup, engine.Options{}, def) })
 	}
 }
 
@@ -80,16 +82,41 @@ func benchModes(b *testing.B, mode bolt.CommitMode) {
 }
 
 func benchSagas(b *testing.B, conc int, mode bolt.CommitMode, lifecycle bool) {
-	benchDef(b, conc, mode, &saga.Definition{Name: "bench", Steps: []saga.Step{
+	benchDef(b, conc, mode, engine.Options{}, &saga.Definition{Name: "bench", Steps: []saga.Step{
 		{Name: "one", Action: steps.Noop, Compensation: steps.Noop},
 		{Name: "two", Action: steps.Noop, Compensation: steps.Noop},
 		{Name: "three", Action: steps.Noop},
 	}, Events: saga.Events{Lifecycle: lifecycle}})
 }
 
-// benchDef runs b.N sagas of def, conc at a time, on a new file.
-func benchDef(b *testing.B, conc int, mode bolt.CommitMode, def *saga.Definition) {
-	eng, ctx, stop := benchEngine(b, &bolt.Options{CommitMode: mode}, engine.Options{Concurrency: max(conc, 1024)}, def)
+// BenchmarkSagaTraced is BenchmarkSaga with every saga traced and sampled:
+// four spans a saga (the saga's, one per attempt) through the SDK's batch
+// processor to an exporter that drops them. What tracing costs.
+func BenchmarkSagaTraced(b *testing.B) {
+	for _, c := range []int{1, 64} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+			defer func() { _ = tp.Shutdown(context.Background()) }()
+			benchDef(b, c, bolt.CommitGroup, engine.Options{TracerProvider: tp}, &saga.Definition{Name: "bench", Steps: []saga.Step{
+				{Name: "one", Action: steps.Noop, Compensation: steps.Noop},
+				{Name: "two", Action: steps.Noop, Compensation: steps.Noop},
+				{Name: "three", Action: steps.Noop},
+			}})
+		})
+	}
+}
+
+// discardSpans is a span exporter that drops what it is given.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
+
+// benchDef runs b.N sagas of def, conc at a time, on a new file, with the
+// engine options o (Concurrency is set).
+func benchDef(b *testing.B, conc int, mode bolt.CommitMode, o engine.Options, def *saga.Definition) {
+	o.Concurrency = max(conc, 1024)
+	eng, ctx, stop := benchEngine(b, &bolt.Options{CommitMode: mode}, o, def)
 	defer stop()
 	b.ResetTimer()
 	r := sagaload.Run(ctx, b, eng, conc, b.N, "bench", func(int) (any, saga.Status) { return nil, saga.StatusCompleted })

@@ -145,6 +145,9 @@ func (d *driver) send(now time.Time, i int, cmd saga.Command) bool {
 	h["X-Saga-Phase"] = string(call.Phase)
 	h["X-Saga-Attempt"] = strconv.Itoa(call.Attempt)
 	h[storage.HeaderCorrelationID] = CorrelationID(call.SagaID, call.Step, call.Phase, call.Attempt)
+	if !d.untraced {
+		d.sentSpan(effect{step: i, phase: s.Phase}, s.Attempts, h)
+	}
 	if ev.RoutingKey == "" {
 		ev.RoutingKey = ev.Name
 	}

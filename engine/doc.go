@@ -32,6 +32,9 @@
 //     operator retries it (Retry) or deals with it by hand.
 //
 // The engine exposes hooks for metrics (Hooks) and does not import a metrics
-// library. It knows nothing about HTTP or AMQP: the transport package and
+// library. It traces sagas with OpenTelemetry (Options.TracerProvider): a
+// saga is a trace, a span for the saga and a child span per attempt, which
+// the step function runs in; the saga's trace context is stored with it,
+// so a saga continues its trace after a restart. It knows nothing about HTTP or AMQP: the transport package and
 // cmd/sagad build on it.
 package engine

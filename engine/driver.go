@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/internal/dag"
@@ -83,6 +84,10 @@ type driver struct {
 	events     []storage.OutboxEvent // outbox events for the next commit
 	tx         saga.Tx               // a step's transaction the next commit is written in
 	tr         storage.Transition    // the change change() hands to the store, reused
+	// span is the saga's span while the driver has looked for it (see
+	// tracing); untraced: the saga is not traced, or its span ended.
+	span     trace.Span
+	untraced bool
 }
 
 // effect is an attempt to run: a step's phase function.
@@ -111,6 +116,8 @@ type outcome struct {
 	// tx is the transaction the function enlisted (saga.Call.Enlist); only
 	// a succeeded attempt keeps it.
 	tx saga.Tx
+	// span is the attempt's span, when the saga is traced.
+	span trace.Span
 }
 
 // dropTx rolls back the transaction the attempt enlisted, if any: its
@@ -309,7 +316,13 @@ func (d *driver) cutOff() bool {
 	for ; d.running > 0; d.running-- {
 		d.outs = append(d.outs, <-d.results)
 	}
-	d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool { return o.err != nil && !errors.Is(o.err, saga.ErrPending) })
+	d.outs = slices.DeleteFunc(d.outs, func(o *outcome) bool {
+		if o.err != nil && !errors.Is(o.err, saga.ErrPending) {
+			dropAttempt(o)
+			return true
+		}
+		return false
+	})
 	return len(d.outs) > 0
 }
 
@@ -323,6 +336,7 @@ func (d *driver) forget() {
 	}
 	for _, o := range d.outs {
 		o.dropTx()
+		dropAttempt(o)
 	}
 	d.outs = nil
 }
@@ -418,8 +432,11 @@ func (d *driver) attempt(n effect) prepared {
 	if n.phase != saga.PhaseCompensation && !d.pastPivot() {
 		deadline = r.Deadline
 	}
-	return prepared{o: &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}, call: d.newCall(n), f: f, b: d.breaker(n),
-		parent: parent, timeout: timeout, deadline: deadline}
+	o := &outcome{step: n.step, phase: n.phase, attempt: s.Attempts}
+	if !d.untraced {
+		parent, o.span = d.attemptSpan(parent, n, s.Attempts)
+	}
+	return prepared{o: o, call: d.newCall(n), f: f, b: d.breaker(n), parent: parent, timeout: timeout, deadline: deadline}
 }
 
 // newCall describes the current attempt of n to its function.
@@ -587,6 +604,9 @@ func (d *driver) advance(now time.Time) {
 				continue
 			}
 			d.apply(o, now)
+			if o.span != nil {
+				d.endAttempt(o)
+			}
 		}
 		clear(d.outs[len(keep):])
 		d.outs = keep
@@ -1056,7 +1076,7 @@ func (d *driver) apply(o *outcome, now time.Time) {
 		d.hooks = append(d.hooks, info)
 		s.Error, s.PhaseStarted, s.OutcomeUnknown = "", time.Time{}, false
 		for _, ev := range o.events {
-			d.emit(now, s.Name, ev)
+			d.emit(now, s.Name, ev, o.span)
 		}
 		if o.tx != nil {
 			d.tx, o.tx = o.tx, nil // the step's own writes commit with its success
@@ -1431,6 +1451,9 @@ func (d *driver) write() error {
 // committed runs what follows a durable transition: hooks and waiters.
 func (d *driver) committed() {
 	r := d.rec
+	if !d.untraced {
+		d.traceCommitted()
+	}
 	d.logs = d.logs[:0]
 	clear(d.events)
 	d.events = d.events[:0]
@@ -1513,8 +1536,12 @@ func actionAttempts(s *storage.Step) int {
 	return s.ActionAttempts
 }
 
-// emit queues an event a step emitted for the next commit.
-func (d *driver) emit(now time.Time, step string, ev saga.Event) {
+// emit queues an event a step emitted for the next commit, with the trace
+// context of the attempt's span sp, if any.
+func (d *driver) emit(now time.Time, step string, ev saga.Event, sp trace.Span) {
+	if sp != nil {
+		ev.Headers = withTrace(ev.Headers, sp)
+	}
 	if ev.RoutingKey == "" {
 		ev.RoutingKey = ev.Name
 	}
@@ -1555,9 +1582,13 @@ func (d *driver) lifecycle(now time.Time, name, step string, extra func([]byte) 
 		b = append(b, '"')
 	}
 	b = append(extra(b), '}')
+	var headers map[string]string
+	if sp := d.tracing(); sp != nil {
+		headers = withTrace(nil, sp)
+	}
 	d.events = append(d.events, storage.OutboxEvent{SagaID: r.ID, Definition: r.Definition, Step: step,
 		Name: name, Exchange: d.def.Events.Exchange, RoutingKey: r.Definition + "." + name, Payload: b,
-		CreatedAt: now})
+		Headers: headers, CreatedAt: now})
 }
 
 // appendRaw appends `,"key":raw`, or nothing when raw is empty.

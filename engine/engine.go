@@ -19,6 +19,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/internal/dag"
@@ -65,6 +66,11 @@ type Options struct {
 	// past it fails as an over-sized output does. Zero: DefaultMaxSagaData;
 	// negative: no limit.
 	MaxSagaData int
+	// TracerProvider traces sagas with OpenTelemetry: a span per saga and
+	// per attempt (see TracerName). Nil: the global provider
+	// (otel.GetTracerProvider), which records nothing unless the program
+	// sets one.
+	TracerProvider trace.TracerProvider
 }
 
 // Defaults of Options.
@@ -155,11 +161,13 @@ type AttemptInfo struct {
 // Engine runs sagas durably on a storage.Store. Its methods are safe for
 // concurrent use.
 type Engine struct {
-	store storage.Store
-	sagas storage.SagaStore // the saga side of store
-	clock clock.Clock
-	opts  Options
-	log   *slog.Logger
+	store  storage.Store
+	sagas  storage.SagaStore // the saga side of store
+	clock  clock.Clock
+	opts   Options
+	log    *slog.Logger
+	tracer trace.Tracer
+	spans  spans // the saga spans open in this process
 
 	mu     sync.Mutex
 	defs   map[string]*versions
@@ -254,6 +262,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 	opts.Outbox.setDefaults()
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
+		tracer:    tracerFor(opts.TracerProvider),
 		clock:     clock.Or(opts.Clock),
 		store:     store,
 		sagas:     store,
@@ -468,6 +477,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	now := e.clock.Now()
 	rec := newRecord(def, raw, so.idemKey, now)
 	d := &driver{e: e, def: def, g: g, rec: rec}
+	d.startSpan(ctx)
 
 	// Fast path: a free slot and a running engine start the saga in the
 	// same commit that creates it. Otherwise the saga is created due now
@@ -495,6 +505,7 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	}
 	dup, err := d.create(now, fast)
 	if err != nil || dup != (ulid.ULID{}) {
+		d.duplicateSpan(dup, err)
 		if err != nil {
 			// The store may have written it all the same (a connection
 			// lost after the commit): look again later, as after a failed
@@ -1423,6 +1434,7 @@ func (e *Engine) Close() error {
 	e.cancelAt()
 	e.drivers.Wait()
 	e.bg.Wait()
+	e.spans.endAll()
 	return e.store.Close()
 }
 

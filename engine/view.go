@@ -42,7 +42,10 @@ type Saga struct {
 	// PausedFrom is the status a paused saga resumes in (running or
 	// compensating); empty unless it is paused.
 	PausedFrom saga.Status
-	Steps      []Step
+	// TraceID is the OpenTelemetry trace id of the saga's spans (32 hex
+	// digits), empty when the saga is not traced (Options.TracerProvider).
+	TraceID string
+	Steps   []Step
 }
 
 // Step is the state of one step of a saga.
@@ -87,7 +90,7 @@ func sagaView(r *storage.Saga) *Saga {
 	s := &Saga{
 		ID: r.ID.String(), Definition: r.Definition, Fingerprint: r.Fingerprint, Status: r.Status,
 		Input: r.Input, Data: r.Data, IdempotencyKey: r.IdempotencyKey, CreatedAt: r.CreatedAt,
-		UpdatedAt: r.UpdatedAt, Deadline: r.Deadline, WakeAt: r.WakeAt, Parked: r.Parked, PausedFrom: r.PausedFrom,
+		UpdatedAt: r.UpdatedAt, Deadline: r.Deadline, WakeAt: r.WakeAt, Parked: r.Parked, PausedFrom: r.PausedFrom, TraceID: traceID(r.Trace),
 		Steps: make([]Step, len(r.Steps)),
 	}
 	if r.Error != "" {

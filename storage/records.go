@@ -40,6 +40,12 @@ type Saga struct {
 	PausedFrom saga.Status `json:"paused_from,omitempty"`
 	// LogSeq is the sequence number of the saga's last log entry.
 	LogSeq uint32 `json:"log_seq"`
+	// Trace is the W3C traceparent of the saga's span when the engine
+	// traces it (engine.Options.TracerProvider), TraceState its
+	// tracestate: a saga that outlives its process continues its trace.
+	// Empty when the saga is not traced.
+	Trace      string `json:"trace,omitempty"`
+	TraceState string `json:"trace_state,omitempty"`
 }
 
 // Step is the stored state of one step of a saga.

@@ -60,6 +60,12 @@ func startDaemon(t *testing.T, path string, args ...string) *daemon {
 // (soft and hard, so that Go cannot raise it) set to nofile, if not 0.
 func startDaemonLimited(t *testing.T, nofile int, path string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, nofile, nil, path, args...)
+}
+
+// startDaemonEnv is startDaemonLimited with more environment variables.
+func startDaemonEnv(t *testing.T, nofile int, env []string, path string, args ...string) *daemon {
+	t.Helper()
 	all := append([]string{"serve", "--db", path, "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)
 	cmd := exec.Command(os.Args[0], "-test.run", "^$")
 	if nofile > 0 {
@@ -67,6 +73,7 @@ func startDaemonLimited(t *testing.T, nofile int, path string, args ...string) *
 		cmd = exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), os.Args[0], "-test.run", "^$")
 	}
 	cmd.Env = append(os.Environ(), "SAGAD_TEST_DAEMON=1", "SAGAD_TEST_ARGS="+strings.Join(all, " "), "SAGAD_AMQP_URL=")
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -143,10 +150,11 @@ func (d *daemon) client(t *testing.T) *client.Client {
 // participants records the calls sagad makes; the handler of a path may
 // block until released.
 type participants struct {
-	mu    sync.Mutex
-	calls []string // "path key"
-	block map[string]chan struct{}
-	hit   chan string
+	mu     sync.Mutex
+	calls  []string // "path key"
+	traces []string // "path traceparent"
+	block  map[string]chan struct{}
+	hit    chan string
 }
 
 func (p *participants) handler(w http.ResponseWriter, r *http.Request) {
@@ -157,6 +165,7 @@ func (p *participants) handler(w http.ResponseWriter, r *http.Request) {
 	}
 	p.mu.Lock()
 	p.calls = append(p.calls, r.URL.Path+" "+r.Header.Get("Idempotency-Key"))
+	p.traces = append(p.traces, r.URL.Path+" "+r.Header.Get("Traceparent"))
 	ch := p.block[r.URL.Path]
 	p.mu.Unlock()
 	select {

@@ -148,6 +148,10 @@ at the next start.
 The database file is created if it is missing, or made a database if it
 is empty (with a warning: it may be a copy that failed).
 
+Tracing: with OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER=otlp)
+set, every saga is a trace, exported over OTLP/HTTP; the standard OTEL_*
+variables configure it (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...).
+
 Limits:
   --max-connections caps the API's open connections. Further clients wait
   in the listen backlog, holding none of the daemon's file descriptors,
@@ -239,7 +243,28 @@ func (c *serveCommand) serve(ctx context.Context, cfg *serveConfig, log *slog.Lo
 	if info, err := os.Stat(cfg.db); !isPostgres(cfg.db) && err == nil && info.Mode().IsRegular() && info.Size() == 0 {
 		empty = true
 	}
-	eng, err := openEngine(cfg.db, storeOptions{bolt: bolt.Options{NoSync: cfg.noSync}, node: cfg.node}, cfg.engineOptions(log, m.engineHooks()))
+	tp, err := newTracerProvider(ctx)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		setGlobalTracing(tp)
+		log.Info("tracing sagas with OpenTelemetry (OTLP/HTTP)", "endpoint", otlpEndpoint())
+		defer func() {
+			// After the engine's Close (deferred below), which ends the
+			// spans of the sagas that go on after a restart.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("opentelemetry: spans not exported at shutdown", "err", err)
+			}
+		}()
+	}
+	eo := cfg.engineOptions(log, m.engineHooks())
+	if tp != nil {
+		eo.TracerProvider = tp
+	}
+	eng, err := openEngine(cfg.db, storeOptions{bolt: bolt.Options{NoSync: cfg.noSync}, node: cfg.node}, eo)
 	if err != nil {
 		return err
 	}

@@ -22,8 +22,9 @@ import (
 // enums and unix nanoseconds for times. The saga's input and its steps'
 // outputs stay the JSON they are. Status and wake time live in the header
 // only. Log entries, read by people, are JSON (appendLog). Format 2 added
-// each step's Next; format 1 records are read as steps without one.
-const recordFormat = 2
+// each step's Next and the saga's PausedFrom; format 3 the saga's trace
+// context. Older records are read with those empty.
+const recordFormat = 3
 
 var (
 	stepStatusCodes = map[saga.StepStatus]byte{saga.StepPending: 1, saga.StepRunning: 2, saga.StepSucceeded: 3,
@@ -99,7 +100,9 @@ func appendSaga(b []byte, s *storage.Saga) []byte {
 	b = appendTime(b, s.Deadline)
 	b = appendBytes(b, s.Parked)
 	b = binary.AppendUvarint(b, uint64(s.LogSeq))
-	return append(b, statusCodes[s.PausedFrom])
+	b = append(b, statusCodes[s.PausedFrom])
+	b = appendBytes(b, s.Trace)
+	return appendBytes(b, s.TraceState)
 }
 
 func appendBytes[T ~string | ~[]byte](b []byte, v T) []byte {
@@ -143,7 +146,7 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 	}
 	r := reader{b: v[headerLen:]}
 	format := r.byte()
-	if format != 1 && format != recordFormat && r.err == nil {
+	if (format < 1 || format > recordFormat) && r.err == nil {
 		return nil, errors.Mark(errors.Newf("storage: saga %x: unknown record format %d", key, format), storage.ErrCorrupt)
 	}
 	s.Definition = r.string()
@@ -202,6 +205,10 @@ func decodeSaga(key, v []byte) (*storage.Saga, error) {
 				r.err = errors.Newf("paused from status code %d", c)
 			}
 		}
+	}
+	if format >= 3 {
+		s.Trace = r.string()
+		s.TraceState = r.string()
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.err = errors.Newf("%d bytes after the record", len(r.b))

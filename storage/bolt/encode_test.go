@@ -74,7 +74,8 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 		},
 		IdempotencyKey: "order-42", Error: "boom", ErrorEnc: []byte{0, 1, 2, 255},
 		CreatedAt: now, UpdatedAt: now.Add(time.Second), Deadline: now.Add(time.Hour), WakeAt: now.Add(time.Minute),
-		Parked: "definition missing", LogSeq: 70000,
+		Parked: "definition missing", LogSeq: 70000, PausedFrom: saga.StatusRunning,
+		Trace: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TraceState: "vendor=x",
 	}
 	for _, s := range []*storage.Saga{full, {ID: ulid.Make(), Status: saga.StatusRunning}} {
 		roundTrip(t, s)
@@ -92,6 +93,27 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 		if _, err := decodeSaga(full.ID[:], bad); err == nil {
 			t.Fatalf("decoding %x succeeded, want ErrCorrupt", bad)
 		}
+	}
+}
+
+// TestDecodeFormat2 reads a record written before format 3: no trace
+// context.
+func TestDecodeFormat2(t *testing.T) {
+	t.Parallel()
+	s := &storage.Saga{ID: ulid.Make(), Definition: "order", Status: saga.StatusRunning, PausedFrom: saga.StatusCompensating,
+		Steps: []storage.Step{{Name: "a", Status: saga.StepRunning, Phase: saga.PhaseAction, Next: time.Unix(5, 0)}}}
+	e, err := EncodeSaga(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := append([]byte{}, e.value[:len(e.value)-2]...) // two empty strings: the trace context
+	v[headerLen] = 2
+	got, err := decodeSaga(s.ID[:], v)
+	if err != nil {
+		t.Fatalf("decode a format 2 record: %v", err)
+	}
+	if got.PausedFrom != saga.StatusCompensating || got.Trace != "" || !got.Steps[0].Next.Equal(time.Unix(5, 0)) {
+		t.Fatalf("format 2 record decoded as %+v", got)
 	}
 }
 

@@ -146,11 +146,13 @@ func testCreateAndGet(t *testing.T, h Harness) {
 	s, ctx := open(t, h), context.Background()
 	r := newSaga(1, "key-1")
 	r.Data = map[string]json.RawMessage{"reserve": json.RawMessage(`{"sku":"A"}`)}
+	r.Trace, r.TraceState = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "vendor=x"
 	create(t, s, r, "saga.started")
 	got := get(t, s, r.ID)
 	if got.ID != r.ID || got.Definition != "order" || got.Fingerprint != "v1" || got.Status != saga.StatusRunning ||
 		string(got.Input) != `{"n":1}` || string(got.Data["reserve"]) != `{"sku":"A"}` || len(got.Steps) != 2 ||
-		got.IdempotencyKey != "key-1" || !got.CreatedAt.Equal(r.CreatedAt) || got.LogSeq != 1 {
+		got.IdempotencyKey != "key-1" || !got.CreatedAt.Equal(r.CreatedAt) || got.LogSeq != 1 ||
+		got.Trace != r.Trace || got.TraceState != r.TraceState {
 		t.Errorf("SagaGet = %+v, want the record as created (%+v)", got, r)
 	}
 	if st, err := s.SagaStatus(ctx, r.ID); err != nil || st != saga.StatusRunning {

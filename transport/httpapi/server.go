@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cockroachdb/errors"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
@@ -389,7 +390,10 @@ func (s *Server) startSaga(w http.ResponseWriter, r *http.Request) {
 		}
 		opts = append(opts, engine.WithIdempotencyKey(req.IdempotencyKey))
 	}
-	st, err := s.eng.Start(r.Context(), req.Definition, input, opts...)
+	// The caller's trace (traceparent, tracestate): the saga's trace
+	// links to it.
+	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	st, err := s.eng.Start(ctx, req.Definition, input, opts...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -689,11 +693,14 @@ func (s *Server) control(w http.ResponseWriter, r *http.Request, fn func(context
 	writeJSON(w, http.StatusAccepted, client.Started{ID: sg.ID, Status: string(sg.Status)})
 }
 
+// traceContext reads the W3C traceparent and tracestate headers.
+var traceContext propagation.TraceContext
+
 // SagaJSON converts the engine's view of a saga to the wire format.
 func SagaJSON(sg *engine.Saga) *client.Saga {
 	out := &client.Saga{ID: sg.ID, Definition: sg.Definition, Version: sg.Fingerprint, Status: string(sg.Status),
 		Input: sg.Input, Data: sg.Data, IdempotencyKey: sg.IdempotencyKey, CreatedAt: sg.CreatedAt,
-		UpdatedAt: sg.UpdatedAt, Deadline: sg.Deadline, WakeAt: sg.WakeAt, Parked: sg.Parked, PausedFrom: string(sg.PausedFrom),
+		UpdatedAt: sg.UpdatedAt, Deadline: sg.Deadline, WakeAt: sg.WakeAt, Parked: sg.Parked, PausedFrom: string(sg.PausedFrom), TraceID: sg.TraceID,
 		Steps: make([]client.Step, len(sg.Steps))}
 	if sg.Err != nil {
 		out.Error = sg.Err.Error()

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagad/sagad/internal/jsonw"
 	"github.com/sagad/sagad/saga"
@@ -157,6 +159,9 @@ type event struct {
 // call runs one attempt: it sends the call to the participant and turns the
 // answer into the step's output, events and error, as the package
 // documentation describes.
+// traceContext writes the W3C traceparent and tracestate headers.
+var traceContext propagation.TraceContext
+
 func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, error) {
 	body, err := requestBody(sc)
 	if err != nil {
@@ -195,6 +200,11 @@ func (c *caller) call(ctx context.Context, sc *saga.Call) (json.RawMessage, erro
 	h["X-Saga-Step"] = vals[6:7:7]
 	h["X-Saga-Phase"] = vals[7:8:8]
 	h["X-Saga-Attempt"] = vals[8:9:9]
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		// The attempt's span (the engine traces the saga): the
+		// participant continues the trace.
+		traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+	}
 	req.Header = h
 
 	resp, err := c.client.Do(req)

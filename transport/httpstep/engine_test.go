@@ -16,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
@@ -34,13 +38,19 @@ func runEngine(t *testing.T, spec string) (*engine.Engine, *saga.Definition) {
 // runEngineHooks is runEngine with hooks.
 func runEngineHooks(t *testing.T, spec string, hooks engine.Hooks) (*engine.Engine, *saga.Definition) {
 	t.Helper()
+	return runEngineOpts(t, spec, engine.Options{Hooks: hooks})
+}
+
+// runEngineOpts is runEngine with options.
+func runEngineOpts(t *testing.T, spec string, opts engine.Options) (*engine.Engine, *saga.Definition) {
+	t.Helper()
 	s, err := httpstep.Parse("order", []byte(spec))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	def := define(t, s, nil)
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	opts := engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hooks: hooks}
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	db, err := bolt.Open(path, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
@@ -177,6 +187,42 @@ func TestEngineSuccess(t *testing.T) {
 	if len(page.Events) != 1 || page.Events[0].Name != "stock.reserved" || page.Events[0].Step != "reserve" ||
 		page.Events[0].RoutingKey != "stock" || string(page.Events[0].Payload) != `{"id": "res-1"}` {
 		t.Errorf("outbox = %+v, want the one event reserve emitted", page.Events)
+	}
+}
+
+// TestEngineTraceContext: in a traced saga, each request carries the
+// traceparent of its attempt's span, and its tracestate.
+func TestEngineTraceContext(t *testing.T) {
+	t.Parallel()
+	p := newParticipant(t, routes(map[string]http.HandlerFunc{"/reserve": answer(200, `{}`), "/charge": answer(200, `{}`)}))
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	eng, _ := runEngineOpts(t, fmt.Sprintf(`{"steps": [{"name": "reserve", "action": {"url": "%[1]s/reserve"}},
+		{"name": "charge", "action": {"url": "%[1]s/charge"}}]}`, p.URL), engine.Options{TracerProvider: tp})
+	s := runSaga(t, eng, nil)
+	if s.Status != saga.StatusCompleted || s.TraceID == "" {
+		t.Fatalf("saga %s, trace %q; want completed, traced", s.Status, s.TraceID)
+	}
+	spans := map[string]trace.SpanContext{}
+	for _, sp := range exp.GetSpans() {
+		spans[sp.Name] = sp.SpanContext
+	}
+	reqs := p.requests()
+	for i, step := range []string{"reserve", "charge"} {
+		sc := spans[step+" action"]
+		want := "00-" + s.TraceID + "-" + sc.SpanID().String() + "-01"
+		if got := reqs[i].Header.Get("Traceparent"); got != want || sc.TraceID().String() != s.TraceID {
+			t.Errorf("%s: traceparent %q, want %q (its attempt's span)", step, got, want)
+		}
+	}
+
+	// Untraced: no header.
+	p2 := newParticipant(t, answer(200, `{}`))
+	eng2, _ := runEngine(t, fmt.Sprintf(`{"steps": [{"name": "reserve", "action": {"url": "%s/reserve"}}]}`, p2.URL))
+	runSaga(t, eng2, nil)
+	if h := p2.requests()[0].Header.Get("Traceparent"); h != "" {
+		t.Errorf("untraced saga sent traceparent %q", h)
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/oklog/ulid/v2"
 	amqp "github.com/rabbitmq/amqp091-go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/brokertest"
@@ -398,6 +400,54 @@ func correlations(ds []amqp.Delivery) []string {
 // TestAMQPStepBrokerDown: while the broker cannot be reached, commands that
 // fall due wait in the outbox, and their sagas wait; once it is back, the
 // commands go out and the sagas finish.
+// TestAMQPTraceContext: in a traced saga, each command carries the
+// traceparent of its attempt's span as an AMQP header: the participant
+// continues the saga's trace.
+func TestAMQPTraceContext(t *testing.T) {
+	t.Parallel()
+	brokerURL := brokertest.URL(t)
+	queue := brokertest.Name("test.shop")
+	replyQueue := brokertest.Name("test.replies")
+	p := newParticipant(t, brokerURL, queue, shop(nil))
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	b := setup(t, setupOpts{replies: true, defs: []*saga.Definition{orderSpec(t, "order", queue, "20s")},
+		cfg: rabbitmq.Config{URL: brokerURL, ReplyQueue: replyQueue}, engine: engine.Options{TracerProvider: tp}})
+	brokertest.DeleteQueue(t, brokerURL, replyQueue)
+	s := b.run(t, "order", map[string]string{"charge": "ok"})
+	if s.Status != saga.StatusCompleted || s.TraceID == "" {
+		t.Fatalf("saga %s, trace %q: want completed, traced", s.Status, s.TraceID)
+	}
+	sent := map[string]tracetest.SpanStub{}
+	for _, sp := range exp.GetSpans() {
+		sent[sp.Name] = sp
+	}
+	cmds := p.commands(s.ID)
+	if len(cmds) != 2 {
+		t.Fatalf("participant got %d commands, want 2", len(cmds))
+	}
+	for i, step := range []string{"reserve", "charge"} {
+		sp := sent[step+" action"]
+		want := "00-" + s.TraceID + "-" + sp.SpanContext.SpanID().String() + "-01"
+		if got := cmds[i].Headers["traceparent"]; got != want || sp.Parent.TraceID().String() != s.TraceID {
+			t.Errorf("%s command: traceparent %v, want %s (its attempt's span)", step, got, want)
+		}
+		if o := attrValue(sp, "sagad.outcome"); o != "sent" {
+			t.Errorf("%s attempt span outcome %q, want sent", step, o)
+		}
+	}
+}
+
+func attrValue(s tracetest.SpanStub, key string) string {
+	for _, kv := range s.Attributes {
+		if string(kv.Key) == key {
+			return kv.Value.String()
+		}
+	}
+	return ""
+}
+
 func TestAMQPStepBrokerDown(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)

@@ -37,6 +37,8 @@ type setupOpts struct {
 	defs    []*saga.Definition
 	// outbox, when set, is what the relay reads the store through.
 	outbox func(storage.Store) storage.OutboxStore
+	// engine is the engine's options (its Logger is set when nil).
+	engine engine.Options
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -46,7 +48,11 @@ func setup(t *testing.T, so setupOpts) *bundle {
 	if so.path == "" {
 		so.path = filepath.Join(t.TempDir(), "sagad.db")
 	}
-	eng, err := engine.Open(so.path, engine.Options{Logger: quietLogger()})
+	eo := so.engine
+	if eo.Logger == nil {
+		eo.Logger = quietLogger()
+	}
+	eng, err := engine.Open(so.path, eo)
 	if err != nil {
 		t.Fatalf("open engine: %v", err)
 	}
