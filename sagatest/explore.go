@@ -1,8 +1,8 @@
 package sagatest
 
 // The crash explorer. A run without a crash learns a saga's durable points:
-// the atomic writes of its record (SagaCreate, SagaCommit), each with the
-// log entries and outbox events it carries. Then, for every point and both
+// the commits of its record (SagaCreate, SagaCommit), each with the log
+// entries and outbox events it carries. Then, for every point and both
 // kinds of crash, a new run kills its engine there, in process, as a
 // SIGKILL would: the store it used is copied as it stands at that instant
 // (bbolt's consistent Backup), and from then on nothing that engine does
@@ -13,9 +13,11 @@ package sagatest
 // functions, closes at the crash. Writes and calls that reach it block until
 // the run tears the engine down, then fail; they never reach the file the
 // next engine opens, nor a participant. Calls already inside a participant
-// run on: a participant outlives the orchestrator, and its journal entry
-// says what it did. The engine is closed (and every one of its goroutines
-// gone) before the next one starts, so calls of the two never overlap.
+// run on to their end: a participant outlives the orchestrator, and its
+// journal entry says what it did. The teardown waits for them (up to
+// Patience) before it cancels anything, and the engine is closed (and every
+// one of its goroutines gone) before the next one starts, so calls of the
+// two never overlap.
 
 import (
 	"bytes"
@@ -31,7 +33,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -66,18 +67,33 @@ type Property string
 const (
 	// PropertyFinal: the saga ended in a final status
 	// (saga.Status.Finished), the one the run without a crash ended in.
+	// The comparison is strict: a saga whose ending depends on timing (a
+	// parallel branch failing for good before or after another one
+	// passes its pivot, a deadline racing a step) may end otherwise after
+	// a crash, and is reported.
 	PropertyFinal Property = "final"
 	// PropertyIdempotency: once a call of an idempotency key succeeded, no
 	// later call of that key failed or returned another output, and the
-	// engine recorded no failure of it (other than an unknown outcome).
+	// engine recorded no failure of it (other than an unknown outcome);
+	// the output the saga kept for a step (engine.Saga.Data) is the one
+	// the first successful call of its key returned; the engine recorded
+	// at most one success of each step's action, fallback and
+	// compensation; and the engine after the restart called no phase whose
+	// success the file the crash left had recorded. (A success recorded
+	// twice is reported here rather than under PropertyEvents, which
+	// expects the events of every recorded success: the fault is the
+	// second run of the step, the duplicated events only its symptom.)
 	PropertyIdempotency Property = "idempotency"
 	// PropertyCompensation: a completed saga compensated nothing; a
 	// compensated one compensated every step whose action or fallback
-	// succeeded at its participant; no step was compensated whose action
-	// neither succeeded nor had an outcome the engine recorded as unknown;
-	// and a step's compensation began only once the compensations of the
-	// steps that depend on it (directly or not) had succeeded: for a
-	// sequential saga, exact reverse order.
+	// succeeded at its participant; no step was compensated unless its
+	// action or fallback succeeded at its participant or the last outcome
+	// the engine recorded of its action (or of its fallback) was unknown
+	// (attempt_in_doubt, or a failure with an unknown outcome: a later,
+	// definite failure of the same phase settles the doubt); and a step's
+	// compensation began only once the compensations of the steps that
+	// depend on it (directly or not) had succeeded: for a sequential
+	// saga, exact reverse order.
 	PropertyCompensation Property = "compensation"
 	// PropertyEvents: every event emitted by a call whose success the
 	// engine recorded (attempt_succeeded) is in the outbox exactly once,
@@ -90,6 +106,11 @@ const (
 )
 
 // Exploration is what Explore runs: a definition and an input.
+//
+// The crash points are the saga's own commits (SagaCreate and SagaCommit)
+// and nothing else: no outbox relay runs, so events stay in the outbox
+// unpublished, and no operator action (abort, pause, retry, resolve,
+// replace input) is taken, so their writes are not explored.
 type Exploration struct {
 	// Definition returns the definition to explore with participants of
 	// its own. Explore calls it once per run, in the order of the runs
@@ -97,23 +118,33 @@ type Exploration struct {
 	// fresh participants: keep what it returns to check the participants'
 	// state afterwards. The engine that crashes and the one that finishes
 	// the saga after the restart share what one call returned, as remote
-	// participants outlive an orchestrator. Steps sent as commands
-	// (saga.Step.Commands) are not supported.
+	// participants outlive an orchestrator.
+	//
+	// The saga must end on its own: Explore refuses steps sent as
+	// commands (saga.Step.Commands) and, after the run without a crash,
+	// steps that returned saga.ErrPending (nothing answers them) or a saga
+	// that did not end within Patience (a step that waits for something
+	// outside the saga). Steps may honour their context: a call in flight
+	// at a crash is not cancelled until it returns (or Patience passes).
 	Definition func() *saga.Definition
 	// Input is the saga's input, as given to engine.Engine.Start.
 	Input any
 	// Engine is the engines' options. Clock and ShutdownGrace are set by
-	// Explore, Logger when nil, and Hooks are wrapped: yours run too.
+	// Explore, Logger when nil, and Hooks are wrapped: yours run too, for
+	// both engines of a run (the one that crashes reports nothing after
+	// its crash). Retention and Outbox.Retention are cleared: a saga
+	// pruned once it ended would read as a violation.
 	Engine engine.Options
 }
 
-// Point is a durable point of a saga: one atomic write of its record, with
-// the log entries (and outbox events) it carries. The write that creates
-// the saga is point 1.
+// Point is a durable point of a saga: one commit, the atomic write of its
+// record with the log entries (and outbox events) it carries. Points are
+// numbered from 1 in commit order, and named "commit N" (Point.String,
+// Run.String): the commit that creates the saga is commit 1.
 type Point struct {
-	// N numbers the point from 1, in write order; 0 is no point.
+	// N numbers the point from 1, in commit order; 0 is no point.
 	N int
-	// Log holds the log entries the write carries.
+	// Log holds the log entries the commit carries.
 	Log []storage.LogEntry
 }
 
@@ -153,14 +184,21 @@ func entryLabel(e storage.LogEntry) string {
 type Call struct {
 	// Engine is 1 for the engine a run started with (the one that
 	// crashed), 2 for the one that finished the saga after the restart.
-	Engine         int
-	Step           string
-	Phase          saga.Phase
-	Attempt        int
+	Engine int
+	// Step is the step's name; Phase the function called (action,
+	// fallback or compensation).
+	Step  string
+	Phase saga.Phase
+	// Attempt is the attempt's number within its phase, from 1 (a call
+	// run again after a crash keeps its number).
+	Attempt int
+	// IdempotencyKey is the key the call carried (saga.Call): one per
+	// saga, step and phase, the same for every attempt.
 	IdempotencyKey string
-	// Output is what the function returned; Err its error, nil on success.
+	// Output is what the function returned; nil when it returned none.
 	Output json.RawMessage
-	Err    error
+	// Err is the function's error (a panic's too), nil on success.
+	Err error
 	// Events are the events the function emitted (saga.Call.Emit).
 	Events []saga.Event
 	// Began and Ended order the run's calls: numbers from one counter,
@@ -184,14 +222,15 @@ type Run struct {
 	// Point is the point the run crashed at, as this run wrote it (after)
 	// or was about to (before). Its Log is empty when the run did not get
 	// that far: the saga ended first, which a saga with parallel steps
-	// may do, since how its outcomes group into writes varies.
+	// may do, since how its outcomes group into commits varies.
 	Point Point
 	// Crashed reports whether the run reached its point and crashed there.
 	Crashed bool
 	// SagaID is the saga's id (the one it was to have, when a crash
-	// before point 1 kept it from being created); Status how it ended,
-	// empty when it was never created.
+	// before point 1 kept it from being created).
 	SagaID string
+	// Status is how the saga ended (or where it stood after Patience);
+	// empty when it was never created.
 	Status saga.Status
 	// Calls are the calls of step functions, of both engines, in the order
 	// they returned.
@@ -201,7 +240,7 @@ type Run struct {
 }
 
 // String says which run it is: "crash before commit 3: ...".
-func (r *Run) String() string {
+func (r Run) String() string {
 	switch {
 	case r.Kind == "":
 		return "the run without a crash"
@@ -213,19 +252,29 @@ func (r *Run) String() string {
 
 // Violation is a property a run broke.
 type Violation struct {
-	// Run is the run, as Run.String describes it.
-	Run string
-	// Kind and Point say where the run crashed (see Run).
+	// Run is the index of the run in Report.Runs (-1: Report.Reference);
+	// the run's Calls and Log show what happened.
+	Run int
+	// Kind and Point say where the run crashed, as the run's Kind and
+	// Point do.
 	Kind  CrashKind
 	Point Point
-	// Property is what broke; Detail says how, naming steps, keys and calls.
+	// Property is what broke.
 	Property Property
-	Detail   string
+	// Detail says how, naming steps, keys and calls.
+	Detail string
+
+	run string // the run, as Run.String describes it
 }
 
-// String describes the violation in one line.
+// String describes the violation in one line: the run, the property, the
+// detail.
 func (v Violation) String() string {
-	return fmt.Sprintf("%s: %s: %s", v.Run, v.Property, v.Detail)
+	run := v.run
+	if run == "" {
+		run = fmt.Sprintf("run %d", v.Run)
+	}
+	return fmt.Sprintf("%s: %s: %s", run, v.Property, v.Detail)
 }
 
 // Report is what Explore found.
@@ -242,10 +291,11 @@ type Report struct {
 }
 
 // Explore explores the crashes of one saga. It runs the saga once to learn
-// its durable points, then, for each point and each CrashKind, runs it
-// again, crashes the engine at that point (in process, as a kill would:
-// the store is abandoned as it stands, and nothing the dead engine does
-// afterwards reaches a participant or the store), reopens the store in a
+// its durable points (its commits), then, for each point and each
+// CrashKind, runs it again, crashes the engine at that point (in process,
+// as a kill would: the store is abandoned as it stands, and nothing the
+// dead engine does afterwards reaches a participant or the store; calls
+// already inside a participant run to their end), reopens the store in a
 // new engine, lets it recover and finish the saga, moving a fake clock to
 // each wake as Harness.Run does, and checks the run: see the Property
 // constants. Each run starts over from a fresh definition (see
@@ -253,9 +303,11 @@ type Report struct {
 //
 // Explore fails the test with Errorf, listing every violation with its
 // point, crash kind and property, and returns the report for further
-// assertions. It fails it with Fatalf when it cannot run the saga at all.
-// A saga that does not end within Patience is a violation of
-// PropertyFinal.
+// assertions. It fails it with Fatalf when it cannot run the saga at all,
+// or when the run without a crash did not end (see
+// Exploration.Definition), after reporting the violations found so far. A
+// run with a crash whose saga does not end within Patience is a violation
+// of PropertyFinal.
 func Explore(t T, e Exploration) *Report {
 	t.Helper()
 	rep := &Report{}
@@ -265,27 +317,41 @@ func Explore(t T, e Exploration) *Report {
 	}
 	x := &explorer{e: e, dir: t.TempDir()}
 	ref, err := x.run(0, "", "")
+	if err == nil {
+		err = ref.unexplorable()
+	}
 	if err != nil {
-		t.Fatalf("sagatest: explore: the run without a crash: %+v", err)
+		t.Fatalf("sagatest: explore: the run without a crash: %v", err)
 		return rep
 	}
 	rep.Points, rep.Reference = ref.points, *ref.run
-	rep.Violations = append(rep.Violations, ref.violations...)
+	rep.add(-1, ref.violations)
 	for n := range rep.Points {
 		for _, kind := range []CrashKind{CrashBefore, CrashAfter} {
 			r, err := x.run(n+1, kind, ref.run.Status)
 			if err != nil {
-				t.Fatalf("sagatest: explore: crash %s commit %d: %+v", kind, n+1, err)
+				if len(rep.Violations) > 0 {
+					t.Errorf("%s", rep.summary(x.name, e.Input))
+				}
+				t.Fatalf("sagatest: explore %s: crash %s commit %d: %v", x.name, kind, n+1, err)
 				return rep
 			}
 			rep.Runs = append(rep.Runs, *r.run)
-			rep.Violations = append(rep.Violations, r.violations...)
+			rep.add(len(rep.Runs)-1, r.violations)
 		}
 	}
 	if len(rep.Violations) > 0 {
 		t.Errorf("%s", rep.summary(x.name, e.Input))
 	}
 	return rep
+}
+
+// add adds the violations of run i (-1: the reference).
+func (r *Report) add(i int, vs []Violation) {
+	for _, v := range vs {
+		v.Run = i
+		r.Violations = append(r.Violations, v)
+	}
 }
 
 // summary is the failure Explore reports.
@@ -295,16 +361,16 @@ func (r *Report) summary(name string, input any) string {
 	if err != nil || len(in) > 200 {
 		in = []byte("…")
 	}
-	broken := map[string]bool{}
+	broken := map[int]bool{}
 	for _, v := range r.Violations {
 		broken[v.Run] = true
 	}
 	fmt.Fprintf(&b, "sagatest: explore %s with input %s: %d of %d runs broke a property:\n",
 		name, in, len(broken), len(r.Runs)+1)
-	last := ""
+	last := -2
 	for _, v := range r.Violations {
 		if v.Run != last {
-			fmt.Fprintf(&b, "  %s:\n", v.Run)
+			fmt.Fprintf(&b, "  %s:\n", v.run)
 			last = v.Run
 		}
 		fmt.Fprintf(&b, "    %s: %s\n", v.Property, v.Detail)
@@ -326,7 +392,8 @@ type explorer struct {
 // runResult is a run with what the explorer learnt from it.
 type runResult struct {
 	run        *Run
-	points     []Point // the points the first engine wrote
+	points     []Point   // the points the first engine wrote
+	wake       time.Time // when the saga was to wake, if it did not end
 	violations []Violation
 }
 
@@ -371,6 +438,7 @@ func (x *explorer) run(n int, kind CrashKind, want saga.Status) (*runResult, err
 	}
 	id := first.store.id()
 	final := first
+	var copied []storage.LogEntry // the saga's log in the crash's copy
 	if !crashed {
 		crashed = drive(first, clk, id.String()) == nil
 	}
@@ -389,18 +457,21 @@ func (x *explorer) run(n int, kind CrashKind, want saga.Status) (*runResult, err
 			files = append(files, Violation{Property: PropertyFile,
 				Detail: fmt.Sprintf("the file the crash left is inconsistent: %v", err)})
 		}
+		if copied, err = logOf(first.store.plan.snapshot, id); err != nil {
+			return nil, errors.Wrap(err, "the crash's copy of the file")
+		}
 		if final, err = x.open(2, first.store.plan.snapshot, base, j, clk, crashPlan{}); err != nil {
 			return nil, errors.Wrap(err, "restart")
 		}
 	}
 
-	f := &facts{def: base, want: want}
+	f := &facts{def: base, want: want, copied: copied}
 	if id != (ulid.ULID{}) {
 		res.run.SagaID = id.String()
 		if _, err := final.eng.Get(context.Background(), id.String()); err == nil {
 			f.created = true
 			last := drive(final, clk, id.String())
-			f.status, f.wake = last.Status, last.WakeAt
+			f.status, f.wake, f.data = last.Status, last.WakeAt, last.Data
 		} else if !errors.Is(err, engine.ErrNotFound) {
 			_ = final.stop()
 			return nil, err
@@ -425,17 +496,57 @@ func (x *explorer) run(n int, kind CrashKind, want saga.Status) (*runResult, err
 	}
 	_ = os.Remove(final.path)
 	f.calls = j.all()
-	res.run.Status, res.run.Calls, res.run.Log = f.status, f.calls, f.log
+	res.run.Status, res.run.Calls, res.run.Log, res.wake = f.status, f.calls, f.log, f.wake
 
 	where := res.run.String()
 	for _, v := range append(files, check(f)...) {
-		v.Run, v.Kind, v.Point = where, kind, res.run.Point
+		v.run, v.Kind, v.Point = where, kind, res.run.Point
 		res.violations = append(res.violations, v)
 	}
 	return res, nil
 }
 
-// explorable refuses what Explore cannot run.
+// logOf reads the log of saga id in the file at path; nil when the file
+// holds no such saga.
+func logOf(path string, id ulid.ULID) ([]storage.LogEntry, error) {
+	if id == (ulid.ULID{}) {
+		return nil, nil
+	}
+	db, err := bolt.Open(path, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		return nil, errors.Wrapf(err, "open %s", path)
+	}
+	log, err := db.LogList(context.Background(), id)
+	if errors.Is(err, storage.ErrNotFound) {
+		log, err = nil, nil
+	}
+	return log, errors.CombineErrors(err, db.Close())
+}
+
+// unexplorable says why the run without a crash cannot be explored: a step
+// returned saga.ErrPending, or the saga did not end; nil if it can.
+func (r *runResult) unexplorable() error {
+	for _, c := range r.run.Calls {
+		if errors.Is(c.Err, saga.ErrPending) {
+			return errors.Newf("step %q %s returned saga.ErrPending: Explore answers no participant (engine.Engine.Complete); "+
+				"explore steps that answer when they return", c.Step, c.Phase)
+		}
+	}
+	if !r.run.Status.Finished() {
+		wake := ""
+		if !r.wake.IsZero() {
+			wake = fmt.Sprintf(", waiting until %s", r.wake.Format(time.RFC3339))
+		}
+		return errors.Newf("the saga did not end within %s: it is %s%s; Explore needs a saga that ends on its own, "+
+			"with no step waiting for anything outside it", Patience, cmpOr(string(r.run.Status), "not created"), wake)
+	}
+	return nil
+}
+
+// explorable refuses what Explore cannot run: steps sent as commands (no
+// relay runs, nothing answers them). What a definition does not show (a
+// step that returns saga.ErrPending, or waits for something outside the
+// saga) is refused after the run without a crash: see unexplorable.
 func explorable(def *saga.Definition) error {
 	if def == nil {
 		return errors.New("Exploration.Definition returned nil")
@@ -515,9 +626,13 @@ func (x *explorer) open(n int, path string, base *saga.Definition, j *journal, c
 		store: &crashStore{DB: db, plan: plan, gate: newGate(), crashed: make(chan struct{})}}
 	o := x.e.Engine
 	o.Clock = clk
-	// A crashed engine's calls in progress are cancelled at once when it
-	// is torn down; the engine after it stops with nothing in flight.
+	// stop lets a crashed engine's calls inside participants end before it
+	// tears the engine down; what is left then (attempts blocked at the
+	// gate) has nothing to finish. The engine after the restart stops with
+	// nothing in flight, unless its saga did not end.
 	o.ShutdownGrace = time.Millisecond
+	// A pruned saga would read as a violation.
+	o.Retention, o.Outbox.Retention = 0, 0
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -544,9 +659,15 @@ func (x *explorer) open(n int, path string, base *saga.Definition, j *journal, c
 	return inc, nil
 }
 
-// stop tears the engine down: what its crash blocked fails now, Run
-// returns, and Close waits for every one of its goroutines.
+// stop tears the engine down: once its calls inside participants have
+// returned (a crashed engine's, for up to Patience: they are the
+// participants' work, which a crash of the orchestrator does not stop),
+// what its crash blocked fails, Run returns, and Close waits for every one
+// of its goroutines.
 func (inc *incarnation) stop() error {
+	if inc.store.gate.isDead() {
+		inc.store.gate.settle(Patience)
+	}
 	inc.store.gate.release()
 	inc.cancel()
 	err := <-inc.runErr
@@ -570,9 +691,13 @@ func poked(user engine.Hooks, ch chan struct{}) engine.Hooks {
 }
 
 // gate is what a crash closes: afterwards, whatever passes through it
-// waits for the engine's teardown, then fails.
+// waits for the engine's teardown, then fails. It counts the calls that
+// passed it and have not returned: the calls inside participants.
 type gate struct {
-	dead     atomic.Bool
+	mu       sync.Mutex
+	dead     bool
+	calls    int           // calls inside participants
+	idle     chan struct{} // closed when calls drops to 0, for settle
 	once     sync.Once
 	released chan struct{}
 }
@@ -582,11 +707,71 @@ func newGate() *gate { return &gate{released: make(chan struct{})} }
 // pass reports whether the engine is alive; if not, it returns only once
 // the engine is torn down.
 func (g *gate) pass() bool {
-	if !g.dead.Load() {
+	if !g.isDead() {
 		return true
 	}
 	<-g.released
 	return false
+}
+
+// enter is pass for a call: when it reports true, the call is counted
+// inside its participant until it calls leave.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	if g.dead {
+		g.mu.Unlock()
+		<-g.released
+		return false
+	}
+	g.calls++
+	g.mu.Unlock()
+	return true
+}
+
+func (g *gate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.calls--
+	if g.calls == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+// kill closes the gate: the crash.
+func (g *gate) kill() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dead = true
+}
+
+func (g *gate) isDead() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dead
+}
+
+// settle waits, for up to d, until no call is inside a participant.
+func (g *gate) settle(d time.Duration) {
+	timer := time.NewTimer(d) // real time: the participants'
+	defer timer.Stop()
+	for {
+		g.mu.Lock()
+		if g.calls == 0 {
+			g.mu.Unlock()
+			return
+		}
+		if g.idle == nil {
+			g.idle = make(chan struct{})
+		}
+		idle := g.idle
+		g.mu.Unlock()
+		select {
+		case <-idle:
+		case <-timer.C:
+			return // what is left is cancelled
+		}
+	}
 }
 
 func (g *gate) release() { g.once.Do(func() { close(g.released) }) }
@@ -628,7 +813,7 @@ func (s *crashStore) begin(t *storage.Transition) bool {
 // crash kills the store: nothing passes its gate any more, and the file,
 // as it stands, is copied for the next engine.
 func (s *crashStore) crash() {
-	s.gate.dead.Store(true)
+	s.gate.kill()
 	err := s.snapshot()
 	s.mu.Lock()
 	s.snapErr = err
@@ -849,13 +1034,14 @@ func (j *journal) wrap(n int, g *gate, f saga.Func) saga.Func {
 		return nil
 	}
 	return func(ctx context.Context, c *saga.Call) (out json.RawMessage, err error) {
-		if !g.pass() {
+		if !g.enter() {
 			return nil, errCrashed // a dead engine's call: it never reaches the participant
 		}
 		began := j.tick()
 		record := func(err error) {
 			j.add(Call{Engine: n, Step: c.Step, Phase: c.Phase, Attempt: c.Attempt, IdempotencyKey: c.IdempotencyKey,
 				Output: bytes.Clone(out), Err: err, Events: slices.Clone(c.Emitted()), Began: began})
+			g.leave()
 		}
 		defer func() {
 			if r := recover(); r != nil {
@@ -880,6 +1066,11 @@ type facts struct {
 	calls  []Call
 	log    []storage.LogEntry
 	outbox []*storage.OutboxEvent
+	// data is the outputs the saga kept, by step (engine.Saga.Data).
+	data map[string]json.RawMessage
+	// copied is the saga's log in the file the crash left; nil without a
+	// crash, or when the crash left no saga.
+	copied []storage.LogEntry
 }
 
 // check checks a run's properties.
@@ -889,6 +1080,7 @@ func check(f *facts) []Violation {
 		return out
 	}
 	out = append(out, checkIdempotency(f)...)
+	out = append(out, checkOnce(f)...)
 	out = append(out, checkCompensation(f)...)
 	return append(out, checkEvents(f)...)
 }
@@ -964,6 +1156,63 @@ func checkIdempotency(f *facts) []Violation {
 				break
 			}
 		}
+		if ok.Phase == saga.PhaseCompensation || !recordedSuccess(f.log, ok.Step, ok.Phase) {
+			continue
+		}
+		if kept := f.data[ok.Step]; !jsonEqual(kept, ok.Output) {
+			out = append(out, violation(PropertyIdempotency, "key %s: %s returned %s, yet the saga kept %s as the output of %q",
+				key, ok, orNone(ok.Output), orNone(kept), ok.Step))
+		}
+	}
+	return out
+}
+
+// recordedSuccess reports whether log records a success of step's phase.
+func recordedSuccess(log []storage.LogEntry, step string, phase saga.Phase) bool {
+	return slices.ContainsFunc(log, func(e storage.LogEntry) bool {
+		return e.Event == storage.EventAttemptSucceeded && e.Step == step && e.Phase == phase
+	})
+}
+
+// stepPhase is a step's action, fallback or compensation.
+type stepPhase struct {
+	step  string
+	phase saga.Phase
+}
+
+// checkOnce checks the engine's half of PropertyIdempotency: a phase whose
+// success is recorded is not run again, neither before the crash (a second
+// success recorded) nor after it (a call by the engine after the restart
+// of a phase whose success the crash's copy of the file holds).
+func checkOnce(f *facts) []Violation {
+	var out []Violation
+	first := map[stepPhase]storage.LogEntry{}
+	for _, e := range f.log {
+		if e.Event != storage.EventAttemptSucceeded {
+			continue
+		}
+		k := stepPhase{e.Step, e.Phase}
+		if p, ok := first[k]; ok {
+			out = append(out, violation(PropertyIdempotency, "the engine recorded %s/%s as succeeded twice: attempt %d, then attempt %d",
+				e.Step, e.Phase, p.Attempt, e.Attempt))
+			continue
+		}
+		first[k] = e
+	}
+	durable := map[stepPhase]storage.LogEntry{}
+	for _, e := range f.copied {
+		if k := (stepPhase{e.Step, e.Phase}); e.Event == storage.EventAttemptSucceeded {
+			durable[k] = e
+		}
+	}
+	for _, c := range f.calls {
+		k := stepPhase{c.Step, c.Phase}
+		if e, ok := durable[k]; ok && c.Engine == 2 {
+			out = append(out, violation(PropertyIdempotency,
+				"the file the crash left records %s/%s attempt %d as succeeded, yet the engine after the restart called it again: %s",
+				e.Step, e.Phase, e.Attempt, c))
+			delete(durable, k) // one report per phase
+		}
 	}
 	return out
 }
@@ -1002,10 +1251,13 @@ func checkCompensation(f *facts) []Violation {
 	for i, st := range steps {
 		index[st.Name] = i
 	}
-	acted := make([]*Call, n)   // the first success of the step's action or fallback
-	comps := make([][]Call, n)  // the step's compensation calls, in journal order
-	compOK := make([]*Call, n)  // the first success of its compensation
-	unknown := make([]bool, n)  // the engine recorded its outcome as unknown
+	acted := make([]*Call, n)  // the first success of the step's action or fallback
+	comps := make([][]Call, n) // the step's compensation calls, in journal order
+	compOK := make([]*Call, n) // the first success of its compensation
+	// unknown: the last outcome the engine recorded of the step's action
+	// (or of its fallback) is unknown. The fallback has a key of its own:
+	// its definite failure does not settle what the action did.
+	unknown := make([]map[saga.Phase]bool, n)
 	recorded := make([]bool, n) // the engine recorded its compensation's success
 	for i := range f.calls {
 		c := &f.calls[i]
@@ -1028,11 +1280,20 @@ func checkCompensation(f *facts) []Violation {
 		if !ok {
 			continue
 		}
-		switch {
-		case e.Phase == saga.PhaseCompensation:
+		if e.Phase == saga.PhaseCompensation {
 			recorded[k] = recorded[k] || e.Event == storage.EventAttemptSucceeded
-		case e.Event == storage.EventInDoubt, e.Event == storage.EventAttemptFailed && e.OutcomeUnknown:
-			unknown[k] = true
+			continue
+		}
+		if unknown[k] == nil {
+			unknown[k] = map[saga.Phase]bool{}
+		}
+		switch e.Event {
+		case storage.EventInDoubt:
+			unknown[k][e.Phase] = true
+		case storage.EventAttemptFailed:
+			unknown[k][e.Phase] = e.OutcomeUnknown
+		case storage.EventAttemptSucceeded:
+			unknown[k][e.Phase] = false
 		}
 	}
 
@@ -1049,9 +1310,9 @@ func checkCompensation(f *facts) []Violation {
 			out = append(out, violation(PropertyCompensation,
 				"%q was compensated at its participant (%s), but the engine did not record it", st.Name, compOK[i]))
 		}
-		if len(comps[i]) > 0 && acted[i] == nil && !unknown[i] {
+		if len(comps[i]) > 0 && acted[i] == nil && !unknown[i][saga.PhaseAction] && !unknown[i][saga.PhaseFallback] {
 			out = append(out, violation(PropertyCompensation,
-				"%q was compensated (%s), but its action never succeeded and the engine never recorded its outcome as unknown",
+				"%q was compensated (%s), but its action never succeeded and the last outcome the engine recorded of it was not unknown",
 				st.Name, comps[i][0]))
 		}
 	}

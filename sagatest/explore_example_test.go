@@ -10,24 +10,26 @@ import (
 	"github.com/sagad/sagad/sagatest"
 )
 
-// stock is a participant that reserves once per idempotency key, as a
-// participant must for a saga to survive crashes.
+// stock is a participant that holds one reservation per saga, however
+// often a saga's reserve is called, as a participant must for a saga to
+// survive crashes: after one, the engine calls again with the same
+// idempotency key.
 type stock struct {
 	mu       sync.Mutex
-	reserved map[string]bool
+	reserved map[string]bool // by saga id
 }
 
 func (s *stock) reserve(_ context.Context, c *saga.Call) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.reserved[c.IdempotencyKey] = true
+	s.reserved[c.SagaID] = true
 	return nil, c.Emit(saga.Event{Name: "stock.reserved", Payload: json.RawMessage(`{"sku":"book"}`)})
 }
 
 func (s *stock) release(_ context.Context, c *saga.Call) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.reserved, c.SagaID+"/reserve/action")
+	delete(s.reserved, c.SagaID)
 	return nil, nil
 }
 

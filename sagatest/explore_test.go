@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/errors"
 
+	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 )
@@ -181,12 +182,12 @@ func TestExplore(t *testing.T) {
 				}
 				if run.Point.N == 1 && run.Kind == CrashBefore {
 					if run.Status != "" || len(run.Calls) != 0 {
-						t.Errorf("%s: the saga is %q with %d calls, want it never created", &run, run.Status, len(run.Calls))
+						t.Errorf("%s: the saga is %q with %d calls, want it never created", run, run.Status, len(run.Calls))
 					}
 					continue
 				}
 				if run.Status != tc.want {
-					t.Errorf("%s: ended %s, want %s", &run, run.Status, tc.want)
+					t.Errorf("%s: ended %s, want %s", run, run.Status, tc.want)
 				}
 			}
 			if len(r.Points) == tc.points || tc.points == 0 {
@@ -268,6 +269,15 @@ func TestExploreCatchesNonIdempotent(t *testing.T) {
 			n := pointWith(t, r, tc.ev, tc.step, tc.phase)
 			blamed := map[string]bool{}
 			for _, v := range r.Violations {
+				// v.Run leads to the run, whose value prints as the
+				// violation names it.
+				if v.Run < 0 || v.Run >= len(r.Runs) {
+					t.Fatalf("violation %s: run %d of %d", v, v.Run, len(r.Runs))
+				}
+				if run := r.Runs[v.Run]; run.Kind != v.Kind || run.Point.N != v.Point.N ||
+					!strings.HasPrefix(v.String(), fmt.Sprint(run)+": ") || len(run.Calls) == 0 {
+					t.Errorf("violation %s: run %d is %s, with %d calls", v, v.Run, fmt.Sprint(run), len(run.Calls))
+				}
 				if v.Property == PropertyIdempotency {
 					blamed[fmt.Sprintf("%s %d", v.Kind, v.Point.N)] = true
 					if !strings.Contains(v.Detail, tc.twice) || !strings.Contains(v.Detail, "already used") {
@@ -294,21 +304,187 @@ func TestExploreCatchesNonIdempotent(t *testing.T) {
 	}
 }
 
-// TestExploreRefuses checks what Explore cannot run.
+// TestExploreInFlightAtCrash explores a saga whose branch b is inside its
+// participant when the commit of branch c's success is the crash. b's
+// participant honours its context, yet its call must run to its end, as a
+// remote participant's would: the crashed engine is not torn down (nor
+// its calls cancelled) before it returns.
+func TestExploreInFlightAtCrash(t *testing.T) {
+	t.Parallel()
+	type branches struct {
+		d         *desk
+		in        chan struct{} // closed once b's call is inside its participant
+		committed chan struct{} // closed once c's success is committed
+		inOnce    sync.Once
+		doneOnce  sync.Once
+		mu        sync.Mutex
+		cut       []string // b's calls cut off by their context
+	}
+	var (
+		mu   sync.Mutex
+		cur  *branches // the current run's participants
+		runs []*branches
+	)
+	const slow = 150 * time.Millisecond // how long a branch waits for the other at most
+	wait := func(ctx context.Context, ch chan struct{}) error {
+		timer := time.NewTimer(slow)
+		defer timer.Stop()
+		select {
+		case <-ch:
+		case <-timer.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
+	}
+	r := Explore(t, Exploration{
+		Definition: func() *saga.Definition {
+			p := &branches{d: newDesk(), in: make(chan struct{}), committed: make(chan struct{})}
+			mu.Lock()
+			cur, runs = p, append(runs, p)
+			mu.Unlock()
+			def := p.d.def("inflight", "a", "b<a", "c<a", "d<b,c")
+			b, c := def.Steps[1].Action, def.Steps[2].Action
+			def.Steps[1].Action = func(ctx context.Context, call *saga.Call) (json.RawMessage, error) {
+				p.inOnce.Do(func() { close(p.in) })
+				// b answers once c's success is committed, in a commit of
+				// its own; when that commit is the crash, nothing says so:
+				// b answers a little later.
+				if _, ok := call.Data["c"]; !ok {
+					if err := wait(ctx, p.committed); err != nil {
+						p.mu.Lock()
+						p.cut = append(p.cut, fmt.Sprintf("attempt %d: %v", call.Attempt, err))
+						p.mu.Unlock()
+						return nil, err
+					}
+				}
+				return b(ctx, call)
+			}
+			def.Steps[2].Action = func(ctx context.Context, call *saga.Call) (json.RawMessage, error) {
+				if err := wait(ctx, p.in); err != nil { // c answers once b is under way
+					return nil, err
+				}
+				return c(ctx, call)
+			}
+			return def
+		},
+		Engine: engine.Options{Hooks: engine.Hooks{AttemptFinished: func(info engine.AttemptInfo) {
+			if info.Step == "c" && info.Phase == saga.PhaseAction && info.Err == nil {
+				mu.Lock()
+				p := cur
+				mu.Unlock()
+				p.doneOnce.Do(func() { close(p.committed) })
+			}
+		}}},
+	})
+	n := pointWith(t, r, storage.EventAttemptSucceeded, "c", saga.PhaseAction)
+	if nb := pointWith(t, r, storage.EventAttemptSucceeded, "b", saga.PhaseAction); nb <= n {
+		t.Fatalf("b's success is in commit %d, c's in commit %d: want b's later; points:\n%v", nb, n, r.Points)
+	}
+	for _, run := range r.Runs[2*(n-1) : 2*n] {
+		if !run.Crashed {
+			t.Errorf("%s: did not crash", run)
+			continue
+		}
+		var b []string
+		for _, c := range run.Calls {
+			if c.Step == "b" && c.Phase == saga.PhaseAction {
+				b = append(b, c.String())
+			}
+		}
+		// In flight at the crash, b's call ended at its participant; the
+		// engine after the restart ran it again (its success was not
+		// recorded), under the same key.
+		if want := []string{"b/action attempt 1 on engine 1: ok", "b/action attempt 1 on engine 2: ok"}; !slices.Equal(b, want) {
+			t.Errorf("%s: calls of b %q, want %q", run, b, want)
+		}
+	}
+	for i, p := range runs {
+		if len(p.cut) > 0 {
+			t.Errorf("run %d: b's participant was cut off: %q", i-1, p.cut)
+		}
+	}
+}
+
+// TestExploreRefuses checks what Explore cannot run: it fails at once, or
+// right after the run without a crash, saying why, and runs nothing more.
 func TestExploreRefuses(t *testing.T) {
 	t.Parallel()
-	for name, e := range map[string]Exploration{
-		"no definition": {},
-		"commands": {Definition: func() *saga.Definition {
+	pending := func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, saga.ErrPending }
+	tests := []struct {
+		name string
+		def  func() *saga.Definition
+		// fatal is in the failure; runs is how many runs began.
+		fatal string
+		runs  int
+	}{
+		{name: "no definition", fatal: "Exploration.Definition is nil"},
+		{name: "nil definition", def: func() *saga.Definition { return nil }, fatal: "returned nil", runs: 1},
+		{name: "commands", def: func() *saga.Definition {
 			return &saga.Definition{Name: "cmd", Steps: []saga.Step{{Name: "a", Commands: saga.Commands{
 				Action: func(*saga.Call) (saga.Event, error) { return saga.Event{}, nil }}}}}
-		}},
-	} {
-		ft := &fakeT{T: t}
-		Explore(ft, e)
-		if ft.fatal == "" {
-			t.Errorf("%s: Explore did not fail", name)
+		}, fatal: `step "a" sends commands`, runs: 1},
+		{name: "pending", def: func() *saga.Definition {
+			return &saga.Definition{Name: "later", Steps: []saga.Step{{Name: "a", Action: pending, Timeout: time.Minute,
+				Retry: saga.RetryPolicy{MaxAttempts: 1}}}}
+		}, fatal: `the run without a crash: step "a" action returned saga.ErrPending`, runs: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ft := &fakeT{T: t}
+			runs := 0
+			e := Exploration{}
+			if tc.def != nil {
+				e.Definition = func() *saga.Definition { runs++; return tc.def() }
+			}
+			Explore(ft, e)
+			if !strings.Contains(ft.fatal, tc.fatal) || runs != tc.runs {
+				t.Errorf("Explore failed with %q after %d runs, want %q after %d", ft.fatal, runs, tc.fatal, tc.runs)
+			}
+			if strings.Contains(ft.fatal, ".go:") {
+				t.Errorf("the failure has a stack trace: %s", ft.fatal)
+			}
+		})
+	}
+}
+
+// TestExploreUnfinished checks the failure for a run without a crash that
+// did not end (waiting it out takes Patience).
+func TestExploreUnfinished(t *testing.T) {
+	t.Parallel()
+	r := &runResult{run: &Run{Status: saga.StatusRunning}, wake: Start.Add(time.Hour)}
+	err := r.unexplorable()
+	if want := "the saga did not end within 30s: it is running, waiting until 2030-01-01T01:00:00Z"; err == nil ||
+		!strings.Contains(err.Error(), want) {
+		t.Errorf("unexplorable: %v, want %q", err, want)
+	}
+	r.run.Status = saga.StatusCompleted
+	if err := r.unexplorable(); err != nil {
+		t.Errorf("unexplorable of a completed saga: %v", err)
+	}
+}
+
+// TestExploreFatalKeepsViolations checks that a run Explore cannot go on
+// after does not lose the violations found before it.
+func TestExploreFatalKeepsViolations(t *testing.T) {
+	t.Parallel()
+	ft := &fakeT{T: t}
+	runs := 0
+	r := Explore(ft, Exploration{Definition: func() *saga.Definition {
+		runs++
+		if runs == 6 { // the run that crashes before commit 3
+			return nil
 		}
+		d := newDesk()
+		d.twice = "a/action" // the crash before commit 2 breaks it
+		return d.def("careless", "a", "b")
+	}})
+	if !strings.Contains(ft.fatal, "crash before commit 3: Exploration.Definition returned nil") {
+		t.Errorf("Explore failed with %q", ft.fatal)
+	}
+	if len(r.Violations) == 0 || len(ft.errors) != 1 || !strings.Contains(ft.errors[0], "crash before commit 2") {
+		t.Errorf("violations %v reported as %q, want those of the crash before commit 2", r.Violations, ft.errors)
 	}
 }
 
@@ -369,6 +545,7 @@ func TestChecks(t *testing.T) {
 				entry(succeeded, "b", comp, 1), entry(succeeded, "a", comp, 1),
 			},
 			outbox: []*storage.OutboxEvent{event("a", "a.done"), event("b", "b.done")},
+			data:   map[string]json.RawMessage{"a": json.RawMessage(`{"n":1}`), "b": json.RawMessage(`{"n":2}`)},
 		}
 	}
 	tests := []struct {
@@ -403,6 +580,31 @@ func TestChecks(t *testing.T) {
 		{name: "the engine records a failure after a success", change: func(f *facts) {
 			f.log = append(f.log, storage.LogEntry{Event: storage.EventAttemptFailed, Step: "a", Phase: act, Attempt: 2, Error: "lost"})
 		}, want: PropertyIdempotency, detail: "yet the engine recorded attempt 2 failed: lost"},
+		{name: "the saga keeps another output", change: func(f *facts) {
+			f.data["b"] = json.RawMessage(`{"n":7}`)
+		}, want: PropertyIdempotency, detail: `b/action attempt 1 on engine 1: ok returned {"n":2}, yet the saga kept {"n":7} as the output of "b"`},
+		{name: "the saga keeps no output", change: func(f *facts) { delete(f.data, "a") },
+			want: PropertyIdempotency, detail: `yet the saga kept nothing as the output of "a"`},
+		{name: "the output kept reformatted is the same", change: func(f *facts) {
+			f.data["a"] = json.RawMessage(`{ "n": 1 }`)
+		}},
+		{name: "a success recorded twice", change: func(f *facts) {
+			// A retry after a recorded success: the participant answers
+			// the key as before, and the events are there twice, once per
+			// recorded success.
+			f.calls = append(f.calls, call(1, "a", act, 2, `{"n":1}`, "", 11, 12, "a.done"))
+			f.log = slices.Insert(f.log, 1, entry(succeeded, "a", act, 2))
+			f.outbox = append(f.outbox, event("a", "a.done"))
+		}, want: PropertyIdempotency, detail: "the engine recorded a/action as succeeded twice: attempt 1, then attempt 2"},
+		{name: "a durable success called again after the restart", change: func(f *facts) {
+			f.copied = []storage.LogEntry{entry(storage.EventStarted, "", "", 0), entry(succeeded, "a", act, 1)}
+			f.calls = append(f.calls, call(2, "a", act, 1, `{"n":1}`, "", 11, 12, "a.done"))
+		}, want: PropertyIdempotency, detail: "the file the crash left records a/action attempt 1 as succeeded, " +
+			"yet the engine after the restart called it again: a/action attempt 1 on engine 2: ok"},
+		{name: "a success not yet durable called again after the restart", change: func(f *facts) {
+			f.copied = []storage.LogEntry{entry(storage.EventStarted, "", "", 0), entry(storage.EventAttemptStarted, "a", act, 1)}
+			f.calls = append(f.calls, call(2, "a", act, 1, `{"n":1}`, "", 11, 12, "a.done"))
+		}},
 
 		{name: "a completed saga compensates", change: func(f *facts) { f.status, f.want = saga.StatusCompleted, "" },
 			want: PropertyCompensation, detail: `the saga completed, yet "a" was compensated`},
@@ -416,10 +618,39 @@ func TestChecks(t *testing.T) {
 		{name: "a step that never acted is compensated", change: func(f *facts) {
 			f.calls[1].Err, f.calls[1].Events = errors.New("refused"), nil
 			f.log[1].Event, f.outbox = storage.EventAttemptFailed, f.outbox[:1]
+			delete(f.data, "b")
 		}, want: PropertyCompensation, detail: `"b" was compensated (b/compensation attempt 1 on engine 1: ok), but its action never succeeded`},
 		{name: "a step in doubt may be compensated", change: func(f *facts) {
 			f.calls[1].Err, f.calls[1].Events = errors.New("refused"), nil
 			f.log[1].Event, f.outbox = storage.EventInDoubt, f.outbox[:1]
+			delete(f.data, "b")
+		}},
+		{name: "in doubt, then refused for good, then compensated", change: func(f *facts) {
+			// b's attempt was in flight at the crash; run again, it was
+			// refused: nothing took effect, and nothing is to undo.
+			f.calls[1] = call(2, "b", act, 1, "", "refused", 3, 4)
+			f.log[1] = entry(storage.EventInDoubt, "b", act, 1)
+			f.log = slices.Insert(f.log, 2, entry(storage.EventAttemptFailed, "b", act, 1))
+			f.outbox = f.outbox[:1]
+			delete(f.data, "b")
+		}, want: PropertyCompensation, detail: `"b" was compensated (b/compensation attempt 1 on engine 1: ok), but its action never succeeded`},
+		{name: "in doubt, then cut off again, then compensated", change: func(f *facts) {
+			f.calls[1] = call(2, "b", act, 1, "", "timed out", 3, 4)
+			f.log[1] = entry(storage.EventInDoubt, "b", act, 1)
+			f.log = slices.Insert(f.log, 2, storage.LogEntry{Event: storage.EventAttemptFailed, Step: "b", Phase: act, Attempt: 1,
+				OutcomeUnknown: true})
+			f.outbox = f.outbox[:1]
+			delete(f.data, "b")
+		}},
+		{name: "cut off, then the fallback refused for good, then compensated", change: func(f *facts) {
+			// The fallback has a key of its own: its refusal says nothing
+			// of what the action did.
+			f.calls[1] = call(1, "b", act, 1, "", "timed out", 3, 4)
+			f.calls = slices.Insert(f.calls, 2, call(1, "b", saga.PhaseFallback, 1, "", "refused", 5, 6))
+			f.log[1] = storage.LogEntry{Event: storage.EventAttemptFailed, Step: "b", Phase: act, Attempt: 1, OutcomeUnknown: true}
+			f.log = slices.Insert(f.log, 2, entry(storage.EventAttemptFailed, "b", saga.PhaseFallback, 1))
+			f.outbox = f.outbox[:1]
+			delete(f.data, "b")
 		}},
 		{name: "compensations in the wrong order", change: func(f *facts) {
 			f.calls[3], f.calls[4] = call(1, "a", comp, 1, "", "", 7, 8), call(1, "b", comp, 1, "", "", 9, 10)
@@ -438,7 +669,7 @@ func TestChecks(t *testing.T) {
 				entry(succeeded, "a", act, 1), entry(succeeded, "c", act, 1), entry(succeeded, "b", act, 1),
 				entry(succeeded, "c", comp, 1), entry(succeeded, "b", comp, 1), entry(succeeded, "a", comp, 1),
 			}
-			f.outbox = nil
+			f.outbox, f.data = nil, nil
 		}},
 		{name: "a parallel branch compensated after the step it depends on", change: func(f *facts) {
 			f.def = fork
@@ -450,7 +681,7 @@ func TestChecks(t *testing.T) {
 				entry(succeeded, "a", act, 1), entry(succeeded, "c", act, 1), entry(succeeded, "b", act, 1),
 				entry(succeeded, "b", comp, 1), entry(succeeded, "a", comp, 1), entry(succeeded, "c", comp, 1),
 			}
-			f.outbox = nil
+			f.outbox, f.data = nil, nil
 		}, want: PropertyCompensation, detail: `before that of "c", which depends on it`},
 
 		{name: "an event missing", change: func(f *facts) { f.outbox = f.outbox[:1] },

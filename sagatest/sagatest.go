@@ -2,7 +2,11 @@
 // over a temporary bbolt file with a fake clock, drives each saga to its
 // end (a ten-minute backoff passes at once), and asserts on what happened:
 // the saga's status, the calls of its steps in order, the events it
-// emitted.
+// emitted. Explore crashes a saga's engine at each of its durable points,
+// before and after the write, lets a new engine finish it, and checks that
+// it ended as without the crash, that idempotency keys held, that the
+// compensations undid what was done in reverse order, and that every event
+// is in the outbox once.
 //
 //	func TestOrder(t *testing.T) {
 //		h := sagatest.New(t, orderDefinition())
@@ -42,7 +46,8 @@ type T interface {
 // Start is the time the fake clock of a Harness starts at.
 var Start = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// Patience bounds, in real time, how long Run waits for a saga to end.
+// Patience bounds, in real time, how long Run, Finish and each of
+// Explore's runs wait for a saga to end.
 const Patience = 30 * time.Second
 
 // Harness is an engine for one test: on a temporary bbolt file (no fsync),

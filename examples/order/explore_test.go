@@ -63,7 +63,7 @@ func TestExplore(t *testing.T) {
 			}
 			for i, run := range all {
 				if !run.Crashed && run.Kind != "" {
-					t.Errorf("%s: the run did not crash", &run)
+					t.Errorf("%s: the run did not crash", run)
 				}
 				svc := runs[i]
 				stock, charged, charges := tc.stock, tc.charged, tc.charges
@@ -71,10 +71,10 @@ func TestExplore(t *testing.T) {
 					stock, charged, charges = 10, 0, 0
 				}
 				if got := svc.inv.Stock("book"); got != stock {
-					t.Errorf("%s: book stock %d, want %d", &run, got, stock)
+					t.Errorf("%s: book stock %d, want %d", run, got, stock)
 				}
 				if a, n := svc.pay.Charged(tc.order.ID); a != charged || n != charges {
-					t.Errorf("%s: %d charges totalling %d cents, want %d totalling %d", &run, n, a, charges, charged)
+					t.Errorf("%s: %d charges totalling %d cents, want %d totalling %d", run, n, a, charges, charged)
 				}
 			}
 		})
