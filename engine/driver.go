@@ -88,6 +88,7 @@ type driver struct {
 	// tracing); untraced: the saga is not traced, or its span ended.
 	span     trace.Span
 	untraced bool
+	spanned  []*outcome // outcomes applied whose attempts' spans end at the commit
 }
 
 // effect is an attempt to run: a step's phase function.
@@ -339,6 +340,9 @@ func (d *driver) forget() {
 		dropAttempt(o)
 	}
 	d.outs = nil
+	if len(d.spanned) > 0 {
+		d.dropSpanned()
+	}
 }
 
 // collect waits for an outcome of an attempt running in its own goroutine,
@@ -605,7 +609,7 @@ func (d *driver) advance(now time.Time) {
 			}
 			d.apply(o, now)
 			if o.span != nil {
-				d.endAttempt(o)
+				d.spanned = append(d.spanned, o) // its span ends once the outcome is durable
 			}
 		}
 		clear(d.outs[len(keep):])
@@ -1451,6 +1455,9 @@ func (d *driver) write() error {
 // committed runs what follows a durable transition: hooks and waiters.
 func (d *driver) committed() {
 	r := d.rec
+	if len(d.spanned) > 0 {
+		d.endAttempts()
+	}
 	if !d.untraced {
 		d.traceCommitted()
 	}

@@ -167,7 +167,10 @@ type Engine struct {
 	opts   Options
 	log    *slog.Logger
 	tracer trace.Tracer
-	spans  spans // the saga spans open in this process
+	// unsetTP is the global provider while no program has set one (see
+	// tracerFor); nil when Options.TracerProvider is set.
+	unsetTP trace.TracerProvider
+	spans   spans // the saga spans open in this process
 
 	mu     sync.Mutex
 	defs   map[string]*versions
@@ -262,7 +265,6 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 	opts.Outbox.setDefaults()
 	actx, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
-		tracer:    tracerFor(opts.TracerProvider),
 		clock:     clock.Or(opts.Clock),
 		store:     store,
 		sagas:     store,
@@ -284,6 +286,7 @@ func New(store storage.Store, opts Options) (*Engine, error) {
 		runDone:   make(chan struct{}),
 		recovered: make(chan struct{}),
 	}
+	e.tracer, e.unsetTP = tracerFor(opts.TracerProvider)
 	var cancels [len(e.shards)]context.CancelFunc
 	for i := range e.shards {
 		e.shards[i], cancels[i] = context.WithCancel(actx)
@@ -477,7 +480,6 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	now := e.clock.Now()
 	rec := newRecord(def, raw, so.idemKey, now)
 	d := &driver{e: e, def: def, g: g, rec: rec}
-	d.startSpan(ctx)
 
 	// Fast path: a free slot and a running engine start the saga in the
 	// same commit that creates it. Otherwise the saga is created due now
@@ -503,6 +505,9 @@ func (e *Engine) Start(ctx context.Context, definition string, input any, opts .
 	if !fast {
 		rec.WakeAt = now
 	}
+	// Once the saga is sure to be held (Close waits for its driver, then
+	// ends the spans still open).
+	d.startSpan(ctx)
 	dup, err := d.create(now, fast)
 	if err != nil || dup != (ulid.ULID{}) {
 		d.duplicateSpan(dup, err)

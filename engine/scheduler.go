@@ -181,6 +181,10 @@ func (e *Engine) dispatchNow(id ulid.ULID) {
 // called exactly once per driver.
 func (e *Engine) release(d *driver) {
 	id, wake := d.rec.ID, d.rec.WakeAt
+	if d.span != nil || len(d.spanned) > 0 {
+		d.dropSpanned()
+		d.letGo()
+	}
 	if d.claimed {
 		// Before the saga leaves e.active: a new holder here must not
 		// claim it and then lose the claim to this release. A no-op

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -28,9 +30,10 @@ import (
 // mirror the saga's step log.
 //
 // The engine's spans start with no attributes and get them only when
-// they record: an engine whose provider records nothing (the global
-// default) starts one non-recording span per saga and per load, and none
-// per attempt.
+// they record. While the global provider is unset (the engine was given
+// none and the program set none) the engine starts no span at all; with a
+// provider that records nothing, one non-recording span per saga and per
+// load, and none per attempt.
 
 // TracerName is the instrumentation name of the engine's tracer.
 const TracerName = "github.com/sagad/sagad/engine"
@@ -44,6 +47,7 @@ const (
 	attrPhase    = attribute.Key("sagad.phase")
 	attrAttempt  = attribute.Key("sagad.attempt")
 	attrKey      = attribute.Key("sagad.idempotency_key")
+	attrStartKey = attribute.Key("sagad.saga.idempotency_key")
 	attrOutcome  = attribute.Key("sagad.outcome")
 	attrUnknown  = attribute.Key("sagad.outcome_unknown")
 	attrStatus   = attribute.Key("sagad.status")
@@ -62,11 +66,15 @@ var traceContext propagation.TraceContext
 // spans holds the saga spans this engine has open, by saga: a saga's span
 // outlives its drivers (a retry's backoff releases the driver).
 type spans struct {
+	n  atomic.Int64 // len(m), read without mu: an untraced engine never locks
 	mu sync.Mutex
 	m  map[ulid.ULID]trace.Span
 }
 
 func (s *spans) get(id ulid.ULID) trace.Span {
+	if s.n.Load() == 0 {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.m[id]
@@ -79,6 +87,7 @@ func (s *spans) put(id ulid.ULID, sp trace.Span) {
 		s.m = make(map[ulid.ULID]trace.Span)
 	}
 	s.m[id] = sp
+	s.n.Store(int64(len(s.m)))
 }
 
 // take removes and returns a saga's span.
@@ -87,6 +96,7 @@ func (s *spans) take(id ulid.ULID) trace.Span {
 	defer s.mu.Unlock()
 	sp := s.m[id]
 	delete(s.m, id)
+	s.n.Store(int64(len(s.m)))
 	return sp
 }
 
@@ -96,6 +106,7 @@ func (s *spans) endAll() {
 	s.mu.Lock()
 	m := s.m
 	s.m = nil
+	s.n.Store(0)
 	s.mu.Unlock()
 	for _, sp := range m {
 		sp.SetAttributes(attrInterupt.Bool(true))
@@ -103,40 +114,67 @@ func (s *spans) endAll() {
 	}
 }
 
-// tracerFor returns the tracer of a provider (nil: the global one).
-func tracerFor(tp trace.TracerProvider) trace.Tracer {
+// tracerFor returns the tracer of a provider (nil: the global one), and,
+// when it is the global one and no program has set it yet, that unset
+// provider: while the global provider is still it, the engine starts no
+// span at all (not even a non-recording one).
+func tracerFor(tp trace.TracerProvider) (trace.Tracer, trace.TracerProvider) {
+	var unset trace.TracerProvider
 	if tp == nil {
 		tp = otel.GetTracerProvider()
+		// The global provider before otel.SetTracerProvider: a delegate
+		// that records nothing until one is set, after which
+		// GetTracerProvider returns the one set. (Were the type renamed,
+		// the engine would start non-recording spans: correct, and
+		// cheap.)
+		if fmt.Sprintf("%T", tp) == "*global.tracerProvider" {
+			unset = tp
+		}
 	}
-	return tp.Tracer(TracerName)
+	return tp.Tracer(TracerName), unset
+}
+
+// tracingOff reports whether no provider can record a span: none was
+// given and the global one is still unset.
+func (e *Engine) tracingOff() bool {
+	return e.unsetTP != nil && otel.GetTracerProvider() == e.unsetTP
 }
 
 // startSpan starts a new saga's span, linked to the span of ctx (the
 // caller's), and stores its context in the record.
 func (d *driver) startSpan(ctx context.Context) {
-	var opts []trace.SpanStartOption
 	if caller := trace.SpanContextFromContext(ctx); caller.IsValid() {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: caller}))
+		d.openSpan(context.Background(), false, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: caller}))
+		return
 	}
-	opts = append(opts, trace.WithNewRoot())
-	d.openSpan(context.Background(), false, opts...)
+	d.openSpan(context.Background(), false, newRoot...)
 }
+
+// newRoot is the options of a saga's span with no caller: built once, as
+// this runs for every saga, traced or not.
+var newRoot = []trace.SpanStartOption{trace.WithNewRoot()}
 
 // openSpan starts the saga's span as a child of ctx's and, if it is valid
 // (a provider is set), keeps it in the driver and the engine's open spans,
 // and in the record when the record holds none.
 func (d *driver) openSpan(ctx context.Context, resumed bool, opts ...trace.SpanStartOption) {
+	if d.e.tracingOff() {
+		d.untraced = true
+		return
+	}
 	r := d.rec
 	_, sp := d.e.tracer.Start(ctx, "saga "+r.Definition, opts...)
 	sc := sp.SpanContext()
-	if !sc.IsValid() {
+	if !sc.IsValid() || (!sp.IsRecording() && sc.SpanID() == trace.SpanContextFromContext(ctx).SpanID()) {
+		// No provider: no span, or one that only carries the stored
+		// parent's context (a saga traced before a restart without one).
 		d.untraced = true
 		return
 	}
 	if sp.IsRecording() {
 		sp.SetAttributes(attrSaga.String(r.ID.String()), attrDef.String(r.Definition), attrVersion.String(r.Fingerprint))
 		if r.IdempotencyKey != "" {
-			sp.SetAttributes(attrKey.String(r.IdempotencyKey))
+			sp.SetAttributes(attrStartKey.String(r.IdempotencyKey))
 		}
 		if resumed {
 			sp.SetAttributes(attrResumed.Bool(true))
@@ -224,8 +262,42 @@ func (d *driver) attemptSpan(ctx context.Context, n effect, attempt int) (contex
 	return ctx, sp
 }
 
+// endAttempts ends the spans of the attempts whose outcomes the last
+// commit recorded.
+func (d *driver) endAttempts() {
+	for i, o := range d.spanned {
+		d.endAttempt(o)
+		d.spanned[i] = nil
+	}
+	d.spanned = d.spanned[:0]
+}
+
+// dropSpanned ends the spans of the attempts whose outcomes a failed commit
+// did not record: they run again.
+func (d *driver) dropSpanned() {
+	for i, o := range d.spanned {
+		dropAttempt(o)
+		d.spanned[i] = nil
+	}
+	d.spanned = d.spanned[:0]
+}
+
+// letGo ends the saga's span as its driver lets go, when the next driver
+// may be another process's (a store several share) or must load it again
+// (a failed commit): a later driver opens a span of its own, in the same
+// trace. Otherwise the span stays open while the saga waits.
+func (d *driver) letGo() {
+	if d.span == nil || (!d.reload && d.e.sagas.SagaWake() == nil) {
+		return
+	}
+	if sp := d.e.spans.take(d.rec.ID); sp != nil {
+		sp.End()
+	}
+	d.span = nil
+}
+
 // endAttempt ends an attempt's span with its outcome, as apply recorded it
-// in the pending log entries.
+// in the log entries just committed.
 func (d *driver) endAttempt(o *outcome) {
 	sp := o.span
 	o.span = nil

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -125,7 +126,7 @@ func TestTracing(t *testing.T) {
 		t.Errorf("saga span: parent %v, links %v; want a root linked to the caller %v", sg.Parent, sg.Links, caller.SpanContext())
 	}
 	if attr(sg, "sagad.saga.id").AsString() != st.ID || attr(sg, "sagad.definition").AsString() != "order" ||
-		attr(sg, "sagad.definition.version").AsString() != s.Fingerprint || attr(sg, "sagad.idempotency_key").AsString() != "order-1" ||
+		attr(sg, "sagad.definition.version").AsString() != s.Fingerprint || attr(sg, "sagad.saga.idempotency_key").AsString() != "order-1" ||
 		attr(sg, "sagad.status").AsString() != "compensated" || sg.Status.Code != codes.Error {
 		t.Errorf("saga span attributes %v, status %v", sg.Attributes, sg.Status)
 	}
@@ -239,6 +240,59 @@ func TestTracingOff(t *testing.T) {
 		if _, ok := e.Headers["traceparent"]; ok {
 			t.Errorf("event %s carries a traceparent in an untraced saga", e.Name)
 		}
+	}
+}
+
+// TestTracingOffAfterARestart: a saga traced before a restart, driven
+// after it by an engine with no provider, is not traced any more: its
+// functions run in no span and its events carry no trace context.
+func TestTracingOffAfterARestart(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	spanned := make(chan bool, 2)
+	def := &saga.Definition{Name: "later", Steps: []saga.Step{{Name: "a", Retry: saga.RetryPolicy{InitialInterval: time.Hour, Jitter: -1},
+		Action: func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
+			spanned <- trace.SpanContextFromContext(ctx).IsValid()
+			if calls.Add(1) == 1 {
+				return nil, errFlaky
+			}
+			return nil, c.Emit(saga.Event{Name: "done", Payload: json.RawMessage(`{}`)})
+		}}}}
+	path := filepath.Join(t.TempDir(), "sagad.db")
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	tp := sdktrace.NewTracerProvider()
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	retried := make(chan struct{}, 1)
+	eng := openStore(t, path, bolt.Options{}, engine.Options{TracerProvider: tp, Clock: clk, Hooks: onRetry(retried)}, def)
+	stop := runEngine(t, eng)
+	st, err := eng.Start(context.Background(), "later", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-retried
+	stop()
+	if !<-spanned {
+		t.Fatalf("the traced engine ran the step in no span")
+	}
+	eng = openStore(t, path, bolt.Options{}, engine.Options{Clock: clk}, def)
+	stop = runEngine(t, eng)
+	clk.Advance(2 * time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := eng.Wait(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := eng.OutboxList(context.Background(), engine.OutboxListOptions{Status: storage.OutboxNew})
+	stop()
+	if err != nil || s.Status != saga.StatusCompleted || len(evs.Events) != 1 {
+		t.Fatalf("saga %s, %d events (%v); want completed, one event", s.Status, len(evs.Events), err)
+	}
+	if <-spanned {
+		t.Errorf("after a restart with no provider, the step ran in a span")
+	}
+	if tp, ok := evs.Events[0].Headers["traceparent"]; ok {
+		t.Errorf("after a restart with no provider, the event carries traceparent %q", tp)
 	}
 }
 
@@ -468,5 +522,121 @@ func TestTraceCrash(t *testing.T) {
 	}
 	if sc, _ := seen.Load().(trace.SpanContext); !sc.Equal(b.SpanContext) {
 		t.Errorf("b ran in span %v, want its attempt's %v", sc, b.SpanContext)
+	}
+}
+
+// TestTracingSharedStore: on a store several processes share (PostgreSQL),
+// a saga's span ends whenever its driver lets go (another node may drive
+// it next), and each later stint is a span of its own in the same trace, a
+// child of the first: no span stays open on a node that no longer drives
+// the saga.
+func TestTracingSharedStore(t *testing.T) {
+	t.Parallel()
+	url := postgresURL(t)
+	var calls atomic.Int32
+	def := &saga.Definition{Name: "shared", Steps: []saga.Step{{Name: "a", Retry: saga.RetryPolicy{InitialInterval: time.Hour, Jitter: -1},
+		Action: func(context.Context, *saga.Call) (json.RawMessage, error) {
+			if calls.Add(1) == 1 {
+				return nil, errFlaky
+			}
+			return nil, nil
+		}}}}
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	retried := make(chan struct{}, 1)
+	eng := openStore(t, url, bolt.Options{}, engine.Options{TracerProvider: tp, Clock: clk, Hooks: onRetry(retried)}, def)
+	stop := runEngine(t, eng)
+	<-eng.Recovered()
+	st, err := eng.Start(context.Background(), "shared", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-retried
+	// The driver lets go after the hook, and no hook says when: look until
+	// the span it ends then is exported.
+	sagaSpans := func() []tracetest.SpanStub {
+		var out []tracetest.SpanStub
+		for _, s := range exp.GetSpans() {
+			if s.Name == "saga shared" {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(sagaSpans()) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the saga's span did not end when its driver let go")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	clk.Advance(2 * time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := eng.Wait(ctx, st.ID)
+	if err != nil || s.Status != saga.StatusCompleted {
+		t.Fatalf("saga %v, %v; want completed", s, err)
+	}
+	stop()
+	stints := sagaSpans()
+	first, last := stints[0], stints[len(stints)-1]
+	ids := map[trace.SpanID]bool{}
+	for i, sp := range stints {
+		ids[sp.SpanContext.SpanID()] = true
+		if sp.SpanContext.TraceID() != first.SpanContext.TraceID() || (i > 0 && sp.Parent.SpanID() != first.SpanContext.SpanID()) ||
+			attr(sp, "sagad.interrupted").AsBool() {
+			t.Errorf("saga span %d: trace %s, parent %s, attributes %v; want the first's trace, a child of it, not interrupted",
+				i, sp.SpanContext.TraceID(), sp.Parent.SpanID(), sp.Attributes)
+		}
+	}
+	if len(stints) < 2 || attr(last, "sagad.status").AsString() != "completed" {
+		t.Errorf("%d saga spans, the last with status %v; want one per stint, the last completed", len(stints), attr(last, "sagad.status"))
+	}
+	var attempts int
+	for _, sp := range exp.GetSpans() {
+		if sp.Name == "a action" {
+			attempts++
+			if !ids[sp.Parent.SpanID()] {
+				t.Errorf("attempt %v: parent %s is none of the saga's spans", attr(sp, "sagad.attempt"), sp.Parent.SpanID())
+			}
+		}
+	}
+	if attempts != 2 {
+		t.Errorf("%d attempt spans, want 2", attempts)
+	}
+}
+
+const globalChildEnv = "SAGAD_TRACE_GLOBAL_CHILD"
+
+// TestTracingGlobalProviderChild is TestTracingGlobalProvider's process: it
+// sets the global provider, which no other test may see.
+func TestTracingGlobalProviderChild(t *testing.T) {
+	if os.Getenv(globalChildEnv) == "" {
+		t.Skip("run by TestTracingGlobalProvider")
+	}
+	def := &saga.Definition{Name: "g", Steps: []saga.Step{{Name: "a", Action: func(context.Context, *saga.Call) (json.RawMessage, error) { return nil, nil }}}}
+	b := setup(t, setupOpts{defs: []*saga.Definition{def}})
+	if s := b.run(t, "g", nil); s.TraceID != "" {
+		t.Fatalf("with no provider set, the saga is traced (%s)", s.TraceID)
+	}
+	exp := tracetest.NewInMemoryExporter()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)))
+	s := b.run(t, "g", nil)
+	if s.TraceID == "" || len(exp.GetSpans()) != 2 {
+		t.Fatalf("once the global provider is set: trace %q, %d spans; want the saga traced, 2 spans", s.TraceID, len(exp.GetSpans()))
+	}
+}
+
+// TestTracingGlobalProvider: an engine given no provider traces nothing
+// while the program sets none, and traces with the global provider once
+// the program sets it, even after the engine was made.
+func TestTracingGlobalProvider(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTracingGlobalProviderChild$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), globalChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestTracingGlobalProviderChild") {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }

@@ -101,13 +101,20 @@ func decodeSpan(service string, sp *tracepb.Span) otlpSpan {
 // wait returns the spans once one named name has come, within 20 s.
 func (o *otlpReceiver) wait(t *testing.T, name string) []otlpSpan {
 	t.Helper()
+	return o.waitFor(t, name, func(otlpSpan) bool { return true })
+}
+
+// waitFor returns the spans once one named name for which ok holds has
+// come, within 20 s.
+func (o *otlpReceiver) waitFor(t *testing.T, name string, ok func(otlpSpan) bool) []otlpSpan {
+	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
 		o.mu.Lock()
 		spans := append([]otlpSpan(nil), o.spans...)
 		o.mu.Unlock()
 		for _, s := range spans {
-			if s.name == name {
+			if s.name == name && ok(s) {
 				return spans
 			}
 		}
@@ -176,7 +183,9 @@ func TestDaemonTraces(t *testing.T) {
 	if err != nil || s.Status != "completed" {
 		t.Fatalf("saga after the restart: %+v, %v; want completed", s, err)
 	}
-	spans := recv.wait(t, "ship action")
+	// The saga's span ends after the commit that ends the saga: wait for
+	// it, not for the last attempt's.
+	spans := recv.waitFor(t, "saga order", func(s otlpSpan) bool { return s.attrs["sagad.status"] == "completed" })
 	if s.TraceID == "" {
 		t.Fatalf("the saga's view has no trace id")
 	}
@@ -248,23 +257,10 @@ func TestDaemonTraces(t *testing.T) {
 		t.Fatalf("second saga: %+v, %v", s2, err)
 	}
 	link := caller2.SpanContext().TraceID().String() + "/" + caller2.SpanContext().SpanID().String()
-	for deadline := time.After(20 * time.Second); ; {
-		var found *otlpSpan
-		for _, sp := range recv.wait(t, "saga order") {
-			if sp.name == "saga order" && sp.trace == s2.TraceID {
-				found = &sp
-			}
-		}
-		if found != nil {
-			if len(found.links) != 1 || found.links[0] != link || found.parent != "" {
-				t.Errorf("saga span links %v, parent %q; want a root linked to the caller %s", found.links, found.parent, link)
-			}
-			break
-		}
-		select {
-		case <-recv.got:
-		case <-deadline:
-			t.Fatalf("the second saga's span was not exported")
+	for _, sp := range recv.waitFor(t, "saga order", func(s otlpSpan) bool { return s.trace == s2.TraceID }) {
+		if sp.name == "saga order" && sp.trace == s2.TraceID &&
+			(len(sp.links) != 1 || sp.links[0] != link || sp.parent != "" || sp.attrs["sagad.status"] != "completed") {
+			t.Errorf("saga span links %v, parent %q, status %q; want a root linked to the caller %s, completed", sp.links, sp.parent, sp.attrs["sagad.status"], link)
 		}
 	}
 }

@@ -23,7 +23,8 @@ import (
 // outputs stay the JSON they are. Status and wake time live in the header
 // only. Log entries, read by people, are JSON (appendLog). Format 2 added
 // each step's Next and the saga's PausedFrom; format 3 the saga's trace
-// context. Older records are read with those empty.
+// context, and only a traced saga is written so. Older records are read
+// with those empty.
 const recordFormat = 3
 
 var (
@@ -51,7 +52,14 @@ const (
 
 // appendSaga appends the body of s (everything after the header).
 func appendSaga(b []byte, s *storage.Saga) []byte {
-	b = append(b, recordFormat)
+	// An untraced saga is written as format 2, which the release before
+	// format 3 reads: rolling back loses only the trace contexts.
+	traced := s.Trace != "" || s.TraceState != ""
+	if traced {
+		b = append(b, recordFormat)
+	} else {
+		b = append(b, 2)
+	}
 	b = appendBytes(b, s.Definition)
 	b = appendBytes(b, s.Fingerprint)
 	b = appendBytes(b, s.Input)
@@ -101,6 +109,9 @@ func appendSaga(b []byte, s *storage.Saga) []byte {
 	b = appendBytes(b, s.Parked)
 	b = binary.AppendUvarint(b, uint64(s.LogSeq))
 	b = append(b, statusCodes[s.PausedFrom])
+	if !traced {
+		return b
+	}
 	b = appendBytes(b, s.Trace)
 	return appendBytes(b, s.TraceState)
 }

@@ -96,9 +96,10 @@ func TestEncodeSagaRoundTrip(t *testing.T) {
 	}
 }
 
-// TestDecodeFormat2 reads a record written before format 3: no trace
-// context.
-func TestDecodeFormat2(t *testing.T) {
+// TestFormat2 reads a record written before format 3 (no trace
+// context), and an untraced saga is still written so: the release before
+// format 3 reads it.
+func TestFormat2(t *testing.T) {
 	t.Parallel()
 	s := &storage.Saga{ID: ulid.Make(), Definition: "order", Status: saga.StatusRunning, PausedFrom: saga.StatusCompensating,
 		Steps: []storage.Step{{Name: "a", Status: saga.StepRunning, Phase: saga.PhaseAction, Next: time.Unix(5, 0)}}}
@@ -106,8 +107,14 @@ func TestDecodeFormat2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := append([]byte{}, e.value[:len(e.value)-2]...) // two empty strings: the trace context
-	v[headerLen] = 2
+	v := e.value
+	if v[headerLen] != 2 {
+		t.Fatalf("an untraced saga is written as format %d, want 2", v[headerLen])
+	}
+	s.Trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	if e3, _ := EncodeSaga(s); e3.value[headerLen] != 3 {
+		t.Fatalf("a traced saga is written as format %d, want 3", e3.value[headerLen])
+	}
 	got, err := decodeSaga(s.ID[:], v)
 	if err != nil {
 		t.Fatalf("decode a format 2 record: %v", err)
