@@ -17,6 +17,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/sagad/sagad/client"
 	"github.com/sagad/sagad/engine"
@@ -81,7 +82,10 @@ func (p *participants) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func newSite(t *testing.T, token string) *site {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng, err := engine.Open(filepath.Join(t.TempDir(), "sagad.db"), engine.Options{Logger: quiet})
+	// Traced (nothing exported): the saga page shows the trace id.
+	tp := sdktrace.NewTracerProvider()
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	eng, err := engine.Open(filepath.Join(t.TempDir(), "sagad.db"), engine.Options{Logger: quiet, TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,6 +449,10 @@ func TestUI(t *testing.T) {
 		run(t, tt, chromedp.Focus(css(`#timeline rect.attempt.failed`)), chromedp.WaitVisible(css(`#tip`)))
 		if tip := value(t, tt, chromedp.Text(css(`#tip`))); !strings.Contains(tip, "charge action attempt 3") || !strings.Contains(tip, "card declined") {
 			t.Errorf("tooltip %q: want attempt 3 of charge and its error", tip)
+		}
+		if got, err := s.c.Get(ctx, compensated); err != nil || got.TraceID == "" ||
+			value(t, tt, chromedp.Text(css(`#trace`))) != got.TraceID {
+			t.Errorf("the page's trace %q, want the saga's %+v (%v)", value(t, tt, chromedp.Text(css(`#trace`))), got, err)
 		}
 	})
 

@@ -608,6 +608,7 @@ async function sagaPage(my, id, flash) {
     el('dt', {}, 'Status'), el('dd', {id: 'status'}, badge(s.status), s.paused_from ? ` (resumes ${s.paused_from})` : ''),
     el('dt', {}, 'Definition'), el('dd', {}, link('/ui/definitions/' + encodeURIComponent(s.definition), s.definition), ' version ', el('span', {class: 'mono'}, s.version)),
     s.idempotency_key && [el('dt', {}, 'Idempotency key'), el('dd', {class: 'mono'}, s.idempotency_key)],
+    s.trace_id && [el('dt', {}, 'Trace'), el('dd', {class: 'mono', id: 'trace'}, s.trace_id)],
     el('dt', {}, 'Started'), el('dd', {}, time(s.created_at)),
     el('dt', {}, 'Updated'), el('dd', {}, time(s.updated_at)),
     s.deadline && [el('dt', {}, 'Deadline'), el('dd', {}, time(s.deadline))],
