@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/internal/dag"
+	"github.com/sagad/sagad/internal/jsonw"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
 	"github.com/sagad/sagad/storage/bolt"
@@ -551,7 +551,7 @@ func (e *Engine) duplicate(definition, key string, id ulid.ULID, input json.RawM
 	if err != nil {
 		return Started{}, errors.Wrapf(err, "engine: start %q: idempotency key %q", definition, key)
 	}
-	if rec.Definition != definition || !sameJSON(rec.Input, input) {
+	if rec.Definition != definition || !jsonw.Equal(rec.Input, input) {
 		what := "another input"
 		if rec.Definition != definition {
 			what = "definition " + strconv.Quote(rec.Definition)
@@ -561,26 +561,6 @@ func (e *Engine) duplicate(definition, key string, id ulid.ULID, input json.RawM
 			"use a new idempotency key for a new saga")
 	}
 	return Started{ID: id.String(), Duplicate: true}, nil
-}
-
-// sameJSON reports whether two JSON documents hold the same value (numbers
-// compared as written).
-func sameJSON(a, b json.RawMessage) bool {
-	if bytes.Equal(a, b) {
-		return true
-	}
-	decode := func(raw json.RawMessage) (any, bool) {
-		if len(raw) == 0 {
-			return nil, true
-		}
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.UseNumber()
-		var v any
-		return v, dec.Decode(&v) == nil
-	}
-	va, oka := decode(a)
-	vb, okb := decode(b)
-	return oka && okb && reflect.DeepEqual(va, vb)
 }
 
 func encodeInput(input any) (json.RawMessage, error) {

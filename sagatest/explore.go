@@ -28,7 +28,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -41,6 +40,7 @@ import (
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/engine"
 	"github.com/sagad/sagad/internal/dag"
+	"github.com/sagad/sagad/internal/jsonw"
 	"github.com/sagad/sagad/recovery"
 	"github.com/sagad/sagad/saga"
 	"github.com/sagad/sagad/storage"
@@ -1136,7 +1136,7 @@ func checkIdempotency(f *facts) []Violation {
 			case c.Err != nil:
 				out = append(out, violation(PropertyIdempotency, "key %s: %s, then %s", key, ok, c))
 				found = true
-			case !jsonEqual(c.Output, ok.Output):
+			case !jsonw.Equal(c.Output, ok.Output):
 				out = append(out, violation(PropertyIdempotency, "key %s: %s returned %s, then %s returned %s",
 					key, ok, orNone(ok.Output), c, orNone(c.Output)))
 				found = true
@@ -1159,7 +1159,7 @@ func checkIdempotency(f *facts) []Violation {
 		if ok.Phase == saga.PhaseCompensation || !recordedSuccess(f.log, ok.Step, ok.Phase) {
 			continue
 		}
-		if kept := f.data[ok.Step]; !jsonEqual(kept, ok.Output) {
+		if kept := f.data[ok.Step]; !jsonw.Equal(kept, ok.Output) {
 			out = append(out, violation(PropertyIdempotency, "key %s: %s returned %s, yet the saga kept %s as the output of %q",
 				key, ok, orNone(ok.Output), orNone(kept), ok.Step))
 		}
@@ -1222,25 +1222,6 @@ func orNone(raw json.RawMessage) string {
 		return "nothing"
 	}
 	return string(raw)
-}
-
-// jsonEqual reports whether two outputs hold the same JSON value.
-func jsonEqual(a, b json.RawMessage) bool {
-	if bytes.Equal(a, b) {
-		return true
-	}
-	decode := func(raw json.RawMessage) (any, bool) {
-		if len(raw) == 0 {
-			return nil, true
-		}
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.UseNumber()
-		var v any
-		return v, dec.Decode(&v) == nil
-	}
-	va, oka := decode(a)
-	vb, okb := decode(b)
-	return oka && okb && reflect.DeepEqual(va, vb)
 }
 
 // checkCompensation checks PropertyCompensation.

@@ -1,6 +1,7 @@
 // Package jsonw appends JSON to byte slices by hand, for the few hot paths
 // where encoding/json's reflection shows in profiles (stored saga records,
 // requests to participants). Its output is what encoding/json would write.
+// Equal compares two JSON documents as values.
 package jsonw
 
 import "unicode/utf8"

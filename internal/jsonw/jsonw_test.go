@@ -36,3 +36,23 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+func TestEqual(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{`{"a":1,"b":[1,2]}`, ` { "b" : [1, 2], "a": 1 } `, true},
+		{`{"a":1}`, `{"a":1.0}`, false},
+		{`{"a":1}`, `{"a":2}`, false},
+		{``, `null`, true},
+		{``, ``, true},
+		{`{`, `{`, true},
+		{`{`, `{ `, false},
+		{`"x"`, `"y"`, false},
+	} {
+		if got := jsonw.Equal(json.RawMessage(tc.a), json.RawMessage(tc.b)); got != tc.want {
+			t.Errorf("Equal(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
