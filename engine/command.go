@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +19,13 @@ import (
 // CorrelationID names one attempt of a step's phase, as a command's
 // correlation id (see saga.Command): "<saga id>/<step>/<phase>/<attempt>".
 func CorrelationID(sagaID, step string, phase saga.Phase, attempt int) string {
-	return sagaID + "/" + step + "/" + string(phase) + "/" + strconv.Itoa(attempt)
+	return idempotencyKey(sagaID, step, phase) + "/" + strconv.Itoa(attempt)
+}
+
+// idempotencyKey is the key every attempt of a step's phase shares
+// (saga.Call.IdempotencyKey): "<saga id>/<step>/<phase>".
+func idempotencyKey(sagaID, step string, phase saga.Phase) string {
+	return sagaID + "/" + step + "/" + string(phase)
 }
 
 // ParseCorrelationID splits a command's correlation id into what
@@ -65,34 +70,10 @@ func StatusResult(status int, data json.RawMessage, msg string) Result {
 	return Result{Err: err}
 }
 
-// withCommands returns def, or a copy of it whose phases sent as commands
-// (saga.Step.Commands) have a Func too: the engine's code asks for a
-// phase's Func to know whether the step has the phase, and the Func runs
-// only when the Command failed at the attempt's start (see commandFunc).
-func withCommands(def *saga.Definition) *saga.Definition {
-	if !slices.ContainsFunc(def.Steps, func(st saga.Step) bool { return st.Commands.Any() }) {
-		return def
-	}
-	cp := *def
-	cp.Steps = append([]saga.Step(nil), def.Steps...)
-	for i := range cp.Steps {
-		st := &cp.Steps[i]
-		if c := st.Commands.Action; c != nil {
-			st.Action = commandFunc(c)
-		}
-		if c := st.Commands.Compensation; c != nil {
-			st.Compensation = commandFunc(c)
-		}
-		if c := st.Commands.Fallback; c != nil {
-			st.Fallback = commandFunc(c)
-		}
-	}
-	return &cp
-}
-
 // commandFunc is the Func of a phase sent as a command. It runs as an
 // ordinary attempt only when building the command failed as the attempt
-// started (see driver.send): it builds it again and fails with that error.
+// started (see driver.send and driver.attempt): it builds it again and
+// fails with that error.
 func commandFunc(cmd saga.Command) saga.Func {
 	return func(ctx context.Context, c *saga.Call) (json.RawMessage, error) {
 		if _, err := buildCommand(cmd, c); err != nil {
@@ -153,11 +134,8 @@ func (d *driver) send(now time.Time, i int, cmd saga.Command) bool {
 	}
 	d.events = append(d.events, storage.OutboxEvent{SagaID: r.ID, Definition: r.Definition, Step: s.Name,
 		Name: ev.Name, Exchange: ev.Exchange, RoutingKey: ev.RoutingKey, Payload: ev.Payload, Headers: h, CreatedAt: now})
-	s.Pending, s.Next = true, now.Add(d.stepTimeout(i))
 	d.log(now, storage.LogEntry{Event: storage.EventAttemptStarted, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts})
-	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts, Next: s.Next,
-		Note: "command " + ev.Name + " sent (exchange " + strconv.Quote(ev.Exchange) + ", routing key " + ev.RoutingKey +
-			"); waiting for the reply until the step's timeout"})
-	d.hooks = append(d.hooks, AttemptInfo{Definition: r.Definition, Step: s.Name, Phase: s.Phase, Attempt: s.Attempts, Pending: true})
+	d.waitForAnswer(now, i, s.Phase, s.Attempts, now, 0, "command "+ev.Name+" sent (exchange "+strconv.Quote(ev.Exchange)+
+		", routing key "+ev.RoutingKey+"); waiting for the reply until the step's timeout")
 	return true
 }

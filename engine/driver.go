@@ -428,6 +428,11 @@ func (d *driver) attempt(n effect) prepared {
 	case saga.PhaseCompensation:
 		f = st.Compensation
 	}
+	if f == nil {
+		// A phase sent as a command whose command could not be built
+		// when the attempt started: it fails with the reason.
+		f = commandFunc(st.Commands.For(n.phase))
+	}
 	timeout := attemptTimeout(st)
 	parent := d.e.shards[r.ID[15]%byte(len(d.e.shards))]
 	// Past the pivot the saga only goes forward: its deadline no longer
@@ -453,7 +458,7 @@ func (d *driver) newCall(n effect) *saga.Call {
 		Step:           st.Name,
 		Phase:          n.phase,
 		Attempt:        r.Steps[n.step].Attempts,
-		IdempotencyKey: sagaID + "/" + st.Name + "/" + string(n.phase),
+		IdempotencyKey: idempotencyKey(sagaID, st.Name, n.phase),
 	}
 	// The function gets its own copies: changing them in place must not
 	// change what is stored or what later steps see.
@@ -783,7 +788,7 @@ func (d *driver) backward(now time.Time, stopping bool) {
 			if !d.dependentsDone(i) {
 				continue
 			}
-			if d.def.Steps[i].Compensation == nil {
+			if !d.def.Steps[i].HasCompensation() {
 				s.Status = saga.StepSkipped
 				continue
 			}
@@ -830,14 +835,22 @@ func (d *driver) backward(now time.Time, stopping bool) {
 //
 //go:noinline
 func (d *driver) pend(o *outcome, now time.Time) {
-	s := &d.rec.Steps[o.step]
-	s.Pending, s.Next = true, o.started.Add(d.stepTimeout(o.step))
 	delete(d.inDoubt, o.step)
 	o.dropTx() // nothing is kept before the answer
-	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
-		Duration: o.dur, Next: s.Next, Note: "the participant answers later; waiting until the step's timeout"})
-	d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: o.phase, Attempt: o.attempt,
-		Duration: o.dur, Pending: true})
+	d.waitForAnswer(now, o.step, o.phase, o.attempt, o.started, o.dur,
+		"the participant answers later; waiting until the step's timeout")
+}
+
+// waitForAnswer makes attempt of step i's phase, started at started, wait
+// for its participant's answer until the step's timeout: recorded, and
+// reported to Hooks.AttemptPending.
+func (d *driver) waitForAnswer(now time.Time, i int, phase saga.Phase, attempt int, started time.Time, dur time.Duration, note string) {
+	s := &d.rec.Steps[i]
+	s.Pending, s.Next = true, started.Add(d.stepTimeout(i))
+	d.log(now, storage.LogEntry{Event: storage.EventAttemptPending, Step: s.Name, Phase: phase, Attempt: attempt,
+		Duration: dur, Next: s.Next, Note: note})
+	d.hooks = append(d.hooks, AttemptInfo{Definition: d.rec.Definition, Step: s.Name, Phase: phase, Attempt: attempt,
+		Duration: dur, Pending: true})
 }
 
 // expirePending ends the waits whose time is up: each attempt failed with
@@ -1023,7 +1036,7 @@ func (d *driver) begin(now time.Time, i int) bool {
 // half-open without using up an attempt.
 func (d *driver) blockedBy(now time.Time, i int, name string, until time.Time) bool {
 	r, s, st := d.rec, &d.rec.Steps[i], &d.def.Steps[i]
-	if s.Phase == saga.PhaseAction && st.Fallback != nil {
+	if s.Phase == saga.PhaseAction && st.HasFallback() {
 		d.log(now, storage.LogEntry{Event: storage.EventBreakerOpen, Step: s.Name, Phase: s.Phase,
 			Note: "circuit breaker " + name + " is open: running the fallback"})
 		s.Error = errors.Wrapf(ErrBreakerOpen, "breaker %s", name).Error()
@@ -1145,7 +1158,7 @@ func (d *driver) failed(o *outcome, now time.Time, info AttemptInfo, entry stora
 	d.log(now, entry)
 	d.hooks = append(d.hooks, info)
 	switch {
-	case o.phase == saga.PhaseAction && st.Fallback != nil:
+	case o.phase == saga.PhaseAction && st.HasFallback():
 		d.toFallback(now, s)
 	case o.phase == saga.PhaseCompensation:
 		s.GaveUp = true
@@ -1231,7 +1244,7 @@ func (d *driver) undoOrDrop(now time.Time, i int) {
 	case s.OutcomeUnknown:
 		why = "outcome unknown: the attempt was cut off, or its answer could not be used"
 	}
-	if why != "" && d.def.Steps[i].Compensation != nil {
+	if why != "" && d.def.Steps[i].HasCompensation() {
 		s.Status, s.Phase, s.Attempts, s.PhaseStarted, s.Next = saga.StepCompensating, saga.PhaseCompensation, 0, now, time.Time{}
 		if s.Error != "" {
 			why += " (" + s.Error + ")"

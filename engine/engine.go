@@ -216,10 +216,7 @@ type Engine struct {
 // versions holds the registered versions of one definition, by fingerprint.
 type versions struct {
 	latest *saga.Definition
-	// given is latest as it was registered (latest may be the engine's
-	// copy, see withCommands): what Definitions returns.
-	given *saga.Definition
-	byFP  map[string]*saga.Definition
+	byFP   map[string]*saga.Definition
 }
 
 // Open opens (or creates) the engine's bbolt database at path, with the
@@ -316,8 +313,6 @@ func (e *Engine) Register(def *saga.Definition) error {
 		return errors.Wrap(err, "engine: register")
 	}
 	fp := def.Fingerprint()
-	given := def
-	def = withCommands(def)
 	e.mu.Lock()
 	// Every breaker is checked before any is created, so that a refused
 	// definition leaves none behind to constrain the next one.
@@ -348,7 +343,7 @@ func (e *Engine) Register(def *saga.Definition) error {
 		v = &versions{byFP: make(map[string]*saga.Definition)}
 		e.defs[def.Name] = v
 	}
-	v.latest, v.given = def, given
+	v.latest = def
 	v.byFP[fp] = def
 	e.graphs[def] = graphOf(def)
 	// Sagas started before fingerprints covered policies recorded the
@@ -404,7 +399,7 @@ func (e *Engine) Definitions() []*saga.Definition {
 	defer e.mu.Unlock()
 	out := make([]*saga.Definition, 0, len(e.defs))
 	for _, v := range e.defs {
-		out = append(out, v.given)
+		out = append(out, v.latest)
 	}
 	return out
 }

@@ -208,29 +208,16 @@ func (d *driver) tracing() trace.Span {
 		d.openSpan(context.Background(), true, trace.WithNewRoot())
 		return d.span
 	}
-	ctx := traceContext.Extract(context.Background(), carrier{"traceparent": r.Trace, "tracestate": r.TraceState})
+	ctx := traceContext.Extract(context.Background(), propagation.MapCarrier{"traceparent": r.Trace, "tracestate": r.TraceState})
 	d.openSpan(ctx, true)
 	return d.span
 }
 
 // traceparent formats a span context as a W3C traceparent.
 func traceparent(sc trace.SpanContext) string {
-	c := carrier{}
+	c := propagation.MapCarrier{}
 	traceContext.Inject(trace.ContextWithSpanContext(context.Background(), sc), c)
 	return c["traceparent"]
-}
-
-// carrier is a propagation.TextMapCarrier on a map of headers.
-type carrier map[string]string
-
-func (c carrier) Get(key string) string { return c[key] }
-func (c carrier) Set(key, value string) { c[key] = value }
-func (c carrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
 }
 
 // withTrace returns headers (copied) with the trace context of sp added:
@@ -240,7 +227,7 @@ func withTrace(headers map[string]string, sp trace.Span) map[string]string {
 	for k, v := range headers {
 		h[k] = v
 	}
-	traceContext.Inject(trace.ContextWithSpan(context.Background(), sp), carrier(h))
+	traceContext.Inject(trace.ContextWithSpan(context.Background(), sp), propagation.MapCarrier(h))
 	return h
 }
 
@@ -257,7 +244,7 @@ func (d *driver) attemptSpan(ctx context.Context, n effect, attempt int) (contex
 		id := r.ID.String()
 		sp.SetAttributes(attrSaga.String(id), attrDef.String(r.Definition), attrVersion.String(r.Fingerprint),
 			attrStep.String(name), attrPhase.String(string(n.phase)), attrAttempt.Int(attempt),
-			attrKey.String(id+"/"+name+"/"+string(n.phase)))
+			attrKey.String(idempotencyKey(id, name, n.phase)))
 	}
 	return ctx, sp
 }
@@ -361,7 +348,7 @@ func (d *driver) sentSpan(n effect, attempt int, headers map[string]string) {
 	if sp == nil {
 		return
 	}
-	traceContext.Inject(trace.ContextWithSpan(context.Background(), sp), carrier(headers))
+	traceContext.Inject(trace.ContextWithSpan(context.Background(), sp), propagation.MapCarrier(headers))
 	sp.SetAttributes(attrOutcome.String("sent"))
 	sp.End()
 }

@@ -588,10 +588,7 @@ func drive(inc *incarnation, clk *clock.Fake, id string) *engine.Saga {
 		case s.Status.Finished():
 			return s
 		}
-		if wake := s.WakeAt; !wake.IsZero() && wake.After(clk.Now()) && s.Status != saga.StatusPaused &&
-			!inFlight(s) && clk.HasWaiter(wake) {
-			clk.Set(wake) // idle until wake, and the engine's timer for it is set
-		}
+		skipIdle(clk, s)
 		select {
 		case <-inc.changed:
 		case <-inc.store.crashed:
@@ -672,22 +669,6 @@ func (inc *incarnation) stop() error {
 	inc.cancel()
 	err := <-inc.runErr
 	return errors.CombineErrors(err, inc.eng.Close())
-}
-
-// poked returns hooks that signal every change on ch, then call user's.
-func poked(user engine.Hooks, ch chan struct{}) engine.Hooks {
-	poke := func() {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	w := user
-	w.SagaStatusChanged = then(user.SagaStatusChanged, poke)
-	w.AttemptFinished = then(user.AttemptFinished, poke)
-	w.AttemptPending = then(user.AttemptPending, poke)
-	w.StepWaiting = then(user.StepWaiting, poke)
-	return w
 }
 
 // gate is what a crash closes: afterwards, whatever passes through it

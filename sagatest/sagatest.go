@@ -85,7 +85,7 @@ func NewWith(t T, o Options, defs ...*saga.Definition) *Harness {
 	if eo.Logger == nil {
 		eo.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	eo.Hooks = h.wrap(eo.Hooks)
+	eo.Hooks = poked(eo.Hooks, h.changed)
 	path := filepath.Join(t.TempDir(), "sagad.db")
 	db, err := bolt.Open(path, &bolt.Options{NoSync: true, Clock: h.Clock})
 	if err != nil {
@@ -121,11 +121,12 @@ func NewWith(t T, o Options, defs ...*saga.Definition) *Harness {
 	return h
 }
 
-// wrap returns hooks that signal every change to Run, then call user's.
-func (h *Harness) wrap(user engine.Hooks) engine.Hooks {
+// poked returns hooks that call user's, then signal every change on ch
+// (for Run, and Explore's runs).
+func poked(user engine.Hooks, ch chan struct{}) engine.Hooks {
 	poke := func() {
 		select {
-		case h.changed <- struct{}{}:
+		case ch <- struct{}{}:
 		default:
 		}
 	}
@@ -176,12 +177,7 @@ func (h *Harness) Finish(id string) *engine.Saga {
 		if s.Status.Finished() {
 			return s
 		}
-		if wake := s.WakeAt; !wake.IsZero() && wake.After(h.Clock.Now()) && s.Status != saga.StatusPaused &&
-			!inFlight(s) && h.Clock.HasWaiter(wake) {
-			// Idle until wake, and the engine's timer for it is set:
-			// move there.
-			h.Clock.Set(wake)
-		}
+		skipIdle(h.Clock, s)
 		select {
 		case <-h.changed:
 		case <-deadline.C:
@@ -190,6 +186,16 @@ func (h *Harness) Finish(id string) *engine.Saga {
 			// The engine's timer for the wake is set after the commit its
 			// hook reports: look again shortly.
 		}
+	}
+}
+
+// skipIdle moves clk to the saga's wake time if the saga is idle until
+// then (not paused, no attempt in flight) and the engine's timer for it is
+// set: a wait passes at once.
+func skipIdle(clk *clock.Fake, s *engine.Saga) {
+	if wake := s.WakeAt; !wake.IsZero() && wake.After(clk.Now()) && s.Status != saga.StatusPaused &&
+		!inFlight(s) && clk.HasWaiter(wake) {
+		clk.Set(wake)
 	}
 }
 

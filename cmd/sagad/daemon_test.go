@@ -201,12 +201,18 @@ func (p *participants) callsTo(path string) []string {
 // charge call is in flight.
 func chargeInFlight(t *testing.T, path string, args ...string) (d *daemon, p *participants, id string) {
 	t.Helper()
+	return chargeInFlightWith(t, context.Background(), nil, path, args...)
+}
+
+// chargeInFlightWith is chargeInFlight with the daemon's environment
+// variables added to env, and the saga started with ctx.
+func chargeInFlightWith(t *testing.T, ctx context.Context, env []string, path string, args ...string) (d *daemon, p *participants, id string) {
+	t.Helper()
 	p = &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
 	srv := httptest.NewServer(http.HandlerFunc(p.handler))
 	t.Cleanup(srv.Close)
-	d = startDaemon(t, path, args...)
+	d = startDaemonEnv(t, 0, env, path, args...)
 	c := d.client(t)
-	ctx := context.Background()
 	spec := fmt.Sprintf(`{"steps":[
 		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
 		{"name":"charge","action":{"url":"%[1]s/charge","timeout":"30s"},"compensation":{"url":"%[1]s/refund"}},

@@ -139,34 +139,12 @@ func TestDaemonTraces(t *testing.T) {
 	env := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + collector.URL, "OTEL_SERVICE_NAME=sagad-traces-test", "OTEL_BSP_SCHEDULE_DELAY=50"}
 
 	path := filepath.Join(t.TempDir(), "sagad.db")
-	p := &participants{block: map[string]chan struct{}{"/charge": make(chan struct{})}, hit: make(chan string, 16)}
-	srv := httptest.NewServer(http.HandlerFunc(p.handler))
-	defer srv.Close()
-	d := startDaemonEnv(t, 0, env, path)
-	d.waitLog(t, "tracing sagas with OpenTelemetry", 5*time.Second)
-	c := d.client(t)
-	spec := fmt.Sprintf(`{"steps":[
-		{"name":"reserve","action":{"url":"%[1]s/reserve"},"compensation":{"url":"%[1]s/release"}},
-		{"name":"charge","action":{"url":"%[1]s/charge","timeout":"30s"}},
-		{"name":"ship","action":{"url":"%[1]s/ship"}}]}`, srv.URL)
-	if _, err := c.PutDefinition(context.Background(), "order", []byte(spec)); err != nil {
-		t.Fatal(err)
-	}
 	// The caller's span: the client sends it as traceparent.
 	tp := sdktrace.NewTracerProvider()
 	ctx, caller := tp.Tracer("caller").Start(context.Background(), "checkout")
-	st, err := c.Start(ctx, "order", map[string]string{"order": "T-1"}, client.StartOptions{})
+	d, p, id := chargeInFlightWith(t, ctx, env, path)
 	caller.End()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hit := ""; hit != "/charge"; {
-		select {
-		case hit = <-p.hit:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("charge was never called; daemon log:\n%s", d.output())
-		}
-	}
+	d.waitLog(t, "tracing sagas with OpenTelemetry", 5*time.Second)
 	// The reserve attempt's span is exported before the kill.
 	recv.wait(t, "reserve action")
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -179,7 +157,7 @@ func TestDaemonTraces(t *testing.T) {
 	c2 := d2.client(t)
 	wctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := c2.Wait(wctx, st.ID)
+	s, err := c2.Wait(wctx, id)
 	if err != nil || s.Status != "completed" {
 		t.Fatalf("saga after the restart: %+v, %v; want completed", s, err)
 	}
@@ -202,7 +180,7 @@ func TestDaemonTraces(t *testing.T) {
 	// The dead daemon's saga span never ended; the new daemon's is its child.
 	resumed := byName["saga order"]
 	if len(resumed) != 1 || resumed[0].parent != sagaSpanID || !resumed[0].remoteParent || resumed[0].attrs["sagad.resumed"] != "true" ||
-		resumed[0].attrs["sagad.status"] != "completed" || resumed[0].attrs["sagad.saga.id"] != st.ID {
+		resumed[0].attrs["sagad.status"] != "completed" || resumed[0].attrs["sagad.saga.id"] != id {
 		t.Fatalf("saga spans %+v; want one, resumed after the restart, a child of %s", resumed, sagaSpanID)
 	}
 	for _, name := range []string{"charge action", "ship action"} {
@@ -211,7 +189,7 @@ func TestDaemonTraces(t *testing.T) {
 		}
 	}
 	if reserve.attrs["sagad.step"] != "reserve" || reserve.attrs["sagad.attempt"] != "1" ||
-		reserve.attrs["sagad.idempotency_key"] != st.ID+"/reserve/action" {
+		reserve.attrs["sagad.idempotency_key"] != id+"/reserve/action" {
 		t.Errorf("reserve attributes %v", reserve.attrs)
 	}
 	// The link to the caller is on the first saga span, which died with

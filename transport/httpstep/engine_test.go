@@ -191,7 +191,7 @@ func TestEngineSuccess(t *testing.T) {
 }
 
 // TestEngineTraceContext: in a traced saga, each request carries the
-// traceparent of its attempt's span, and its tracestate.
+// traceparent of its attempt's span; an untraced saga's carry none.
 func TestEngineTraceContext(t *testing.T) {
 	t.Parallel()
 	p := newParticipant(t, routes(map[string]http.HandlerFunc{"/reserve": answer(200, `{}`), "/charge": answer(200, `{}`)}))

@@ -397,9 +397,6 @@ func correlations(ds []amqp.Delivery) []string {
 	return out
 }
 
-// TestAMQPStepBrokerDown: while the broker cannot be reached, commands that
-// fall due wait in the outbox, and their sagas wait; once it is back, the
-// commands go out and the sagas finish.
 // TestAMQPTraceContext: in a traced saga, each command carries the
 // traceparent of its attempt's span as an AMQP header: the participant
 // continues the saga's trace.
@@ -448,6 +445,9 @@ func attrValue(s tracetest.SpanStub, key string) string {
 	return ""
 }
 
+// TestAMQPStepBrokerDown: while the broker cannot be reached, commands that
+// fall due wait in the outbox, and their sagas wait; once it is back, the
+// commands go out and the sagas finish.
 func TestAMQPStepBrokerDown(t *testing.T) {
 	t.Parallel()
 	brokerURL := brokertest.URL(t)
