@@ -2,9 +2,12 @@ package rabbitmq
 
 import (
 	"log/slog"
+	"net"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/cockroachdb/errors"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sagad/sagad/clock"
 	"github.com/sagad/sagad/storage"
@@ -95,6 +98,31 @@ type Hooks struct {
 	// Connection is called when the relay connects (err nil) and when it
 	// loses its connection or fails to connect (err set).
 	Connection func(up bool, err error)
+}
+
+// dialTimeout bounds the TCP connection to the broker.
+const dialTimeout = 5 * time.Second
+
+// dial connects to the broker through dial (a net dialer), named and with
+// the heartbeat the configuration gives.
+func (c *Config) dial(dial func(network, addr string) (net.Conn, error)) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(c.ConnectionName)
+	conn, err := amqp.DialConfig(c.URL, amqp.Config{Heartbeat: c.Heartbeat, Locale: "en_US", Properties: props, Dial: dial})
+	if err != nil {
+		return nil, errors.Wrap(err, "rabbitmq: dial")
+	}
+	return conn, nil
+}
+
+// reconnectBackOff is the wait between attempts to reach the broker:
+// ReconnectInitial, growing to ReconnectMax, for ever.
+func (c *Config) reconnectBackOff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = c.ReconnectInitial, c.ReconnectMax
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
 }
 
 func (c *Config) setDefaults() {

@@ -302,10 +302,7 @@ func (r *Relay) run(ctx context.Context) error {
 	go r.marker(marks, done, markerDone)
 	defer func() { close(marks); <-markerDone }()
 
-	reconnect := backoff.NewExponentialBackOff()
-	reconnect.InitialInterval, reconnect.MaxInterval = r.cfg.ReconnectInitial, r.cfg.ReconnectMax
-	reconnect.MaxElapsedTime = 0
-	reconnect.Reset()
+	reconnect := r.cfg.reconnectBackOff()
 
 	guard := &connGuard{}
 	stopGuard := context.AfterFunc(ctx, func() { guard.cutAfter(r.cfg.DrainTimeout + closeGrace) })
@@ -492,12 +489,9 @@ func (r *Relay) nextTimer(st *state, now time.Time, reconnecting bool, reconnect
 // connect dials the broker, through guard, and opens a confirm-mode
 // channel.
 func (r *Relay) connect(guard *connGuard) (*session, error) {
-	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName(r.cfg.ConnectionName)
-	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Heartbeat: r.cfg.Heartbeat, Locale: "en_US",
-		Properties: props, Dial: guard.dial(5 * time.Second)})
+	conn, err := r.cfg.dial(guard.dial(dialTimeout))
 	if err != nil {
-		return nil, errors.Wrap(err, "rabbitmq: dial")
+		return nil, err
 	}
 	s := &session{conn: conn, inflight: make(map[uint64]*item), declared: make(map[string]bool),
 		unblocked: make(chan struct{}, 1)}

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/cockroachdb/errors"
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -129,10 +128,7 @@ func (r *Replies) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer r.running.Store(false)
-	reconnect := backoff.NewExponentialBackOff()
-	reconnect.InitialInterval, reconnect.MaxInterval = r.cfg.ReconnectInitial, r.cfg.ReconnectMax
-	reconnect.MaxElapsedTime = 0
-	reconnect.Reset()
+	reconnect := r.cfg.reconnectBackOff()
 	var fails failLog
 	for {
 		err := r.session(ctx, func() {
@@ -166,12 +162,9 @@ func (r *Replies) Run(ctx context.Context) error {
 // session consumes over one connection until ctx ends or the connection
 // fails; it returns once every reply it took has been handled.
 func (r *Replies) session(ctx context.Context, up func()) error {
-	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName(r.cfg.ConnectionName)
-	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Heartbeat: r.cfg.Heartbeat, Locale: "en_US",
-		Properties: props, Dial: amqp.DefaultDial(5 * time.Second)})
+	conn, err := r.cfg.dial(amqp.DefaultDial(dialTimeout))
 	if err != nil {
-		return errors.Wrap(err, "rabbitmq: dial")
+		return err
 	}
 	defer func() { _ = conn.CloseDeadline(time.Now().Add(closeGrace)) }()
 	ch, err := conn.Channel()
