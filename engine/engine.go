@@ -812,21 +812,31 @@ func (e *Engine) Counts(ctx context.Context) (map[saga.Status]int, error) {
 func (e *Engine) VersionCounts(ctx context.Context, definition string) (map[string]int, error) {
 	out := make(map[string]int)
 	for _, st := range []saga.Status{saga.StatusRunning, saga.StatusCompensating, saga.StatusPaused, saga.StatusFailed} {
-		for o := (storage.ListOptions{Status: st, Definition: definition, Limit: 1000}); ; {
-			recs, more, err := e.sagas.SagaList(ctx, o)
-			if err != nil {
-				return nil, errors.Wrapf(err, "engine: count %s sagas of %s", st, definition)
-			}
-			for _, r := range recs {
-				out[r.Fingerprint]++
-			}
-			if !more || len(recs) == 0 {
-				break
-			}
-			o.Before = recs[len(recs)-1].ID
+		err := e.eachListed(ctx, storage.ListOptions{Status: st, Definition: definition}, func(r *storage.Saga) { out[r.Fingerprint]++ })
+		if err != nil {
+			return nil, errors.Wrapf(err, "engine: count %s sagas of %s", st, definition)
 		}
 	}
 	return out, nil
+}
+
+// eachListed calls fn with every saga SagaList lists with o, a thousand a
+// read.
+func (e *Engine) eachListed(ctx context.Context, o storage.ListOptions, fn func(*storage.Saga)) error {
+	o.Limit = 1000
+	for {
+		recs, more, err := e.sagas.SagaList(ctx, o)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			fn(r)
+		}
+		if !more || len(recs) == 0 {
+			return nil
+		}
+		o.Before = recs[len(recs)-1].ID
+	}
 }
 
 // Log returns every entry of a saga's step log, in order.

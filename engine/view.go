@@ -210,19 +210,10 @@ func (e *Engine) Waits(ctx context.Context) (Waits, error) {
 		e.countWaits(r, &w)
 	}
 	// A paused saga's answer may still come: its step waits too.
-	for o := (storage.ListOptions{Status: saga.StatusPaused, Limit: 1000}); ; {
-		page, more, err := e.sagas.SagaList(ctx, o)
-		if err != nil {
-			return Waits{}, errors.Wrap(err, "engine: waits: list paused sagas")
-		}
-		for _, r := range page {
-			e.countWaits(r, &w)
-		}
-		if !more || len(page) == 0 {
-			return w, nil
-		}
-		o.Before = page[len(page)-1].ID
+	if err := e.eachListed(ctx, storage.ListOptions{Status: saga.StatusPaused}, func(r *storage.Saga) { e.countWaits(r, &w) }); err != nil {
+		return Waits{}, errors.Wrap(err, "engine: waits: list paused sagas")
 	}
+	return w, nil
 }
 
 // countWaits adds the steps of r that wait for an answer to w.
